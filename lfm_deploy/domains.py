@@ -34,8 +34,17 @@ class Tolerances:
 
     logits_atol: float = 1e-3
     mask_agreement: float = 0.999
+    #: Intermediate features (encoder outputs): max abs error relative to the largest value.
+    feature_rel: float = 1e-4
     # ONNX DFT in onnxruntime is less accurate (phase errors up to ~6e-4 rad, MODEL.md).
     dft_logits_atol: float = 5e-3
+    dft_feature_rel: float = 2e-3
+
+    def for_lowering(self, lowering: str) -> tuple[float, float]:
+        """(logits atol, feature rel) for an FFT lowering."""
+        if lowering == "dft":
+            return self.dft_logits_atol, self.dft_feature_rel
+        return self.logits_atol, self.feature_rel
 
 
 @dataclass(frozen=True)

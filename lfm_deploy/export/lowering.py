@@ -38,6 +38,7 @@ __all__ = [
     "apply_lowering",
     "safe_atan2",
     "self_conjugate_phase_mean",
+    "self_conjugate_sums",
     "signbit",
 ]
 
@@ -68,9 +69,10 @@ def signbit(v: torch.Tensor) -> torch.Tensor:
 
 
 def safe_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """atan2(y, x) from Atan, Div, comparisons and Casts, equal to `torch.angle(x + iy)`.
+    """atan2(y, x) from Atan, Div, comparisons, Where and Casts, equal to `torch.angle(x + iy)`.
 
-    Matches `torch.atan2` / `torch.angle` on every finite input, signed zeros included:
+    Matches `torch.atan2` / `torch.angle` on every finite input, signed zeros included, to a
+    few ulps (atan(y/x) +- pi rounds twice) and with the same sign everywhere:
     ``(+0, -1) -> +pi``, ``(-0, -1) -> -pi``, ``(+0, -0) -> +pi``, ``(-0, +0) -> -0``,
     ``(y != 0, +-0) -> +-pi/2``, ``(0, 0) -> 0``. This is what the ONNX exporter's own atan2
     decomposition gets wrong: it tests ``y > 0`` and so sends the real-negative bins with a
@@ -78,7 +80,7 @@ def safe_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ``+pi``. NaN in either argument gives NaN; an infinite ``x`` or ``y`` alone gives atan2's
     value, both infinite gives NaN (atan2 gives an odd multiple of pi/4).
 
-    The branches are selected with Cast-and-Mul rather than `Where` on full tensors:
+    Branches are selected with Cast-and-Mul, and `Where` only picks between scalars:
     onnxruntime's CPU Where with tensor operands is ~30x slower than an Add (5 ms vs 0.15 ms
     on a (1, 2048, 169) tensor), and the masker runs this on every spectral bin. The division
     by x = +-0 is intended: it gives +-inf and atan(+-inf) = +-pi/2, as IEEE guarantees in
@@ -146,10 +148,15 @@ def self_conjugate_phase_mean(x: torch.Tensor) -> torch.Tensor:
 
     This is exact, costs a few reductions, and removes the branch-cut trouble of computing the
     phase of near-real bins (MODEL.md: ONNX DFT's DC imaginary parts have random sign). An
-    exactly zero DC gives angle(0) = 0, as in torch. One case differs from `torch.fft`:
-    a channel whose spectrum has exactly-zero non-DC bins (a constant map): there torch's
-    result depends on the signs of its zeros (angle(-0 + 0i) = pi), which no lowering can
-    reproduce and which carry no information.
+    exactly zero DC gives angle(0) = 0, as in torch (a -0.0 sum, from an all-(-0.0) map,
+    counts as negative: angle(-0 + 0i) = pi, as torch gives for its -0 DC bin).
+
+    Where it cannot match `torch.fft`: maps whose spectrum has non-self-conjugate bins that are
+    *exactly* real and negative, or exactly zero with signed zeros (point-symmetric maps, a
+    delta, constant maps, even-sized all-zero maps with mixed +-0 entries). Such bins lie on
+    the branch cut, and torch's value depends on the signs of the zero imaginary parts its
+    FFT happens to produce (a delta of -1 gives +pi for every bin, 144 of them at 12x12).
+    No lowering reproduces that, and it carries no information about the features.
 
     Args:
         x: real tensor (B, C, H, W), float32 or float64.

@@ -31,6 +31,17 @@ def feature_sizes(image_size: int) -> tuple[int, int, int]:
     return l2, l3, l4
 
 
+class BilinearMaskResize(nn.Module):
+    """Support-mask resize of the eager model: bilinear, align_corners=True, as upstream.
+
+    A module (not a bare call) so that export can swap in constant interpolation matrices that
+    reproduce these exact weights (see `lfm_deploy.export.prepare`).
+    """
+
+    def forward(self, mask: torch.Tensor, size) -> torch.Tensor:
+        return F.interpolate(mask, size, mode="bilinear", align_corners=True)
+
+
 class LFMHSNet(nn.Module):
     """HSNet-ResNet50 with an optional Amplitude-Phase Masker and Channel Phase Attention.
 
@@ -58,6 +69,7 @@ class LFMHSNet(nn.Module):
         l2, l3, l4 = feature_sizes(self.image_size)
         self.feature_hw = (l2, l3, l4)
 
+        self.mask_resize = BilinearMaskResize()
         self.backbone = ResNet50()
         self.backbone.eval()
         self.backbone.requires_grad_(False)
@@ -95,7 +107,14 @@ class LFMHSNet(nn.Module):
     def mask_support_features(self, feats: list[torch.Tensor], support_mask: torch.Tensor) -> list[torch.Tensor]:
         """Multiply each support feature by the support mask resized (bilinear, align_corners)."""
         mask = support_mask.unsqueeze(1).to(feats[0].dtype)
-        return [f * F.interpolate(mask, f.shape[-2:], mode="bilinear", align_corners=True) for f in feats]
+        resized = {}  # one resize per distinct feature size (3 for 13 features)
+        out = []
+        for f in feats:
+            size = (int(f.shape[-2]), int(f.shape[-1]))  # static: the model is built for one size
+            if size not in resized:
+                resized[size] = self.mask_resize(mask, size)
+            out.append(f * resized[size])
+        return out
 
     def encode_support(self, support_feats: list[torch.Tensor], support_mask: torch.Tensor) -> list[torch.Tensor]:
         """Support features -> masked, frequency-filtered features ready for correlation."""

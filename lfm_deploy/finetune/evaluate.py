@@ -1,0 +1,292 @@
+"""CD-FSS evaluation on CPU: the benchmark's episodes, K-shot voting, HSNet's mIoU / FB-IoU.
+
+Two protocols:
+
+* `per-domain` (deployment): one masker for the whole domain (the file written by
+  `lfm-finetune`), fixed while every episode is predicted;
+* `per-episode` (the paper's test protocol): before each episode the masker goes back to the
+  same starting point (the `masker` file if given, else `init_masker(seed)`: APM ones as the
+  official `reset_masks`, ACPA re-drawn from the seed) and is fine-tuned on that episode's
+  supports (`finetune_masker`; a 1-shot support is its own query), then the query is predicted.
+
+Episodes come from `lfm_deploy.data.make_episodes` (seed 0 reproduces upstream); predictions
+from `LFMHSNet.predict_mask_nshot` at the domain's image size; metrics from `SegmentationMeter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from ..data import load_episode, make_episodes, open_dataset
+from ..domains import Domain, get_domain
+from ..errors import CheckpointError
+from ..models import build_model
+from ..models.checkpoints import masker_state, masker_variant, read_masker
+from .metrics import SegmentationMeter, intersection_union
+from .trainer import environment, finetune_masker, init_masker, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("per-domain", "per-episode")
+#: Overlay colours (RGB): support mask and ground truth green, prediction red.
+TRUTH_COLOR = (0, 200, 70)
+PREDICTION_COLOR = (235, 40, 40)
+OVERLAY_ALPHA = 0.45
+
+
+# ----------------------------------------------------------------------------------------------
+# Overlays
+
+
+def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
+    """Normalised float (3, H, W) -> uint8 (H, W, 3) pixels (the inverse of the preprocessing)."""
+    arr = image.transpose(1, 2, 0) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, color, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """Blend `color` into `rgb` (uint8 (H, W, 3)) where `mask` is 1."""
+    out = rgb.astype(np.float32)
+    sel = np.asarray(mask).astype(bool)
+    out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(color, np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def render_episode(
+    query: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    support: np.ndarray | None = None,
+    support_mask: np.ndarray | None = None,
+    caption: str = "",
+) -> Image.Image:
+    """Side-by-side panels: [support + mask,] query, query + ground truth, query + prediction.
+
+    Args:
+        query: uint8 (H, W, 3) query pixels.
+        truth: {0, 1} (H, W) ground truth (green).
+        prediction: {0, 1} (H, W) prediction (red).
+        support: optional uint8 (H, W, 3) first support image.
+        support_mask: its {0, 1} mask (green).
+        caption: text drawn above the panels.
+
+    Returns:
+        an RGB PIL image.
+    """
+    panels = []
+    titles = []
+    if support is not None:
+        panels.append(overlay(support, support_mask, TRUTH_COLOR) if support_mask is not None else support)
+        titles.append("support")
+    panels += [query, overlay(query, truth, TRUTH_COLOR), overlay(query, prediction, PREDICTION_COLOR)]
+    titles += ["query", "ground truth", "prediction"]
+    h, w = query.shape[:2]
+    gap, top = 4, 28
+    canvas = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * gap, h + top), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (panel, title) in enumerate(zip(panels, titles)):
+        x = k * (w + gap)
+        canvas.paste(Image.fromarray(panel), (x, top))
+        draw.text((x + 2, 15), title, fill="black")
+    if caption:
+        draw.text((2, 2), caption, fill="black")
+    return canvas
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:60] or "class"
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(
+    domain: str | Domain,
+    data_root: str | os.PathLike,
+    shots: int | None = None,
+    masker: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    protocol: str = "per-domain",
+    episodes: int | None = None,
+    seed: int = 0,
+    overlays_dir: str | os.PathLike | None = None,
+    overlay_count: int = 4,
+    progress: bool = True,
+    *,
+    apm: str | None = "m",
+    acpa: bool = True,
+    iterations: int | None = None,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    image_size: int | None = None,
+    report_path: str | os.PathLike | None = None,
+) -> dict:
+    """Evaluate the model on a domain's benchmark episodes (on CPU).
+
+    Args:
+        domain: registry name/alias or a `Domain`.
+        data_root: dataset root holding the domain's folder.
+        shots: supports per episode; default `domain.default_shots`.
+        masker: masker file from `lfm-finetune`; its metadata sets the variant (APM, ACPA).
+        checkpoint: base HSNet checkpoint; None uses the UNTRAINED seeded default (reported).
+        protocol: "per-domain" or "per-episode" (see the module docstring).
+        episodes: number of episodes; default the benchmark's (`domain.test_episodes`).
+        seed: episode sampling seed (0 reproduces upstream) and, per-episode without a masker
+            file, the masker initialisation seed.
+        overlays_dir: write overlay PNGs of the first `overlay_count` episodes here.
+        overlay_count: how many overlays.
+        progress: show a tqdm bar.
+        apm, acpa: the variant when no masker file is given. Per-domain without a masker file,
+            the model's masker is used as built (the checkpoint's, else the untuned default).
+        iterations, lr, optimizer: per-episode fine-tuning schedule; defaults from the registry.
+        image_size: model input side; default `domain.image_size` (400). For tests.
+        report_path: also write the report as JSON here.
+
+    Returns:
+        the report: settings, weights (with the `untrained` flag and its description), `miou`,
+        `fb_iou`, `per_class_iou` ({class: IoU}), `class_episodes`, `episodes`, `seconds`,
+        `seconds_per_episode`, `overlays` (files written), `environment`.
+
+    Raises:
+        ValueError: unknown protocol, `shots` < 1, negative `episodes`.
+        DataError, DomainError: dataset problems (raised before the model is built).
+        CheckpointError: unusable checkpoint or masker file.
+    """
+    domain = get_domain(domain)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    shots = domain.default_shots if shots is None else int(shots)
+    size = domain.image_size if image_size is None else int(image_size)
+    started = time.perf_counter()
+
+    dataset = open_dataset(domain, data_root)
+    episode_list = make_episodes(dataset, shot=shots, num_episodes=episodes, seed=seed)
+
+    masker_meta: dict = {}
+    if masker is not None:
+        _, masker_meta = read_masker(masker)
+        apm, acpa = masker_variant(masker_meta)
+        trained_at = int(masker_meta.get("image_size", size))
+        if trained_at != size:
+            raise CheckpointError(
+                f"masker {masker} was fine-tuned at {trained_at}x{trained_at} but {domain.name} is "
+                f"evaluated at {size}x{size}; fine-tune a masker at this size"
+            )
+        if masker_meta.get("domain") not in (None, domain.name):
+            log.warning(
+                "masker %s was fine-tuned for %r, evaluating it on %r", masker, masker_meta.get("domain"), domain.name
+            )
+    model, weights = build_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size)
+    per_episode = protocol == "per-episode"
+    schedule = domain.finetune
+    iterations = schedule.iterations if iterations is None else int(iterations)
+    lr = schedule.lr if lr is None else float(lr)
+    optimizer = schedule.optimizer if optimizer is None else optimizer
+    start_state = None
+    if per_episode:
+        if masker is None:
+            init_masker(model, seed)
+        start_state = masker_state(model)
+    elif masker is None and (apm is not None or acpa):
+        log.warning("no masker file: evaluating %s with the masker as built (not fine-tuned)", model.variant)
+
+    if weights.untrained:
+        log.warning("evaluating UNTRAINED base weights: the numbers say nothing about the method")
+    meter = SegmentationMeter(dataset.num_classes, dataset.class_titles or dataset.classes)
+    overlay_files: list[str] = []
+    if overlays_dir is not None and overlay_count > 0:
+        overlays_dir = Path(overlays_dir)
+        overlays_dir.mkdir(parents=True, exist_ok=True)
+    finetune_seconds = 0.0
+    bar = tqdm(episode_list, desc=f"{domain.name} {shots}-shot", unit="ep", disable=not progress, dynamic_ncols=True)
+    for episode in bar:
+        arrays = load_episode(dataset, episode, size=size)
+        support_images = torch.from_numpy(arrays.support_images)
+        support_masks = torch.from_numpy(arrays.support_masks).float()
+        if per_episode:
+            model.load_state_dict(start_state, strict=False)
+            result = finetune_masker(
+                model, support_images, support_masks, iterations=iterations, lr=lr, seed=seed,
+                optimizer=optimizer, reset=False, progress=False,
+            )
+            finetune_seconds += result.seconds
+        with torch.no_grad():
+            pred = model.predict_mask_nshot(
+                torch.from_numpy(arrays.query_image)[None], support_images[None], support_masks[None]
+            )[0].numpy()
+        meter.update(pred, arrays.query_mask, episode.class_id)
+        if progress:
+            bar.set_postfix(miou=f"{meter.miou():.1f}")
+        if overlays_dir is not None and len(overlay_files) < overlay_count:
+            inter, union = intersection_union(pred, arrays.query_mask)
+            iou = 100.0 * inter[1] / max(union[1], 1)
+            name = meter.class_names[episode.class_id] if meter.class_names else episode.class_name
+            image = render_episode(
+                denormalize(arrays.query_image, domain.mean, domain.std),
+                arrays.query_mask,
+                pred,
+                denormalize(arrays.support_images[0], domain.mean, domain.std),
+                arrays.support_masks[0],
+                caption=f"episode {episode.index} class {name} {shots}-shot  fg IoU {iou:.1f}",
+            )
+            path = overlays_dir / f"episode_{episode.index:04d}_{_safe(str(name))}.png"
+            image.save(path)
+            overlay_files.append(str(path))
+    bar.close()
+    if per_episode and start_state is not None:
+        model.load_state_dict(start_state, strict=False)
+
+    seconds = time.perf_counter() - started
+    summary = meter.summary()
+    names = summary.pop("class_names", None) or list(dataset.classes)
+    report = {
+        "domain": domain.name,
+        "title": domain.title,
+        "data_root": str(data_root),
+        "shots": shots,
+        "protocol": protocol,
+        "episode_seed": seed,
+        "image_size": size,
+        "variant": model.variant,
+        "masker": None if masker is None else str(masker),
+        "masker_meta": masker_meta,
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "weights": weights.to_dict(),
+        "weights_description": weights.describe(),
+        "untrained": weights.untrained,
+        "finetune": {"iterations": iterations, "lr": lr, "optimizer": str(optimizer).lower(), "seed": seed,
+                     "seconds": finetune_seconds} if per_episode else None,
+        "miou": summary["miou"],
+        "fb_iou": summary["fb_iou"],
+        "per_class_iou": dict(zip(names, summary["per_class_iou"])),
+        "class_episodes": dict(zip(names, summary["class_episodes"])),
+        "episodes": summary["episodes"],
+        "seconds": seconds,
+        "seconds_per_episode": seconds / max(summary["episodes"], 1),
+        "overlays": overlay_files,
+        "environment": environment(),
+    }
+    if dataset.num_classes != domain.num_classes:
+        report["note"] = (
+            f"{dataset.num_classes} classes found, the benchmark has {domain.num_classes}: not comparable "
+            "with published numbers"
+        )
+    if report_path is not None:
+        write_json_atomic(report_path, report)
+        report["report_path"] = str(report_path)
+    log.info("%s %d-shot %s: mIoU %.2f, FB-IoU %.2f over %d episodes (%.1fs)",
+             domain.name, shots, protocol, report["miou"], report["fb_iou"], report["episodes"], seconds)
+    return report
+
+
+__all__ = ["PROTOCOLS", "denormalize", "evaluate", "overlay", "render_episode"]
