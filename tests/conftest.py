@@ -23,3 +23,32 @@ def _restore_rng():
     np.random.set_state(np_state)
     if torch is not None:
         torch.random.set_rng_state(torch_state)
+
+
+#: Image size of the exported test artifacts: small, and with odd layer4 maps (5x5) like 400's
+#: 13x13 (even maps add Nyquist bins whose signed-zero phase is ill-conditioned in torch.fft).
+TEST_IMAGE_SIZE = 160
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """Factory for small (160 px) deepglobe exports, cached per (shots, lowering) for the session.
+
+    Usage: `exported(shots=1)` -> ExportResult whose `out_dir` holds episode/encoder/head.onnx.
+    Tests must not modify the returned directory (copy it first).
+    """
+    cache = {}
+
+    def make(shots: int = 1, lowering: str = "matmul", triton: bool = False):
+        key = (shots, lowering, triton)
+        if key not in cache:
+            from lfm_deploy.export.pipeline import export_domain
+
+            out = tmp_path_factory.mktemp("export") / f"deepglobe-{shots}shot-{lowering}"
+            cache[key] = export_domain(
+                "deepglobe", out=out, shots=shots, lowering=lowering, triton=triton,
+                image_size=TEST_IMAGE_SIZE, progress=False,
+            )
+        return cache[key]
+
+    return make

@@ -54,9 +54,29 @@ class TensorSpec:
         return d
 
 
-def _vote(shot_logits: list[torch.Tensor]) -> torch.Tensor:
-    votes = torch.stack([x.argmax(dim=1) for x in shot_logits]).sum(dim=0)
-    return vote_masks(votes, len(shot_logits)).to(torch.uint8)
+def _vote(shot_logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, 2, S, S) logits -> (B, S, S) uint8 mask by HSNet's K-shot voting."""
+    votes = shot_logits.argmax(dim=2).sum(dim=1)
+    return vote_masks(votes, shot_logits.shape[1]).to(torch.uint8)
+
+
+def _pairs(feats: list[torch.Tensor], shots: int) -> list[torch.Tensor]:
+    """Repeat each (B, ...) feature K times along the batch: (B*K, ...), shot-minor order."""
+    out = []
+    for f in feats:
+        tail = tuple(f.shape[1:])
+        out.append(f.unsqueeze(1).expand((-1, shots) + tail).reshape((-1,) + tail))
+    return out
+
+
+def _shot_logits(model: LFMHSNet, query: list[torch.Tensor], support: list[torch.Tensor], shots: int, out_size) -> torch.Tensor:
+    """All (query, shot) pairs through the head as one batch of B*K: (B, K, 2, S, S).
+
+    Equivalent to the eager model's loop over shots (every op of the head is per-sample,
+    GroupNorm included) but the graph does not grow with K, and the pairs share each conv.
+    """
+    logits = model.head(query, support, out_size)
+    return logits.reshape((-1, shots) + tuple(logits.shape[1:]))
 
 
 class EpisodeGraph(nn.Module):
@@ -68,10 +88,16 @@ class EpisodeGraph(nn.Module):
         self.shots = shots
 
     def forward(self, query_img, support_imgs, support_masks):
-        logits = self.model.shot_logits(query_img, support_imgs, support_masks)
+        k = self.shots
+        query = _pairs(self.model.encode_query(self.model.extract_features(query_img)), k)
+        # Supports of all shots through the backbone as one batch: (B*K, ...), shot-minor.
+        imgs = support_imgs.reshape((-1,) + tuple(support_imgs.shape[2:]))
+        masks = support_masks.reshape((-1,) + tuple(support_masks.shape[2:]))
+        support = self.model.encode_support(self.model.extract_features(imgs), masks)
+        logits = _shot_logits(self.model, query, support, k, query_img.shape[-2:])
         mask = _vote(logits)
-        if self.shots == 1:
-            return logits[0], mask
+        if k == 1:
+            return logits[:, 0], mask
         return (mask,)
 
     def inputs(self, s: int) -> list[TensorSpec]:
@@ -128,17 +154,17 @@ class HeadGraph(nn.Module):
         self.shots = shots
 
     def forward(self, query_img, support_l2, support_l3, support_l4):
-        query = self.model.encode_query(self.model.extract_features(query_img))
+        k = self.shots
+        query = _pairs(self.model.encode_query(self.model.extract_features(query_img)), k)
         b = query_img.shape[0]
-        out_size = query_img.shape[-2:]
-        shot_logits = []
-        for k in range(self.shots):
-            support = []
-            for stage in (support_l2, support_l3, support_l4):
-                shot = stage[k : k + 1].expand(b, *stage.shape[1:])
-                support.extend(shot.unbind(dim=1))
-            shot_logits.append(self.model.head(query, support, out_size))
-        return torch.stack(shot_logits, dim=1), _vote(shot_logits)
+        support = []
+        for stage in (support_l2, support_l3, support_l4):
+            # The same K shots for every query: (K, n, C, h, w) -> (B*K, n, C, h, w).
+            tail = tuple(stage.shape[1:])
+            pairs = stage.unsqueeze(0).expand((b, -1) + tail).reshape((-1,) + tail)
+            support.extend(pairs.unbind(dim=1))
+        logits = _shot_logits(self.model, query, support, k, query_img.shape[-2:])
+        return logits, _vote(logits)
 
     def inputs(self, s: int) -> list[TensorSpec]:
         k = self.shots

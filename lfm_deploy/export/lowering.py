@@ -294,7 +294,9 @@ class MatmulFFT(nn.Module):
         """
         self._check(x)
         dtype = x.dtype
-        flat = x.flatten(-2)
+        # reshape through the traced shape (not flatten): the TorchScript exporter bakes the
+        # example's batch size into flatten/unflatten, breaking dynamic batches.
+        flat = x.reshape(x.shape[:-2] + (-1,))
         re = flat @ self.fwd_re.to(dtype)
         im = flat @ self.fwd_im.to(dtype)
         amplitude = torch.sqrt(re * re + im * im) * amp_gate.flatten(-2)
@@ -302,7 +304,7 @@ class MatmulFFT(nn.Module):
         out = (amplitude * torch.cos(phase)) @ self.inv_re.to(dtype) + (
             amplitude * torch.sin(phase)
         ) @ self.inv_im.to(dtype)
-        return out.unflatten(-1, (self.height, self.width))
+        return out.reshape(out.shape[:-1] + (self.height, self.width))
 
     def phase_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial mean of angle(fft2(x)), (B, C, H, W) -> (B, C), via the exact identity.

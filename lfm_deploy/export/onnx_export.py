@@ -99,7 +99,7 @@ def export_onnx(
     # Stable metadata so that re-exports of the same inputs give byte-identical files.
     model.producer_name = "lfm-deploy"
     model.doc_string = ""
-    _name_dynamic_dims(model, inputs + outputs)
+    _apply_contract_shapes(model, inputs + outputs)
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
@@ -158,14 +158,24 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnxslim.slim(model)
 
 
-def _name_dynamic_dims(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
-    """Give dynamic dims the contract's names ("B"/"N") whatever the exporter called them."""
+def _apply_contract_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> None:
+    """Write the contract's shapes onto the graph's inputs and outputs.
+
+    Dynamic dims get the contract's names ("B"/"N") whatever the exporter called them, and
+    static dims their values: the TorchScript exporter leaves output dims computed through
+    Resize symbolic (e.g. "Resizelogits_dim_1"), which would hide the static contract from
+    consumers such as TensorRT and Triton.
+    """
     by_name = {s.name: s for s in specs}
     for value in list(model.graph.input) + list(model.graph.output):
         spec = by_name.get(value.name)
         if spec is None:
             continue
-        dims = value.type.tensor_type.shape.dim
-        for i, d in enumerate(spec.shape):
-            if d in DYNAMIC_DIMS and i < len(dims):
-                dims[i].dim_param = d
+        shape = value.type.tensor_type.shape
+        del shape.dim[:]
+        for d in spec.shape:
+            dim = shape.dim.add()
+            if d in DYNAMIC_DIMS:
+                dim.dim_param = d
+            else:
+                dim.dim_value = int(d)

@@ -1,0 +1,177 @@
+"""`export_domain` / `lfm-export` end to end on small (160 px) models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lfm_deploy.cli.export import lint_main, main as export_main
+from lfm_deploy.domains import get_domain
+from lfm_deploy.errors import ParityError
+from lfm_deploy.export import pipeline
+from lfm_deploy.export.graphs import EncoderGraph, HeadGraph
+from lfm_deploy.export.validate import validation_episode
+from lfm_deploy.manifest import read_manifest, sha256_file
+from lfm_deploy.models import build_model
+
+from ..conftest import TEST_IMAGE_SIZE as S
+
+pytestmark = pytest.mark.slow
+
+
+def _dims(value):
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def test_one_shot_export_contract_and_manifest(exported):
+    result = exported(1)
+    out = result.out_dir
+    assert result.passed
+    manifest = read_manifest(out)  # verifies every file's size and sha256
+    assert manifest["untrained"] is True and "UNTRAINED" in manifest["warning"]
+    assert manifest["weights"]["seed"] == 0 and manifest["lowering"] == "matmul" and manifest["shots"] == 1
+    assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert set(manifest["files"]) == {"episode.onnx", "encoder.onnx", "head.onnx"}
+    assert {"torch", "onnx", "onnxruntime", "lfm_deploy"} <= set(manifest["versions"])
+    assert manifest["tensorrt_lint"]["ok"], manifest["tensorrt_lint"]
+    for graph, entry in manifest["graphs"].items():
+        model = onnx.load(str(out / entry["file"]), load_external_data=False)
+        assert [i.name for i in model.graph.input] == [x["name"] for x in entry["inputs"]]
+        assert [o.name for o in model.graph.output] == [x["name"] for x in entry["outputs"]]
+        for value, spec in zip(list(model.graph.input) + list(model.graph.output), entry["inputs"] + entry["outputs"]):
+            assert _dims(value) == spec["shape"], (graph, value.name)
+            assert onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name == spec["dtype"]
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["parity"]["passed"] and len(report["parity"]["checks"]) == 7
+    assert "| episode | logits |" in (out / "export_report.md").read_text()
+    assert not list(out.parent.glob(f".{out.name}.partial-*"))
+
+
+def test_graphs_take_dynamic_batches(exported):
+    out = exported(1).out_dir
+    model, _ = build_model(image_size=S)
+    ep = validation_episode(get_domain("deepglobe"), shots=1, batch=2, image_size=S)
+    sess = ort.InferenceSession(str(out / "episode.onnx"), providers=["CPUExecutionProvider"])
+    logits, mask = sess.run(None, ep)
+    q, s, m = (torch.from_numpy(ep[k]) for k in ("query_img", "support_imgs", "support_masks"))
+    with torch.no_grad():
+        ref = model(q, s[:, 0], m[:, 0])
+    assert logits.shape == (2, 2, S, S) and mask.shape == (2, S, S) and mask.dtype == np.uint8
+    assert np.abs(logits - ref.numpy()).max() < 1e-4
+    # Head: three queries against one cached support set.
+    enc = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    feats = enc.run(None, {"support_img": ep["support_imgs"][0], "support_mask": ep["support_masks"][0]})
+    head = ort.InferenceSession(str(out / "head.onnx"), providers=["CPUExecutionProvider"])
+    queries = np.concatenate([ep["query_img"], ep["query_img"][:1]])
+    shot_logits, mask3 = head.run(None, {"query_img": queries, "support_l2": feats[0], "support_l3": feats[1], "support_l4": feats[2]})
+    assert shot_logits.shape == (3, 1, 2, S, S) and mask3.shape == (3, S, S)
+    with torch.no_grad():
+        ref_enc = EncoderGraph(model)(s[0], m[0])
+        ref_head = HeadGraph(model, 1)(torch.from_numpy(queries), *ref_enc)[0]
+    assert np.abs(shot_logits - ref_head.numpy()).max() < 1e-4
+
+
+def test_five_shot_export_votes_like_the_eager_model(exported):
+    result = exported(5)
+    assert result.passed
+    assert [o["name"] for o in result.manifest["graphs"]["episode"]["outputs"]] == ["mask"]
+    checks = {(c.graph, c.output): c for c in result.checks}
+    assert checks[("episode", "mask")].agreement >= 0.999
+    assert checks[("head", "shot_logits")].max_abs < 1e-4
+    assert result.manifest["graphs"]["head"]["inputs"][1]["shape"][0] == 5
+
+
+def test_dft_lowering_exports_and_matches(exported):
+    result = exported(1, lowering="dft")
+    assert result.passed, [c.line() for c in result.checks]
+    ops = {n.op_type for n in onnx.load(str(result.out_dir / "episode.onnx")).graph.node}
+    assert "DFT" in ops
+    lint = result.manifest["tensorrt_lint"]
+    assert not lint["ok"]  # DFT is not importable by TensorRT 10
+    findings = lint["graphs"]["episode"]["findings"]
+    assert any(f["op"] == "DFT" for f in findings)
+
+
+def test_reexport_is_byte_identical(exported, tmp_path):
+    first = exported(1)
+    again = pipeline.export_domain("deepglobe", out=tmp_path / "again", shots=1, split=False, validate=False,
+                                   image_size=S, progress=False)
+    assert sha256_file(again.out_dir / "episode.onnx") == first.manifest["files"]["episode.onnx"]["sha256"]
+    assert again.manifest["parity"]["validated"] is False
+
+
+def _reuse_exports(monkeypatch, source):
+    """Make export_onnx copy already-exported graphs (the test is about the directory logic)."""
+
+    def fake_export(module, example_inputs, path, inputs, outputs, **kwargs):
+        shutil.copyfile(source / path.name, path)
+
+    monkeypatch.setattr(pipeline, "export_onnx", fake_export)
+
+
+def test_failed_parity_keeps_previous_output_and_reports(exported, tmp_path, monkeypatch):
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    (out / "previous.txt").write_text("previous good export")
+    _reuse_exports(monkeypatch, exported(1).out_dir)
+    strict = get_domain("deepglobe").tolerances
+    monkeypatch.setattr(type(strict), "for_lowering", lambda self, lowering: (0.0, 0.0))
+    with pytest.raises(ParityError) as err:
+        pipeline.export_domain("deepglobe", out=out, shots=1, image_size=S, progress=False)
+    msg = str(err.value)
+    assert "[FAIL] episode.logits" in msg and "[ok  ] episode.mask" in msg and "artifacts.failed" in msg
+    assert (out / "previous.txt").read_text() == "previous good export"
+    failed = tmp_path / "artifacts.failed"
+    assert (failed / "export_report.md").is_file() and "**FAIL**" in (failed / "export_report.md").read_text()
+    assert not list(tmp_path.glob(".artifacts.partial-*"))
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(module, example_inputs, path, inputs, outputs, **kwargs):
+        calls.append(path.name)
+        path.write_bytes(b"partial")
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "export_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.export_domain("deepglobe", out=tmp_path / "out", shots=1, image_size=S, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_successful_export_replaces_previous_directory(exported, tmp_path, monkeypatch):
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    (out / "stale.onnx").write_text("old")
+    _reuse_exports(monkeypatch, exported(1).out_dir)
+    result = pipeline.export_domain("deepglobe", out=out, shots=1, image_size=S, progress=False, triton=True)
+    assert result.passed and not (out / "stale.onnx").exists()
+    assert (out / "triton" / "lfm_deepglobe_1shot_split" / "config.pbtxt").is_file()
+    read_manifest(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"]
+
+
+def test_cli_lint_on_export_dir(exported):
+    res = CliRunner().invoke(lint_main, [str(exported(1).out_dir)])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("clean") == 3
+
+
+def test_cli_user_errors_are_one_line():
+    runner = CliRunner()
+    res = runner.invoke(export_main, ["--domain", "mars"])
+    assert res.exit_code == 2 and "unknown domain 'mars'" in res.output
+    res = runner.invoke(export_main, ["--domain", "deepglobe", "--checkpoint", "/no/such/best_model.pt", "--quiet"])
+    assert res.exit_code == 1 and res.output.startswith("Error: checkpoint not found")
+    assert "Traceback" not in res.output
+    res = runner.invoke(export_main, ["--domain", "deepglobe", "--shots", "0"])
+    assert res.exit_code == 2
