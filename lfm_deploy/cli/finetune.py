@@ -21,6 +21,10 @@ def _fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "es" if noun.endswith("s") else "s")
+
+
 def _apm_value(ctx, param, value):
     return None if value == "none" else value
 
@@ -62,7 +66,8 @@ def _untrained_note(untrained: bool) -> None:
               help="Optimizer. Default: the domain's (adam).")
 @click.option("--seed", type=int, default=0, help="Seed of the masker initialisation.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Masker file to write; a <name>.finetune.json log goes next to it. [default: masker-<domain>.safetensors]")
+              help="Masker file to write; a <name>.finetune.json log goes next to it. "
+              "[default: masker-<domain>.safetensors]")
 @click.option("--pairs-per-iteration", type=click.IntRange(min=1), default=None,
               help="(query, support) pairs per step. Default: number of support images, at most 8.")
 @click.option("--image-size", type=click.IntRange(min=32), default=None, hidden=True,
@@ -94,7 +99,8 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
     )
     s = result.settings
     click.echo(f"domain        {domain.name} ({s['variant']}, {s['image_size']}x{s['image_size']})")
-    click.echo(f"support       {s['support_images']} images in {s['support_classes']} classes from {s['support_source']}")
+    images, classes = _count(s["support_images"], "image"), _count(s["support_classes"], "class")
+    click.echo(f"support       {images} in {classes} from {s['support_source']}")
     click.echo(f"schedule      {result.iterations} iterations, {result.optimizer} lr {result.lr:g}, seed {result.seed}")
     if result.losses:
         click.echo(f"loss          {result.first_loss:.6f} (first) -> {result.last_loss:.6f} (last)")

@@ -1,8 +1,9 @@
 """Per-domain fine-tuning of the masker and CD-FSS evaluation.
 
 The metrics are torch-free and imported eagerly. The torch-based training and evaluation code
-(`lfm_deploy.finetune.trainer`, `lfm_deploy.finetune.evaluate`) is imported on first use of one
-of its names, so that `import lfm_deploy.finetune` stays light and works without torch.
+(`lfm_deploy.finetune.trainer`, `lfm_deploy.finetune.evaluate`) is not imported here, so that
+`import lfm_deploy.finetune` stays light and works without torch; the trainer's main names are
+available from the package on first use (`from lfm_deploy.finetune import finetune_domain`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ _LAZY = {
     "finetune_masker": "trainer",
     "init_masker": "trainer",
     "load_support_set": "trainer",
-    "PROTOCOLS": "evaluate",
-    "evaluate": "evaluate",
 }
+# `evaluate` is deliberately not re-exported: the name is also the submodule
+# `lfm_deploy.finetune.evaluate`, and the two would shadow each other. Import it from there.
 
 __all__ = ["SegmentationMeter", "intersection_union", *_LAZY]
 

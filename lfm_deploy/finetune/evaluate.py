@@ -243,8 +243,6 @@ def evaluate(
             image.save(path)
             overlay_files.append(str(path))
     bar.close()
-    if per_episode and start_state is not None:
-        model.load_state_dict(start_state, strict=False)
 
     seconds = time.perf_counter() - started
     summary = meter.summary()

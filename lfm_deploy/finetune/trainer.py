@@ -337,7 +337,9 @@ class CachedSupportForward:
         cache_bytes: memory budget of the caches.
     """
 
-    def __init__(self, model: LFMHSNet, images: torch.Tensor, masks: torch.Tensor, cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(
+        self, model: LFMHSNet, images: torch.Tensor, masks: torch.Tensor, cache_bytes: int = DEFAULT_CACHE_BYTES
+    ):
         self.model = model
         self.images = images
         self.masks = masks
@@ -389,17 +391,7 @@ class CachedSupportForward:
         corr4 = torch.stack([correlation(a, b) for a, b in zip(query4, support4)], dim=1)
 
         # HPNLearner.forward from the layer4 encoder on, with the cached layer3/layer2 encodings.
-        sqz4 = learner.encoder_layer4(corr4)
-        mix43 = learner.interpolate_query_dims(sqz4, sqz3.shape[2:4]) + sqz3
-        mix43 = learner.encoder_layer4to3(mix43)
-        mix432 = learner.interpolate_query_dims(mix43, sqz2.shape[2:4]) + sqz2
-        mix432 = learner.encoder_layer3to2(mix432)
-        b, c, hq, wq = mix432.shape[:4]
-        encoded = mix432.reshape(b, c, hq, wq, -1).mean(dim=-1)
-        decoded = learner.decoder1(encoded)
-        size = (decoded.shape[-1] * 2,) * 2
-        decoded = F.interpolate(decoded, size, mode="bilinear", align_corners=True)
-        logits = learner.decoder2(decoded)
+        logits = learner.forward_squeezed(learner.encoder_layer4(corr4), sqz3, sqz2)
         return F.interpolate(logits, self.images.shape[-2:], mode="bilinear", align_corners=True)
 
 
@@ -549,7 +541,9 @@ def finetune_masker(
             if reset:
                 init_masker(model, seed)
             opt = _make_optimizer(optimizer, [p for _, p in params], lr)
-            bar = tqdm(schedule, desc="fine-tuning masker", unit="it", disable=not progress, leave=False, dynamic_ncols=True)
+            bar = tqdm(
+                schedule, desc="fine-tuning masker", unit="it", disable=not progress, leave=False, dynamic_ncols=True
+            )
             for t, pairs in enumerate(bar):
                 t0 = time.perf_counter()
                 if t == 0:  # the first iteration fills the caches

@@ -8,7 +8,6 @@ into the model, so a bad file never leaves a half-loaded model behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Mapping
 import torch
 
 from ..errors import CheckpointError
+from ..manifest import sha256_file
 from .hsnet import LFMHSNet
 from .masker import official_to_spatial_shift
 
@@ -57,15 +57,6 @@ class WeightsInfo:
         if self.masker:
             base += f"; masker {self.masker}"
         return base
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _listing(keys, limit: int = _MAX_LISTED) -> str:

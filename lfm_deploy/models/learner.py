@@ -71,7 +71,14 @@ class HPNLearner(nn.Module):
         sqz4 = self.encoder_layer4(pyramid[0])
         sqz3 = self.encoder_layer3(pyramid[1])
         sqz2 = self.encoder_layer2(pyramid[2])
+        return self.forward_squeezed(sqz4, sqz3, sqz2)
 
+    def forward_squeezed(self, sqz4: torch.Tensor, sqz3: torch.Tensor, sqz2: torch.Tensor) -> torch.Tensor:
+        """Mixing and decoding from the three squeezing encoders' outputs.
+
+        Separate so that fine-tuning can cache the layer3/layer2 encodings, which do not depend
+        on the masker (it acts on layer4 only).
+        """
         mix43 = self.interpolate_query_dims(sqz4, sqz3.shape[2:4]) + sqz3
         mix43 = self.encoder_layer4to3(mix43)
         mix432 = self.interpolate_query_dims(mix43, sqz2.shape[2:4]) + sqz2
