@@ -60,13 +60,13 @@ class _Steps:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc="lfm-export", unit="step", leave=True,
-                            bar_format="{desc}: {n_fmt}/{total_fmt} [{elapsed}] {postfix}")
+            self.bar = tqdm(total=total, desc="starting", unit="step", leave=True,
+                            bar_format="lfm-export {n_fmt}/{total_fmt} [{elapsed}] {desc}")
 
     def start(self, what: str) -> None:
         log.info("%s", what)
         if self.bar is not None:
-            self.bar.set_postfix_str(what)
+            self.bar.set_description_str(what)
 
     def done(self) -> None:
         if self.bar is not None:
@@ -74,7 +74,7 @@ class _Steps:
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str("done")
+            self.bar.set_description_str("done")
             self.bar.close()
 
 
@@ -190,6 +190,8 @@ def export_domain(
         raise ExportError(f"--opset {opset} is too old; use 17 or later")
     out = Path(out) if out is not None else Path("artifacts") / dom.name
     size = image_size or dom.image_size
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a directory; choose another --out")
     apm, acpa = _resolve_variant(apm, acpa, masker)
     t0 = time.perf_counter()
 
@@ -202,10 +204,13 @@ def export_domain(
     prepared = prepare_for_export(model, lowering)
     steps.done()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise ExportError(f"cannot write the output directory {out} ({exc.strerror}); choose a writable --out") from None
     try:
         episode = validation_episode(dom, shots, batch=1, seed=seed, image_size=size)
         q = torch.from_numpy(episode["query_img"])

@@ -175,3 +175,32 @@ def test_cli_user_errors_are_one_line():
     assert "Traceback" not in res.output
     res = runner.invoke(export_main, ["--domain", "deepglobe", "--shots", "0"])
     assert res.exit_code == 2
+
+
+def test_cli_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = CliRunner().invoke(export_main, ["--domain", "deepglobe", "--out", str(blocker / "out"), "--quiet"])
+    assert res.exit_code == 1 and res.output.startswith("Error: cannot write the output directory")
+    res = CliRunner().invoke(export_main, ["--domain", "deepglobe", "--out", str(blocker), "--quiet"])
+    assert res.exit_code == 2 and "is a file" in res.output  # click's usage error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_validation_episodes_cover_the_acpa_sign_case():
+    """The export's validation episode has layer4 support channels with negative sums.
+
+    Those are the channels whose DC phase is +pi in PyTorch and -pi in a naive ONNX export
+    (MODEL.md), so a passing validation proves the sign case is handled.
+    """
+    model, _ = build_model(image_size=S)
+    ep = validation_episode(get_domain("deepglobe"), shots=1, image_size=S)
+    s = torch.from_numpy(ep["support_imgs"][:, 0])
+    m = torch.from_numpy(ep["support_masks"][:, 0])
+    with torch.no_grad():
+        feats = model.extract_features(s)
+        feats = model._apply_to_layer4(model.apm, feats)
+        masked = model.mask_support_features(feats, m)
+    sums = torch.stack([f.sum(dim=(2, 3)) for f in masked[-3:]])
+    negative = (sums < 0).float().mean().item()
+    assert 0.05 < negative < 0.95, f"share of negative-sum layer4 channels: {negative:.2f}"
