@@ -1,0 +1,141 @@
+"""Runtime inputs: the manifest's preprocessing contract applied to user images and masks.
+
+Everything goes through `lfm_deploy.preprocess`, the same functions the training and export
+data readers use, so a served image is normalised exactly as during fine-tuning and export
+validation (PIL bilinear resize, /255, mean/std; masks >= 128, torch-style nearest resize).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError, ManifestError
+from ..preprocess import ImageLike, binarize_mask, normalize_image, resize_mask_nearest, to_pil_rgb
+
+log = logging.getLogger(__name__)
+
+
+def describe(item, index: int | None = None, role: str = "image") -> str:
+    """A short name for an input in error messages: its path, or its role and index."""
+    if isinstance(item, (str, os.PathLike)):
+        return f"{role} {os.fspath(item)}"
+    return f"{role} {index}" if index is not None else role
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The preprocessing an export was validated with (manifest["preprocessing"]).
+
+    Attributes:
+        size: square model input size S.
+        color: "rgb" or "grayscale". Both feed the model three channels: grayscale inputs are
+            replicated (PIL convert("RGB")), exactly as the training readers do.
+        mean, std: per-channel normalisation after scaling pixels to [0, 1].
+    """
+
+    size: int
+    color: str
+    mean: tuple
+    std: tuple
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Preprocessing":
+        """Read and check the manifest's preprocessing section.
+
+        Raises:
+            ManifestError: a missing or inconsistent section, or a contract this runtime
+                cannot reproduce (a different pixel scale or mask threshold).
+        """
+        pre = manifest.get("preprocessing")
+        size = manifest.get("image_size")
+        if not isinstance(pre, dict) or not isinstance(size, int) or size < 32:
+            raise ManifestError("the manifest has no valid 'preprocessing' / 'image_size'; re-run lfm-export")
+        pre_size = pre.get("image_size", [size, size])
+        if list(pre_size) != [size, size]:
+            raise ManifestError(
+                f"the manifest's preprocessing image_size {pre_size} differs from its image_size {size}; re-run lfm-export"
+            )
+        try:
+            mean = tuple(float(v) for v in pre["mean"])
+            std = tuple(float(v) for v in pre["std"])
+        except (KeyError, TypeError, ValueError):
+            raise ManifestError("the manifest's preprocessing lacks a numeric mean/std; re-run lfm-export") from None
+        if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
+            raise ManifestError(f"the manifest's preprocessing mean {mean} / std {std} are not 3 values (std > 0)")
+        scale = float(pre.get("scale", 1.0 / 255.0))
+        threshold = pre.get("mask_threshold", 128)
+        if not math.isclose(scale, 1.0 / 255.0, rel_tol=1e-6) or threshold != 128:
+            raise ManifestError(
+                f"the manifest asks for pixel scale {scale} and mask threshold {threshold}; this runtime implements "
+                "1/255 and 128 (the CD-FSS contract); upgrade lfm-deploy"
+            )
+        color = pre.get("color", "rgb")
+        if color not in ("rgb", "grayscale"):
+            raise ManifestError(f"the manifest's preprocessing color {color!r} is not 'rgb' or 'grayscale'")
+        return cls(size=size, color=color, mean=mean, std=std)
+
+    def image(self, image: ImageLike, what: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode, check and normalise one image.
+
+        Returns:
+            (float32 (3, S, S) normalised image, (height, width) of the original).
+
+        Raises:
+            InputError: unreadable file, wrong type/shape/dtype, NaN/Inf, zero or oversized image.
+        """
+        pil = to_pil_rgb(image, what)
+        arr = normalize_image(pil, self.size, self.mean, self.std, what)
+        return arr, (pil.height, pil.width)
+
+    def support(self, image: ImageLike, mask: ImageLike, index: int, allow_empty: bool) -> tuple[np.ndarray, np.ndarray]:
+        """One support pair at model size: (float32 (3,S,S) image, float32 (S,S) {0,1} mask).
+
+        Raises:
+            InputError: a bad image or mask, a mask whose size differs from its image, a
+                non-binary mask, or an empty mask (unless `allow_empty`).
+        """
+        img_what = describe(image, index, "support image")
+        mask_what = describe(mask, index, "support mask")
+        arr, (h, w) = self.image(image, img_what)
+        binary = binarize_mask(mask, mask_what)
+        if binary.shape != (h, w):
+            raise InputError(
+                f"{mask_what} is {binary.shape[1]}x{binary.shape[0]} but its image is {w}x{h}; "
+                "pass the mask drawn for that image, at the same size"
+            )
+        small = resize_mask_nearest(binary, self.size)
+        if not small.any():
+            hint = _empty_hint(mask, binary)
+            message = (
+                f"{mask_what} has no foreground pixels at the model's {self.size}x{self.size} resolution{hint}; "
+                "HSNet would find nothing to match"
+            )
+            if not allow_empty:
+                raise InputError(message + "; pass a mask that marks the object, or allow_empty=True to accept it")
+            log.warning("%s (accepted: allow_empty=True)", message)
+        return arr, small.astype(np.float32)
+
+
+def _empty_hint(mask, binary: np.ndarray) -> str:
+    """Explain the common cause of an empty mask: a 0/1 image file read as 8-bit (>= 128)."""
+    if binary.any():
+        return " (its foreground vanished when resized; the object is too small)"
+    raw = None
+    try:
+        if isinstance(mask, (str, os.PathLike)):
+            with Image.open(mask) as img:
+                raw = np.asarray(img.convert("L"))
+        elif isinstance(mask, Image.Image):
+            raw = np.asarray(mask.convert("L"))
+    except OSError:
+        return ""
+    if raw is not None and 0 < int(raw.max()) < 128:
+        return (f" (its largest value is {int(raw.max())}: 8-bit masks are foreground where >= 128, "
+                "so save it as 0/255 or pass a {0, 1} array)")
+    return ""

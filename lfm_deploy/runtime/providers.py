@@ -1,0 +1,158 @@
+"""Execution providers: short names -> onnxruntime EP names, and the "did we get them" check.
+
+onnxruntime silently drops a requested execution provider it cannot load (DEPLOY.md:
+"check `session.get_providers()` after creating it"), so every session is checked after
+creation and a missing accelerator is an error unless the caller allows the CPU fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence, Union
+
+from ..errors import BackendUnavailable, InputError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+
+#: Short names accepted wherever providers are given (case-insensitive).
+PROVIDER_ALIASES = {
+    "cpu": CPU,
+    "cuda": CUDA,
+    "gpu": CUDA,
+    "tensorrt": TENSORRT,
+    "trt": TENSORRT,
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+}
+
+ProviderSpec = Union[str, tuple]
+
+
+def _all_provider_names() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_all_providers())
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build can load, best first."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _canonical(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"execution provider {name!r} is not a name; use e.g. 'cpu', 'cuda' or 'tensorrt'")
+    key = name.strip()
+    alias = PROVIDER_ALIASES.get(key.lower())
+    if alias is not None:
+        return alias
+    known = _all_provider_names()
+    for full in known:
+        if full.lower() == key.lower() or full.lower() == key.lower() + "executionprovider":
+            return full
+    raise InputError(
+        f"unknown execution provider {name!r}; use one of {', '.join(sorted(set(PROVIDER_ALIASES)))} "
+        "or a full onnxruntime name (onnxruntime.get_all_providers())"
+    )
+
+
+def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> list[tuple[str, dict]]:
+    """Normalise a providers argument to onnxruntime's (name, options) pairs.
+
+    Args:
+        providers: None (CPU only), a comma-separated string ("tensorrt,cuda,cpu"), or a list
+            of names / (name, options dict) pairs. Short names (`PROVIDER_ALIASES`) and full
+            onnxruntime names are accepted, case-insensitively.
+
+    Returns:
+        Deduplicated (full name, options) pairs in the given order, with the CPU EP appended
+        as the last resort for nodes no accelerator takes (onnxruntime's own convention).
+
+    Raises:
+        InputError: an unknown provider name or a malformed entry.
+    """
+    if providers is None:
+        entries: list = [CPU]
+    elif isinstance(providers, str):
+        entries = [p for p in providers.split(",") if p.strip()]
+    else:
+        entries = list(providers)
+    if not entries:
+        raise InputError("providers is empty; pass e.g. 'cpu' or ['cuda', 'cpu'] (or None for CPU)")
+    resolved: list[tuple[str, dict]] = []
+    for entry in entries:
+        if isinstance(entry, tuple):
+            if len(entry) != 2 or not isinstance(entry[1], dict):
+                raise InputError(f"provider entry {entry!r} must be a name or a (name, options dict) pair")
+            name, options = _canonical(entry[0]), dict(entry[1])
+        else:
+            name, options = _canonical(entry), {}
+        if name not in (n for n, _ in resolved):
+            resolved.append((name, options))
+    if CPU not in (n for n, _ in resolved):
+        resolved.append((CPU, {}))
+    return resolved
+
+
+def accelerators(resolved: Iterable[tuple[str, dict]]) -> list[str]:
+    """The requested providers other than the CPU EP."""
+    return [n for n, _ in resolved if n != CPU]
+
+
+def check_available(resolved: list[tuple[str, dict]], allow_fallback: bool) -> list[tuple[str, dict]]:
+    """Drop (with a warning) or refuse requested providers this build cannot load at all.
+
+    Returns:
+        The pairs that are worth handing to onnxruntime.
+
+    Raises:
+        BackendUnavailable: a requested accelerator is missing and `allow_fallback` is False.
+    """
+    available = set(available_providers())
+    missing = [n for n in accelerators(resolved) if n not in available]
+    if missing:
+        message = (
+            f"requested execution provider(s) {', '.join(missing)} not available in this onnxruntime build "
+            f"(available: {', '.join(sorted(available))})"
+        )
+        if not allow_fallback:
+            raise BackendUnavailable(
+                message + "; install onnxruntime-gpu (with CUDA/TensorRT libraries) or pass providers='cpu' "
+                "or allow_fallback=True"
+            )
+        log.warning("%s; falling back to %s", message, ", ".join(n for n, _ in resolved if n not in missing))
+    return [(n, o) for n, o in resolved if n not in missing]
+
+
+def check_session(session, requested: list[tuple[str, dict]], allow_fallback: bool, what: str) -> list[str]:
+    """Compare a session's active providers with what was requested.
+
+    Returns:
+        The session's active providers.
+
+    Raises:
+        BackendUnavailable: a requested accelerator is not active and `allow_fallback` is False.
+    """
+    active = list(session.get_providers())
+    missing = [n for n in accelerators(requested) if n not in active]
+    if missing:
+        message = (
+            f"{what}: asked for {', '.join(n for n, _ in requested)}, onnxruntime activated only "
+            f"{', '.join(active)} ({', '.join(missing)} failed to load)"
+        )
+        if not allow_fallback:
+            raise BackendUnavailable(
+                message + "; check the CUDA/TensorRT installation or pass allow_fallback=True to accept the CPU"
+            )
+        log.warning("%s; continuing on %s", message, ", ".join(active))
+    return active

@@ -1,0 +1,458 @@
+"""`Segmenter`: serve an lfm-export directory with onnxruntime and a cached support set.
+
+Lifecycle: `from_artifacts` verifies the manifest and loads the encoder graph; `set_support`
+encodes the domain's K support pairs once, freezes the features and (by default) frees the
+encoder; `predict` / `predict_proba` run only the head graph (query backbone + correlation +
+learner) against the cached features. The episode graph is never loaded.
+
+Output size: the model predicts at S x S (the manifest's image size, 400 in the benchmark);
+results are resized back to each image's original size with nearest-neighbour sampling
+(torch `interpolate(mode="nearest")` indices, the rule the data readers use for masks). Nearest
+keeps masks binary and makes `predict_proba(x) > 0.5` agree with `predict(x)` for K = 1 at any
+size; it reproduces the model-resolution result exactly on every pixel that maps to it. (The
+upstream evaluation instead upsamples logits bilinearly before the argmax, which smooths mask
+edges at large sizes; pass `original_size=False` to get the S x S result and resize it yourself.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError, ManifestError
+from ..manifest import read_manifest, verify_file
+from ..preprocess import ImageLike, resize_mask_nearest
+from .inputs import Preprocessing, describe
+from .providers import ProviderSpec, check_available, resolve_providers
+from .sessions import SessionConfig, SessionFromOnnx
+
+log = logging.getLogger(__name__)
+
+#: Graph contract (lfm_deploy/export/graphs.py) the runtime relies on.
+ENCODER_INPUTS = ("support_img", "support_mask")
+ENCODER_OUTPUTS = ("support_l2", "support_l3", "support_l4")
+HEAD_INPUTS = ("query_img",) + ENCODER_OUTPUTS
+HEAD_OUTPUTS = ("shot_logits", "mask")
+
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """The encoded support set: read-only features, swapped in as a whole (thread safety).
+
+    Attributes:
+        features: {"support_l2": (K,4,512,S/8,S/8), "support_l3": ..., "support_l4": ...}.
+        foreground: foreground share of each support mask at model resolution.
+    """
+
+    features: dict
+    foreground: tuple
+
+
+class Segmenter:
+    """Few-shot segmentation of query images against a fixed, cached support set.
+
+    Build it with `Segmenter.from_artifacts(directory)`, then call `set_support(images, masks)`
+    once and `predict(image)` as often as needed, from any number of threads.
+
+    Memory (peak RSS of a serving process at 400x400, batch 1, see benchmarks/bench_runtime.py):
+    only the encoder and head graphs are loaded, never the episode graph; the encoder is freed
+    once the support set is encoded and the head is created only then, so the two are never
+    resident together; sessions run without the CPU memory arena and memory patterns
+    (`low_memory=True`), which keeps activation buffers from staying reserved between runs.
+    Measured: ~0.66-0.78 GB (onnxruntime defaults: ~1.0 GB); a dedicated serving process can
+    call `lfm_deploy.runtime.limit_heap_retention()` first for ~0.44 GB at some latency cost.
+
+    Thread safety: `predict`/`predict_proba` may run concurrently (onnxruntime's `run` is
+    thread-safe); each call takes one immutable snapshot of the support features, so a
+    concurrent `set_support` never mixes two support sets within a call. `set_support` calls
+    are serialised by a lock.
+
+    Args (of the constructor; prefer `from_artifacts`):
+        directory: the export directory.
+        manifest: its parsed, verified manifest.
+        providers, allow_fallback, threads, graph_optimization, low_memory, release_encoder,
+        batch_size, verify: see `from_artifacts`.
+    """
+
+    def __init__(self, directory: str | os.PathLike, manifest: dict, *, providers=None, allow_fallback: bool = False,
+                 threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
+                 release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True):
+        self.directory = Path(directory)
+        self._manifest = manifest
+        self._verify = bool(verify)
+        self.preprocessing = Preprocessing.from_manifest(manifest)
+        shots = manifest.get("shots")
+        if not isinstance(shots, int) or shots < 1:
+            raise ManifestError(f"the manifest's shots {shots!r} is not a positive integer; re-run lfm-export")
+        self.shots = shots
+        self.batch_size = _check_batch_size(batch_size)
+        self.release_encoder = bool(release_encoder)
+        self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory)
+        requested = resolve_providers(providers)
+        usable = check_available(requested, allow_fallback)
+        files = {}
+        for name in ("encoder", "head"):
+            files[name] = self._graph_file(name)
+        self._loaders = {
+            name: SessionFromOnnx(files[name], usable, requested, self.config, allow_fallback, f"{name} graph")
+            for name in files
+        }
+        self._lock = threading.Lock()
+        #: Largest batch the head graph runs (1 for graphs found to have a static batch).
+        self._batch_limit = 1 << 30
+        self._support: SupportSet | None = None
+        self._encoder = None
+        self._head = None
+        if manifest.get("untrained"):
+            log.warning("%s holds the UNTRAINED default weights (seeded random initialisation): masks are not "
+                        "meaningful; export with --checkpoint for a real model", self.directory)
+        if manifest.get("engines"):
+            log.info("%s lists TensorRT engines; this runtime uses the ONNX graphs (providers='tensorrt' builds "
+                     "engines through onnxruntime's TensorRT EP)", self.directory)
+        # Load the encoder now: provider problems and contract mismatches surface at load time,
+        # and the head is created only after the encoder is freed (lower peak memory).
+        self._encoder = self._load("encoder", recheck=False)  # read_manifest has just hashed it
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_artifacts(cls, path: str | os.PathLike, providers: str | Sequence[ProviderSpec] | None = None,
+                       allow_fallback: bool = False, threads: int | None = None, graph_optimization: str = "all",
+                       verify: bool = True, *, low_memory: bool = True, release_encoder: bool = True,
+                       batch_size: int = DEFAULT_BATCH_SIZE) -> "Segmenter":
+        """Load an lfm-export directory.
+
+        Args:
+            path: the export directory (holds manifest.json, encoder.onnx, head.onnx).
+            providers: execution providers, best first: None (CPU), "cpu", "cuda", "tensorrt"
+                (short or full onnxruntime names, a comma-separated string, or (name, options)
+                pairs). The CPU EP is always appended as the last resort.
+            allow_fallback: when a requested accelerator is missing, log a warning and run on
+                what onnxruntime activated instead of raising.
+            threads: intra-op threads per session (None: onnxruntime's default).
+            graph_optimization: "all", "extended", "basic" or "disable".
+            verify: check every file's size and sha256 against the manifest (refuses tampered
+                or truncated models), and re-check a graph before each later session creation
+                (the head after `set_support`, a re-created encoder). Turn off only for
+                trusted, already verified copies.
+            low_memory: disable the CPU memory arena and memory patterns (smaller resident set).
+            release_encoder: free the encoder session after `set_support` (re-created on the
+                next `set_support`); a server with a fixed support set never needs it again.
+            batch_size: default number of queries per head run in `predict([...])`.
+
+        Returns:
+            A `Segmenter` without a support set (call `set_support`).
+
+        Raises:
+            ManifestError: missing/invalid manifest, incompatible schema version, modified or
+                truncated files, an export without the encoder/head pair, or graphs that do not
+                follow the contract.
+            BackendUnavailable: a requested execution provider is not active (and not
+                `allow_fallback`).
+            InputError: an unknown provider name or invalid option.
+        """
+        manifest = read_manifest(path, verify_files=verify)
+        if not verify:
+            log.info("%s: file hashes not verified (verify=False)", path)
+        return cls(path, manifest, providers=providers, allow_fallback=allow_fallback, threads=threads,
+                   graph_optimization=graph_optimization, low_memory=low_memory, release_encoder=release_encoder,
+                   batch_size=batch_size, verify=verify)
+
+    def _graph_file(self, name: str) -> Path:
+        graphs = self._manifest.get("graphs") or {}
+        if name not in graphs:
+            raise ManifestError(
+                f"{self.directory} has no {name} graph (graphs: {', '.join(graphs) or 'none'}); the runtime needs the "
+                "encoder/head pair: re-run lfm-export with --split"
+            )
+        rel = graphs[name].get("file")
+        listed = {entry.get("path") for entry in (self._manifest.get("files") or {}).values()}
+        if rel not in listed:
+            raise ManifestError(
+                f"{self.directory}: the {name} graph file {rel!r} is not listed with a hash in the manifest; re-run lfm-export"
+            )
+        path = self.directory / rel
+        if not path.is_file():
+            raise ManifestError(f"{path} is listed in the manifest but missing; re-run lfm-export")
+        return path
+
+    def _recheck(self, name: str) -> None:
+        """Re-hash a graph (and its external data) right before a later session creation.
+
+        Sessions are created after `from_artifacts` (the head once the encoder is freed, the
+        encoder again on a new `set_support`); an lfm-export into the same directory meanwhile
+        would pair features of one export with the head of another, silently.
+        """
+        rel = self._manifest["graphs"][name]["file"]
+        for entry in (self._manifest.get("files") or {}).values():
+            if entry.get("path") in (rel, rel + ".data"):
+                try:
+                    verify_file(self.directory, entry)
+                except ManifestError as exc:
+                    raise ManifestError(
+                        f"the artifacts changed while in use: {exc} (create a new Segmenter for the new export)"
+                    ) from None
+
+    def _load(self, name: str, recheck: bool = True):
+        if recheck and self._verify:
+            self._recheck(name)
+        session = self._loaders[name]()
+        expected_in = ENCODER_INPUTS if name == "encoder" else HEAD_INPUTS
+        expected_out = ENCODER_OUTPUTS if name == "encoder" else HEAD_OUTPUTS
+        got_in = tuple(i.name for i in session.get_inputs())
+        got_out = tuple(o.name for o in session.get_outputs())
+        if set(got_in) != set(expected_in) or not set(expected_out) <= set(got_out):
+            raise ManifestError(
+                f"{self._loaders[name].path} has inputs {got_in} and outputs {got_out}, expected {expected_in} -> "
+                f"{expected_out}; it is not an lfm-export {name} graph"
+            )
+        size = self.preprocessing.size
+        img = session.get_inputs()[got_in.index(expected_in[0])]
+        if list(img.shape[-2:]) != [size, size]:
+            raise ManifestError(
+                f"{self._loaders[name].path} takes {img.shape[-2:]} images but the manifest says {size}x{size}; "
+                "re-run lfm-export"
+            )
+        if name == "head":
+            k = session.get_inputs()[got_in.index("support_l2")].shape[0]
+            if isinstance(k, int) and k != self.shots:
+                raise ManifestError(f"the head graph takes {k} shots but the manifest says {self.shots}; re-run lfm-export")
+        return session
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def manifest(self) -> dict:
+        """The artifact manifest (a copy)."""
+        import copy
+
+        return copy.deepcopy(self._manifest)
+
+    @property
+    def domain(self) -> str:
+        """The domain the artifacts were exported for."""
+        return str(self._manifest.get("domain", "unknown"))
+
+    @property
+    def image_size(self) -> int:
+        """The square model resolution S."""
+        return self.preprocessing.size
+
+    @property
+    def untrained(self) -> bool:
+        """Whether the artifacts hold the seeded UNTRAINED default weights."""
+        return bool(self._manifest.get("untrained"))
+
+    @property
+    def has_support(self) -> bool:
+        """Whether `set_support` has been called."""
+        return self._support is not None
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers active in the loaded session(s)."""
+        session = self._head or self._encoder
+        return list(session.get_providers()) if session is not None else []
+
+    def close(self) -> None:
+        """Free the sessions and the support set (the Segmenter cannot be used afterwards)."""
+        with self._lock:
+            self._encoder = None
+            self._head = None
+            self._support = None
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Segmenter(domain={self.domain!r}, shots={self.shots}, size={self.image_size}, "
+                f"support={'set' if self.has_support else 'not set'})")
+
+    # ------------------------------------------------------------------ support set
+    def set_support(self, images: ImageLike | Sequence[ImageLike], masks: ImageLike | Sequence[ImageLike], *,
+                    allow_empty: bool = False) -> None:
+        """Encode the support set once; later predictions reuse the features.
+
+        Args:
+            images: exactly K = manifest["shots"] support images (paths, PIL images or uint8
+                arrays (H, W), (H, W, 3), (H, W, 4)); a single image is accepted when K = 1.
+            masks: one mask per image, at the image's size: 8-bit masks (files, PIL images,
+                uint8 arrays with values above 1) are foreground where >= 128; {0, 1} or bool
+                arrays are used as they are.
+            allow_empty: accept a mask without foreground (at model resolution). HSNet then
+                correlates against all-zero features and predicts noise, so by default such a
+                mask is refused as the mistake it almost always is; with True it is used and a
+                warning is logged.
+
+        Raises:
+            InputError: the wrong number of pairs, unreadable or invalid images/masks, a mask
+                whose size differs from its image, a non-binary or empty mask.
+        """
+        images = _as_list(images)
+        masks = _as_list(masks)
+        if len(images) != len(masks):
+            raise InputError(f"got {len(images)} support images but {len(masks)} masks; pass one mask per image")
+        if len(images) != self.shots:
+            raise InputError(
+                f"got {len(images)} support pairs but the artifacts in {self.directory} were exported for "
+                f"{self.shots}-shot; pass exactly {self.shots} (or export with --shots {len(images)})"
+            )
+        pairs = [self.preprocessing.support(img, mask, i, allow_empty) for i, (img, mask) in enumerate(zip(images, masks))]
+        with self._lock:
+            encoder = self._encoder if self._encoder is not None else self._load("encoder")
+            self._encoder = encoder
+            # One shot per run: the rows are independent and this keeps the peak at one image.
+            per_shot = [encoder.run(list(ENCODER_OUTPUTS), {"support_img": img[None], "support_mask": mask[None]})
+                        for img, mask in pairs]
+            features = {}
+            for i, name in enumerate(ENCODER_OUTPUTS):
+                arr = np.ascontiguousarray(np.concatenate([out[i] for out in per_shot]))
+                arr.setflags(write=False)
+                features[name] = arr
+            del per_shot
+            foreground = tuple(float(mask.mean()) for _, mask in pairs)
+            self._support = SupportSet(features=features, foreground=foreground)
+            if self.release_encoder:
+                self._encoder = None
+                del encoder
+            log.info("support set encoded: %d shot(s), foreground %s", self.shots,
+                     ", ".join(f"{f:.1%}" for f in foreground))
+        self._ensure_head()
+
+    def clear_support(self) -> None:
+        """Forget the support set (predictions need a new `set_support`)."""
+        with self._lock:
+            self._support = None
+
+    def _ensure_head(self):
+        head = self._head
+        if head is None:
+            with self._lock:
+                if self._head is None:
+                    self._head = self._load("head")
+                head = self._head
+        return head
+
+    def _snapshot(self) -> SupportSet:
+        support = self._support
+        if support is None:
+            raise InputError("no support set: call set_support(images, masks) before predict "
+                             "(lfm-predict: pass --support IMAGE:MASK)")
+        return support
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int | None = None,
+                original_size: bool = True) -> np.ndarray | list[np.ndarray]:
+        """Segment query images against the cached support set.
+
+        Args:
+            images: one image (path, PIL image, uint8 array) or a list/tuple of them.
+            batch_size: queries per head run (default: the Segmenter's, 8).
+            original_size: resize each mask back to its image's size (nearest); False returns
+                the S x S model-resolution mask.
+
+        Returns:
+            uint8 (H, W) mask in {0, 1} (K > 1: HSNet's vote over the shots), or a list of them
+            for a list input.
+
+        Raises:
+            InputError: no support set yet, or an invalid image (the message names which).
+        """
+        return self._run(images, batch_size, original_size, proba=False)
+
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int | None = None,
+                      original_size: bool = True) -> np.ndarray | list[np.ndarray]:
+        """Foreground probability of each pixel.
+
+        The softmax of the two logits; for K > 1 the mean of the K per-shot probabilities
+        (a soft version of the vote: `predict` keeps HSNet's vote, so for K > 1 the two can
+        disagree where the shots do). For K = 1, `predict_proba(x) > 0.5` equals `predict(x)` except
+        where the two logits are equal to float rounding.
+
+        Args:
+            images: one image or a list/tuple of them (see `predict`).
+            batch_size: queries per head run.
+            original_size: resize back to each image's size (nearest), else S x S.
+
+        Returns:
+            float32 (H, W) in [0, 1], or a list of them for a list input.
+
+        Raises:
+            InputError: no support set yet, or an invalid image.
+        """
+        return self._run(images, batch_size, original_size, proba=True)
+
+    def _run_head(self, head, outputs, batch, support) -> np.ndarray:
+        try:
+            return head.run(outputs, {"query_img": batch, **support.features})[0]
+        except Exception as exc:  # onnxruntime raises its own (pybind) exception types
+            if len(batch) == 1:
+                raise
+            # Exports made before the dynamic-batch fix bake batch 1 into Reshape shapes: serve
+            # them one query per run instead of failing (and say so once).
+            out = _batch_one_only(head, outputs, batch, support, exc)
+            if self._batch_limit > 1:
+                self._batch_limit = 1
+                log.warning("the head graph in %s fails on batches of %d (%s); running one query per run from now "
+                            "on; re-export with the current lfm-export for batched inference",
+                            self.directory, len(batch), str(exc).splitlines()[0][:200])
+            return out
+
+    def _run(self, images, batch_size, original_size: bool, proba: bool):
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        batch_size = min(batch_size, self._batch_limit)
+        support = self._snapshot()
+        head = self._ensure_head()
+        outputs = ["shot_logits"] if proba else ["mask"]
+        results: list[np.ndarray] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            prepared = [self.preprocessing.image(item, describe(item, start + i, "query image"))
+                        for i, item in enumerate(chunk)]
+            batch = np.stack([arr for arr, _ in prepared])
+            out = self._run_head(head, outputs, batch, support)
+            if proba:
+                out = _foreground_probability(out)
+            for row, (_, hw) in zip(out, prepared):
+                results.append(resize_mask_nearest(row, hw) if original_size else row)
+        return results[0] if single else results
+
+
+def _batch_one_only(head, outputs, batch, support, exc) -> np.ndarray:
+    """Run a batch row by row after a failed batched run; re-raise `exc` if that fails too."""
+    try:
+        rows = [head.run(outputs, {"query_img": batch[i:i + 1], **support.features})[0] for i in range(len(batch))]
+    except Exception:
+        raise exc from None
+    return np.concatenate(rows)
+
+
+def _foreground_probability(shot_logits: np.ndarray) -> np.ndarray:
+    """(B, K, 2, S, S) logits -> (B, S, S) float32 mean over K of softmax(...)[foreground]."""
+    diff = shot_logits[:, :, 1].astype(np.float32) - shot_logits[:, :, 0].astype(np.float32)
+    # softmax([a, b])[1] = sigmoid(b - a) = (1 + tanh((b - a) / 2)) / 2, overflow-free.
+    prob = 0.5 * (1.0 + np.tanh(0.5 * diff))
+    return np.ascontiguousarray(prob.mean(axis=1), dtype=np.float32)
+
+
+def _as_list(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)

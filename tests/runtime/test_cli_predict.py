@@ -1,0 +1,108 @@
+"""`lfm-predict` end to end through click's CliRunner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from lfm_deploy.cli.predict import main
+from lfm_deploy.runtime import Segmenter
+
+from . import synthetic_queries, synthetic_support
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    supports, masks = synthetic_support(5, 190)
+    pairs = []
+    for k, (img, mask) in enumerate(zip(supports, masks)):
+        img.save(root / f"s{k}.jpg", quality=95)
+        mask.save(root / f"s{k}_mask.png")
+        pairs.append(f"{root / f's{k}.jpg'}:{root / f's{k}_mask.png'}")
+    qdir = root / "queries"
+    qdir.mkdir()
+    queries = synthetic_queries(3, 190)
+    queries[0].resize((230, 170)).save(qdir / "a.png")
+    queries[1].save(qdir / "b.jpg")
+    (qdir / "notes.txt").write_text("not an image")
+    single = root / "single.png"
+    queries[2].convert("L").save(single)
+    return {"root": root, "pairs": pairs, "qdir": qdir, "single": single}
+
+
+def test_predict_end_to_end(exported, files, tmp_path):
+    art = exported(shots=1).out_dir
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [str(art), "--support", files["pairs"][0], str(files["qdir"]),
+                                       str(files["single"]), "--out", str(out), "--batch-size", "2",
+                                       "--threads", "2", "--providers", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "Wrote 3 mask(s) and overlays" in result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{s}_{kind}.png" for s in ("a", "b", "single") for kind in ("mask", "overlay"))
+    mask = np.asarray(Image.open(out / "a_mask.png"))
+    assert mask.shape == (170, 230) and set(np.unique(mask)) <= {0, 255}
+    overlay = Image.open(out / "a_overlay.png")
+    assert overlay.size == (230, 170) and overlay.mode == "RGB"
+    # The files hold exactly what the API returns.
+    seg = Segmenter.from_artifacts(art, verify=False)
+    img, msk = files["pairs"][0].rsplit(":", 1)
+    seg.set_support([img], [msk])
+    np.testing.assert_array_equal(mask // 255, seg.predict(files["qdir"] / "a.png"))
+
+
+def test_five_shot_and_no_overlay(exported, files, tmp_path):
+    args = [str(exported(shots=5).out_dir)]
+    for pair in files["pairs"]:
+        args += ["--support", pair]
+    result = CliRunner().invoke(main, args + [str(files["single"]), "--out", str(tmp_path), "--no-overlay",
+                                              "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["single_mask.png"]
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (lambda f: ["--support", f["pairs"][0], "--support", f["pairs"][1], str(f["single"]), "--out", "{tmp}"], 1,
+         "Error: got 2 support pairs but the artifacts"),
+        (lambda f: ["--support", f["pairs"][0], str(f["single"]), "--out", "{tmp}", "--providers", "tensorrt"], 1,
+         "Error: requested execution provider(s) TensorrtExecutionProvider not available"),
+        (lambda f: ["--support", f["pairs"][0], str(f["single"]), "--out", "{tmp}", "--providers", "nope"], 1,
+         "Error: unknown execution provider 'nope'"),
+        (lambda f: ["--support", str(f["single"]), str(f["single"]), "--out", "{tmp}"], 2, "is not IMAGE:MASK"),
+        (lambda f: ["--support", "nope.jpg:nope.png", str(f["single"]), "--out", "{tmp}"], 2, "does not exist"),
+        (lambda f: ["--support", f["pairs"][0], str(f["single"])], 2, "Missing option '--out'"),
+        (lambda f: ["--support", f["pairs"][0], "--out", "{tmp}"], 2, "Missing argument 'QUERY...'"),
+        (lambda f: ["--support", f["pairs"][0], str(f["single"]), "--out", "{tmp}", "--batch-size", "0"], 2,
+         "--batch-size"),
+        (lambda f: ["--support", f["pairs"][0], str(f["root"] / "s0_mask.png").replace("s0_mask", "empty"),
+                    "--out", "{tmp}"], 2, "does not exist"),
+    ],
+    ids=["wrong-shots", "tensorrt", "unknown-provider", "bad-support", "missing-support", "no-out", "no-query",
+         "batch-size", "missing-query"],
+)
+def test_user_errors(exported, files, tmp_path, args, code, message):
+    argv = [a.replace("{tmp}", str(tmp_path / "out")) for a in args(files)]
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir)] + argv)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_query_file_is_a_clean_error(exported, files, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0], str(bad),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Error: cannot read image" in result.output
+
+
+def test_empty_query_directory(exported, files, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0],
+                                       str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no query images" in result.output
