@@ -1,0 +1,64 @@
+"""`lfm-verify`: cross-backend parity report for an lfm-export directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import setup_logging, user_errors, verbose_option
+
+_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cuda", "trt-fp32", "trt-fp16")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report directory (verify.json/.md/.png). Default: ARTIFACT_DIR/verify.")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(_BACKENDS),
+              help="Backends to run (repeatable). Default: all; unavailable ones are reported as skipped.")
+@click.option("--episodes", type=click.IntRange(min=1), default=3, help="Seeded episodes to run through every backend.")
+@click.option("--seed", type=int, default=0, help="First episode seed.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and onnxruntime.")
+@click.option("--layerwise", is_flag=True,
+              help="Also compare intermediate stages (masker, ACPA, correlations, learner) and report the first "
+                   "stage outside tolerance; exports a debug graph into the report directory.")
+@click.option("--fp16-onnx", is_flag=True,
+              help="Make an fp16 episode graph with fp32 islands (range check on real activations) when "
+                   "ARTIFACT_DIR/engines has none, and check it in onnxruntime CPU.")
+@verbose_option
+@user_errors
+def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, verbose):
+    """Run the same seeded episodes through every backend and compare them with PyTorch float64.
+
+    Backends: the eager model (float32), onnxruntime CPU (episode graph and the encoder -> head
+    chain), an fp16 graph in onnxruntime CPU, onnxruntime CUDA, TensorRT fp32/fp16 engines. For
+    every output: max/mean abs error, relative L2, cosine, error quantiles, mask agreement and
+    IoU, and the mIoU difference against the episodes' ground truth. Exit code 1 when a backend
+    that ran is outside tolerance.
+
+    \b
+    Example:
+      lfm-verify artifacts/deepglobe
+      lfm-verify artifacts/deepglobe --layerwise --fp16-onnx --episodes 5
+    """
+    from ..errors import ParityError
+    from ..parity import verify_artifacts, write_report
+
+    setup_logging(verbose)
+    out = out or artifact_dir / "verify"
+    report = verify_artifacts(artifact_dir, backends=list(backends) or None, episodes=episodes, seed=seed,
+                              threads=threads, layerwise=layerwise, workdir=out if (layerwise or fp16_onnx) else None,
+                              fp16_onnx=fp16_onnx)
+    paths = write_report(report, out)
+    for line in report.summary_lines():
+        if line.startswith("[FAIL]") or line.startswith("[error]"):
+            click.secho(line, fg="red")
+        elif line.startswith("[skipped]"):
+            click.secho(line, fg="yellow")
+        else:
+            click.echo(line)
+    click.echo(f"Report: {paths['markdown']} ({paths['json'].name}, {paths['png'].name})")
+    if not report.passed:
+        raise ParityError("outside tolerance: " + "; ".join(f"{b.name} ({b.reason})" for b in report.failures)
+                          + f". See {paths['markdown']}")

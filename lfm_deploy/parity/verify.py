@@ -1,0 +1,529 @@
+"""`verify_artifacts`: the whole `lfm-verify` job, as one public function.
+
+Run phase: the same seeded episodes through every backend, one Polygraphy `Comparator.run` per
+backend (so a backend that cannot start is reported as skipped, and does not stop the others):
+the eager model in float64 (the reference) and float32, onnxruntime CPU (episode graph, and the
+encoder -> head chain), onnxruntime CUDA, an fp16 graph with fp32 islands in onnxruntime, and
+TensorRT fp32/fp16 engines. Comparison phase (`lfm_deploy.parity.compare`): per backend and
+output, error statistics against the reference, mask agreement and IoU, and the mIoU of each
+backend's masks against the episodes' ground truth minus the eager float32 model's, each
+against a named tolerance. Optionally layer-wise: the first intermediate stage outside
+tolerance. Unavailable backends are listed as skipped with the reason, never left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailable, LFMError
+from .compare import ErrorStats, MaskStats, Tolerance, Tolerances, error_stats, foreground_iou, mask_stats
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ALL_BACKENDS",
+    "DEFAULT_BACKENDS",
+    "REFERENCE",
+    "BackendResult",
+    "OutputComparison",
+    "VerifyReport",
+    "parity_episodes",
+    "verify_artifacts",
+]
+
+REFERENCE = "eager-fp64"
+#: Every backend lfm-verify knows, in report order.
+ALL_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cuda", "trt-fp32", "trt-fp16")
+DEFAULT_BACKENDS = ALL_BACKENDS
+_FP16 = {"ort-cpu-fp16", "trt-fp16"}
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class OutputComparison:
+    """One output of one backend against the reference.
+
+    Attributes:
+        output: output name.
+        kind: "float" or "mask".
+        stats: `ErrorStats` (float) or `MaskStats` (mask).
+        tolerance: the `Tolerance` applied.
+        value: the statistic's value.
+        passed: within tolerance (and finite).
+    """
+
+    output: str
+    kind: str
+    stats: ErrorStats | MaskStats
+    tolerance: Tolerance
+    value: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "kind": self.kind, "stats": self.stats.to_dict(),
+                "tolerance": asdict(self.tolerance), "value": self.value, "passed": self.passed}
+
+
+@dataclass
+class BackendResult:
+    """What happened to one backend.
+
+    Attributes:
+        name: backend name ("ort-cpu", ...).
+        status: "reference", "passed", "failed", "skipped" or "error".
+        reason: why it was skipped, or the error / failed checks.
+        description: what ran (device, providers, threads).
+        outputs: per-output comparisons.
+        miou: mean foreground IoU of its masks against the episodes' ground truth.
+        miou_delta: miou minus the eager float32 model's.
+        miou_check: the mIoU tolerance verdict.
+        mean_ms: mean inference time per episode.
+    """
+
+    name: str
+    status: str
+    reason: str = ""
+    description: str = ""
+    outputs: list[OutputComparison] = field(default_factory=list)
+    miou: float | None = None
+    miou_delta: float | None = None
+    miou_passed: bool | None = None
+    miou_tolerance: Tolerance | None = None
+    mean_ms: float | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.status in ("reference", "passed", "failed")
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "status": self.status, "reason": self.reason, "description": self.description,
+            "outputs": [o.to_dict() for o in self.outputs], "miou": self.miou, "miou_delta": self.miou_delta,
+            "miou_passed": self.miou_passed,
+            "miou_tolerance": asdict(self.miou_tolerance) if self.miou_tolerance else None, "mean_ms": self.mean_ms,
+        }
+
+
+@dataclass
+class VerifyReport:
+    """The result of `verify_artifacts`."""
+
+    artifact_dir: str
+    model: dict
+    episodes: int
+    seed: int
+    reference: str
+    backends: list[BackendResult]
+    layerwise: dict | None = None
+    environment: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[BackendResult]:
+        """Backends that ran (or crashed) and are outside tolerance."""
+        return [b for b in self.backends if b.status in ("failed", "error")]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def backend(self, name: str) -> BackendResult:
+        return next(b for b in self.backends if b.name == name)
+
+    def to_dict(self) -> dict:
+        return {
+            "artifact_dir": self.artifact_dir, "model": self.model, "episodes": self.episodes, "seed": self.seed,
+            "reference": self.reference, "passed": self.passed, "backends": [b.to_dict() for b in self.backends],
+            "layerwise": self.layerwise, "environment": self.environment, "seconds": round(self.seconds, 1),
+        }
+
+    def summary_lines(self) -> list[str]:
+        """One line per backend (and per output that ran), for logs and the terminal."""
+        lines = []
+        for b in self.backends:
+            if not b.ran:
+                lines.append(f"[{b.status}] {b.name}: {b.reason}")
+                continue
+            if b.status == "reference":
+                lines.append(f"[reference] {b.name} ({b.description})")
+                continue
+            lines.append(f"[{'ok' if b.status == 'passed' else 'FAIL'}] {b.name} ({b.description})")
+            for o in b.outputs:
+                lines.append(f"    {o.output}: {o.tolerance.statistic} {o.tolerance.format(o.value)} "
+                             f"({o.tolerance.describe()}) {'ok' if o.passed else 'FAIL'}")
+            if b.miou_delta is not None:
+                lines.append(f"    miou delta vs eager-fp32: {b.miou_delta:+.4f} ({b.miou_tolerance.describe()}) "
+                             f"{'ok' if b.miou_passed else 'FAIL'}")
+        if self.layerwise:
+            first = self.layerwise.get("first_mismatch")
+            lines.append(f"layerwise ({self.layerwise['backend']}): "
+                         + (f"first mismatch at {first}" if first else "every stage within tolerance"))
+        return lines
+
+
+# ----------------------------------------------------------------------------- episodes
+def parity_episodes(manifest: Mapping, n: int, seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
+    """Seeded episodes in the domain's style, with the query's ground-truth mask.
+
+    Args:
+        manifest: the artifact manifest (domain, shots, image size).
+        n: number of episodes (batch 1 each; seeds seed, seed+1, ...).
+        seed: first seed.
+
+    Returns:
+        (feeds, ground truths): episode-contract feed dicts and (1, S, S) uint8 masks.
+    """
+    from ..data.synthetic import synthetic_pair
+    from ..domains import get_domain
+    from ..export.validate import validation_episode
+    from ..preprocess import prepare_mask
+
+    dom = get_domain(manifest["domain"])
+    size = int(manifest["image_size"])
+    feeds, truths = [], []
+    for i in range(n):
+        feeds.append(validation_episode(dom, int(manifest["shots"]), batch=1, seed=seed + i, image_size=size))
+        # validation_episode draws the query as image 0 of class 0 at size + 37.
+        _, mask = synthetic_pair(size + 37, seed + i, class_index=0, image_index=0, grayscale=dom.color == "grayscale")
+        truths.append(prepare_mask(mask, size).astype(np.uint8)[None])
+    return feeds, truths
+
+
+# ----------------------------------------------------------------------------- backends
+@dataclass
+class _Backend:
+    name: str
+    precision: str
+    description: str
+    make: Callable | None = None
+    skip: str | None = None
+
+
+def _trt_backend(artifact_dir: Path, precision: str) -> _Backend:
+    from ..export.engine import EngineFromPlan, find_engines, import_tensorrt
+
+    name = f"trt-{precision}"
+    try:
+        trt = import_tensorrt()
+    except BackendUnavailable as exc:
+        return _Backend(name, precision, "", skip=str(exc))
+    engines = find_engines(artifact_dir, precision)
+    if "episode" not in engines:
+        return _Backend(name, precision, "", skip=f"no {precision} episode engine in {artifact_dir / 'engines'}; "
+                        f"build one with `lfm-build-engine {artifact_dir} --precision {precision}`")
+    loader = EngineFromPlan(engines["episode"])
+    try:
+        _, sidecar = loader.check()
+    except BackendUnavailable as exc:
+        return _Backend(name, precision, "", skip=str(exc))
+
+    def make():
+        from polygraphy.backend.trt import TrtRunner
+
+        return TrtRunner(loader, name=name)
+
+    return _Backend(name, precision, f"TensorRT {trt.__version__} on {sidecar['gpu']['name']}", make)
+
+
+def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], threads: int | None,
+                   fp16_onnx: Path | None, model_loader: Callable[[str], Callable]) -> list[_Backend]:
+    from .runners import CPU, CUDA, EagerRunner, OrtSession, SplitRunner, cuda_ep_available
+
+    shots = int(manifest["shots"])
+    graphs = manifest["graphs"]
+    episode = artifact_dir / graphs["episode"]["file"]
+    tdesc = f"{threads} threads" if threads else "default threads"
+    out = []
+    for name in names:
+        if name == "eager-fp32":
+            out.append(_Backend(name, "fp32", f"PyTorch float32, CPU, {tdesc}",
+                                lambda: EagerRunner(model_loader("float32"), "episode", shots=shots, dtype="float32",
+                                                    threads=threads, name="eager-fp32")))
+        elif name == "ort-cpu":
+            out.append(_Backend(name, "fp32", f"onnxruntime CPUExecutionProvider, episode graph, {tdesc}",
+                                lambda: _ort_runner(OrtSession(episode, [CPU], threads), "ort-cpu")))
+        elif name == "ort-cpu-split":
+            if "encoder" not in graphs or "head" not in graphs:
+                out.append(_Backend(name, "fp32", "", skip="the export has no encoder/head graphs (exported without "
+                                    "--split); re-export to check the cached-support path"))
+                continue
+            enc, head = (artifact_dir / graphs[g]["file"] for g in ("encoder", "head"))
+            out.append(_Backend(name, "fp32", f"onnxruntime CPU, encoder -> head (support encoded once), {tdesc}",
+                                lambda: SplitRunner(OrtSession(enc, [CPU], threads), OrtSession(head, [CPU], threads),
+                                                    shots=shots, name="ort-cpu-split")))
+        elif name == "ort-cpu-fp16":
+            if fp16_onnx is None or not fp16_onnx.is_file():
+                out.append(_Backend(name, "fp16", "", skip=(
+                    f"no fp16 episode graph ({artifact_dir / 'engines' / 'episode.fp16.onnx'}); make one with "
+                    f"`lfm-build-engine {artifact_dir} --precision fp16 --onnx-only` or pass --fp16-onnx")))
+                continue
+            path = fp16_onnx
+            # onnxruntime's CPU EP has few fp16 kernels and runs the rest in fp32 (it inserts and
+            # fuses Casts): this checks the graph, its fp16 weights and island boundaries, while fp16
+            # arithmetic itself is exercised by trt-fp16.
+            out.append(_Backend(name, "fp16", f"onnxruntime CPU, fp16 episode graph with fp32 islands ({path.name}; "
+                                f"ops without CPU fp16 kernels run in fp32), {tdesc}",
+                                lambda: _ort_runner(OrtSession(path, [CPU], threads), "ort-cpu-fp16")))
+        elif name == "ort-cuda":
+            ok, why = cuda_ep_available()
+            if not ok:
+                out.append(_Backend(name, "fp32", "", skip=why))
+                continue
+            out.append(_Backend(name, "fp32", "onnxruntime CUDAExecutionProvider, episode graph",
+                                lambda: _ort_runner(OrtSession(episode, [CUDA, CPU]), "ort-cuda")))
+        elif name in ("trt-fp32", "trt-fp16"):
+            out.append(_trt_backend(artifact_dir, name.split("-")[1]))
+        else:
+            raise LFMError(f"unknown backend {name!r}; choose from {', '.join(ALL_BACKENDS)}")
+    return out
+
+
+def _ort_runner(loader, name):
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    return OnnxrtRunner(loader, name=name)
+
+
+def _run(runner, feeds: list[dict]):
+    """Polygraphy's run phase for one runner: {output: [array per episode]}, mean ms."""
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        results = Comparator.run([runner], data_loader=feeds)
+    iterations = results[runner.name]
+    outputs: dict[str, list] = {}
+    for it in iterations:
+        for k, v in it.items():
+            outputs.setdefault(k, []).append(np.array(v))
+    runtimes = [it.runtime for it in iterations if it.runtime is not None]
+    return outputs, (1e3 * float(np.mean(runtimes)) if runtimes else None)
+
+
+def _compare(name: str, outputs: dict, reference: dict, tol: Tolerances) -> list[OutputComparison]:
+    comparisons = []
+    for out, ref_list in reference.items():
+        if out not in outputs:
+            comparisons.append(OutputComparison(out, "missing", MaskStats([], 0.0, 0.0, 0), Tolerance("present", 1), 0.0, False))
+            continue
+        got = np.concatenate(outputs[out])
+        ref = np.concatenate(ref_list)
+        is_mask = not np.issubdtype(ref.dtype, np.floating)
+        t = tol.for_output(out, is_mask)
+        if is_mask:
+            s = mask_stats(got, ref)
+            value = s.value(t.statistic)
+            comparisons.append(OutputComparison(out, "mask", s, t, value, t.passes(value)))
+        else:
+            s = error_stats(got, ref, keep_sample=True)
+            value = s.value(t.statistic)
+            comparisons.append(OutputComparison(out, "float", s, t, value, s.nonfinite == 0 and t.passes(value)))
+    return comparisons
+
+
+def _miou(masks: list[np.ndarray], truths: list[np.ndarray]) -> float:
+    return float(np.mean([foreground_iou(m, t) for m, t in zip(masks, truths)]))
+
+
+def _environment() -> dict:
+    import onnxruntime
+    import polygraphy
+    import torch
+
+    from .. import __version__
+
+    env = {"lfm_deploy": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
+           "polygraphy": polygraphy.__version__, "numpy": np.__version__, "platform": platform.platform(),
+           "cpu_count": os.cpu_count()}
+    try:
+        from ..export.engine import import_tensorrt
+
+        env["tensorrt"] = import_tensorrt().__version__
+    except BackendUnavailable:
+        env["tensorrt"] = None
+    return env
+
+
+# ----------------------------------------------------------------------------- main
+def verify_artifacts(
+    artifact_dir: str | os.PathLike,
+    *,
+    backends: Sequence[str] | None = None,
+    episodes: int = 3,
+    seed: int = 0,
+    threads: int | None = None,
+    layerwise: bool = False,
+    layerwise_backend: str = "ort-cpu",
+    workdir: str | os.PathLike | None = None,
+    fp16_onnx: bool | str | os.PathLike = False,
+    tolerances: Mapping[str, Tolerances] | None = None,
+    model_modifier: Callable | None = None,
+) -> VerifyReport:
+    """Run seeded episodes through every backend and compare them with the float64 eager model.
+
+    Args:
+        artifact_dir: an lfm-export directory (manifest and files verified).
+        backends: which backends (default: all of `ALL_BACKENDS`; the float64 eager reference
+            always runs). Unavailable ones are reported as skipped with the reason.
+        episodes: number of seeded episodes (batch 1 each).
+        seed: first seed.
+        threads: CPU threads for torch and onnxruntime (None: their defaults).
+        layerwise: also compare intermediate stages (eager float64 vs a debug graph exported from
+            the same prepared model, run in onnxruntime CPU) on the first episode and report the
+            first stage outside tolerance.
+        layerwise_backend: label of the layerwise comparison (only onnxruntime CPU is supported).
+        workdir: where the layerwise debug graph and a generated fp16 graph go (default: a
+            temporary directory).
+        fp16_onnx: True: make the fp16 episode graph (range check + islands) in `workdir` if
+            `<artifact_dir>/engines/episode.fp16.onnx` does not exist; a path: use that graph.
+            False: use the engines/ one when present, else skip "ort-cpu-fp16".
+        tolerances: {"fp32": Tolerances, "fp16": Tolerances} overriding the manifest-derived ones.
+        model_modifier: applied to every eager model built (tests inject faults with it; the
+            ONNX side is never affected).
+
+    Returns:
+        `VerifyReport` (see `lfm_deploy.parity.report.write_report` for JSON/Markdown/PNG).
+
+    Raises:
+        ManifestError: not a valid artifact directory.
+        LFMError: unknown backend names or bad arguments.
+    """
+    import tempfile
+
+    from .runners import EagerRunner, ModelFromManifest
+
+    t0 = time.perf_counter()
+    artifact_dir = Path(artifact_dir)
+    from ..manifest import read_manifest
+
+    manifest = read_manifest(artifact_dir)
+    if episodes < 1:
+        raise LFMError(f"--episodes must be at least 1, got {episodes}")
+    names = list(backends) if backends is not None else list(DEFAULT_BACKENDS)
+    unknown = [n for n in names if n not in ALL_BACKENDS and n != REFERENCE]
+    if unknown:
+        raise LFMError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
+    names = [n for n in ALL_BACKENDS if n in names]
+    tols = {"fp32": Tolerances.from_manifest(manifest, "fp32"), "fp16": Tolerances.from_manifest(manifest, "fp16")}
+    tols.update(tolerances or {})
+    tmp = None
+    if workdir is None and (layerwise or fp16_onnx is True):
+        tmp = tempfile.TemporaryDirectory(prefix="lfm-verify-")
+        workdir = tmp.name
+    workdir = Path(workdir) if workdir is not None else None
+
+    def model_loader(dtype):
+        return ModelFromManifest(manifest, dtype=dtype, modify=model_modifier)
+
+    try:
+        feeds, truths = parity_episodes(manifest, episodes, seed)
+        fp16_path = _fp16_graph(artifact_dir, manifest, fp16_onnx, workdir, seed) if "ort-cpu-fp16" in names else None
+        plan = _plan_backends(artifact_dir, manifest, names, threads, fp16_path, model_loader)
+
+        results: list[BackendResult] = []
+        log.info("running the float64 eager reference on %d episode(s)", episodes)
+        reference, ref_ms = _run(EagerRunner(model_loader("float64"), "episode", shots=int(manifest["shots"]),
+                                             dtype="float64", threads=threads, name=REFERENCE), feeds)
+        ref_result = BackendResult(REFERENCE, "reference", description="PyTorch float64, CPU (reference)", mean_ms=ref_ms)
+        ref_result.miou = _miou(reference["mask"], truths)
+        results.append(ref_result)
+        eager32_miou = None
+        for b in plan:
+            if b.skip:
+                log.warning("skipping %s: %s", b.name, b.skip)
+                results.append(BackendResult(b.name, "skipped", reason=b.skip))
+                continue
+            log.info("running %s", b.name)
+            try:
+                outputs, ms = _run(b.make(), feeds)
+            except BackendUnavailable as exc:
+                results.append(BackendResult(b.name, "skipped", reason=str(exc)))
+                continue
+            except Exception as exc:  # a backend that should run but crashed is a failure
+                log.exception("%s failed", b.name)
+                results.append(BackendResult(b.name, "error", reason=f"{type(exc).__name__}: {exc}"[:2000],
+                                             description=b.description))
+                continue
+            tol = tols["fp16" if b.precision == "fp16" else "fp32"]
+            comparisons = _compare(b.name, outputs, reference, tol)
+            r = BackendResult(b.name, "passed", description=b.description, outputs=comparisons, mean_ms=ms)
+            if "mask" in outputs:
+                r.miou = _miou(outputs["mask"], truths)
+                if b.name == "eager-fp32":
+                    eager32_miou = r.miou
+                base = eager32_miou if eager32_miou is not None else ref_result.miou
+                r.miou_delta = r.miou - base
+                r.miou_tolerance = tol.miou
+                r.miou_passed = tol.miou.passes(r.miou_delta)
+            bad = [f"{o.output} {o.tolerance.statistic} {o.tolerance.format(o.value)} ({o.tolerance.describe()})" for o in comparisons
+                   if not o.passed]
+            if r.miou_passed is False:
+                bad.append(f"mIoU delta {r.miou_delta:+.4f} ({tol.miou.describe()})")
+            if bad:
+                r.status, r.reason = "failed", "; ".join(bad)
+            results.append(r)
+
+        lw = None
+        if layerwise:
+            lw = _layerwise(artifact_dir, manifest, feeds[0], model_loader, workdir, threads, tols["fp32"].stage_rel,
+                            layerwise_backend)
+        model = {k: manifest.get(k) for k in ("domain", "variant", "lowering", "shots", "image_size", "opset", "untrained")}
+        report = VerifyReport(str(artifact_dir), model, episodes, seed, REFERENCE, results, lw, _environment(),
+                              time.perf_counter() - t0)
+        for line in report.summary_lines():
+            log.info("%s", line)
+        return report
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _fp16_graph(artifact_dir: Path, manifest: dict, fp16_onnx, workdir: Path | None, seed: int) -> Path | None:
+    existing = artifact_dir / "engines" / "episode.fp16.onnx"
+    if fp16_onnx not in (True, False, None):
+        return Path(fp16_onnx)
+    if existing.is_file():
+        return existing
+    if fp16_onnx is True and workdir is not None:
+        from ..export.fp16 import graph_feeds, prepare_fp16_graph
+
+        log.info("making an fp16 episode graph with fp32 islands (range check on 2 episodes)")
+        feeds = graph_feeds(artifact_dir, "episode", episodes=2, seed=seed + 1000)
+        return prepare_fp16_graph(artifact_dir / manifest["graphs"]["episode"]["file"], workdir / "episode.fp16.onnx",
+                                  feeds).path
+    return None
+
+
+def _layerwise(artifact_dir: Path, manifest: dict, feed: dict, model_loader, workdir: Path, threads, rel: float,
+               label: str) -> dict:
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    from .layerwise import LayerwiseEpisode, compare_stages, export_layerwise_graph, first_mismatch
+    from .runners import CPU, EagerRunner, ModelFromManifest, OrtSession
+
+    shots = int(manifest["shots"])
+    path = workdir / "layerwise.onnx"
+    log.info("exporting the layerwise debug graph (%s lowering) to %s", manifest["lowering"], path)
+    # The debug graph comes from the artifact's own weights, never from a modified eager model.
+    clean = ModelFromManifest(manifest, dtype="float32")()
+    export_layerwise_graph(clean, shots, manifest["lowering"], path, feed, opset=int(manifest.get("opset", 20)))
+    order = LayerwiseEpisode(clean, shots).stage_names()
+    del clean
+    ref, _ = _run(EagerRunner(model_loader("float64"), "layerwise", shots=shots, dtype="float64", threads=threads,
+                              name="eager-fp64-layerwise"), [feed])
+    got, _ = _run(OnnxrtRunner(OrtSession(path, [CPU], threads), name=f"{label}-layerwise"), [feed])
+    checks = compare_stages({k: np.concatenate(v) for k, v in got.items()}, {k: np.concatenate(v) for k, v in ref.items()},
+                            order, rel)
+    first = first_mismatch(checks)
+    (log.warning if first else log.info)("layerwise: %s", f"first mismatch at {first}" if first else "all stages within tolerance")
+    return {"backend": label, "reference": REFERENCE, "graph": str(path.name), "tolerance_rel": rel,
+            "first_mismatch": first, "stages": [c.to_dict() for c in checks]}
