@@ -200,5 +200,7 @@ def vote_masks(votes: torch.Tensor, shots: int) -> torch.Tensor:
     if shots == 1:
         return votes
     b = votes.shape[0]
-    max_vote = votes.reshape(b, -1).max(dim=1).values.clamp(min=1).reshape(b, 1, 1)
-    return (votes.float() / max_vote >= 0.5).long()
+    # In float32 (exact for vote counts): TensorRT 10's Clip takes no INT64.
+    votes = votes.float()
+    max_vote = votes.reshape(b, -1).max(dim=1).values.clamp(min=1.0).reshape(b, 1, 1)
+    return (votes / max_vote >= 0.5).long()
