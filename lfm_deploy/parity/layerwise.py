@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..export.graphs import EpisodeGraph, TensorSpec
+from ..export.graphs import EpisodeGraph, TensorSpec, _pairs
 from ..models.correlation import multilayer_correlation
 from ..models.hsnet import LAYER4_START, LFMHSNet
 
@@ -38,15 +38,6 @@ __all__ = ["LayerwiseEpisode", "StageCheck", "compare_stages", "export_layerwise
 def _per_shot(x: torch.Tensor, shots: int) -> torch.Tensor:
     """(B*K, ...) -> (B, K, ...)."""
     return x.reshape((-1, shots) + tuple(x.shape[1:]))
-
-
-def _pairs(feats: list[torch.Tensor], shots: int) -> list[torch.Tensor]:
-    """Each (B, ...) query feature repeated K times along the batch, shot-minor (as EpisodeGraph)."""
-    out = []
-    for f in feats:
-        tail = tuple(f.shape[1:])
-        out.append(f.unsqueeze(1).expand((-1, shots) + tail).reshape((-1,) + tail))
-    return out
 
 
 class LayerwiseEpisode(nn.Module):
