@@ -19,22 +19,6 @@ from lfm_deploy.models import build_model
 SIZE = 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # See tests/finetune/test_trainer.py: small tensors, busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval-data")
-    make_synthetic_dataset("deepglobe", root, per_class=3, size=48)
-    return root
-
-
 @pytest.fixture(scope="module")
 def masker_file(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("masker") / "masker-deepglobe.safetensors"

@@ -36,23 +36,6 @@ from lfm_deploy.models import build_model, load_masker, read_masker
 SIZE = 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP threads
-    # spin against other processes; one thread keeps these tests fast and steady.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finetune-data")
-    make_synthetic_dataset("deepglobe", root, per_class=3, size=48)
-    return root
-
-
 @pytest.fixture(scope="module")
 def base_model():
     model, _ = build_model(apm="m", acpa=True, image_size=SIZE)
