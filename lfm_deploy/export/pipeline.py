@@ -25,7 +25,7 @@ from ..errors import ExportError, ParityError
 from ..manifest import SCHEMA_VERSION, file_entry, write_manifest
 from ..models import build_model, read_masker
 from ..models.checkpoints import UNTRAINED_LABEL, masker_variant
-from ..models.hsnet import vote_masks
+from ..models.hsnet import LAYER4_START, LFMHSNet, vote_masks
 from .graphs import EncoderGraph, EpisodeGraph, HeadGraph
 from .onnx_export import DEFAULT_OPSET, export_onnx
 from .prepare import LOWERINGS, prepare_for_export
@@ -237,8 +237,10 @@ def export_domain(
             steps.done()
 
         checks: list[OutputCheck] = []
+        sign_case = None
         if validate:
             checks = _validate(model, dom, lowering, shots, episode, graphs, tmp, threads, steps)
+            sign_case = acpa_sign_case(model, episode)
 
         steps.start("TensorRT readiness lint")
         lint = _lint(tmp, graphs, lowering)
@@ -279,7 +281,7 @@ def export_domain(
                            "feature_rel": dom.tolerances.for_lowering(lowering)[1],
                            "mask_agreement": dom.tolerances.mask_agreement},
             "parity": {"validated": validate, "passed": all(c.passed for c in checks),
-                       "checks": [c.to_dict() for c in checks]},
+                       "checks": [c.to_dict() for c in checks], "acpa_sign_case": sign_case},
             "tensorrt_lint": lint,
             "versions": _library_versions(),
         }
@@ -370,6 +372,33 @@ def _validate(model, dom, lowering, shots, episode, graphs, tmp, threads, steps)
     return checks
 
 
+def acpa_sign_case(model: LFMHSNet, episode: dict) -> dict | None:
+    """How many layer4 channels entering ACPA have a negative spatial sum on the episode.
+
+    The DC bin of such a channel is real and negative, so its phase is +pi in PyTorch; the
+    ONNX DFT gives it a random-sign zero imaginary part (-pi half of the time) unless handled
+    (MODEL.md). Reported so that a validation run shows it covered that case.
+
+    Returns:
+        {"support": {"channels", "negative_sum"}, "query": {...}} or None without ACPA.
+    """
+    if not model.use_acpa:
+        return None
+    q, s, m = (torch.from_numpy(episode[k]) for k in ("query_img", "support_imgs", "support_masks"))
+    with torch.no_grad():
+        support = model.extract_features(s.reshape((-1,) + tuple(s.shape[2:])))
+        query = model.extract_features(q)
+        if model.apm_variant is not None:
+            support = model._apply_to_layer4(model.apm, support)
+            query = model._apply_to_layer4(model.apm, query)
+        support = model.mask_support_features(support, m.reshape((-1,) + tuple(m.shape[2:])))
+    out = {}
+    for name, feats in (("support", support), ("query", query)):
+        sums = torch.stack(feats[LAYER4_START:], dim=1).sum(dim=(-2, -1))
+        out[name] = {"channels": int(sums.numel()), "negative_sum": int((sums < 0).sum())}
+    return out
+
+
 def _lint(tmp: Path, graphs, lowering: str) -> dict:
     from .trt_lint import lint_onnx
 
@@ -413,4 +442,10 @@ def _write_reports(directory: Path, manifest: dict, checks: list[OutputCheck], l
                      f"{'pass' if c.passed else '**FAIL**'} |")
     if not checks:
         lines.append("| - | - | - | - | - | - | not validated |")
+    sign = manifest["parity"].get("acpa_sign_case")
+    if sign:
+        lines += ["", "ACPA sign case (layer4 channels with a negative sum, whose DC phase is +pi): "
+                  f"{sign['support']['negative_sum']} of {sign['support']['channels']} support channels, "
+                  f"{sign['query']['negative_sum']} of {sign['query']['channels']} query channels "
+                  "in the validation episode."]
     (directory / REPORT_MD).write_text("\n".join(lines) + "\n", encoding="utf-8")

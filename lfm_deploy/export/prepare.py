@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.hsnet import BilinearMaskResize, LFMHSNet
+from .learner_layout import LayoutLearner, TwoStageGroupNorm  # noqa: F401  (re-exported)
 from .lowering import apply_lowering
 
 LOWERINGS = ("matmul", "dft")
@@ -47,40 +48,6 @@ class MatrixMaskResize(nn.Module):
         return torch.matmul(torch.matmul(rh, mask), rw.transpose(0, 1))
 
 
-class TwoStageGroupNorm(nn.GroupNorm):
-    """Export twin of `nn.GroupNorm` with the same parameters and state-dict names.
-
-    Exported GroupNorm becomes InstanceNormalization, whose single reduction over groups of up
-    to 1.7M elements loses precision in onnxruntime (3e-3 inside the learner). Here the mean and
-    the centred variance are each reduced in two stages (rows, then the row means), which keeps
-    the float32 error near 1e-6.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        g = self.num_groups
-        rows = (c // g) * (x.shape[2] if x.dim() > 2 else 1)
-        xg = x.reshape(b, g, rows, -1)
-        mean = xg.mean(dim=-1, keepdim=True).mean(dim=-2, keepdim=True)
-        centred = xg - mean
-        var = (centred * centred).mean(dim=-1, keepdim=True).mean(dim=-2, keepdim=True)
-        y = (centred / torch.sqrt(var + self.eps)).reshape(x.shape)
-        if self.affine:
-            shape = (1, c) + (1,) * (x.dim() - 2)
-            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
-        return y
-
-
-def _swap_group_norms(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.GroupNorm) and not isinstance(child, TwoStageGroupNorm):
-            twin = TwoStageGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
-            twin.load_state_dict(child.state_dict())
-            setattr(module, name, twin)
-        else:
-            _swap_group_norms(child)
-
-
 def prepare_for_export(model: LFMHSNet, lowering: str = "matmul") -> LFMHSNet:
     """A copy of `model` ready to export, with the eager model left unchanged.
 
@@ -90,7 +57,8 @@ def prepare_for_export(model: LFMHSNet, lowering: str = "matmul") -> LFMHSNet:
 
     Returns:
         A new LFMHSNet in eval mode with the masker's FFT lowered, the support-mask resize as
-        constant matrices and GroupNorm computed in two stages. Parameters are identical.
+        constant matrices, GroupNorm computed in two stages and the correlation + learner in
+        the memory layout of `LayoutLearner`. Parameters are identical.
     """
     if lowering not in LOWERINGS:
         from ..errors import ExportError
@@ -100,5 +68,5 @@ def prepare_for_export(model: LFMHSNet, lowering: str = "matmul") -> LFMHSNet:
     prepared = apply_lowering(model, lowering, spatial=(l4, l4))
     assert isinstance(prepared.mask_resize, BilinearMaskResize)
     prepared.mask_resize = MatrixMaskResize(model.image_size, (l2, l3, l4))
-    _swap_group_norms(prepared.hpn_learner)
+    prepared.hpn_learner = LayoutLearner.from_learner(prepared.hpn_learner)
     return prepared.eval()

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import FEATURE_LAYERS, ResNet50
-from .correlation import multilayer_correlation
 from .learner import HPNLearner
 from .masker import MaskModule, PhaseAttention
 
@@ -135,8 +134,7 @@ class LFMHSNet(nn.Module):
 
     def head(self, query_feats: list[torch.Tensor], support_feats: list[torch.Tensor], out_size) -> torch.Tensor:
         """Encoded query and support features -> logits (B, 2, *out_size)."""
-        corr = multilayer_correlation(query_feats, support_feats)
-        logits = self.hpn_learner(corr)
+        logits = self.hpn_learner.from_features(query_feats, support_feats)
         return F.interpolate(logits, out_size, mode="bilinear", align_corners=True)
 
     def forward(self, query_img: torch.Tensor, support_img: torch.Tensor, support_mask: torch.Tensor) -> torch.Tensor:

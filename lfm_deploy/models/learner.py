@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conv4d import CenterPivotConv4d
+from .correlation import multilayer_correlation
 
 #: Channels after each of the three 4D convs of a squeezing block.
 SQUEEZE_CHANNELS = (16, 64, 128)
@@ -40,6 +41,10 @@ class HPNLearner(nn.Module):
 
     def __init__(self, in_channels=(3, 6, 4), feature_sizes=(13, 25, 50)):
         super().__init__()
+        self.in_channels = tuple(in_channels)
+        self.feature_sizes = tuple(feature_sizes)
+        #: Features per stage in the 13-feature order (layer2, layer3, layer4).
+        self.stage_sizes = tuple(reversed(self.in_channels))
         c1, c2, c3 = SQUEEZE_CHANNELS
         s4, s3, s2 = ((s, s) for s in feature_sizes)
         self.encoder_layer4, o4 = _building_block(in_channels[0], [c1, c2, c3], [3, 3, 3], [2, 2, 2], s4)
@@ -66,6 +71,10 @@ class HPNLearner(nn.Module):
         oh, ow = size
         return x.reshape(b, hs, ws, c, oh, ow).permute(0, 3, 4, 5, 1, 2)
 
+    def from_features(self, query_feats: list[torch.Tensor], support_feats: list[torch.Tensor]) -> torch.Tensor:
+        """The 13 encoded query / support features -> logits: correlation, then `forward`."""
+        return self(multilayer_correlation(query_feats, support_feats, self.stage_sizes))
+
     def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
         """(layer4, layer3, layer2) correlations -> logits (B, 2, 2*H2, 2*W2) (100x100 at 400)."""
         sqz4 = self.encoder_layer4(pyramid[0])
@@ -85,7 +94,10 @@ class HPNLearner(nn.Module):
         mix432 = self.encoder_layer3to2(mix432)
 
         b, c, hq, wq = mix432.shape[:4]
-        encoded = mix432.reshape(b, c, hq, wq, -1).mean(dim=-1)
+        return self.decode(mix432.reshape(b, c, hq, wq, -1).mean(dim=-1))
+
+    def decode(self, encoded: torch.Tensor) -> torch.Tensor:
+        """(B, 128, Hq, Wq) support-averaged encoding -> logits (B, 2, 2*Hq, 2*Wq)."""
         decoded = self.decoder1(encoded)
         # Upstream upsamples to a square of twice the width.
         size = (decoded.shape[-1] * 2,) * 2

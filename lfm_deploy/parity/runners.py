@@ -219,7 +219,7 @@ class OrtSession:
         path: the .onnx file.
         providers: execution providers, best first.
         threads: intra-op threads (None: onnxruntime's default).
-        low_memory: disable the CPU memory arena and memory patterns.
+        low_memory: disable the memory-pattern planner (as the runtime's default profile).
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = (CPU,), threads: int | None = None,
@@ -249,7 +249,6 @@ class OrtSession:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         if self.low_memory:
-            opts.enable_cpu_mem_arena = False
             opts.enable_mem_pattern = False
         session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         missing = [p for p in self.providers if p != CPU and p not in session.get_providers()]

@@ -65,8 +65,8 @@ class Segmenter:
     Memory (peak RSS of a serving process at 400x400, batch 1, see benchmarks/bench_runtime.py):
     only the encoder and head graphs are loaded, never the episode graph; the encoder is freed
     once the support set is encoded and the head is created only then, so the two are never
-    resident together; sessions run without the CPU memory arena and memory patterns
-    (`low_memory=True`), which keeps activation buffers from staying reserved between runs.
+    resident together; sessions run without onnxruntime's memory-pattern planner
+    (`low_memory=True`), which would reserve one block for all of a run's intermediates.
     Measured: ~0.66-0.78 GB (onnxruntime defaults: ~1.0 GB); a dedicated serving process can
     call `lfm_deploy.runtime.limit_heap_retention()` first for ~0.44 GB at some latency cost.
 
@@ -142,7 +142,7 @@ class Segmenter:
                 or truncated models), and re-check a graph before each later session creation
                 (the head after `set_support`, a re-created encoder). Turn off only for
                 trusted, already verified copies.
-            low_memory: disable the CPU memory arena and memory patterns (smaller resident set).
+            low_memory: disable onnxruntime's memory-pattern planner (smaller resident set).
             release_encoder: free the encoder session after `set_support` (re-created on the
                 next `set_support`); a server with a fixed support set never needs it again.
             batch_size: default number of queries per head run in `predict([...])`.

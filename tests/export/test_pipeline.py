@@ -17,6 +17,7 @@ from lfm_deploy.domains import get_domain
 from lfm_deploy.errors import ParityError
 from lfm_deploy.export import pipeline
 from lfm_deploy.export.graphs import EncoderGraph, HeadGraph
+from lfm_deploy.export.pipeline import acpa_sign_case
 from lfm_deploy.export.validate import validation_episode
 from lfm_deploy.manifest import read_manifest, sha256_file
 from lfm_deploy.models import build_model
@@ -50,6 +51,9 @@ def test_one_shot_export_contract_and_manifest(exported):
             assert onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name == spec["dtype"]
     report = json.loads((out / "export_report.json").read_text())
     assert report["parity"]["passed"] and len(report["parity"]["checks"]) == 7
+    sign = manifest["parity"]["acpa_sign_case"]
+    assert sign["support"]["channels"] == 3 * 2048 and sign["support"]["negative_sum"] > 0
+    assert "ACPA sign case" in (out / "export_report.md").read_text()
     assert "| episode | logits |" in (out / "export_report.md").read_text()
     assert not list(out.parent.glob(f".{out.name}.partial-*"))
 
@@ -204,3 +208,8 @@ def test_validation_episodes_cover_the_acpa_sign_case():
     sums = torch.stack([f.sum(dim=(2, 3)) for f in masked[-3:]])
     negative = (sums < 0).float().mean().item()
     assert 0.05 < negative < 0.95, f"share of negative-sum layer4 channels: {negative:.2f}"
+    # The export records the same count in its manifest and report.
+    sign = acpa_sign_case(model, ep)
+    assert sign["support"] == {"channels": 3 * 2048, "negative_sum": int((sums < 0).sum())}
+    assert sign["query"]["channels"] == 3 * 2048 and sign["query"]["negative_sum"] > 0
+    assert acpa_sign_case(build_model(acpa=False, image_size=S)[0], ep) is None

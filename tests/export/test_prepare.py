@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lfm_deploy.errors import ExportError
+from lfm_deploy.export.learner_layout import LayoutLearner
 from lfm_deploy.export.lowering import MatmulFFT, OnnxDFT
 from lfm_deploy.export.prepare import MatrixMaskResize, TwoStageGroupNorm, bilinear_matrix, prepare_for_export
 from lfm_deploy.models import LFMHSNet, TorchFFT
@@ -53,6 +54,7 @@ def test_prepare_leaves_eager_model_unchanged():
         assert isinstance(prepared.apm.spectral, backend) and isinstance(prepared.acpa.spectral, backend)
         assert isinstance(prepared.mask_resize, MatrixMaskResize)
         assert any(isinstance(m, TwoStageGroupNorm) for m in prepared.modules())
+        assert isinstance(prepared.hpn_learner, LayoutLearner)
         sd = prepared.state_dict()
         assert set(sd) == set(before) and all(torch.equal(sd[k], before[k]) for k in before)
     assert isinstance(model.apm.spectral, TorchFFT)
