@@ -5,19 +5,20 @@ The eager learner keeps its 6D tensors as (B, C, Hq, Wq, Hs, Ws) and, in every c
 support dims next to the channels. In onnxruntime those permutations, a Gather for the
 support pruning and a transposed-operand correlation product were a third of the head's time.
 
-`LayoutLearner` computes the same function with the same parameters, in two layouts chosen so
-that most convolutions read their input as a plain reshape:
+`LayoutLearner` computes the same function with the same parameters, laid out so that every
+convolution reads its input through a reshape or one of onnxruntime's fast transposes:
 
-* squeezing blocks (large support dims, strided): **query-major** ``(B, Hq*Wq, C, Hs, Ws)``.
-  The correlation is produced directly in it (`query^T @ support` with the query normalised
-  after its transpose, so no transposed GEMM operand), the support-dims conv is a Conv2d on
-  ``(B*Hq*Wq, C, Hs, Ws)``; only the pruned (4-16x smaller) input of the query-dims conv and
-  its output are permuted. Pruning is a strided Slice, not a Gather.
-* mixing blocks (support dims 2x2 at 400 px, stride 1): **support-major**
-  ``(B, Hs*Ws, C, Hq, Wq)``. The query-dims conv is a Conv2d on ``(B*Hs*Ws, C, Hq, Wq)``, the
-  query-dims resize a plain 4D Resize, and the support-dims conv, which over a 2x2 support only
-  ever touches 4 of its 9 taps, becomes one 1x1 conv with a (P*O, P*C) matrix gathered from the
-  same 3x3 weights (2.2x fewer multiply-adds, no im2col over padding).
+* squeezing blocks (large support dims, strided): a channel-major hub ``(B, C, Hs*Ws, Hq*Wq)``.
+  The support-dims conv reads it query-major ``(B*Hq*Wq, C, Hs, Ws)`` and the query-dims conv
+  reads the pruned (4-16x smaller) support positions support-major ``(B*Hs'*Ws', C, Hq, Wq)``;
+  both conversions are 2D transposes or axis swaps above a contiguous block. The first layer's
+  inputs come straight from the correlation GEMMs (the pruned ones from a second, small GEMM),
+  whose query operand is materialised as (B, Q, C) so no transposed operand reaches the GEMM.
+* mixing blocks (support dims 2x2 at 400 px, stride 1): support-major ``(B, Hs*Ws, C, Hq, Wq)``.
+  The query-dims conv is a Conv2d on ``(B*Hs*Ws, C, Hq, Wq)``, the query-dims resize a plain 4D
+  Resize, and the support-dims conv, which over a 2x2 support only ever touches 4 of its 9 taps,
+  becomes one 1x1 conv with a (P*O, P*C) matrix gathered from the same 3x3 weights (2.2x fewer
+  multiply-adds, no im2col over padding).
 
 Every reordering is exact (sums of the same products; only the float summation order changes),
 and the tests compare this twin with the eager learner on random inputs.
@@ -213,7 +214,8 @@ class LayoutLearner(HPNLearner):
             if i:
                 full, pruned = self._conv_inputs(x, hs, ws, conv.stride[2:])
             x = F.relu(gn(self._pivot(conv, full, pruned, hq, wq), channel_axis=1))
-            hs, ws = (CenterPivotConv4d.output_size(n, k, st, pd) for n, k, st, pd in zip((hs, ws), conv.kernel_size[2:], conv.stride[2:], conv.padding[2:]))
+            hs, ws = (CenterPivotConv4d.output_size(n, k, st, pd)
+                      for n, k, st, pd in zip((hs, ws), conv.kernel_size[2:], conv.stride[2:], conv.padding[2:]))
         b, c, p, _ = x.shape
         return x.transpose(1, 2).reshape(b, p, c, hq, wq)
 

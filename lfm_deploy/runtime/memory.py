@@ -1,13 +1,13 @@
 """Process-level memory controls for serving processes (glibc's allocator).
 
-With the CPU memory arena off (`low_memory=True`), onnxruntime allocates each intermediate
-tensor with malloc. glibc raises its mmap threshold dynamically after large blocks are freed,
-so later multi-megabyte activations come from the heap, which fragments and keeps freed pages
-resident: the peak RSS creeps up over the first predictions (measured at 400x400: ~0.6-0.77 GB
-vs ~0.44 GB with a fixed threshold). `limit_heap_retention` pins the threshold so that large
-blocks are mmapped and returned to the OS when freed, at a latency cost (fresh pages fault in on
-every run: ~+30% per query measured on 2 cores). It changes the whole process, so it is an
-explicit opt-in for dedicated serving processes, never done by the Segmenter itself.
+onnxruntime takes its large buffers (the CPU arena's regions, initializers, outputs) from
+malloc. glibc raises its mmap threshold dynamically after large blocks are freed, so later
+multi-megabyte blocks come from the heap, which fragments and keeps freed pages resident.
+`limit_heap_retention` pins the threshold so that large blocks are mmapped and returned to the
+OS when freed (measured at 400x400, batch 1, `benchmarks/bench_runtime.py`: serving peak RSS
+0.53 GB instead of 0.65 GB, per-query latency within run-to-run noise; with the arena off it
+was ~+30 % per query). It changes the whole process, so it is an explicit opt-in for dedicated
+serving processes, never done by the Segmenter itself.
 """
 
 from __future__ import annotations

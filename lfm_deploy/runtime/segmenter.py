@@ -67,8 +67,8 @@ class Segmenter:
     once the support set is encoded and the head is created only then, so the two are never
     resident together; sessions run without onnxruntime's memory-pattern planner
     (`low_memory=True`), which would reserve one block for all of a run's intermediates.
-    Measured: ~0.66-0.78 GB (onnxruntime defaults: ~1.0 GB); a dedicated serving process can
-    call `lfm_deploy.runtime.limit_heap_retention()` first for ~0.44 GB at some latency cost.
+    Measured: 0.65 GB (onnxruntime defaults: 0.95 GB); a dedicated serving process can call
+    `lfm_deploy.runtime.limit_heap_retention()` first for ~0.53 GB.
 
     Thread safety: `predict`/`predict_proba` may run concurrently (onnxruntime's `run` is
     thread-safe); each call takes one immutable snapshot of the support features, so a

@@ -213,3 +213,18 @@ def test_validation_episodes_cover_the_acpa_sign_case():
     assert sign["support"] == {"channels": 3 * 2048, "negative_sum": int((sums < 0).sum())}
     assert sign["query"]["channels"] == 3 * 2048 and sign["query"]["negative_sum"] > 0
     assert acpa_sign_case(build_model(acpa=False, image_size=S)[0], ep) is None
+
+
+def test_cli_corrupt_or_foreign_checkpoint_is_one_line_and_writes_nothing(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 10)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"encoder.weight": torch.zeros(3, 3), "head.bias": torch.zeros(3)}, foreign)
+    for path in (corrupt, foreign):
+        out = tmp_path / f"out-{path.stem}"
+        res = CliRunner().invoke(export_main, ["--domain", "deepglobe", "--checkpoint", str(path), "--out", str(out),
+                                               "--quiet"])
+        assert res.exit_code == 1, res.output
+        assert res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+        assert "Traceback" not in res.output
+        assert not out.exists() and not list(tmp_path.glob(".out-*"))
