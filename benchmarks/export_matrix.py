@@ -95,6 +95,7 @@ def _row(result, seconds: float, fg: float | None) -> dict:
         "logits_max_abs": max((c.value for c in logits), default=None),
         "logits_tolerance": logits[0].tolerance if logits else None,
         "feature_max_rel": max((c.value for c in feats), default=None),
+        "branch_cut_channels_excluded": sum(c.excluded or 0 for c in feats),
         "mask_agreement_min": min((c.value for c in masks), default=None),
         "masks_identical": all(c.value == 1.0 for c in masks),
         "reference_foreground": fg,
@@ -113,7 +114,8 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         f"Command: `{meta['command']}`  ",
         f"Weights: {meta['weights']}; {meta['machine']}; {meta['versions']}; total {meta['minutes']:.1f} min.",
         "",
-        "| domain | APM | K | lowering | result | logits max abs (tol) | features max rel | masks identical "
+        "| domain | APM | K | lowering | result | logits max abs (tol) | features max rel (branch-cut channels "
+        "excluded) | masks identical "
         "(agreement) | differing pixels (largest eager margin there) | foreground | ACPA neg. channels "
         "(support / query) | TRT 10 lint | s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -133,7 +135,8 @@ def _markdown(rows: list[dict], meta: dict) -> str:
             differ = f"{r['pixels_differing']} ({r['max_eager_margin_at_differing']:.1e})"
         lines.append(
             f"| {r['domain']} | {r['apm']} | {r['shots']} | {r['lowering']} | {'pass' if r['passed'] else '**FAIL**'} | "
-            f"{logits} | {r['feature_max_rel']:.2e} | {'yes' if r['masks_identical'] else 'no'} "
+            f"{logits} | {r['feature_max_rel']:.2e} ({r['branch_cut_channels_excluded']}) | "
+            f"{'yes' if r['masks_identical'] else 'no'} "
             f"({r['mask_agreement_min']:.6f}) | {differ} | {fg} | {r['acpa_negative_support_channels']} / "
             f"{r['acpa_negative_query_channels']} | {'clean' if r['tensorrt10_lint_clean'] else 'findings'} | "
             f"{r['seconds']} |"
@@ -145,7 +148,10 @@ def _markdown(rows: list[dict], meta: dict) -> str:
               "episode; the margin in brackets is the eager model's smallest |logit difference| over the shots at "
               "those pixels: a value near the logits error means the pixel sits on a tie, where float32 summation "
               "order decides. *ACPA neg. channels*: layer4 channels entering ACPA with a negative spatial sum (the "
-              "DC-phase sign case of MODEL.md), over the 3 x 2048 x K support and 3 x 2048 query channels."]
+              "DC-phase sign case of MODEL.md), over the 3 x 2048 x K support and 3 x 2048 query channels. "
+              "*Branch-cut channels*: support layer4 channels with a spectrum bin whose phase is within float32 "
+              "rounding of +-pi, left out of the feature statistic (APM scales the phase, so any two float32 "
+              "implementations may put such a bin at +s*pi or -s*pi; `lfm_deploy.export.validate.branch_cut_channels`)."]
     return "\n".join(lines) + "\n"
 
 

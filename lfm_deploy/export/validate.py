@@ -32,6 +32,8 @@ class OutputCheck:
     max_abs: float | None = None
     mean_abs: float | None = None
     agreement: float | None = None
+    #: Slices left out of the statistic (channels on the atan2 branch cut, see `branch_cut_channels`).
+    excluded: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,9 +41,10 @@ class OutputCheck:
     def line(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
         cmp = ">=" if self.statistic == "mask_agreement" else "<="
+        extra = f"; {self.excluded} branch-cut channels excluded" if self.excluded else ""
         return (
             f"[{mark}] {self.graph}.{self.output} {tuple(self.shape)}: {self.statistic} {self.value:.3g} "
-            f"(tolerance {cmp} {self.tolerance:g})"
+            f"(tolerance {cmp} {self.tolerance:g}{extra})"
         )
 
 
@@ -74,13 +77,23 @@ def validation_episode(domain: Domain, shots: int, batch: int = 1, seed: int = 0
     }
 
 
-def compare_tensor(graph: str, name: str, got: np.ndarray, ref: np.ndarray, *, atol: float | None = None, rel: float | None = None) -> OutputCheck:
-    """Max-abs comparison: against `atol`, or against `rel` x max|ref| (features of any scale)."""
+def compare_tensor(graph: str, name: str, got: np.ndarray, ref: np.ndarray, *, atol: float | None = None,
+                   rel: float | None = None, exclude: np.ndarray | None = None) -> OutputCheck:
+    """Max-abs comparison: against `atol`, or against `rel` x max|ref| (features of any scale).
+
+    `exclude`: boolean mask over the leading dims of `ref` (e.g. (N, 3, 2048) of layer4
+    features) of slices left out of the statistic and counted in `excluded`.
+    """
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if got.shape != ref.shape:
         return OutputCheck(graph, name, list(got.shape), "shape", float("inf"), 0.0, False)
     diff = np.abs(got - ref)
+    excluded = None
+    if exclude is not None:
+        exclude = np.asarray(exclude, dtype=bool)
+        diff = diff * ~exclude.reshape(exclude.shape + (1,) * (diff.ndim - exclude.ndim))
+        excluded = int(exclude.sum())
     max_abs = float(diff.max()) if diff.size else 0.0
     finite = bool(np.isfinite(got).all())
     if rel is not None:
@@ -89,7 +102,7 @@ def compare_tensor(graph: str, name: str, got: np.ndarray, ref: np.ndarray, *, a
     else:
         value, tol, stat = max_abs, float(atol), "max_abs"
     return OutputCheck(graph, name, list(got.shape), stat, value, tol, finite and value <= tol,
-                       max_abs=max_abs, mean_abs=float(diff.mean()) if diff.size else 0.0)
+                       max_abs=max_abs, mean_abs=float(diff.mean()) if diff.size else 0.0, excluded=excluded)
 
 
 def compare_mask(graph: str, name: str, got: np.ndarray, ref: np.ndarray, min_agreement: float) -> OutputCheck:
@@ -105,3 +118,36 @@ def compare_mask(graph: str, name: str, got: np.ndarray, ref: np.ndarray, min_ag
 
 def format_checks(checks: list[OutputCheck]) -> str:
     return "\n".join(c.line() for c in checks)
+
+
+#: A spectrum bin counts as on the atan2 branch cut when, with t = BRANCH_CUT_REL x sum|x| of its
+#: map, real < -t and |imag| <= t: float32 DFT rounding (~1e-7 relative, in any implementation,
+#: torch.fft included) then decides whether its phase is +pi or -pi.
+BRANCH_CUT_REL = 1e-6
+
+
+def branch_cut_channels(layer4: np.ndarray) -> np.ndarray:
+    """Which APM input channels have a spectrum bin on the atan2 branch cut.
+
+    APM scales the phase (P' = sigmoid(w) * P), so such a bin comes out near +s*pi in one
+    float32 implementation and -s*pi in another: the channel's APM output differs by up to
+    2 A' sin(s*pi) / (H*W) per pixel, by design of the model, not of the export. The
+    self-conjugate bins (DC; Nyquist for even sizes) are exactly real and excluded: for them the
+    sign of pi does not change the APM output (cos is even), and ACPA's handling is exact.
+
+    Args:
+        layer4: APM input features (..., H, W), e.g. (N, 3, 2048, 13, 13).
+
+    Returns:
+        Boolean array over the leading dims (..., ) marking those channels.
+    """
+    x = np.asarray(layer4, dtype=np.float64)
+    h, w = x.shape[-2:]
+    spec = np.fft.fft2(x)
+    scale = np.abs(x).sum(axis=(-2, -1), keepdims=True)
+    tol = BRANCH_CUT_REL * scale  # bins below it in magnitude carry no weight in the output
+    near = (spec.real < -tol) & (np.abs(spec.imag) <= tol)
+    for i in {0, h // 2} if h % 2 == 0 else {0}:
+        for j in {0, w // 2} if w % 2 == 0 else {0}:
+            near[..., i, j] = False
+    return near.reshape(near.shape[:-2] + (-1,)).any(axis=-1)

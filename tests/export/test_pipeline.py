@@ -248,3 +248,24 @@ def test_head_graph_gemms_get_untransposed_operands(exported, tmp_path):
     assert len(gemms) >= 26  # 13 correlations + 13 pruned-support products
     trans_a = [n.name for n in gemms if any(a.name == "transA" and a.i for a in n.attribute)]
     assert not trans_a, trans_a
+
+
+def test_branch_cut_channels_flag_bins_on_the_atan2_cut_only():
+    from lfm_deploy.export.validate import branch_cut_channels, compare_tensor
+
+    h = w = 13
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    rng = np.random.default_rng(0)
+    maps = np.stack([
+        rng.standard_normal((h, w)),                                      # generic: no bin on the cut
+        2.0 - np.cos(2 * np.pi * (yy / h + 2 * xx / w)),                  # bins (1,2), (-1,-2) real negative
+        -np.ones((h, w)),                                                 # only the DC is real negative
+    ])
+    assert branch_cut_channels(maps[None])[0].tolist() == [False, True, False]
+    # Excluded channels are left out of the statistic and counted.
+    ref = np.ones((1, 2, h, w))
+    got = ref.copy()
+    got[0, 1] = 5.0
+    check = compare_tensor("encoder", "support_l4", got, ref, rel=1e-4, exclude=np.array([[False, True]]))
+    assert check.passed and check.excluded == 1 and "1 branch-cut channels excluded" in check.line()
+    assert not compare_tensor("encoder", "support_l4", got, ref, rel=1e-4).passed
