@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from lfm_deploy.cli.finetune import eval_main, finetune_main, make_data_main
@@ -16,13 +15,6 @@ from lfm_deploy.models import read_masker
 SMALL = ["--image-size", "96", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # See tests/finetune/test_trainer.py: small tensors, busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _run(command, args):
