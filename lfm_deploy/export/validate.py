@@ -121,9 +121,13 @@ def format_checks(checks: list[OutputCheck]) -> str:
 
 
 #: A spectrum bin counts as on the atan2 branch cut when, with t = BRANCH_CUT_REL x sum|x| of its
-#: map, real < -t and |imag| <= t: float32 DFT rounding (~1e-7 relative, in any implementation,
-#: torch.fft included) then decides whether its phase is +pi or -pi.
-BRANCH_CUT_REL = 1e-6
+#: map, real < -t and |imag| <= t: the sign of its imaginary part, hence +pi or -pi, is then
+#: decided by float32 rounding *upstream* of APM. The backbone alone, run by onnxruntime and by
+#: PyTorch on the same images, already moves layer4 spectrum bins by up to 4.6e-6 x sum|x| (max
+#: over the 5-shot validation episodes; 99th percentile 1.8e-6), so the bound sits at twice that.
+#: (1e-6, sized for the DFT's own rounding, missed a chest_xray channel at 1.3e-6 whose output
+#: then moved by 0.4 % of the feature peak.)
+BRANCH_CUT_REL = 1e-5
 
 
 def branch_cut_channels(layer4: np.ndarray) -> np.ndarray:

@@ -262,6 +262,13 @@ def test_branch_cut_channels_flag_bins_on_the_atan2_cut_only():
         -np.ones((h, w)),                                                 # only the DC is real negative
     ])
     assert branch_cut_channels(maps[None])[0].tolist() == [False, True, False]
+    # Off the cut by less than two runtimes' backbones differ (imag ~3e-6 sum|x|): still flagged.
+    # Clearly off it (imag ~1e-4 sum|x|): not flagged.
+    theta = 2 * np.pi * (yy / h + 2 * xx / w)
+    near = [2.0 - np.cos(theta) + eps * np.sin(theta) for eps in (1.2e-5, 4e-4)]
+    scale = [np.abs(x).sum() for x in near]
+    assert [abs(np.fft.fft2(x)[1, 2].imag) / s for x, s in zip(near, scale)] == pytest.approx([3e-6, 1e-4], rel=0.1)
+    assert branch_cut_channels(np.stack(near)).tolist() == [True, False]
     # Excluded channels are left out of the statistic and counted.
     ref = np.ones((1, 2, h, w))
     got = ref.copy()
