@@ -32,9 +32,16 @@ def _quiet():
     if log.isEnabledFor(logging.DEBUG):
         yield
         return
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    # The dynamo exporter also logs through `logging` (e.g. "torchvision is not installed").
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        exporter_log.setLevel(level)
 
 
 def export_onnx(
