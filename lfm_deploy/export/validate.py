@@ -34,6 +34,11 @@ class OutputCheck:
     agreement: float | None = None
     #: Slices left out of the statistic (channels on the atan2 branch cut, see `branch_cut_channels`).
     excluded: int | None = None
+    #: Masks: pixels that differ from the eager mask, and how many of them are not eager near-ties
+    #: (eager |logit margin| above `tie_margin`); any such pixel fails the check.
+    pixels_differing: int | None = None
+    decisive_differences: int | None = None
+    tie_margin: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +47,10 @@ class OutputCheck:
         mark = "ok  " if self.passed else "FAIL"
         cmp = ">=" if self.statistic == "mask_agreement" else "<="
         extra = f"; {self.excluded} branch-cut channels excluded" if self.excluded else ""
+        if self.pixels_differing:
+            extra += (f"; {self.pixels_differing} pixels differ, {self.decisive_differences} of them beyond the "
+                      f"eager near-tie margin {self.tie_margin:g}" if self.tie_margin is not None
+                      else f"; {self.pixels_differing} pixels differ")
         return (
             f"[{mark}] {self.graph}.{self.output} {tuple(self.shape)}: {self.statistic} {self.value:.3g} "
             f"(tolerance {cmp} {self.tolerance:g}{extra})"
@@ -105,15 +114,29 @@ def compare_tensor(graph: str, name: str, got: np.ndarray, ref: np.ndarray, *, a
                        max_abs=max_abs, mean_abs=float(diff.mean()) if diff.size else 0.0, excluded=excluded)
 
 
-def compare_mask(graph: str, name: str, got: np.ndarray, ref: np.ndarray, min_agreement: float) -> OutputCheck:
-    """Share of pixels whose predicted class agrees with the eager model."""
+def compare_mask(graph: str, name: str, got: np.ndarray, ref: np.ndarray, min_agreement: float, *,
+                 margin: np.ndarray | None = None, tie: float | None = None) -> OutputCheck:
+    """Share of pixels whose predicted class agrees with the eager model.
+
+    With `margin` (the eager model's |logit1 - logit0| per pixel, smallest over the shots) and
+    `tie`, the masks must moreover be identical wherever the eager model is decisive: a pixel may
+    differ only if its eager margin is <= `tie`. With `tie` = 2 x the logits tolerance, a pixel
+    beyond it cannot flip unless the logits are out of tolerance, so a difference there is a real
+    error, while pixels inside it are float32 ties that no two implementations need agree on.
+    """
     got = np.asarray(got)
     ref = np.asarray(ref)
     if got.shape != ref.shape:
         return OutputCheck(graph, name, list(got.shape), "shape", float("inf"), 0.0, False)
-    agreement = float((got.astype(np.int64) == ref.astype(np.int64)).mean())
-    return OutputCheck(graph, name, list(got.shape), "mask_agreement", agreement, min_agreement,
-                       agreement >= min_agreement, agreement=agreement)
+    differ = got.astype(np.int64) != ref.astype(np.int64)
+    agreement = float(1.0 - differ.mean())
+    decisive = None
+    if margin is not None and tie is not None:
+        decisive = int((differ & (np.broadcast_to(margin, differ.shape) > tie)).sum())
+    passed = agreement >= min_agreement and not decisive
+    return OutputCheck(graph, name, list(got.shape), "mask_agreement", agreement, min_agreement, passed,
+                       agreement=agreement, pixels_differing=int(differ.sum()), decisive_differences=decisive,
+                       tie_margin=tie if decisive is not None else None)
 
 
 def format_checks(checks: list[OutputCheck]) -> str:

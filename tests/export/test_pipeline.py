@@ -276,3 +276,22 @@ def test_branch_cut_channels_flag_bins_on_the_atan2_cut_only():
     check = compare_tensor("encoder", "support_l4", got, ref, rel=1e-4, exclude=np.array([[False, True]]))
     assert check.passed and check.excluded == 1 and "1 branch-cut channels excluded" in check.line()
     assert not compare_tensor("encoder", "support_l4", got, ref, rel=1e-4).passed
+
+
+def test_mask_check_allows_differences_only_on_eager_near_ties():
+    from lfm_deploy.export.validate import compare_mask
+
+    ref = np.zeros((1, 4, 4), dtype=np.int64)
+    margin = np.full((1, 4, 4), 0.5)
+    margin[0, 0, 0] = 1e-5                       # an eager near-tie
+    got = ref.copy()
+    got[0, 0, 0] = 1                             # differs on the tie: fine
+    check = compare_mask("episode", "mask", got, ref, 0.9, margin=margin, tie=2e-3)
+    assert check.passed and check.pixels_differing == 1 and check.decisive_differences == 0
+    assert "1 pixels differ, 0 of them beyond" in check.line()
+    got[0, 3, 3] = 1                             # differs where the eager model is decisive
+    check = compare_mask("episode", "mask", got, ref, 0.9, margin=margin, tie=2e-3)
+    assert not check.passed and check.decisive_differences == 1 and check.agreement == 14 / 16
+    # Without margins only the agreement counts.
+    assert compare_mask("episode", "mask", got, ref, 0.8).passed
+    assert not compare_mask("episode", "mask", got[:, :2], ref, 0.8).passed  # shape mismatch
