@@ -44,7 +44,7 @@ def _test_checkpoint(domain, apm: str, shots: int, size: int | None, path: Path,
     """Write the trained-looking test checkpoint for (domain, apm); returns its mask statistics."""
     import torch
 
-    from lfm_deploy.export.validate import validation_episode
+    from lfm_deploy.export.validate import decision_margins, validation_episode
     from lfm_deploy.models import build_model
     from lfm_deploy.models.hsnet import vote_masks
 
@@ -67,10 +67,9 @@ def _test_checkpoint(domain, apm: str, shots: int, size: int | None, path: Path,
         logits = model.shot_logits(q, s, m)
     votes = torch.stack([x.argmax(dim=1) for x in logits]).sum(dim=0)
     mask = vote_masks(votes, shots)
-    # Per pixel, the eager model's smallest |logit margin| over the shots: how close to a tie.
-    margin = torch.stack([x.diff(dim=1)[:, 0].abs() for x in logits]).amin(dim=0)
+    margin = decision_margins([x.numpy() for x in logits])  # how close each pixel is to a tie
     torch.save(model.state_dict(), path)
-    return {"foreground": float(mask.float().mean()), "mask": mask[0].numpy(), "margin": margin[0].numpy(),
+    return {"foreground": float(mask.float().mean()), "mask": mask[0].numpy(), "margin": margin[0],
             "episode": episode}
 
 

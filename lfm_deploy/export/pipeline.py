@@ -29,8 +29,8 @@ from ..models.hsnet import LAYER4_START, LFMHSNet, vote_masks
 from .graphs import EncoderGraph, EpisodeGraph, HeadGraph
 from .onnx_export import DEFAULT_OPSET, export_onnx
 from .prepare import LOWERINGS, prepare_for_export
-from .validate import (OutputCheck, branch_cut_channels, compare_mask, compare_tensor, format_checks,
-                       validation_episode)
+from .validate import (OutputCheck, branch_cut_channels, compare_mask, compare_tensor, decision_margins,
+                       format_checks, validation_episode)
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def _validate(model, dom, lowering, shots, episode, graphs, tmp, threads, steps)
     ref_mask = vote_masks(ref_votes, shots).numpy()
     # Per pixel, the eager model's smallest |logit margin| over the shots: masks must be identical
     # except where the eager model itself is within twice the logits tolerance of a tie.
-    ref_margin = torch.stack([x.diff(dim=1)[:, 0].abs() for x in ref_logits]).amin(dim=0).numpy()
+    ref_margin = decision_margins([x.numpy() for x in ref_logits])
     tie = 2 * logits_atol
     checks: list[OutputCheck] = []
 

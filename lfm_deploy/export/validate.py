@@ -114,6 +114,12 @@ def compare_tensor(graph: str, name: str, got: np.ndarray, ref: np.ndarray, *, a
                        max_abs=max_abs, mean_abs=float(diff.mean()) if diff.size else 0.0, excluded=excluded)
 
 
+def decision_margins(shot_logits) -> np.ndarray:
+    """Per pixel, the smallest |logit1 - logit0| over the shots: how close the eager model is to
+    a tie. `shot_logits`: a sequence of K arrays (B, 2, H, W); returns (B, H, W)."""
+    return np.stack([np.abs(np.diff(np.asarray(x), axis=1)[:, 0]) for x in shot_logits]).min(axis=0)
+
+
 def compare_mask(graph: str, name: str, got: np.ndarray, ref: np.ndarray, min_agreement: float, *,
                  margin: np.ndarray | None = None, tie: float | None = None) -> OutputCheck:
     """Share of pixels whose predicted class agrees with the eager model.

@@ -88,6 +88,9 @@ def test_five_shot_export_votes_like_the_eager_model(exported):
     assert [o["name"] for o in result.manifest["graphs"]["episode"]["outputs"]] == ["mask"]
     checks = {(c.graph, c.output): c for c in result.checks}
     assert checks[("episode", "mask")].agreement >= 0.999
+    for graph in ("episode", "head"):  # identical wherever the eager model is decisive
+        mask = checks[(graph, "mask")]
+        assert mask.decisive_differences == 0 and mask.tie_margin == 2 * result.manifest["tolerances"]["logits_atol"]
     assert checks[("head", "shot_logits")].max_abs < 1e-4
     assert result.manifest["graphs"]["head"]["inputs"][1]["shape"][0] == 5
 
@@ -279,8 +282,10 @@ def test_branch_cut_channels_flag_bins_on_the_atan2_cut_only():
 
 
 def test_mask_check_allows_differences_only_on_eager_near_ties():
-    from lfm_deploy.export.validate import compare_mask
+    from lfm_deploy.export.validate import compare_mask, decision_margins
 
+    shot_logits = [np.array([[[[0.0, 1.0]], [[0.5, 0.0]]]]), np.array([[[[0.0, 0.0]], [[0.1, -2.0]]]])]
+    np.testing.assert_allclose(decision_margins(shot_logits), [[[0.1, 1.0]]])
     ref = np.zeros((1, 4, 4), dtype=np.int64)
     margin = np.full((1, 4, 4), 0.5)
     margin[0, 0, 0] = 1e-5                       # an eager near-tie
