@@ -34,6 +34,8 @@ class OutputCheck:
     agreement: float | None = None
     #: Slices left out of the statistic (channels on the atan2 branch cut, see `branch_cut_channels`).
     excluded: int | None = None
+    #: support_l4: maps whose ACPA sign tie the export resolved the other way (see `resolve_acpa_ties`).
+    sign_ties: int | None = None
     #: Masks: pixels that differ from the eager mask, and how many of them are not eager near-ties
     #: (eager |logit margin| above `tie_margin`); any such pixel fails the check.
     pixels_differing: int | None = None
@@ -47,6 +49,8 @@ class OutputCheck:
         mark = "ok  " if self.passed else "FAIL"
         cmp = ">=" if self.statistic == "mask_agreement" else "<="
         extra = f"; {self.excluded} branch-cut channels excluded" if self.excluded else ""
+        if self.sign_ties:
+            extra += f"; {self.sign_ties} maps compared with an ACPA sign tie resolved the other way"
         if self.pixels_differing:
             extra += (f"; {self.pixels_differing} pixels differ, {self.decisive_differences} of them beyond the "
                       f"eager near-tie margin {self.tie_margin:g}" if self.tie_margin is not None
@@ -87,11 +91,13 @@ def validation_episode(domain: Domain, shots: int, batch: int = 1, seed: int = 0
 
 
 def compare_tensor(graph: str, name: str, got: np.ndarray, ref: np.ndarray, *, atol: float | None = None,
-                   rel: float | None = None, exclude: np.ndarray | None = None) -> OutputCheck:
+                   rel: float | None = None, exclude: np.ndarray | None = None,
+                   sign_ties: int | None = None) -> OutputCheck:
     """Max-abs comparison: against `atol`, or against `rel` x max|ref| (features of any scale).
 
     `exclude`: boolean mask over the leading dims of `ref` (e.g. (N, 3, 2048) of layer4
-    features) of slices left out of the statistic and counted in `excluded`.
+    features) of slices left out of the statistic and counted in `excluded`. `sign_ties`: how
+    many maps of `ref` had an ACPA sign tie resolved (`resolve_acpa_ties`), for the report.
     """
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
@@ -111,7 +117,8 @@ def compare_tensor(graph: str, name: str, got: np.ndarray, ref: np.ndarray, *, a
     else:
         value, tol, stat = max_abs, float(atol), "max_abs"
     return OutputCheck(graph, name, list(got.shape), stat, value, tol, finite and value <= tol,
-                       max_abs=max_abs, mean_abs=float(diff.mean()) if diff.size else 0.0, excluded=excluded)
+                       max_abs=max_abs, mean_abs=float(diff.mean()) if diff.size else 0.0, excluded=excluded,
+                       sign_ties=sign_ties)
 
 
 def decision_margins(shot_logits) -> np.ndarray:

@@ -300,3 +300,36 @@ def test_mask_check_allows_differences_only_on_eager_near_ties():
     # Without margins only the agreement counts.
     assert compare_mask("episode", "mask", got, ref, 0.8).passed
     assert not compare_mask("episode", "mask", got[:, :2], ref, 0.8).passed  # shape mismatch
+
+
+def test_acpa_sign_ties_are_resolved_the_way_the_export_went():
+    from lfm_deploy.export.pipeline import resolve_acpa_ties
+    from lfm_deploy.export.validate import compare_tensor
+    from lfm_deploy.models.masker import PhaseAttention
+
+    torch.manual_seed(0)
+    acpa = PhaseAttention(16).eval()
+    with torch.no_grad():
+        for p in acpa.parameters():
+            p.mul_(4.0)                                   # weights sensitive enough to show the step
+    x = torch.randn(2, 3, 16, 5, 5)
+    tied = x[1, 2, 7]
+    tied -= tied.mean() - 1e-6 * tied.abs().sum() / 25   # sum ~ +1e-6 sum|x|: within rounding of 0
+    flipped = x.clone()
+    flipped[1, 2, 7] -= 2e-6 * tied.abs().sum() / 25      # the same channel, summing to ~ -1e-6 sum|x|
+    with torch.no_grad():
+        ref = torch.stack([acpa(m) for m in x.unbind(0)]).numpy()
+        got = torch.stack([acpa(m) for m in flipped.unbind(0)]).numpy()
+    # The sign of one channel's sum moves every channel of its map, far beyond float32 noise.
+    assert not compare_tensor("encoder", "support_l4", got, ref, rel=1e-4).passed
+    resolved, ties, other_way = resolve_acpa_ties(acpa, x, got, ref)
+    assert (ties, other_way) == (1, 1)
+    check = compare_tensor("encoder", "support_l4", got, resolved, rel=1e-4, sign_ties=other_way)
+    assert check.passed and "1 maps compared with an ACPA sign tie" in check.line()
+    np.testing.assert_array_equal(resolved[0], ref[0])   # untied maps keep the eager reference
+    # Landing on the eager side needs no resolving; a real error elsewhere still fails.
+    assert resolve_acpa_ties(acpa, x, ref, ref)[1:] == (1, 0)
+    broken = got.copy()
+    broken[0, 0, 0] += 1.0
+    resolved, _, _ = resolve_acpa_ties(acpa, x, broken, ref)
+    assert not compare_tensor("encoder", "support_l4", broken, resolved, rel=1e-4).passed
