@@ -156,7 +156,9 @@ def _markdown(rows: list[dict], meta: dict) -> str:
               "sum|x| of the negative real axis, i.e. with a phase that float32 rounding upstream of APM can put at "
               "+pi or -pi (the backbone alone differs by up to 4.6e-6 sum|x| between onnxruntime and PyTorch); APM "
               "scales the phase, so such a channel comes out at +s*pi or -s*pi. They are left out of the feature "
-              "statistic and covered by the logits and mask checks (`lfm_deploy.export.validate.branch_cut_channels`)."]
+              "statistic and covered by the logits and mask checks (`lfm_deploy.export.validate.branch_cut_channels`). "
+              "*TRT 10 lint*: the TensorRT 10 readiness lint; `findings` on `dft` rows is its expected report that "
+              "TensorRT before 11.2 has no DFT (that lowering is for runtimes that have it)."]
     return "\n".join(lines) + "\n"
 
 
