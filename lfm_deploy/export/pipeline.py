@@ -362,14 +362,13 @@ def _validate(model, dom, lowering, shots, episode, graphs, tmp, threads, steps)
             ref_feats = EncoderGraph(model)(s[0], m[0])
         enc = _ort_session(tmp / GRAPH_FILES["encoder"], threads)
         feats = enc.run(None, {"support_img": episode["support_imgs"][0], "support_mask": episode["support_masks"][0]})
-        exclude = None
+        # The two rounding-decided steps of the masker (README, "How the export stays faithful").
+        exclude, ref_l4, ties = None, ref_feats[2].numpy(), None
+        backbone = model.extract_features(s[0])
         if model.apm_variant is not None:  # channels whose phase scaling sits on the atan2 branch cut
-            with torch.no_grad():
-                layer4 = torch.stack(model.extract_features(s[0])[LAYER4_START:], dim=1)
-            exclude = branch_cut_channels(layer4.numpy())
-        ref_l4, ties = ref_feats[2].numpy(), None
+            exclude = branch_cut_channels(torch.stack(backbone[LAYER4_START:], dim=1).numpy())
         if model.use_acpa:  # ACPA's pooled phase steps where a channel sum crosses zero
-            ref_l4, _, ties = resolve_acpa_ties(model.acpa, acpa_input(model, s[0], m[0]), feats[2], ref_l4)
+            ref_l4, _, ties = resolve_acpa_ties(model.acpa, acpa_input(model, backbone, m[0]), feats[2], ref_l4)
         refs = (ref_feats[0].numpy(), ref_feats[1].numpy(), ref_l4)
         for name, got, ref in zip(("support_l2", "support_l3", "support_l4"), feats, refs):
             l4 = name == "support_l4"
@@ -392,10 +391,10 @@ def _validate(model, dom, lowering, shots, episode, graphs, tmp, threads, steps)
     return checks
 
 
-def acpa_input(model: LFMHSNet, support_img: torch.Tensor, support_mask: torch.Tensor) -> torch.Tensor:
-    """The eager layer4 support features as they enter ACPA (after APM and the mask): (N, 3, C, h, w)."""
+def acpa_input(model: LFMHSNet, feats: list[torch.Tensor], support_mask: torch.Tensor) -> torch.Tensor:
+    """The eager support features (`model.extract_features`) as their layer4 part enters ACPA,
+    after APM and the mask: (N, 3, C, h, w)."""
     with torch.no_grad():
-        feats = model.extract_features(support_img)
         if model.apm_variant is not None:
             feats = model._apply_to_layer4(model.apm, feats)
         feats = model.mask_support_features(feats, support_mask)
