@@ -530,7 +530,13 @@ def _write_reports(directory: Path, manifest: dict, checks: list[OutputCheck], l
         "|---|---|---|---|---|---|---|",
     ]
     for c in checks:
-        value = f"{c.value:.3g}" + (f" ({c.excluded} branch-cut channels excluded)" if c.excluded else "")
+        notes = [f"{c.excluded} branch-cut channels excluded"] if c.excluded else []
+        if c.sign_ties:
+            notes.append(f"{c.sign_ties} ACPA sign ties resolved")
+        if c.pixels_differing:
+            notes.append(f"{c.pixels_differing} pixels differ" + (
+                f", {c.decisive_differences} beyond the near-tie margin" if c.decisive_differences is not None else ""))
+        value = c.value_text() + (f" ({'; '.join(notes)})" if notes else "")
         lines.append(f"| {c.graph} | {c.output} | {tuple(c.shape)} | {c.statistic} | {value} | {c.tolerance:g} | "
                      f"{'pass' if c.passed else '**FAIL**'} |")
     if not checks:

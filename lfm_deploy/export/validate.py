@@ -45,6 +45,10 @@ class OutputCheck:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def value_text(self) -> str:
+        # Agreement to 6 decimals: at 400x400 one pixel is 6e-6, which "%.3g" would round to 1.
+        return f"{self.value:.6f}" if self.statistic == "mask_agreement" else f"{self.value:.3g}"
+
     def line(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
         cmp = ">=" if self.statistic == "mask_agreement" else "<="
@@ -56,7 +60,7 @@ class OutputCheck:
                       f"eager near-tie margin {self.tie_margin:g}" if self.tie_margin is not None
                       else f"; {self.pixels_differing} pixels differ")
         return (
-            f"[{mark}] {self.graph}.{self.output} {tuple(self.shape)}: {self.statistic} {self.value:.3g} "
+            f"[{mark}] {self.graph}.{self.output} {tuple(self.shape)}: {self.statistic} {self.value_text()} "
             f"(tolerance {cmp} {self.tolerance:g}{extra})"
         )
 

@@ -293,7 +293,7 @@ def test_mask_check_allows_differences_only_on_eager_near_ties():
     got[0, 0, 0] = 1                             # differs on the tie: fine
     check = compare_mask("episode", "mask", got, ref, 0.9, margin=margin, tie=2e-3)
     assert check.passed and check.pixels_differing == 1 and check.decisive_differences == 0
-    assert "1 pixels differ, 0 of them beyond" in check.line()
+    assert "mask_agreement 0.937500" in check.line() and "1 pixels differ, 0 of them beyond" in check.line()
     got[0, 3, 3] = 1                             # differs where the eager model is decisive
     check = compare_mask("episode", "mask", got, ref, 0.9, margin=margin, tie=2e-3)
     assert not check.passed and check.decisive_differences == 1 and check.agreement == 14 / 16
