@@ -430,10 +430,8 @@ def resolve_acpa_ties(acpa: PhaseAttention, x: torch.Tensor, got: np.ndarray, re
     from .lowering import self_conjugate_sums
 
     h, w = x.shape[-2:]
-    rows = [0] + ([h // 2] if h % 2 == 0 else [])
-    cols = [0] + ([w // 2] if w % 2 == 0 else [])
-    positions = [(0, 0)] + [(r, 0) for r in rows[1:]] + [(0, c) for c in cols[1:]] + (
-        [(h // 2, w // 2)] if rows[1:] and cols[1:] else [])  # the order of self_conjugate_sums
+    positions = [(i, j) for i, j in ((0, 0), (h // 2, 0), (0, w // 2), (h // 2, w // 2))  # self_conjugate_sums' order
+                 if (i == 0 or h % 2 == 0) and (j == 0 or w % 2 == 0)]
     x64 = x.double()
     scale = x64.abs().sum(dim=(-2, -1))[..., None]
     ties = ((self_conjugate_sums(x64).abs() <= BRANCH_CUT_REL * scale) & (scale > 0)).numpy()
@@ -542,10 +540,14 @@ def _write_reports(directory: Path, manifest: dict, checks: list[OutputCheck], l
     if not checks:
         lines.append("| - | - | - | - | - | - | not validated |")
     if any(c.excluded for c in checks):
-        lines += ["", "Branch-cut channels: APM scales the phase, so a spectrum bin whose phase is within float32 "
-                  "rounding of +-pi comes out near +s*pi in one implementation and -s*pi in another (torch.fft "
-                  "included); those layer4 channels are left out of the feature statistic and their effect is "
-                  "bounded by the logits checks (MODEL.md, numerics)."]
+        lines += ["", "Branch-cut channels: APM scales the phase, so a spectrum bin within 1e-5 sum|x| of the "
+                  "negative real axis, whose side float32 rounding upstream decides, comes out near +s*pi in one "
+                  "implementation and -s*pi in another (torch.fft included); those layer4 channels are left out of "
+                  "the feature statistic and their effect is bounded by the logits and mask checks."]
+    if any(c.sign_ties for c in checks):
+        lines += ["", "ACPA sign ties: a channel entering ACPA summed to within rounding of zero, so its sign (and "
+                  "through ACPA's linear layers the whole map) is decided by float32 rounding; the map was compared "
+                  "with the eager ACPA evaluated on the side the export landed on."]
     sign = manifest["parity"].get("acpa_sign_case")
     if sign:
         lines += ["", "ACPA sign case (layer4 channels with a negative sum, whose DC phase is +pi): "
