@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lfm_deploy.cli import FiniteFloat  # noqa: E402  (after the path set-up above)
 
 #: Targets from the issue.
 TARGET_ORT_RATIO = 0.7  # best onnxruntime episode path / eager episode, batch 1
@@ -53,36 +54,37 @@ log = logging.getLogger("bench_latency")
 # ----------------------------------------------------------------------------- worker side
 def _inputs(manifest: dict, batch: int, seed: int = 0) -> dict:
     """B different queries against one support set (repeated per row for the episode graphs)."""
+    from lfm_deploy.contract import graph_io
     from lfm_deploy.domains import get_domain
-    from lfm_deploy.export.validate import validation_episode
+    from lfm_deploy.parity.episodes import validation_episode
 
     dom = get_domain(manifest["domain"])
     size, shots = int(manifest["image_size"]), int(manifest["shots"])
+    io = graph_io(manifest, "episode")
     base = validation_episode(dom, shots, batch=1, seed=seed, image_size=size)
-    queries = validation_episode(dom, shots, batch=batch, seed=seed + 1, image_size=size)["query_img"]
-    return {"query_img": queries,
-            "support_imgs": np.repeat(base["support_imgs"], batch, axis=0),
-            "support_masks": np.repeat(base["support_masks"], batch, axis=0)}
+    queries = validation_episode(dom, shots, batch=batch, seed=seed + 1, image_size=size)[io.input("query")]
+    return io.feed(query=queries, supports=np.repeat(base[io.input("supports")], batch, axis=0),
+                   masks=np.repeat(base[io.input("masks")], batch, axis=0))
 
 
 def _runner(spec: dict, manifest: dict):
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    from lfm_deploy.parity.runners import EagerRunner, ModelFromManifest, OrtSession, SplitRunner
+    from lfm_deploy.parity.runners import EagerRunner, ModelFromManifest, SplitRunner, ort_runner
+    from lfm_deploy.runtime.sessions import SessionConfig, SessionFromOnnx
 
     kind, art, threads = spec["backend"], Path(spec["artifacts"]), spec["threads"]
     graphs = manifest["graphs"]
     if kind == "eager":
         return EagerRunner(ModelFromManifest(manifest), "episode", shots=manifest["shots"], threads=threads, name=kind)
     if kind in ("ort-matmul", "ort-dft"):
-        return OnnxrtRunner(OrtSession(art / graphs["episode"]["file"], threads=threads), name=kind)
+        return ort_runner(art / graphs["episode"]["file"], threads=threads, name=kind)
     if kind == "ort-split":
-        return SplitRunner(OrtSession(art / graphs["encoder"]["file"], threads=threads),
-                           OrtSession(art / graphs["head"]["file"], threads=threads), shots=manifest["shots"], name=kind)
+        config = SessionConfig(threads=threads, low_memory=False)
+        return SplitRunner(SessionFromOnnx(art / graphs["encoder"]["file"], config=config),
+                           SessionFromOnnx(art / graphs["head"]["file"], config=config), manifest, name=kind)
     if kind in ("trt-fp32", "trt-fp16"):
         from polygraphy.backend.trt import TrtRunner
 
-        from lfm_deploy.export.engine import EngineFromPlan, engine_path
+        from lfm_deploy.tensorrt.engines import EngineFromPlan, engine_path
 
         return TrtRunner(EngineFromPlan(engine_path(art, "episode", kind.split("-")[1])), name=kind)
     raise ValueError(kind)
@@ -137,40 +139,15 @@ def _worker(spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------- driver side
 def _machine(threads: int) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "logical_cpus": os.cpu_count(),
-            "threads_used": threads}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
-    except OSError:
-        info["cpu"] = platform.processor() or None
-    try:
-        import psutil
+    from lfm_deploy.utils.versions import machine
 
-        info["physical_cores"] = psutil.cpu_count(logical=False)
-        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    return info
+    return machine(threads)
 
 
 def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import polygraphy
-    import torch
+    from lfm_deploy.utils.versions import library_versions
 
-    from lfm_deploy import __version__
-
-    v = {"lfm_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-         "onnxruntime": onnxruntime.__version__, "polygraphy": polygraphy.__version__, "numpy": np.__version__}
-    try:
-        import tensorrt
-
-        v["tensorrt"] = tensorrt.__version__
-    except Exception:  # not installed or libraries missing
-        v["tensorrt"] = None
-    return v
+    return library_versions()
 
 
 def _ensure_export(path: Path, size: int, lowering: str) -> Path:
@@ -189,7 +166,7 @@ def _ensure_export(path: Path, size: int, lowering: str) -> Path:
 def _trt_skip(precision: str, art: Path, max_batch: int) -> str | None:
     """None when a TensorRT engine of `precision` is ready in `art` (built if needed), else why not."""
     from lfm_deploy.errors import LFMError
-    from lfm_deploy.export.engine import EngineFromPlan, build_engines, engine_path
+    from lfm_deploy.tensorrt.engines import EngineFromPlan, build_engines, engine_path
 
     try:
         path = engine_path(art, "episode", precision)
@@ -416,12 +393,14 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--masker-iters", type=int, default=20, help="timed runs of the APM block")
     parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime intra-op threads")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell before giving up")
-    parser.add_argument("--max-busy", type=float, default=None,
+    parser.add_argument("--max-busy", type=FiniteFloat(min=0, max=100).argparse_type(), default=None,
                         help="shared machines: before each cell wait until other processes use less than this "
                              "%% of the CPUs (needs psutil)")
-    parser.add_argument("--max-wait", type=float, default=300, help="longest wait for --max-busy, per cell")
+    parser.add_argument("--max-wait", type=FiniteFloat(min=0).argparse_type(), default=300,
+                        help="longest wait for --max-busy, per cell")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency",
                         help="output prefix: <out>.json, <out>.md, <out>.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace result files not written by a benchmark")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
@@ -430,16 +409,21 @@ def main(argv=None) -> dict | None:
         parser.error("--warmup must be >= 0; --iters, --threads and batch sizes >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lfm_deploy").setLevel(logging.WARNING)
+    from lfm_deploy.errors import LFMError
+    from lfm_deploy.utils.outputs import results_dir
+
+    try:  # the result files are checked before the benchmark runs
+        out, names = results_dir(args.out, (".json", ".md", ".png"), overwrite=args.overwrite)
+    except LFMError as exc:
+        parser.error(exc.cli_message())
     t0 = time.perf_counter()
     results = run(args)
     results["seconds"] = time.perf_counter() - t0
     command = "python benchmarks/bench_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results["command"] = command.strip()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = (args.out.with_suffix(s) for s in (".json", ".md", ".png"))
-    json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(markdown(results, results["command"]), encoding="utf-8")
-    plot(results, png_path)
+    json_path = out.write_json(names[".json"], results)
+    md_path = out.write_text(names[".md"], markdown(results, results["command"]))
+    png_path = out.write(names[".png"], lambda tmp: plot(results, tmp))
     log.info("\n%s", md_path.read_text())
     log.info("wrote %s, %s, %s (%.0f s)", json_path, md_path, png_path, results["seconds"])
     return results

@@ -11,7 +11,6 @@ the dft/matmul ratio and each backend's max abs error against a float64 `torch.f
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -60,15 +59,10 @@ class OrtRunner(Runner):
     """An onnxruntime CPU session on an exported file."""
 
     def __init__(self, name: str, path: Path, threads: int):
-        import onnxruntime as ort
+        from lfm_deploy.runtime.sessions import SessionConfig, SessionFromOnnx
 
         self.name = name
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = SessionFromOnnx(path, config=SessionConfig(threads=threads, low_memory=False))()
         self._input = self._session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -113,17 +107,9 @@ def _time(runners: List[Runner], x: np.ndarray, warmup: int, iters: int) -> Dict
 
 
 def _versions() -> Dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
+    from lfm_deploy.utils.versions import library_versions
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
+    return library_versions(("torch", "onnx", "onnxruntime", "numpy"))
 
 
 def run(warmup: int, iters: int, threads: int, matmul_exporter: str, seed: int) -> dict:
@@ -220,6 +206,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=50, help="timed runs per backend")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --out file not written by a benchmark")
     parser.add_argument(
         "--matmul-exporter",
         choices=("dynamo", "torchscript"),
@@ -230,16 +217,23 @@ def main(argv: List[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.iters < 1 or args.threads < 1:
         parser.error("--warmup must be >= 0, --iters and --threads >= 1")
+    from lfm_deploy.errors import LFMError
+    from lfm_deploy.utils.outputs import results_dir
+
+    out = None
+    if args.out is not None:
+        try:  # checked before the benchmark runs
+            out, _ = results_dir(args.out.with_suffix(""), (args.out.suffix or ".json",), overwrite=args.overwrite)
+        except LFMError as exc:
+            parser.error(exc.cli_message())
 
     # The dynamo exporter logs every step at INFO/WARNING; keep the report readable.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     logging.getLogger("torch._export").setLevel(logging.ERROR)
     report = run(args.warmup, args.iters, args.threads, args.matmul_exporter, args.seed)
     print(_format(report))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    if out is not None:
+        print(f"wrote {out.write_json(args.out.name, report)}")
     return 0
 
 

@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -171,22 +170,9 @@ def serving_rss(artifacts: Path, threads: int, low_memory: bool, files: dict, he
 
 # ----------------------------------------------------------------------------- main
 def _machine() -> dict:
-    import onnxruntime
+    from lfm_deploy.utils.versions import library_versions, machine
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
-    except OSError:
-        pass
-    return info
+    return {**machine(), **library_versions(("numpy", "onnxruntime", "torch"))}
 
 
 def _ensure_artifacts(path: Path | None, size: int) -> Path:
@@ -214,7 +200,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-rss", action="store_true", help="skip the serving-process RSS subprocesses")
     parser.add_argument("--rss-only", action="store_true", help="only measure the serving-process RSS")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --out file not written by a benchmark")
     args = parser.parse_args(argv)
+    from lfm_deploy.errors import LFMError
+    from lfm_deploy.utils.outputs import results_dir
+
+    out = None
+    if args.out:
+        try:  # checked before the benchmark runs
+            out, _ = results_dir(args.out.with_suffix(""), (args.out.suffix or ".json",), overwrite=args.overwrite)
+        except LFMError as exc:
+            parser.error(exc.cli_message())
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lfm_deploy").setLevel(logging.WARNING)
 
@@ -242,9 +238,8 @@ def main(argv=None) -> dict:
     results["passed"] = passed
 
     _report(results)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        log.info("wrote %s", args.out)
+    if out is not None:
+        log.info("wrote %s", out.write_json(args.out.name, results))
     return results
 
 

@@ -24,7 +24,6 @@ Writes `benchmarks/results/export_matrix.{json,md}` (`--out PREFIX`); exported a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import shutil
@@ -44,7 +43,8 @@ def _test_checkpoint(domain, apm: str, shots: int, size: int | None, path: Path,
     """Write the trained-looking test checkpoint for (domain, apm); returns its mask statistics."""
     import torch
 
-    from lfm_deploy.export.validate import decision_margins, validation_episode
+    from lfm_deploy.parity.compare import decision_margins
+    from lfm_deploy.parity.episodes import validation_episode
     from lfm_deploy.models import build_model
     from lfm_deploy.models.hsnet import vote_masks
 
@@ -75,13 +75,13 @@ def _test_checkpoint(domain, apm: str, shots: int, size: int | None, path: Path,
 
 def _mask_differences(out: Path, ref: dict, threads: int) -> dict:
     """Run the exported episode graph on the validation episode; where does its mask differ?"""
-    import onnxruntime as ort
+    from lfm_deploy.contract import graph_io
+    from lfm_deploy.manifest import read_manifest
+    from lfm_deploy.runtime.sessions import SessionFromOnnx
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(out / "episode.onnx"), opts, providers=["CPUExecutionProvider"])
-    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, ref["episode"])))
-    differ = outs["mask"][0].astype(np.int64) != ref["mask"].astype(np.int64)
+    io = graph_io(read_manifest(out, verify_files=False), "episode")
+    (mask,) = SessionFromOnnx(out / io.file, threads=threads)().run([io.output("mask")], ref["episode"])
+    differ = mask[0].astype(np.int64) != ref["mask"].astype(np.int64)
     return {"pixels_differing": int(differ.sum()),
             "max_eager_margin_at_differing": float(ref["margin"][differ].max()) if differ.any() else None}
 
@@ -95,9 +95,9 @@ def _row(result, seconds: float, fg: float | None) -> dict:
     return {
         "passed": bool(result.passed),
         "logits_max_abs": max((c.value for c in logits), default=None),
-        "logits_tolerance": logits[0].tolerance if logits else None,
+        "logits_tolerance": logits[0].tolerance.limit if logits else None,
         "feature_max_rel": max((c.value for c in feats), default=None),
-        "branch_cut_channels_excluded": sum(c.excluded or 0 for c in feats),
+        "branch_cut_channels_excluded": sum(c.stats.excluded or 0 for c in feats),
         "mask_agreement_min": min((c.value for c in masks), default=None),
         "masks_identical": all(c.value == 1.0 for c in masks),
         "reference_foreground": fg,
@@ -151,12 +151,12 @@ def _markdown(rows: list[dict], meta: dict) -> str:
               "episode; the margin in brackets is the eager model's smallest |logit difference| over the shots at "
               "those pixels: a value near the logits error means the pixel sits on a tie, where float32 summation "
               "order decides. *ACPA neg. channels*: layer4 channels entering ACPA with a negative spatial sum (the "
-              "DC-phase sign case of MODEL.md), over the 3 x 2048 x K support and 3 x 2048 query channels. "
+              "DC-phase sign case of docs/numerics.md), over the 3 x 2048 x K support and 3 x 2048 query channels. "
               "*Branch-cut channels*: support layer4 channels (of 3 x 2048 x K) with a spectrum bin within 1e-5 "
               "sum|x| of the negative real axis, i.e. with a phase that float32 rounding upstream of APM can put at "
               "+pi or -pi (the backbone alone differs by up to 4.6e-6 sum|x| between onnxruntime and PyTorch); APM "
               "scales the phase, so such a channel comes out at +s*pi or -s*pi. They are left out of the feature "
-              "statistic and covered by the logits and mask checks (`lfm_deploy.export.validate.branch_cut_channels`). "
+              "statistic and covered by the logits and mask checks (`lfm_deploy.parity.compare.branch_cut_channels`). "
               "*TRT 10 lint*: the TensorRT 10 readiness lint; `findings` on `dft` rows is its expected report that "
               "TensorRT before 11.2 has no DFT (that lowering is for runtimes that have it)."]
     return "\n".join(lines) + "\n"
@@ -180,7 +180,15 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("artifacts/matrix"))
     p.add_argument("--keep", action="store_true", help="keep the exported artifacts")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export_matrix")
+    p.add_argument("--overwrite", action="store_true", help="replace result files not written by a benchmark")
     args = p.parse_args(argv)
+    from lfm_deploy.errors import LFMError
+    from lfm_deploy.utils.outputs import results_dir
+
+    try:  # the result files are checked before the exports run
+        results, names = results_dir(args.out, (".json", ".md"), overwrite=args.overwrite)
+    except LFMError as exc:
+        p.error(exc.cli_message())
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     import onnxruntime
@@ -238,9 +246,8 @@ def main(argv=None) -> int:
         "minutes": (time.perf_counter() - t_start) / 60,
         "seeds": ", ".join(f"{d} {args.seed + i}" for i, d in enumerate(args.domains)),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(_markdown(rows, meta))
+    results.write_json(names[".json"], {"meta": meta, "rows": rows})
+    results.write_text(names[".md"], _markdown(rows, meta))
     print(_markdown(rows, meta))
     return 0 if all(r.get("passed") for r in rows) else 1
 

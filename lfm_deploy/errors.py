@@ -16,20 +16,25 @@ class LFMError(Exception):
         message: what is wrong, naming the offending value.
         api_hint: what to do, in terms of Python arguments (shown by `str(exc)`).
         cli_hint: what to do, in terms of command-line flags (shown by `exc.cli_message()`).
+        cli_text: the message itself in command-line words, where it names an argument
+            (e.g. "--out x is a file" for "out='x' is a file").
     """
 
-    def __init__(self, message: str = "", *, api_hint: str | None = None, cli_hint: str | None = None):
+    def __init__(self, message: str = "", *, api_hint: str | None = None, cli_hint: str | None = None,
+                 cli_text: str | None = None):
         super().__init__(message)
         self.message = message
         self.api_hint = api_hint
         self.cli_hint = cli_hint
+        self.cli_text = cli_text
 
     def __str__(self) -> str:
         return _join(self.message, self.api_hint)
 
     def cli_message(self) -> str:
         """The message with the command-line hint (the API hint where no CLI hint was given)."""
-        return _join(self.message, self.cli_hint if self.cli_hint is not None else self.api_hint)
+        message = self.cli_text if self.cli_text is not None else self.message
+        return _join(message, self.cli_hint if self.cli_hint is not None else self.api_hint)
 
 
 def _join(message: str, hint: str | None) -> str:

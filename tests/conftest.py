@@ -25,6 +25,17 @@ def _restore_rng():
         torch.random.set_rng_state(torch_state)
 
 
+#: Fixtures that export or run the full model: a test using one belongs to the slow tier.
+SLOW_FIXTURES = {"exported"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses an exporting fixture `slow`, so `-m "not slow"` stays quick."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 #: Image size of the exported test artifacts: small, and with odd layer4 maps (5x5) like 400's
 #: 13x13 (even maps add Nyquist bins whose signed-zero phase is ill-conditioned in torch.fft).
 TEST_IMAGE_SIZE = 160

@@ -6,8 +6,11 @@ Each command lives in its own module; `run_command` turns user errors (`LFMError
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
+import math
+import os
 import sys
 
 import click
@@ -36,6 +39,61 @@ def user_errors(func):
             sys.exit(130)
 
     return wrapper
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinities, optionally within a range (click.FloatRange's).
+
+    click.FloatRange alone lets NaN through every bound (each comparison with NaN is false) and
+    +inf through a lower bound, so `--lr nan` reached the API as a traceback and `--lr inf`
+    trained a masker of non-finite weights. Here both are usage errors (exit 2) naming the flag.
+    Use it for every float option; `argparse_type()` gives the same checks to argparse scripts.
+
+    Args:
+        min, max, min_open, max_open: the range, as in click.FloatRange (None: unbounded).
+    """
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
+                 max_open: bool = False):
+        super().__init__(min=min, max=max, min_open=min_open, max_open=max_open)
+        self.name = "float range" if (min is not None or max is not None) else "float"
+
+    def convert(self, value, param, ctx):
+        number = value if isinstance(value, float) else click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            bounded = self.min is not None or self.max is not None
+            where = f" in the range {self._describe_range()}" if bounded else ""
+            self.fail(f"{value!r} is not a finite number{where}.", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def argparse_type(self):
+        """This type as an argparse `type=`: the same checks, reported as argparse usage errors (exit 2)."""
+
+        def parse(text: str) -> float:
+            try:
+                return self.convert(text, None, None)
+            except click.BadParameter as exc:
+                raise argparse.ArgumentTypeError(exc.message) from None
+
+        parse.__name__ = self.name
+        return parse
+
+
+class OutputFilePath(click.Path):
+    """A file output option: click.Path(dir_okay=False) that also refuses a trailing slash.
+
+    `--report reports/` names a folder to the user, but pathlib drops the slash and the command
+    would write a file called `reports`; here it is a usage error (exit 2) naming the flag.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(dir_okay=False, **kwargs)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.endswith(("/", os.sep)):
+            self.fail(f"{value!r} ends with a slash, which names a directory, but a file is written here; "
+                      "pass a file name.", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 verbose_option = click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")

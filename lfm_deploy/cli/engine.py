@@ -6,28 +6,30 @@ from pathlib import Path
 
 import click
 
-from . import setup_logging, user_errors, verbose_option
+from . import FiniteFloat, OutputFilePath, setup_logging, user_errors, verbose_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
               help="fp32 (TF32 off, for parity) or fp16 (an fp16 graph with fp32 islands after a range check).")
-@click.option("--workspace-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, help="Workspace memory limit (GiB).")
+@click.option("--workspace-gb", type=FiniteFloat(min=0, min_open=True), default=4.0, help="Workspace memory limit (GiB).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, help="Largest batch of the optimisation profile (min = opt = 1).")
-@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--timing-cache", type=OutputFilePath(path_type=Path), default=None,
               help="Persistent timing cache: loaded if present, updated after the build.")
 @click.option("--graph", "graphs", multiple=True, type=click.Choice(["episode", "encoder", "head"]),
               help="Graphs to build (repeatable). Default: every graph of the export.")
 @click.option("--typing", type=click.Choice(["auto", "strong", "weak"]), default="auto",
               help="fp16 on TensorRT 10.x: strong (fp16 graph, default) or weak (BuilderFlag.FP16, islands pinned). "
                    "TensorRT 11 is always strongly typed.")
-@click.option("--fp16-margin", type=click.FloatRange(min=1), default=4.0,
+@click.option("--fp16-margin", type=FiniteFloat(min=1), default=4.0,
               help="fp16 safety margin: nodes whose activations exceed 65504 / margin stay fp32.")
 @click.option("--onnx-only", is_flag=True, help="fp16: write the fp16 graphs and range reports only (no TensorRT needed).")
+@click.option("--overwrite", is_flag=True, help="Replace files in ARTIFACT_DIR/engines that lfm-build-engine did not write.")
 @verbose_option
 @user_errors
-def main(artifact_dir, precision, workspace_gb, max_batch, timing_cache, graphs, typing, fp16_margin, onnx_only, verbose):
+def main(artifact_dir, precision, workspace_gb, max_batch, timing_cache, graphs, typing, fp16_margin, onnx_only,
+         overwrite, verbose):
     """Build TensorRT engines from the exported (matmul-lowered) graphs into ARTIFACT_DIR/engines.
 
     Each engine <graph>.<precision>.plan gets a sidecar <graph>.<precision>.plan.json with the
@@ -39,12 +41,12 @@ def main(artifact_dir, precision, workspace_gb, max_batch, timing_cache, graphs,
       lfm-build-engine artifacts/deepglobe --precision fp16 --max-batch 8 --timing-cache trt.cache
       lfm-build-engine artifacts/deepglobe --precision fp16 --onnx-only   # no GPU needed
     """
-    from ..export.engine import ENGINE_DIR, build_engines
+    from ..tensorrt.engines import ENGINE_DIR, build_engines
 
     setup_logging(verbose)
     builds = build_engines(artifact_dir, precision=precision, graphs=list(graphs) or None, workspace_gb=workspace_gb,
                            max_batch=max_batch, timing_cache=timing_cache, typing=typing, fp16_margin=fp16_margin,
-                           onnx_only=onnx_only)
+                           onnx_only=onnx_only, overwrite=overwrite)
     if onnx_only:
         for p in sorted((artifact_dir / ENGINE_DIR).glob("*.fp16.onnx")):
             click.echo(f"fp16 graph: {p} (report {p.with_suffix('.json').name})")

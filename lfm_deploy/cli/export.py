@@ -82,7 +82,7 @@ def lint_main(models, trt_version, as_json, verbose):
     """
     import json
 
-    from ..export.trt_lint import lint_onnx
+    from ..tensorrt.lint import lint_onnx
 
     setup_logging(verbose)
     paths = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import domain_choice_callback, setup_logging, user_errors, verbose_option
+from . import FiniteFloat, OutputFilePath, domain_choice_callback, setup_logging, user_errors, verbose_option
 
 _DOMAIN_HELP = "Target domain: deepglobe, isic, chest_xray or fss1000 (aliases accepted)."
 
@@ -60,23 +60,25 @@ def _untrained_note(untrained: bool) -> None:
 @click.option("--acpa/--no-acpa", default=True, help="Adaptive Channel Phase Attention.")
 @click.option("--iterations", type=click.IntRange(min=0), default=None,
               help="Optimizer steps. Default: the domain's schedule (60).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Learning rate. Default: the domain's (Deepglobe/ISIC 0.01, Chest X-ray 0.1, FSS-1000 1e-5).")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None,
               help="Optimizer. Default: the domain's (adam).")
 @click.option("--seed", type=int, default=0, help="Seed of the masker initialisation.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutputFilePath(path_type=Path), default=None,
               help="Masker file to write; a <name>.finetune.json log goes next to it. "
               "[default: masker-<domain>.safetensors]")
 @click.option("--pairs-per-iteration", type=click.IntRange(min=1), default=None,
               help="(query, support) pairs per step. Default: number of support images, at most 8.")
 @click.option("--image-size", type=click.IntRange(min=32), default=None, hidden=True,
               help="Model input side (default: the domain's, 400). For tests and experiments only.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out file (or its log) that is not an earlier lfm-finetune output.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @verbose_option
 @user_errors
 def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iterations, lr, optimizer, seed, out,
-                  pairs_per_iteration, image_size, progress, verbose):
+                  pairs_per_iteration, image_size, overwrite, progress, verbose):
     """Fine-tune the frequency masker (APM + ACPA) for one target domain.
 
     Only the masker is trained; the backbone and the HSNet learner stay frozen. Each support
@@ -95,7 +97,7 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
     result = finetune_domain(
         domain, data_root=data_root, support=support, checkpoint=checkpoint, shots=shots, apm=apm, acpa=acpa,
         iterations=iterations, lr=lr, optimizer=optimizer, seed=seed, out=out,
-        pairs_per_iteration=pairs_per_iteration, image_size=image_size, progress=progress,
+        pairs_per_iteration=pairs_per_iteration, image_size=image_size, progress=progress, overwrite=overwrite,
     )
     s = result.settings
     click.echo(f"domain        {domain.name} ({s['variant']}, {s['image_size']}x{s['image_size']})")
@@ -132,20 +134,22 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
 @click.option("--acpa/--no-acpa", default=True, help="Model variant when no --masker is given.")
 @click.option("--iterations", type=click.IntRange(min=0), default=None,
               help="per-episode protocol: fine-tuning steps per episode. Default: the domain's (60).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
               help="per-episode protocol: learning rate. Default: the domain's.")
 @click.option("--overlays", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write overlay PNGs (support | query | ground truth | prediction) of the first episodes here.")
 @click.option("--overlay-count", type=click.IntRange(min=0), default=4, help="Number of overlay PNGs.")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--report", type=OutputFilePath(path_type=Path), default=None,
               help="Write the JSON report here.")
 @click.option("--image-size", type=click.IntRange(min=32), default=None, hidden=True,
               help="Model input side (default: the domain's, 400). For tests and experiments only.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing --report / --overlays files that lfm-eval did not write.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @verbose_option
 @user_errors
 def eval_main(domain, data_root, shots, masker, checkpoint, protocol, episodes, seed, apm, acpa, iterations, lr,
-              overlays, overlay_count, report, image_size, progress, verbose):
+              overlays, overlay_count, report, image_size, overwrite, progress, verbose):
     """Evaluate on the CD-FSS test episodes: mIoU, FB-IoU and per-class IoU (CPU).
 
     \b
@@ -159,7 +163,7 @@ def eval_main(domain, data_root, shots, masker, checkpoint, protocol, episodes, 
     result = evaluate(
         domain, data_root, shots=shots, masker=masker, checkpoint=checkpoint, protocol=protocol, episodes=episodes,
         seed=seed, overlays_dir=overlays, overlay_count=overlay_count, progress=progress, apm=apm, acpa=acpa,
-        iterations=iterations, lr=lr, image_size=image_size, report_path=report,
+        iterations=iterations, lr=lr, image_size=image_size, report_path=report, overwrite=overwrite,
     )
     click.echo(f"{result['title']}: {result['shots']}-shot, {result['protocol']}, {result['variant']}, "
                f"{result['episodes']} episodes in {result['seconds']:.1f}s")
@@ -205,5 +209,5 @@ def make_data_main(domain, root, per_class, size, classes, seed, verbose):
     from ..data import make_synthetic_dataset, open_dataset
 
     base = make_synthetic_dataset(domain, root, per_class=per_class, size=size, seed=seed, classes=classes)
-    dataset = open_dataset(domain, root)
+    dataset = open_dataset(domain, base.parent)  # where it was written ('~' expanded, links resolved)
     click.echo(f"wrote {len(dataset)} images in {dataset.num_classes} classes ({size}x{size}) under {base}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -16,6 +18,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OVERLAY_COLOR = (255, 0, 0)
 OVERLAY_ALPHA = 0.45
+#: What lfm-predict writes into --out, and the name of its per-query results table.
+PREDICT_KIND = "lfm-predict output"
+RESULTS_NAME = "results.jsonl"
 
 
 def _parse_support(ctx, param, values):
@@ -30,7 +35,8 @@ def _parse_support(ctx, param, values):
         if not found:
             image, mask = splits[-1]
             missing = image if not Path(image).is_file() else mask
-            raise click.BadParameter(f"file {missing!r} (in {value!r}) does not exist", ctx=ctx, param=param)
+            problem = "is a directory, not an image file" if Path(missing).is_dir() else "does not exist"
+            raise click.BadParameter(f"{missing!r} (in {value!r}) {problem}", ctx=ctx, param=param)
         pairs.append(found[0])
     return pairs
 
@@ -49,14 +55,26 @@ def _expand_queries(queries) -> list[Path]:
     return files
 
 
-def _unique_stems(files: list[Path]) -> list[str]:
-    """Output stems: the file stem, made unique when two queries share it."""
-    seen: dict[str, int] = {}
+def output_stems(files: list[Path]) -> list[str]:
+    """One output stem per query, never the same for two queries.
+
+    A query whose file stem no other query shares keeps it (`x.jpg` -> `x`); queries sharing a
+    stem get their extension added (`x.jpg`, `x.png` -> `x_jpg`, `x_png`), then a counter
+    (`a/x.jpg`, `b/x.jpg` -> `x_jpg`, `x_jpg_2`), each checked against every stem of the run.
+    """
+    counts = Counter(f.stem for f in files)
+    taken = {f.stem for f in files if counts[f.stem] == 1}
     stems = []
     for f in files:
-        n = seen.get(f.stem, 0)
-        seen[f.stem] = n + 1
-        stems.append(f.stem if n == 0 else f"{f.stem}_{n}")
+        if counts[f.stem] == 1:
+            stems.append(f.stem)
+            continue
+        base = f"{f.stem}_{f.suffix.lstrip('.').lower()}" if f.suffix else f.stem
+        stem, n = base, 2
+        while stem in taken:
+            stem, n = f"{base}_{n}", n + 1
+        taken.add(stem)
+        stems.append(stem)
     return stems
 
 
@@ -78,6 +96,7 @@ def _overlay(image_path: Path, mask):
 @click.option("--support", "supports", multiple=True, required=True, callback=_parse_support, metavar="IMAGE:MASK",
               help="A support image and its mask (repeat for K-shot artifacts; exactly K pairs).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm-predict did not write.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Queries per inference run.")
 @click.option("--providers", default="cpu", help="Execution providers, best first: cpu, cuda, tensorrt (comma-separated).")
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU when a requested accelerator is unavailable.")
@@ -87,12 +106,15 @@ def _overlay(image_path: Path, mask):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @verbose_option
 @user_errors
-def main(artifact_dir, queries, supports, out_dir, batch_size, providers, allow_fallback, threads, overlay,
+def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, providers, allow_fallback, threads, overlay,
          allow_empty_mask, quiet, verbose):
     """Segment QUERY images (files or directories of images) with an lfm-export directory.
 
     Writes <stem>_mask.png (0/255, at the query's original size) and <stem>_overlay.png per
-    query into --out.
+    query into --out, and results.jsonl (one row per query: input, outputs, size, foreground
+    fraction, status, error). Queries sharing a file stem get distinct names (x.jpg, x.png ->
+    x_jpg, x_png). A query that cannot be read is listed and skipped; the others are written,
+    and the exit code is 1.
 
     \b
     Example:
@@ -100,34 +122,70 @@ def main(artifact_dir, queries, supports, out_dir, batch_size, providers, allow_
     """
     from tqdm.auto import tqdm
 
+    from ..errors import InputError
     from ..runtime import Segmenter
+    from ..utils.outputs import OutputDir
 
     setup_logging(verbose)
     files = _expand_queries(queries)
     if not files:
         raise click.UsageError("no query images found in the given QUERY paths")
+    stems = output_stems(files)
+    names = {stem: [f"{stem}_mask.png"] + ([f"{stem}_overlay.png"] if overlay else []) for stem in stems}
+    # Every output name is checked before the model is loaded.
+    # ... and none may be an input: the query folder, the artifacts, a support file.
+    out = OutputDir(out_dir, flag="--out", kind=PREDICT_KIND, overwrite=overwrite,
+                    inputs={"ARTIFACT_DIR": artifact_dir, "QUERY": list(queries),
+                            "--support": [path for pair in supports for path in pair]})
+    out.claim([n for stem in stems for n in names[stem]] + [RESULTS_NAME],
+              [str(f) for f, stem in zip(files, stems) for _ in names[stem]] + ["the results table"])
     seg = Segmenter.from_artifacts(artifact_dir, providers=providers, allow_fallback=allow_fallback,
                                    threads=threads, batch_size=batch_size)
     seg.set_support([img for img, _ in supports], [mask for _, mask in supports], allow_empty=allow_empty_mask)
 
     from PIL import Image
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(files)
-    written = 0
+    rows, failed = [], []
     with tqdm(total=len(files), desc="lfm-predict", unit="img", disable=quiet or len(files) < 2) as bar:
         for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            masks = seg.predict([str(f) for f in chunk])
-            for path, stem, mask in zip(chunk, stems[start:start + batch_size], masks):
-                Image.fromarray(mask * np.uint8(255)).save(out / f"{stem}_mask.png")
-                if overlay:
-                    _overlay(path, mask).save(out / f"{stem}_overlay.png")
-                written += 1
+            chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
+            try:
+                masks = seg.predict([str(f) for f, _ in chunk])
+            except InputError:  # find which query failed: the others are still segmented
+                masks = []
+                for path, _ in chunk:
+                    try:
+                        masks.append(seg.predict(str(path)))
+                    except InputError as exc:
+                        masks.append(exc)
+            for (path, stem), mask in zip(chunk, masks):
+                row = {"input": str(path), "mask": None, "overlay": None, "width": None, "height": None,
+                       "foreground": None, "status": "ok", "error": None}
+                if isinstance(mask, InputError):
+                    row.update(status="error", error=mask.cli_message())
+                    failed.append(row)
+                else:
+                    png = Image.fromarray(mask * np.uint8(255))
+                    row["mask"] = str(out.write(names[stem][0], lambda tmp: png.save(tmp, format="PNG")))
+                    if overlay:
+                        tinted = _overlay(path, mask)
+                        row["overlay"] = str(out.write(names[stem][1], lambda tmp: tinted.save(tmp, format="PNG")))
+                    row.update(height=int(mask.shape[0]), width=int(mask.shape[1]),
+                               foreground=round(float(mask.mean()), 6))
+                rows.append(row)
             bar.update(len(chunk))
-    click.echo(f"Wrote {written} mask(s){' and overlays' if overlay else ''} to {out} "
-               f"({seg.domain}, {seg.shots}-shot, {', '.join(seg.providers)})")
+    out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in rows))
+    written = len(rows) - len(failed)
+    renamed = [(f, stem) for f, stem in zip(files, stems) if stem != f.stem]
+    for f, stem in renamed:
+        click.echo(f"  {f} -> {stem}_mask.png (another query has the stem {f.stem!r})")
+    click.echo(f"Wrote {written} mask(s){' and overlays' if overlay else ''} to {out.path} "
+               f"({seg.domain}, {seg.shots}-shot, {', '.join(seg.providers)}); table: {RESULTS_NAME}")
     if seg.untrained:
         click.secho("  note: these artifacts hold UNTRAINED default weights; the masks are not meaningful", fg="yellow")
-
+    if failed:
+        for row in failed:
+            click.echo(f"  not segmented: {row['error']}", err=True)
+        raise click.ClickException(
+            f"{len(failed)} of {len(files)} queries could not be read (listed above); the other {written} "
+            f"were written to {out.path}")

@@ -26,9 +26,10 @@ _BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cuda
 @click.option("--fp16-onnx", is_flag=True,
               help="Make an fp16 episode graph with fp32 islands (range check on real activations) when "
                    "ARTIFACT_DIR/engines has none, and check it in onnxruntime CPU.")
+@click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm-verify did not write.")
 @verbose_option
 @user_errors
-def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, verbose):
+def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, verbose):
     """Run the same seeded episodes through every backend and compare them with PyTorch float64.
 
     Backends: the eager model (float32), onnxruntime CPU (episode graph and the encoder -> head
@@ -42,15 +43,27 @@ def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_o
       lfm-verify artifacts/deepglobe
       lfm-verify artifacts/deepglobe --layerwise --fp16-onnx --episodes 5
     """
+    import shutil
+    import tempfile
+
     from ..errors import ParityError
-    from ..parity import verify_artifacts, write_report
+    from ..verify import REPORT_FILES, REPORT_KIND, verify_artifacts, write_report
+    from ..utils.outputs import OutputDir
 
     setup_logging(verbose)
-    out = out or artifact_dir / "verify"
-    report = verify_artifacts(artifact_dir, backends=list(backends) or None, episodes=episodes, seed=seed,
-                              threads=threads, layerwise=layerwise, workdir=out if (layerwise or fp16_onnx) else None,
-                              fp16_onnx=fp16_onnx)
-    paths = write_report(report, out)
+    # The report directory and every name in it are checked before any backend runs.
+    target = OutputDir(out or artifact_dir / "verify", flag="--out", kind=REPORT_KIND, overwrite=overwrite,
+                       inputs={"ARTIFACT_DIR": artifact_dir})
+    extras = (["layerwise.onnx"] if layerwise else []) + (["episode.fp16.onnx"] if fp16_onnx else [])
+    target.claim(list(REPORT_FILES.values()) + extras)
+    with tempfile.TemporaryDirectory(prefix="lfm-verify-") as work:
+        report = verify_artifacts(artifact_dir, backends=list(backends) or None, episodes=episodes, seed=seed,
+                                  threads=threads, layerwise=layerwise,
+                                  workdir=work if (layerwise or fp16_onnx) else None, fp16_onnx=fp16_onnx)
+        for made in sorted(Path(work).rglob("*")):  # debug graphs made on the way
+            if made.is_file():
+                target.write(str(made.relative_to(work)), lambda tmp, src=made: shutil.copyfile(src, tmp))
+    paths = write_report(report, target)
     for line in report.summary_lines():
         if line.startswith("[FAIL]") or line.startswith("[error]"):
             click.secho(line, fg="red")

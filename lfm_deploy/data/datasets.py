@@ -42,7 +42,7 @@ SUPPORT_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SUPPORT_MASK_SUFFIX = "_mask.png"
 
 #: Deepglobe class names in folder order (1..6). Upstream only numbers the folders; the names
-#: are the Deepglobe land-cover classes in their usual order, an inference (DATA.md).
+#: are the Deepglobe land-cover classes in their usual order, an inference (docs/data.md, "Layouts").
 DEEPGLOBE_TITLES = ("agriculture", "urban", "rangeland", "forest", "water", "barren")
 
 
@@ -147,7 +147,7 @@ class SegmentationDataset:
             arr = normalize_image(image, size, self.domain.mean, self.domain.std, str(image_path))
             target = prepare_mask(mask, size, str(mask_path))
         except InputError as exc:
-            raise DataError(str(exc)) from None
+            raise DataError(exc.message, api_hint=exc.api_hint, cli_hint=exc.cli_hint) from None
         return arr, target
 
     def check_files(self) -> int:
@@ -306,7 +306,7 @@ def _read_deepglobe(domain: Domain, base: Path) -> SegmentationDataset:
     for cat in classes:
         origin = base / cat / "test" / "origin"
         truth = base / cat / "test" / "groundtruth"
-        _require_dir(origin, f"Deepglobe needs {base}/{{1..{len(classes)}}}/test/origin (DATA.md)")
+        _require_dir(origin, f"Deepglobe needs {base}/{{1..{len(classes)}}}/test/origin (see docs/data.md)")
         images = _list_files(origin, "jpg")
         items.append(_pairs_with_masks(images, lambda p, t=truth: t / f"{_stem(p)}.png"))
     titles = list(DEEPGLOBE_TITLES) if len(classes) == len(DEEPGLOBE_TITLES) else None
@@ -452,7 +452,17 @@ def _read_support(domain: Domain, base: Path) -> SegmentationDataset:
 
 
 def _index_rows(index: Path) -> list[dict]:
-    text = index.read_text()
+    if index.suffix.lower() not in (".csv", ".jsonl", ".json"):
+        raise DataError(
+            f"support set {index} is a file but neither .csv nor .jsonl (an index); pass a folder of "
+            "<stem>.jpg images with <stem>_mask.png masks, or a .csv/.jsonl index"
+        )
+    try:
+        text = index.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"index {index} is not a UTF-8 text file; write it as CSV or JSON lines") from None
+    except OSError as exc:
+        raise DataError(f"cannot read index {index} ({exc.strerror or exc})") from None
     if index.suffix.lower() == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
         if rows and not {"image", "mask"} <= set(rows[0]):
@@ -480,7 +490,7 @@ def _index_rows(index: Path) -> list[dict]:
                 )
             rows.append(row)
         return rows
-    raise DataError(f"index {index} is neither .csv nor .jsonl; use one of these formats")
+    raise AssertionError("unreachable: the suffix was checked above")  # pragma: no cover
 
 
 def _read_support_index(domain: Domain, index: Path) -> SegmentationDataset:
@@ -535,18 +545,23 @@ def open_dataset(domain: str | Domain, root: PathLike) -> SegmentationDataset:
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"dataset root {root} does not exist; pass the folder holding {domain.folder!r}"
+            f"dataset root {root} {'is not a folder' if root.exists() else 'does not exist'}",
+            api_hint=f"pass the folder holding {domain.folder!r}",
+            cli_hint=f"pass as --data-root the folder holding {domain.folder!r}",
         )
     base = root / domain.folder
     if not base.exists():
         raise DataError(
-            f"no {domain.folder!r} under the dataset root {root}; pass the folder that holds "
-            f"{domain.folder!r} (or generate one with lfm_deploy.data.make_synthetic_dataset)"
+            f"no {domain.folder!r} under the dataset root {root}",
+            api_hint=f"pass the folder that holds {domain.folder!r} (or generate one with "
+                     "lfm_deploy.data.make_synthetic_dataset)",
+            cli_hint=f"pass as --data-root the folder that holds {domain.folder!r} (or generate one with "
+                     f"lfm-make-data --domain {domain.name} --out {root})",
         )
     dataset = reader(domain, base)
     if len(dataset) == 0:
         raise DataError(
-            f"{base} holds no images in the {domain.layout} layout; check the root (DATA.md)"
+            f"{base} holds no images in the {domain.layout} layout; check the root (see docs/data.md)"
         )
     if dataset.num_classes != domain.num_classes:
         logger.warning(
@@ -635,7 +650,7 @@ def check_support_masks(
         try:
             mask = binarize_mask(open_image(mask_path, "mask"), str(mask_path))
         except InputError as exc:
-            raise DataError(str(exc)) from None
+            raise DataError(exc.message, api_hint=exc.api_hint, cli_hint=exc.cli_hint) from None
         if size is not None:
             mask = resize_mask_nearest(mask, size)
         if not check_foreground(mask, mask_path):

@@ -23,9 +23,13 @@ from PIL import Image, ImageDraw
 
 from ..domains import Domain, get_domain
 from ..errors import DataError
+from ..utils.outputs import ArtifactDir, check_location
 from .datasets import SUPPORT_MASK_SUFFIX, Pair, PathLike
 
 logger = logging.getLogger(__name__)
+
+#: What `make_synthetic_dataset` writes (recorded in the dataset folder).
+SYNTHETIC_KIND = "lfm-make-data synthetic dataset"
 
 JPEG_QUALITY = 92
 
@@ -250,6 +254,8 @@ def make_synthetic_dataset(
         DomainError: unknown domain.
         DataError: no synthetic writer for the layout, bad `classes`, `per_class` < 2 or
             `size` < 8.
+        OutputError: `root` cannot be written, or `root/<domain.folder>` exists and is not an
+            earlier synthetic dataset (real data is never overwritten).
     """
     domain = get_domain(domain)
     spec = _LAYOUTS.get(domain.layout)
@@ -278,9 +284,14 @@ def make_synthetic_dataset(
         )
     if size < 8:
         raise DataError(f"size={size} is too small for synthetic shapes; pass size >= 8")
-    base = Path(root) / domain.folder
-    # The layout name joins the seed so that two domains do not get the same pictures.
-    spec.writer(base, names, per_class, int(size), (int(seed), zlib.crc32(domain.layout.encode())))
+    # The dataset folder is written whole, in a hidden sibling, and swapped in: an existing
+    # folder is replaced only when it is an earlier synthetic dataset (never real data).
+    check_location(root, flag="--out", arg="root", directory=True)
+    target = ArtifactDir(Path(root) / domain.folder, flag=None, kind=SYNTHETIC_KIND, hint_flag="--out")
+    with target:
+        # The layout name joins the seed so that two domains do not get the same pictures.
+        spec.writer(target.tmp, names, per_class, int(size), (int(seed), zlib.crc32(domain.layout.encode())))
+        base = target.commit()
     logger.info(
         "wrote a synthetic %s dataset: %d classes x %d images of %dpx under %s",
         domain.title, len(names), per_class, size, base,

@@ -6,7 +6,7 @@ sniffing whether a trace is running):
 
 - ``"torch"``: `TorchFFT`, eager `torch.fft` (the reference; not exportable to ONNX by the
   TorchScript exporter, lowered to ONNX `DFT` by the dynamo exporter *with* the sign problem
-  described in MODEL.md, "Numerics that decide parity").
+  described in docs/numerics.md, "abs, angle and the +pi case").
 - ``"matmul"``: `MatmulFFT`, the 2-D DFT and its inverse as real matrix products with constant
   matrices (fftshift/ifftshift folded in). Only ops TensorRT 10 supports; the fast path in
   onnxruntime too.
@@ -147,7 +147,8 @@ def self_conjugate_phase_mean(x: torch.Tensor) -> torch.Tensor:
         phase_mean(x) = pi * #{negative self-conjugate bins} / (H * W)
 
     This is exact, costs a few reductions, and removes the branch-cut trouble of computing the
-    phase of near-real bins (MODEL.md: ONNX DFT's DC imaginary parts have random sign). An
+    phase of near-real bins (ONNX DFT's DC imaginary parts have random sign: docs/numerics.md,
+    "ACPA without a spectrum"). An
     exactly zero DC gives angle(0) = 0, as in torch (a -0.0 sum, from an all-(-0.0) map,
     counts as negative: angle(-0 + 0i) = pi, as torch gives for its -0 DC bin).
 
@@ -240,7 +241,8 @@ class MatmulFFT(nn.Module):
         if height * width > _MAX_MATMUL_POSITIONS:
             raise ExportError(
                 f"MatmulFFT builds dense (HW)^2 matrices; {height}x{width} is too large "
-                f"(at most {_MAX_MATMUL_POSITIONS} positions). Use lowering='dft' for large maps."
+                f"(at most {_MAX_MATMUL_POSITIONS} positions)",
+                api_hint="use lowering='dft' for large maps", cli_hint="use --lowering dft for large maps",
             )
         self.height = height
         self.width = width

@@ -13,7 +13,7 @@ import onnx
 import torch
 
 from ..errors import ExportError
-from .graphs import TensorSpec
+from ..contract import TensorSpec
 
 log = logging.getLogger(__name__)
 

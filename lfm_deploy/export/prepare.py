@@ -1,7 +1,7 @@
 """Preparing the eager model for export: FFT lowering and export-only numerics twins.
 
 Each replacement here computes what its eager twin computes, but in a form whose exported
-graph agrees with PyTorch (MODEL.md, "Parity pitfalls measured here"). The eager model is never
+graph agrees with PyTorch (docs/numerics.md, one section per twin). The eager model is never
 modified: `prepare_for_export` works on a deep copy.
 """
 

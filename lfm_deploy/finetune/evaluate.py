@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +31,12 @@ from ..errors import CheckpointError
 from ..models import build_model
 from ..models.checkpoints import masker_state, masker_variant, read_masker
 from .metrics import SegmentationMeter, intersection_union
-from .trainer import environment, finetune_masker, init_masker, write_json_atomic
+from ..utils.outputs import OutputDir, OutputFile, check_distinct
+from .trainer import environment, finetune_masker, init_masker
+
+#: What `evaluate` writes: the JSON report and the overlay PNGs.
+REPORT_KIND = "lfm-eval report"
+OVERLAYS_KIND = "lfm-eval overlays"
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,7 @@ def evaluate(
     optimizer: str | None = None,
     image_size: int | None = None,
     report_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Evaluate the model on a domain's benchmark episodes (on CPU).
 
@@ -151,6 +156,8 @@ def evaluate(
         iterations, lr, optimizer: per-episode fine-tuning schedule; defaults from the registry.
         image_size: model input side; default `domain.image_size` (400). For tests.
         report_path: also write the report as JSON here.
+        overwrite: replace an existing report or overlay file that lfm-eval did not write;
+            without it such files are refused before any work.
 
     Returns:
         the report: settings, weights (with the `untrained` flag and its description), `miou`,
@@ -161,6 +168,8 @@ def evaluate(
         ValueError: unknown protocol, `shots` < 1, negative `episodes`.
         DataError, DomainError: dataset problems (raised before the model is built).
         CheckpointError: unusable checkpoint or masker file.
+        OutputError: `report_path` or `overlays_dir` cannot be written or holds the user's
+            files (checked before any image is read).
     """
     domain = get_domain(domain)
     if protocol not in PROTOCOLS:
@@ -169,8 +178,22 @@ def evaluate(
     size = domain.image_size if image_size is None else int(image_size)
     started = time.perf_counter()
 
+    inputs = {"--data-root": data_root, "--masker": masker, "--checkpoint": checkpoint}
+    report_out = None if report_path is None else OutputFile(
+        report_path, flag="--report", arg="report_path", kind=REPORT_KIND, overwrite=overwrite, inputs=inputs)
+    overlay_out = None if overlays_dir is None or overlay_count <= 0 else OutputDir(
+        overlays_dir, flag="--overlays", arg="overlays_dir", kind=OVERLAYS_KIND, overwrite=overwrite, inputs=inputs)
+    check_distinct(report_out, overlay_out)
+
     dataset = open_dataset(domain, data_root)
     episode_list = make_episodes(dataset, shot=shots, num_episodes=episodes, seed=seed)
+    class_names = list(dataset.class_titles or dataset.classes)
+    overlay_names = {}
+    if overlay_out is not None:  # every overlay's name is claimed before the work
+        for episode in episode_list[:overlay_count]:
+            name = class_names[episode.class_id] if class_names else episode.class_name
+            overlay_names[episode.index] = f"episode_{episode.index:04d}_{_safe(str(name))}.png"
+        overlay_out.claim(overlay_names.values())
 
     masker_meta: dict = {}
     if masker is not None:
@@ -204,9 +227,6 @@ def evaluate(
         log.warning("evaluating UNTRAINED base weights: the numbers say nothing about the method")
     meter = SegmentationMeter(dataset.num_classes, dataset.class_titles or dataset.classes)
     overlay_files: list[str] = []
-    if overlays_dir is not None and overlay_count > 0:
-        overlays_dir = Path(overlays_dir)
-        overlays_dir.mkdir(parents=True, exist_ok=True)
     finetune_seconds = 0.0
     bar = tqdm(episode_list, desc=f"{domain.name} {shots}-shot", unit="ep", disable=not progress, dynamic_ncols=True)
     for episode in bar:
@@ -227,7 +247,7 @@ def evaluate(
         meter.update(pred, arrays.query_mask, episode.class_id)
         if progress:
             bar.set_postfix(miou=f"{meter.miou():.1f}")
-        if overlays_dir is not None and len(overlay_files) < overlay_count:
+        if episode.index in overlay_names:
             inter, union = intersection_union(pred, arrays.query_mask)
             iou = 100.0 * inter[1] / max(union[1], 1)
             name = meter.class_names[episode.class_id] if meter.class_names else episode.class_name
@@ -239,8 +259,7 @@ def evaluate(
                 arrays.support_masks[0],
                 caption=f"episode {episode.index} class {name} {shots}-shot  fg IoU {iou:.1f}",
             )
-            path = overlays_dir / f"episode_{episode.index:04d}_{_safe(str(name))}.png"
-            image.save(path)
+            path = overlay_out.write(overlay_names[episode.index], lambda tmp: image.save(tmp, format="PNG"))
             overlay_files.append(str(path))
     bar.close()
 
@@ -279,8 +298,8 @@ def evaluate(
             f"{dataset.num_classes} classes found, the benchmark has {domain.num_classes}: not comparable "
             "with published numbers"
         )
-    if report_path is not None:
-        write_json_atomic(report_path, report)
+    if report_out is not None:
+        report_out.write_json(report)
         report["report_path"] = str(report_path)
     log.info("%s %d-shot %s: mIoU %.2f, FB-IoU %.2f over %d episodes (%.1fs)",
              domain.name, shots, protocol, report["miou"], report["fb_iou"], report["episodes"], seconds)

@@ -1,6 +1,6 @@
 """Fine-tuning the frequency masker (APM + ACPA) on a target domain's labelled support set.
 
-What is trained (LFM, Tong et al. NeurIPS 2024, and MODEL.md "Fine-tuning"): only the masker,
+What is trained (LFM, Tong et al. NeurIPS 2024; docs/data.md, "Fine-tuning the masker"): only the masker,
 i.e. the APM masks (`apm.*`) and the ACPA weights (`acpa.*`); the ResNet-50 backbone and the
 HSNet learner stay frozen (`requires_grad=False`, checked bit for bit after training). The loss
 is HSNet's 2-class cross-entropy on the logits. Labels exist only for the support set, so the
@@ -35,11 +35,9 @@ count give bit-identical masks and loss curves.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import platform
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -57,8 +55,10 @@ from ..domains import Domain, get_domain
 from ..errors import DataError, LFMError
 from ..models import LFMHSNet, WeightsInfo, build_model, save_masker
 from ..models.backbone import FEATURE_LAYERS
+from ..models.checkpoints import MASKER_FORMAT
 from ..models.correlation import correlation
 from ..models.hsnet import LAYER4_START
+from ..utils.outputs import OutputFile, safetensors_metadata
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +441,16 @@ class FinetuneResult:
         return self.losses[-1] if self.losses else float("nan")
 
 
+def _diverged(what: str, iteration: int, iterations: int, lr: float) -> FinetuneError:
+    """The error for a run whose loss or weights stopped being finite: the learning rate is too large."""
+    smaller = f"{lr / 10:g}"
+    return FinetuneError(
+        f"fine-tuning diverged: {what} at iteration {iteration} of {iterations} with learning rate {lr:g}; "
+        "nothing is saved",
+        api_hint=f"pass a smaller lr= (e.g. {smaller})", cli_hint=f"pass a smaller --lr (e.g. --lr {smaller})",
+    )
+
+
 def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     key = str(name).lower()
     if key == "adam":
@@ -497,8 +507,9 @@ def finetune_masker(
         a `FinetuneResult` (the trained masker is in `model`).
 
     Raises:
-        ValueError: bad shapes, `iterations` < 0, `lr` <= 0, `pairs_per_iteration` < 1.
-        FinetuneError: no masker in the model, unknown optimizer, or a non-finite loss.
+        ValueError: bad shapes, `iterations` < 0, `lr` not a finite number > 0, `pairs_per_iteration` < 1.
+        FinetuneError: no masker in the model, unknown optimizer, or a loss or masker weights that
+            became non-finite (diverged); the masker is then put back as it was before the call.
     """
     images = _as_tensor(support_images, torch.float32)
     masks = _as_tensor(support_masks, torch.float32)
@@ -515,13 +526,14 @@ def finetune_masker(
         raise ValueError(f"{len(class_ids)} class ids for {n} support images")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr}")
     per_iteration = min(n, MAX_PAIRS_PER_ITERATION) if pairs_per_iteration is None else int(pairs_per_iteration)
     if per_iteration < 1:
         raise ValueError(f"pairs_per_iteration must be >= 1, got {pairs_per_iteration}")
 
     params = masker_named_parameters(model)
+    before = {name: p.detach().clone() for name, p in params}  # put back if training diverges
     schedule = pair_schedule(class_ids, iterations, per_iteration)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     frozen = _frozen_state(model)
@@ -555,15 +567,30 @@ def finetune_masker(
                 loss = F.cross_entropy(logits, targets[[q for q, _ in pairs]])
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise FinetuneError(
-                        f"the loss became {value} at iteration {t + 1} (lr {lr}); lower the learning rate (--lr)"
-                    )
+                    raise _diverged(f"the loss became {value}", t + 1, iterations, lr)
                 loss.backward()
-                opt.step()
+                try:
+                    opt.step()
+                except RuntimeError as exc:
+                    # torch refuses a step size beyond float32's range (Adam: lr / (1 - beta1)):
+                    # a user's learning rate, not a bug. Anything else keeps its traceback.
+                    if "overflow" not in str(exc):
+                        raise
+                    raise _diverged(f"the optimizer step overflowed float32 ({exc})", t + 1, iterations, lr) from None
+                # A step can overflow the weights while the loss was still finite (a huge lr):
+                # checked every step, so a non-finite masker is never returned (or saved).
+                broken = [name for name, p in params if not bool(torch.isfinite(p).all())]
+                if broken:
+                    raise _diverged(f"the masker weights became non-finite ({', '.join(broken)})", t + 1, iterations, lr)
                 losses.append(value)
                 bar.set_postfix(loss=f"{value:.4f}")
                 log.debug("iteration %d/%d: loss %.6f (%.2fs)", t + 1, iterations, value, time.perf_counter() - t0)
             bar.close()
+    except FinetuneError:
+        with torch.no_grad():
+            for name, p in params:
+                p.copy_(before[name])
+        raise
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
@@ -598,22 +625,15 @@ def log_path_for(masker_path: str | os.PathLike) -> Path:
     return path.with_name(stem + ".finetune.json")
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    """Write JSON (NaN/Inf as null) through a temporary file and a rename.
+#: What `finetune_domain` writes: the masker file (recognised by its safetensors metadata) and its log.
+MASKER_KIND = "lfm-finetune masker"
+LOG_KIND = "lfm-finetune log"
 
-    Args:
-        path: the destination.
-        data: JSON-serialisable data.
 
-    Returns:
-        the path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(_finite(data), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+def is_masker_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a masker file written by this project (read from its header alone)."""
+    meta = safetensors_metadata(Path(path))
+    return meta is not None and meta.get("format") == MASKER_FORMAT
 
 
 def _finite(obj):
@@ -629,16 +649,10 @@ def _finite(obj):
 
 
 def environment() -> dict:
-    """Library versions and threads, for logs and reports."""
-    return {
-        "lfm_deploy": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-    }
+    """Library versions, the machine and torch's threads, for logs and reports."""
+    from ..utils.versions import library_versions, machine
+
+    return {**library_versions(("lfm_deploy", "torch", "numpy")), **machine(torch.get_num_threads()), "device": "cpu"}
 
 
 def finetune_domain(
@@ -658,6 +672,7 @@ def finetune_domain(
     pairs_per_iteration: int | None = None,
     image_size: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a masker for one target domain and write it with a JSON log.
 
@@ -685,6 +700,8 @@ def finetune_domain(
         image_size: model input side; default `domain.image_size` (400). Other sizes are for
             tests and experiments: a masker is tied to the size it was trained at.
         progress: show progress bars.
+        overwrite: replace an existing `out` (or its log) that is not an earlier lfm-finetune
+            output; without it such a file is refused before any work.
 
     Returns:
         the `FinetuneResult`, with `masker_path`, `log_path`, `weights` and `settings` set.
@@ -702,8 +719,13 @@ def finetune_domain(
         raise FinetuneError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     size = domain.image_size if image_size is None else int(image_size)
     out = default_masker_path(domain) if out is None else Path(out)
-    if out.is_dir():
-        raise FinetuneError(f"--out {out} is a folder; pass a file name such as {out / default_masker_path(domain)}")
+    # Both files are checked before any work: an existing file is replaced only when it is an
+    # earlier masker / log of lfm-finetune (or with overwrite).
+    inputs = {"--checkpoint": checkpoint, "--data-root": data_root, "--support": support}
+    masker_out = OutputFile(out, flag="--out", kind=MASKER_KIND, recognise=is_masker_file, overwrite=overwrite,
+                            inputs=inputs)
+    log_out = OutputFile(log_path_for(out), flag=None, kind=LOG_KIND, overwrite=overwrite, inputs=inputs,
+                         hint_flag="--out")
 
     started = time.time()
     support_set = load_support_set(domain, data_root=data_root, support=support, shots=shots, image_size=size)
@@ -738,7 +760,8 @@ def finetune_domain(
         "first_loss": result.first_loss, "last_loss": result.last_loss,
         "lfm_deploy": __version__,
     }
-    masker_path = save_masker(model, out, domain=domain.name, weights=weights, extra=_finite(extra))
+    masker_path = masker_out.write(
+        lambda tmp: save_masker(model, tmp, domain=domain.name, weights=weights, extra=_finite(extra)))
     record = {
         "settings": settings,
         "weights": weights.to_dict(),
@@ -762,7 +785,7 @@ def finetune_domain(
         "environment": environment(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    log_path = write_json_atomic(log_path_for(masker_path), record)
+    log_path = log_out.write_json(record)
     result.masker_path = masker_path
     result.log_path = log_path
     result.weights = weights
@@ -786,5 +809,5 @@ __all__ = [
     "log_path_for",
     "masker_named_parameters",
     "pair_schedule",
-    "write_json_atomic",
+    "is_masker_file",
 ]

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..manifest import sha256_file
+from ..utils.outputs import atomic_write_bytes
 from .hsnet import LFMHSNet
 from .masker import official_to_spatial_shift
 
@@ -65,6 +66,22 @@ def _listing(keys, limit: int = _MAX_LISTED) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _existing_file(path: str | os.PathLike, what: str, hint: str) -> Path:
+    """`path` as a Path when it is a regular file; else one CheckpointError saying what it is
+    (an empty path, a directory and a missing file are different mistakes)."""
+    text = os.fspath(path)
+    if text.strip() == "":
+        raise CheckpointError(f"the {what} path is empty; {hint}")
+    path = Path(text)
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory, not a file; {hint}")
+    if not path.exists():
+        raise CheckpointError(f"{what} not found: {path}; {hint}")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is not a regular file (a device, pipe or socket); {hint}")
+    return path
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file safely: a `torch.save` file or a `.safetensors` file.
 
@@ -73,9 +90,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: the file is missing, unreadable, or holds no tensors.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}; pass the path of an existing file")
+    path = _existing_file(path, "checkpoint", "pass the path of an existing file")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -151,8 +166,9 @@ def _merge_checked(model: LFMHSNet, incoming: dict[str, torch.Tensor], required_
         problems.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched, 4)}")
     if problems:
         raise CheckpointError(
-            f"{source} does not fit LFMHSNet({model.variant}): " + "; ".join(problems)
-            + ". Pass an HSNet-ResNet50 checkpoint, or choose the matching --apm/--acpa variant"
+            f"{source} does not fit LFMHSNet({model.variant}): " + "; ".join(problems),
+            api_hint="pass an HSNet-ResNet50 checkpoint, or build the matching apm/acpa variant",
+            cli_hint="pass an HSNet-ResNet50 checkpoint, or choose the matching --apm/--acpa variant",
         )
     bad = [k for k, v in incoming.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -224,9 +240,10 @@ def save_masker(model: LFMHSNet, path: str | os.PathLike, *, domain: str, weight
     """Write the masker's weights to a small safetensors file with metadata, atomically.
 
     Metadata: format, version, domain, variant (apm, acpa), image size, the base checkpoint's
-    sha256 (or "untrained-default"), and any `extra` JSON-serialisable entries.
+    sha256 (or "untrained-default"), and any `extra` JSON-serialisable entries. The file gets
+    ordinary permissions (`lfm_deploy.utils.outputs.atomic_write_bytes`).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if model.apm_variant is None and not model.use_acpa:
@@ -244,17 +261,12 @@ def save_masker(model: LFMHSNet, path: str | os.PathLike, *, domain: str, weight
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file(masker_state(model), str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, save(masker_state(model), metadata=meta))
 
 
 def read_masker(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a masker file: (tensors, metadata). Raises CheckpointError for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"masker file not found: {path}; pass the file written by lfm-finetune")
+    path = _existing_file(path, "masker file", "pass the file written by lfm-finetune")
     try:
         from safetensors import safe_open
 
@@ -289,8 +301,18 @@ def load_masker(model: LFMHSNet, path: str | os.PathLike, weights: WeightsInfo |
     apm, acpa = masker_variant(meta)
     if (apm, acpa) != (model.apm_variant, model.use_acpa):
         raise CheckpointError(
-            f"{path} holds a masker for apm={apm or 'none'}, acpa={acpa} but the model is {model.variant}; "
-            f"pass --apm {apm or 'none'} {'--acpa' if acpa else '--no-acpa'} or another masker file"
+            f"{path} holds a masker for apm={apm or 'none'}, acpa={acpa} but the model is {model.variant}",
+            api_hint=f"pass apm={apm!r}, acpa={acpa} or another masker file",
+            cli_hint=f"pass --apm {apm or 'none'} {'--acpa' if acpa else '--no-acpa'} or another --masker file",
+        )
+    trained_at = meta.get("image_size")
+    if trained_at is not None and str(trained_at) != str(model.image_size):
+        # APM's masks have the shape of the layer4 spectrum, which the image size sets.
+        raise CheckpointError(
+            f"{path} was fine-tuned at {trained_at}x{trained_at} but the model takes "
+            f"{model.image_size}x{model.image_size} images",
+            api_hint="pass a masker fine-tuned at this image size",
+            cli_hint="pass a --masker fine-tuned at this image size (lfm-finetune)",
         )
     required = [p for p, on in (("apm.", apm is not None), ("acpa.", acpa)) if on]
     merged = _merge_checked(model, tensors, required, str(path))
@@ -353,6 +375,11 @@ def build_model(
     Returns:
         (model, weights info).
     """
+    # Missing or misnamed files are reported before the network is built (seconds at 400 px).
+    if checkpoint is not None:
+        _existing_file(checkpoint, "checkpoint", "pass the path of an existing file")
+    if masker is not None:
+        _existing_file(masker, "masker file", "pass the file written by lfm-finetune")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LFMHSNet(apm=apm, acpa=acpa, image_size=image_size)

@@ -100,7 +100,8 @@ class LFMHSNet(nn.Module):
         with torch.no_grad():
             return self.backbone.extract_features(img)
 
-    def _apply_to_layer4(self, module: nn.Module, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def apply_to_layer4(self, module: nn.Module, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`module` (APM or ACPA) applied to the layer4 features; the others pass through."""
         return feats[:LAYER4_START] + [module(f) for f in feats[LAYER4_START:]]
 
     def mask_support_features(self, feats: list[torch.Tensor], support_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -118,18 +119,18 @@ class LFMHSNet(nn.Module):
     def encode_support(self, support_feats: list[torch.Tensor], support_mask: torch.Tensor) -> list[torch.Tensor]:
         """Support features -> masked, frequency-filtered features ready for correlation."""
         if self.apm_variant is not None:
-            support_feats = self._apply_to_layer4(self.apm, support_feats)
+            support_feats = self.apply_to_layer4(self.apm, support_feats)
         support_feats = self.mask_support_features(support_feats, support_mask)
         if self.use_acpa:
-            support_feats = self._apply_to_layer4(self.acpa, support_feats)
+            support_feats = self.apply_to_layer4(self.acpa, support_feats)
         return support_feats
 
     def encode_query(self, query_feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """Query features -> frequency-filtered features ready for correlation."""
         if self.apm_variant is not None:
-            query_feats = self._apply_to_layer4(self.apm, query_feats)
+            query_feats = self.apply_to_layer4(self.apm, query_feats)
         if self.use_acpa:
-            query_feats = self._apply_to_layer4(self.acpa, query_feats)
+            query_feats = self.apply_to_layer4(self.acpa, query_feats)
         return query_feats
 
     def head(self, query_feats: list[torch.Tensor], support_feats: list[torch.Tensor], out_size) -> torch.Tensor:

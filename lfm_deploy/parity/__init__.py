@@ -1,37 +1,31 @@
-"""Cross-backend parity: Polygraphy-style runners, a comparison phase, and lfm-verify reports.
+"""Numerical parity, one stack for every backend and precision: Polygraphy-style runners (run
+phase), the comparison phase with one tolerance type and the model's mask rules, and the seeded
+episodes every check runs on. Export validation (`exported.check_export`), lfm-verify
+(`lfm_deploy.verify`), the fp16 range check and the benchmarks all use it.
 
-    from lfm_deploy.parity import verify_artifacts, write_report
-
-    report = verify_artifacts("artifacts/deepglobe", episodes=3, layerwise=True)
-    write_report(report, "artifacts/deepglobe/verify")   # verify.json / .md / .png
-    assert report.passed, report.failures
-
-Modules: `runners` (one `BaseRunner` interface for eager torch, onnxruntime, the split
-encoder/head chain; TensorRT through Polygraphy's `TrtRunner`), `compare` (statistics and named
-tolerances), `layerwise` (intermediate stages), `verify` (the run and comparison phases),
-`report` (JSON/Markdown/PNG). torch is imported only when an eager model runs.
+Modules: `compare` (statistics, `Tolerances`, `compare_output`; pure numpy, imported by the
+domain registry), `episodes` (seeded validation episodes), `runners` (one `BaseRunner`
+interface for eager torch, onnxruntime on the runtime's session loader, and the split
+encoder/head chain; TensorRT through Polygraphy's `TrtRunner`), `numerics` (the eager-side
+quantities the mask rules need: ACPA sign ties), `exported` (an export's graphs against the
+eager model). Attributes are imported lazily: importing the package costs nothing.
 """
 
-from .compare import ErrorStats, MaskStats, Tolerance, Tolerances, error_stats, foreground_iou, mask_stats
-from .report import markdown, plot_errors, write_report
-from .verify import ALL_BACKENDS, REFERENCE, BackendResult, OutputComparison, VerifyReport, parity_episodes, verify_artifacts
+from __future__ import annotations
 
-__all__ = [
-    "ALL_BACKENDS",
-    "REFERENCE",
-    "BackendResult",
-    "ErrorStats",
-    "MaskStats",
-    "OutputComparison",
-    "Tolerance",
-    "Tolerances",
-    "VerifyReport",
-    "error_stats",
-    "foreground_iou",
-    "markdown",
-    "mask_stats",
-    "parity_episodes",
-    "plot_errors",
-    "verify_artifacts",
-    "write_report",
-]
+import importlib
+
+_EXPORTS = {
+    "ErrorStats": "compare", "MaskStats": "compare", "OutputCheck": "compare", "Tolerance": "compare",
+    "Tolerances": "compare", "compare_output": "compare", "error_stats": "compare", "foreground_iou": "compare",
+    "mask_stats": "compare", "check_export": "exported",
+    "parity_episodes": "episodes", "validation_episode": "episodes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

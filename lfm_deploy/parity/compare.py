@@ -1,8 +1,13 @@
-"""The comparison phase: error statistics, mask agreement and named tolerances.
+"""The comparison phase, the one place where outputs are judged: error statistics, mask
+agreement, one tolerance type, and the model's mask rules.
 
 Pure numpy. The run phase (`lfm_deploy.parity.runners` + Polygraphy's `Comparator.run`)
 produces outputs; everything here turns a pair (backend output, reference output) into numbers
-and a verdict, and never runs a model.
+and a verdict (`compare_output` -> `OutputCheck`), and never runs a model. Export validation,
+lfm-verify and every reduced-precision gate use it, with `Tolerances` from the domain registry
+or the manifest. The mask rules it applies (identity wherever the eager model is decisive,
+channels on APM's branch cut left out of feature statistics, counted ACPA sign ties) are
+explained in docs/numerics.md.
 """
 
 from __future__ import annotations
@@ -14,13 +19,19 @@ from typing import Mapping
 import numpy as np
 
 __all__ = [
+    "BRANCH_CUT_REL",
     "QUANTILES",
     "ErrorStats",
     "MaskStats",
+    "OutputCheck",
     "Tolerance",
     "Tolerances",
+    "branch_cut_channels",
+    "compare_output",
+    "decision_margins",
     "error_stats",
     "foreground_iou",
+    "format_checks",
     "mask_stats",
 ]
 
@@ -58,6 +69,10 @@ class ErrorStats:
     quantiles: dict
     nonfinite: int
     ref_peak: float
+    #: Slices left out of the statistics (e.g. layer4 channels on APM's branch cut).
+    excluded: int | None = None
+    #: Maps compared against the eager model on the other side of an ACPA sign tie.
+    sign_ties: int | None = None
     sample: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def value(self, statistic: str) -> float:
@@ -72,7 +87,8 @@ class ErrorStats:
         return d
 
 
-def error_stats(got: np.ndarray, ref: np.ndarray, *, keep_sample: bool = False, seed: int = 0) -> ErrorStats:
+def error_stats(got: np.ndarray, ref: np.ndarray, *, keep_sample: bool = False, seed: int = 0,
+                exclude: np.ndarray | None = None, sign_ties: int | None = None) -> ErrorStats:
     """Error statistics of `got` against `ref` (computed in float64).
 
     Args:
@@ -80,6 +96,9 @@ def error_stats(got: np.ndarray, ref: np.ndarray, *, keep_sample: bool = False, 
         ref: the reference output, same shape.
         keep_sample: keep a random subsample (<= 200k) of |got - ref| for plots.
         seed: seed of that subsample.
+        exclude: boolean mask over leading dims of `ref` (e.g. (N, 3, 2048) of layer4 features):
+            slices left out of every statistic and counted in `excluded`.
+        sign_ties: recorded as is (see `lfm_deploy.parity.numerics.resolve_acpa_ties`).
 
     Returns:
         `ErrorStats`.
@@ -91,10 +110,17 @@ def error_stats(got: np.ndarray, ref: np.ndarray, *, keep_sample: bool = False, 
     ref = np.asarray(ref, dtype=np.float64)
     if got.shape != ref.shape:
         raise ValueError(f"shape mismatch: got {got.shape}, reference {ref.shape}")
+    shape = list(got.shape)
+    excluded = None
+    if exclude is not None:
+        keep = ~np.asarray(exclude, dtype=bool)
+        excluded = int(keep.size - np.count_nonzero(keep))
+        got, ref = got[keep], ref[keep]
     nonfinite = int(got.size - np.count_nonzero(np.isfinite(got)))
     diff = np.abs(got - ref).ravel()
     if diff.size == 0:
-        return ErrorStats(list(got.shape), 0.0, 0.0, 0.0, 0.0, 1.0, {_qname(q): 0.0 for q in QUANTILES}, 0, 0.0)
+        return ErrorStats(shape, 0.0, 0.0, 0.0, 0.0, 1.0, {_qname(q): 0.0 for q in QUANTILES}, 0, 0.0,
+                          excluded, sign_ties)
     g, r = got.ravel(), ref.ravel()
     ref_norm = float(np.linalg.norm(r))
     err_norm = float(np.linalg.norm(g - r))
@@ -115,10 +141,10 @@ def error_stats(got: np.ndarray, ref: np.ndarray, *, keep_sample: bool = False, 
         sample = diff if diff.size <= _SAMPLE else np.random.default_rng(seed).choice(diff, _SAMPLE, replace=False)
         sample = sample.astype(np.float32)
     return ErrorStats(
-        shape=list(got.shape), max_abs=max_abs, mean_abs=float(diff.mean()), rel_l2=rel_l2,
+        shape=shape, max_abs=max_abs, mean_abs=float(diff.mean()), rel_l2=rel_l2,
         max_rel_to_peak=(max_abs / peak) if peak > 0 else (0.0 if max_abs == 0 else math.inf),
         cosine=cosine, quantiles={_qname(q): float(v) for q, v in zip(QUANTILES, quant)},
-        nonfinite=nonfinite, ref_peak=peak, sample=sample,
+        nonfinite=nonfinite, ref_peak=peak, excluded=excluded, sign_ties=sign_ties, sample=sample,
     )
 
 
@@ -139,12 +165,20 @@ class MaskStats:
         agreement: share of pixels with the same class.
         iou: foreground IoU between the two masks (1.0 when both are empty).
         flipped: number of pixels that differ.
+        decisive: differing pixels where the reference was decisive (its |logit margin| above
+            `tie_margin`); None when no margins were given.
+        tie_margin: the margin under which a pixel counts as a float32 tie.
+        vacuous: the reference mask is a single class, so agreement says little (e.g. the
+            untrained default weights predict background everywhere).
     """
 
     shape: list
     agreement: float
     iou: float
     flipped: int
+    decisive: int | None = None
+    tie_margin: float | None = None
+    vacuous: bool = False
 
     def value(self, statistic: str) -> float:
         return float(getattr(self, statistic))
@@ -153,8 +187,22 @@ class MaskStats:
         return asdict(self)
 
 
-def mask_stats(got: np.ndarray, ref: np.ndarray) -> MaskStats:
-    """Pixel agreement and IoU between two masks.
+def decision_margins(shot_logits) -> np.ndarray:
+    """Per pixel, the smallest |logit1 - logit0| over the shots: how close the eager model is to
+    a tie. `shot_logits`: a sequence of K arrays (B, 2, H, W); returns (B, H, W)."""
+    return np.stack([np.abs(np.diff(np.asarray(x, dtype=np.float64), axis=1)[:, 0]) for x in shot_logits]).min(axis=0)
+
+
+def mask_stats(got: np.ndarray, ref: np.ndarray, *, margin: np.ndarray | None = None,
+               tie_margin: float | None = None) -> MaskStats:
+    """Pixel agreement and IoU between two masks, and the differences where the reference was
+    decisive.
+
+    Args:
+        got, ref: masks of the same shape.
+        margin: the reference model's |logit margin| per pixel (`decision_margins`), to count
+            the differing pixels that are not float32 ties.
+        tie_margin: the margin at or under which a pixel counts as a tie.
 
     Raises:
         ValueError: the shapes differ.
@@ -163,9 +211,14 @@ def mask_stats(got: np.ndarray, ref: np.ndarray) -> MaskStats:
     ref = np.asarray(ref)
     if got.shape != ref.shape:
         raise ValueError(f"shape mismatch: got {got.shape}, reference {ref.shape}")
-    same = got.astype(np.int64) == ref.astype(np.int64)
-    agreement = float(same.mean()) if same.size else 1.0
-    return MaskStats(list(got.shape), agreement, foreground_iou(got, ref), int(same.size - np.count_nonzero(same)))
+    differ = got.astype(np.int64) != ref.astype(np.int64)
+    agreement = float(1.0 - differ.mean()) if differ.size else 1.0
+    decisive = None
+    if margin is not None and tie_margin is not None:
+        decisive = int(np.count_nonzero(differ & (np.broadcast_to(margin, differ.shape) > tie_margin)))
+    vacuous = bool(ref.size) and bool(np.all(ref == ref.flat[0]))
+    return MaskStats(list(got.shape), agreement, foreground_iou(got, ref), int(np.count_nonzero(differ)),
+                     decisive, tie_margin if decisive is not None else None, vacuous)
 
 
 @dataclass(frozen=True)
@@ -206,51 +259,210 @@ class Tolerance:
         return f"{self.statistic} {'>=' if self.lower_bound else '<='} {self.limit:g}"
 
 
+#: Output kinds a tolerance is chosen by (the graph contract's roles: logits, encoder features, masks).
+KINDS = ("logits", "features", "mask")
+
+
 @dataclass(frozen=True)
 class Tolerances:
-    """Per-output tolerances of one class of backend.
+    """The tolerances of one comparison: one type for export validation, lfm-verify and every
+    reduced-precision gate.
 
     Attributes:
-        outputs: {output name: Tolerance}; a float output without an entry uses `default_float`,
-            a mask output (integer dtype) `default_mask`.
-        default_float / default_mask: fallbacks.
+        logits: bound for logits outputs (`logits`, `shot_logits`, intermediate stages' floats).
+        features: bound for the encoder's support features (scale-free: relative to the peak).
+        mask: bound for masks (agreement).
+        tie_margin: masks must moreover be identical wherever the reference is decisive, i.e.
+            its |logit margin| exceeds this (None: agreement only). With twice the logits bound,
+            a pixel beyond it cannot flip unless the logits are out of tolerance.
         miou: bound on |mIoU(backend) - mIoU(eager float32)| on the sample episodes.
         stage_rel: bound on max_rel_to_peak for the intermediate stages (layerwise mode).
+        outputs: per-output overrides {output name: Tolerance}.
     """
 
-    outputs: Mapping[str, Tolerance] = field(default_factory=dict)
-    default_float: Tolerance = Tolerance("max_abs", 1e-3)
-    default_mask: Tolerance = Tolerance("agreement", 0.999)
+    logits: Tolerance = Tolerance("max_abs", 1e-3)
+    features: Tolerance = Tolerance("max_rel_to_peak", 1e-4)
+    mask: Tolerance = Tolerance("agreement", 0.999)
+    tie_margin: float | None = 2e-3
     miou: Tolerance = Tolerance("miou_delta", 0.01)
     stage_rel: float = 1e-4
+    outputs: Mapping[str, Tolerance] = field(default_factory=dict)
 
-    def for_output(self, name: str, is_mask: bool) -> Tolerance:
+    def for_output(self, name: str, kind: str) -> Tolerance:
+        """The tolerance of output `name` of kind "logits", "features" or "mask"."""
         if name in self.outputs:
             return self.outputs[name]
-        return self.default_mask if is_mask else self.default_float
+        if kind not in KINDS:
+            raise ValueError(f"unknown output kind {kind!r}; one of {', '.join(KINDS)}")
+        return getattr(self, kind)
 
     def to_dict(self) -> dict:
-        return {
-            "outputs": {k: asdict(v) for k, v in self.outputs.items()},
-            "default_float": asdict(self.default_float), "default_mask": asdict(self.default_mask),
-            "miou": asdict(self.miou), "stage_rel": self.stage_rel,
-        }
+        return {"logits": asdict(self.logits), "features": asdict(self.features), "mask": asdict(self.mask),
+                "tie_margin": self.tie_margin, "miou": asdict(self.miou), "stage_rel": self.stage_rel,
+                "outputs": {k: asdict(v) for k, v in self.outputs.items()}}
+
+    @classmethod
+    def float32(cls, logits_atol: float, feature_rel: float, mask_agreement: float) -> "Tolerances":
+        """Float32 parity with the eager model: max |logit error| <= `logits_atol`, features
+        within `feature_rel` of their peak, masks agreeing on `mask_agreement` of the pixels and
+        identical wherever the eager margin exceeds 2 x `logits_atol`."""
+        return cls(logits=Tolerance("max_abs", logits_atol), features=Tolerance("max_rel_to_peak", feature_rel),
+                   mask=Tolerance("agreement", mask_agreement), tie_margin=2 * logits_atol, stage_rel=feature_rel)
+
+    def to_manifest(self) -> dict:
+        """The manifest's `tolerances` entry (float32 parity)."""
+        return {"logits_atol": self.logits.limit, "feature_rel": self.features.limit,
+                "mask_agreement": self.mask.limit, "mask_tie_margin": self.tie_margin}
 
     @classmethod
     def from_manifest(cls, manifest: Mapping, precision: str = "fp32") -> "Tolerances":
-        """The export's own tolerances (fp32), or the fp16 ones derived from them.
+        """The export's own tolerances (fp32), or the fp16 ones.
 
-        fp32 backends: logits max |error| <= the manifest's `logits_atol`, masks agree on at
-        least `mask_agreement` of the pixels, intermediate stages within `feature_rel` of their
-        peak. fp16 backends (an fp16 graph with fp32 islands): relative L2 error of the logits
-        <= 1e-2, 99 % mask agreement, mIoU within 2 points, stages within 1e-2 of their peak.
+        fp16 backends (an fp16 graph with fp32 islands): relative L2 error of the logits
+        <= 1e-2, 99 % mask agreement (no decisive-pixel rule: fp16 moves logits by more than
+        the float32 tie margin), mIoU within 2 points, stages within 1e-2 of their peak.
         """
-        tol = manifest.get("tolerances", {})
-        atol = float(tol.get("logits_atol", 1e-3))
-        agree = float(tol.get("mask_agreement", 0.999))
-        rel = float(tol.get("feature_rel", 1e-4))
         if precision == "fp16":
-            return cls(default_float=Tolerance("rel_l2", 1e-2), default_mask=Tolerance("agreement", 0.99),
-                       miou=Tolerance("miou_delta", 0.02), stage_rel=1e-2)
-        return cls(default_float=Tolerance("max_abs", atol), default_mask=Tolerance("agreement", agree),
-                   miou=Tolerance("miou_delta", 0.01), stage_rel=rel)
+            return cls(logits=Tolerance("rel_l2", 1e-2), features=Tolerance("rel_l2", 1e-2),
+                       mask=Tolerance("agreement", 0.99), tie_margin=None, miou=Tolerance("miou_delta", 0.02),
+                       stage_rel=1e-2)
+        tol = manifest.get("tolerances", {})
+        return cls.float32(float(tol.get("logits_atol", 1e-3)), float(tol.get("feature_rel", 1e-4)),
+                           float(tol.get("mask_agreement", 0.999)))
+
+
+@dataclass
+class OutputCheck:
+    """One output of one graph (or backend) against its reference: the verdict and its numbers.
+
+    Attributes:
+        graph: the graph or backend the output comes from.
+        output: output name.
+        kind: "logits", "features", "mask", or "missing" (not produced at all).
+        stats: `ErrorStats` (floats) or `MaskStats` (masks); None when missing.
+        tolerance: the `Tolerance` applied.
+        value: the statistic's value.
+        passed: within tolerance, finite, and (masks) no decisive pixel differs.
+    """
+
+    graph: str
+    output: str
+    kind: str
+    stats: ErrorStats | MaskStats | None
+    tolerance: Tolerance
+    value: float
+    passed: bool
+
+    @property
+    def is_mask(self) -> bool:
+        return self.kind == "mask"
+
+    def to_dict(self) -> dict:
+        return {"graph": self.graph, "output": self.output, "kind": self.kind,
+                "stats": self.stats.to_dict() if self.stats is not None else None,
+                "tolerance": asdict(self.tolerance), "value": self.value, "passed": self.passed}
+
+    def notes(self) -> list[str]:
+        """What qualifies the number: exclusions, resolved ties, differing pixels, vacuity."""
+        st, notes = self.stats, []
+        if isinstance(st, ErrorStats):
+            if st.excluded:
+                notes.append(f"{st.excluded} branch-cut channels excluded")
+            if st.sign_ties:
+                notes.append(f"{st.sign_ties} maps compared with an ACPA sign tie resolved the other way")
+            if st.nonfinite:
+                notes.append(f"{st.nonfinite} non-finite values")
+        elif isinstance(st, MaskStats):
+            if st.flipped:
+                notes.append(f"{st.flipped} pixels differ" + (
+                    f", {st.decisive} of them beyond the eager near-tie margin {st.tie_margin:g}"
+                    if st.decisive is not None else ""))
+            if st.vacuous:
+                notes.append("VACUOUS: the reference mask is a single class, so agreement says little "
+                             "(untrained weights?)")
+        return notes
+
+    def line(self) -> str:
+        """One report line: `[ok  ] episode.mask (1, 400, 400): agreement 1.000000 (agreement >= 0.999)`."""
+        mark = "ok  " if self.passed else "FAIL"
+        if self.stats is None:
+            return f"[{mark}] {self.graph}.{self.output}: missing"
+        extra = "".join(f"; {n}" for n in self.notes())
+        return (f"[{mark}] {self.graph}.{self.output} {tuple(self.stats.shape)}: {self.tolerance.statistic} "
+                f"{self.tolerance.format(self.value)} ({self.tolerance.describe()}{extra})")
+
+
+def compare_output(graph: str, name: str, got, ref, tolerance: Tolerance, kind: str, *,
+                   exclude: np.ndarray | None = None, sign_ties: int | None = None,
+                   margin: np.ndarray | None = None, tie_margin: float | None = None,
+                   keep_sample: bool = False) -> OutputCheck:
+    """Judge one output against its reference.
+
+    Args:
+        graph: graph or backend name (reported).
+        name: output name.
+        got, ref: the output and its reference (None `got`: the output is missing).
+        tolerance: the bound (see `Tolerances.for_output`).
+        kind: "logits", "features" or "mask".
+        exclude, sign_ties: float outputs: see `error_stats`.
+        margin, tie_margin: masks: the reference's |logit margin| per pixel and the tie margin;
+            a differing pixel beyond it fails the check whatever the agreement.
+        keep_sample: keep a sample of the errors for plots.
+
+    Returns:
+        `OutputCheck`.
+    """
+    if got is None:
+        return OutputCheck(graph, name, "missing", None, tolerance, math.nan, False)
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.shape != ref.shape:
+        stats = MaskStats(list(got.shape), 0.0, 0.0, int(ref.size)) if kind == "mask" else None
+        return OutputCheck(graph, name, kind, stats, tolerance, math.nan, False)
+    if kind == "mask":
+        st = mask_stats(got, ref, margin=margin, tie_margin=tie_margin)
+        value = st.value(tolerance.statistic)
+        return OutputCheck(graph, name, kind, st, tolerance, value, tolerance.passes(value) and not st.decisive)
+    st = error_stats(got, ref, keep_sample=keep_sample, exclude=exclude, sign_ties=sign_ties)
+    value = st.value(tolerance.statistic)
+    return OutputCheck(graph, name, kind, st, tolerance, value, st.nonfinite == 0 and tolerance.passes(value))
+
+
+def format_checks(checks: list[OutputCheck]) -> str:
+    """One line per check."""
+    return "\n".join(c.line() for c in checks)
+
+
+#: A spectrum bin counts as on the atan2 branch cut when, with t = BRANCH_CUT_REL x sum|x| of its
+#: map, real < -t and |imag| <= t: the sign of its imaginary part, hence +pi or -pi, is then
+#: decided by float32 rounding *upstream* of APM. The backbone alone, run by onnxruntime and by
+#: PyTorch on the same images, already moves layer4 spectrum bins by up to 4.6e-6 x sum|x| (max
+#: over the 5-shot validation episodes; 99th percentile 1.8e-6), so the bound sits at twice that
+#: (docs/numerics.md, "APM's branch cut").
+BRANCH_CUT_REL = 1e-5
+
+
+def branch_cut_channels(layer4: np.ndarray) -> np.ndarray:
+    """Which APM input channels have a spectrum bin on the atan2 branch cut.
+
+    APM scales the phase (P' = sigmoid(w) * P), so such a bin comes out near +s*pi in one
+    float32 implementation and -s*pi in another: the channel's APM output differs by up to
+    2 A' sin(s*pi) / (H*W) per pixel, by design of the model, not of the export. The
+    self-conjugate bins (DC; Nyquist for even sizes) are exactly real and excluded: for them the
+    sign of pi does not change the APM output (cos is even), and ACPA's handling is exact.
+
+    Args:
+        layer4: APM input features (..., H, W), e.g. (N, 3, 2048, 13, 13).
+
+    Returns:
+        Boolean array over the leading dims (..., ) marking those channels.
+    """
+    x = np.asarray(layer4, dtype=np.float64)
+    h, w = x.shape[-2:]
+    spec = np.fft.fft2(x)
+    scale = np.abs(x).sum(axis=(-2, -1), keepdims=True)
+    tol = BRANCH_CUT_REL * scale  # bins below it in magnitude carry no weight in the output
+    near = (spec.real < -tol) & (np.abs(spec.imag) <= tol)
+    for i in {0, h // 2} if h % 2 == 0 else {0}:
+        for j in {0, w // 2} if w % 2 == 0 else {0}:
+            near[..., i, j] = False
+    return near.reshape(near.shape[:-2] + (-1,)).any(axis=-1)

@@ -2,13 +2,14 @@
 
 - `EagerRunner`: the eager PyTorch model (float32 or float64) behind the exported graphs'
   input/output contract (episode, encoder, head, or the layerwise debug graph);
-- `OnnxrtRunner(OrtSession(path, providers))`: Polygraphy's onnxruntime runner, on a loader
-  that controls threads and memory options and refuses silent CPU fallback;
+- `OnnxrtRunner(SessionFromOnnx(path, providers))`: Polygraphy's onnxruntime runner on the
+  runtime's own session loader (threads, memory options, no silent CPU fallback);
 - `SplitRunner`: the encoder -> head chain behind the episode contract, with the support set
   encoded once and reused while it does not change (per-query serving cost);
-- TensorRT: Polygraphy's `TrtRunner(EngineFromPlan(path))` (`lfm_deploy.export.engine`).
+- TensorRT: Polygraphy's `TrtRunner(EngineFromPlan(path))` (`lfm_deploy.tensorrt`).
 
 Loaders are lazy callables (Polygraphy style): nothing heavy is created before `activate()`.
+`run_feeds` is the run phase for one runner (Polygraphy's `Comparator.run`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from ..errors import BackendUnavailable, LFMError
+from ..errors import LFMError
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,16 @@ __all__ = [
     "CUDA",
     "EagerRunner",
     "ModelFromManifest",
-    "OrtSession",
     "SplitRunner",
     "cuda_ep_available",
     "manifest_of",
+    "ort_runner",
+    "run_feeds",
 ]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-GRAPHS = ("episode", "encoder", "head", "layerwise")
+GRAPHS = ("episode", "encoder", "head")
 
 
 def manifest_of(artifacts: str | os.PathLike | Mapping) -> dict:
@@ -125,8 +126,8 @@ class EagerRunner(BaseRunner):
     Args:
         model: an `LFMHSNet` or a loader returning one (e.g. `ModelFromManifest`).
         graph: "episode" (the model's own `shot_logits` + vote), "encoder", "head" (the same
-            wrappers the export traces, run eagerly) or "layerwise" (the debug graph of
-            `lfm_deploy.parity.layerwise`).
+            wrappers the export traces, run eagerly), or a callable (model, shots) -> module with
+            `inputs(S)` / `outputs(S)` specs (e.g. the layer-wise debug graph of lfm-verify).
         shots: K.
         dtype: "float32" or "float64" (inputs are given as float32 and cast).
         threads: `torch.set_num_threads` while active (restored afterwards).
@@ -136,7 +137,7 @@ class EagerRunner(BaseRunner):
     def __init__(self, model, graph: str = "episode", *, shots: int = 1, dtype: str = "float32",
                  threads: int | None = None, name: str | None = None):
         super().__init__(name=name, prefix=f"eager-{dtype}")
-        if graph not in GRAPHS:
+        if not callable(graph) and graph not in GRAPHS:
             raise LFMError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
         if dtype not in ("float32", "float64"):
             raise LFMError(f"dtype must be float32 or float64, got {dtype!r}")
@@ -149,7 +150,7 @@ class EagerRunner(BaseRunner):
     def activate_impl(self):
         import torch
 
-        from ..export.graphs import EncoderGraph, EpisodeGraph, HeadGraph
+        from ..models.graphs import EncoderGraph, EpisodeGraph, HeadGraph
 
         self._torch = torch
         self._saved_threads = torch.get_num_threads()
@@ -171,9 +172,7 @@ class EagerRunner(BaseRunner):
         elif self.graph == "head":
             spec = self._fn = HeadGraph(model, self.shots).eval()
         else:
-            from .layerwise import LayerwiseEpisode
-
-            spec = self._fn = LayerwiseEpisode(model, self.shots).eval()
+            spec = self._fn = self.graph(model, self.shots).eval()
         self._inputs = spec.inputs(size)
         self._outputs = [o.name for o in spec.outputs(size)]
         self.model = model
@@ -209,53 +208,32 @@ def cuda_ep_available() -> tuple[bool, str]:
                    "install onnxruntime-gpu on a machine with an NVIDIA GPU")
 
 
-class OrtSession:
-    """Lazy loader: an onnxruntime `InferenceSession` with checked providers.
+def ort_runner(model, providers=None, *, threads: int | None = None, low_memory: bool = False,
+               name: str | None = None):
+    """Polygraphy's `OnnxrtRunner` on the runtime's session loader (`SessionFromOnnx`)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    onnxruntime silently falls back to the CPU when a requested provider cannot be loaded
-    (DEPLOY.md), so the session's providers are checked after creation.
+    from ..runtime.sessions import SessionConfig, SessionFromOnnx
 
-    Args:
-        path: the .onnx file.
-        providers: execution providers, best first.
-        threads: intra-op threads (None: onnxruntime's default).
-        low_memory: disable the memory-pattern planner (as the runtime's default profile).
-    """
+    config = SessionConfig(threads=threads, low_memory=low_memory)
+    return OnnxrtRunner(SessionFromOnnx(model, providers, config=config), name=name)
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] = (CPU,), threads: int | None = None,
-                 low_memory: bool = False):
-        self.path = Path(path)
-        self.providers = list(providers)
-        self.threads = threads
-        self.low_memory = low_memory
 
-    def __call__(self):
-        """Create the session.
+def run_feeds(runner, feeds: Sequence[Mapping[str, np.ndarray]]) -> tuple[dict[str, list[np.ndarray]], float | None]:
+    """The run phase for one runner (Polygraphy's `Comparator.run`): {output: [array per feed]}
+    and the mean inference time in ms."""
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
 
-        Raises:
-            BackendUnavailable: the file is missing or a requested provider is not active.
-        """
-        import onnxruntime as ort
-
-        if not self.path.is_file():
-            raise BackendUnavailable(f"{self.path} not found")
-        if CUDA in self.providers:
-            ok, why = cuda_ep_available()
-            if not ok:
-                raise BackendUnavailable(why)
-        opts = ort.SessionOptions()
-        if self.threads:
-            opts.intra_op_num_threads = int(self.threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        if self.low_memory:
-            opts.enable_mem_pattern = False
-        session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
-        missing = [p for p in self.providers if p != CPU and p not in session.get_providers()]
-        if missing:
-            raise BackendUnavailable(f"onnxruntime could not activate {', '.join(missing)} for {self.path.name} "
-                                     f"(active: {', '.join(session.get_providers())})")
-        return session
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        results = Comparator.run([runner], data_loader=list(feeds))
+    iterations = results[runner.name]
+    outputs: dict[str, list] = {}
+    for it in iterations:
+        for k, v in it.items():
+            outputs.setdefault(k, []).append(np.array(v))
+    runtimes = [it.runtime for it in iterations if it.runtime is not None]
+    return outputs, (1e3 * float(np.mean(runtimes)) if runtimes else None)
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:
@@ -276,16 +254,19 @@ class SplitRunner(BaseRunner):
     support set cost one head run each: the serving path.
 
     Args:
-        encoder, head: loaders (e.g. `OrtSession`) returning onnxruntime sessions.
-        shots: K.
+        encoder, head: loaders (e.g. `SessionFromOnnx`) returning onnxruntime sessions.
+        manifest: the export's manifest (its graph contract names the tensors).
         name: runner name.
     """
 
-    def __init__(self, encoder: Callable, head: Callable, *, shots: int = 1, name: str | None = None):
+    def __init__(self, encoder: Callable, head: Callable, manifest: Mapping, *, name: str | None = None):
+        from ..contract import graph_io
+
         super().__init__(name=name, prefix="split-runner")
         self._encoder_loader = encoder
         self._head_loader = head
-        self.shots = int(shots)
+        self.shots = int(manifest["shots"])
+        self._io = {g: graph_io(manifest, g) for g in ("episode", "encoder", "head")}
         self.encoder_runs = 0
 
     def activate_impl(self):
@@ -293,36 +274,34 @@ class SplitRunner(BaseRunner):
         self._head = self._head_loader()
         self._cache_key = None
         self._features = None
-        query = next(i for i in self._head.get_inputs() if i.name == "query_img")
-        self._size = query.shape[-1]
 
     def get_input_metadata_impl(self):
         meta = TensorMetadata()
-        s, k = self._size, self.shots
-        meta.add("query_img", dtype=np.float32, shape=("B", 3, s, s))
-        meta.add("support_imgs", dtype=np.float32, shape=("B", k, 3, s, s))
-        meta.add("support_masks", dtype=np.float32, shape=("B", k, s, s))
+        for spec in self._io["episode"].inputs:
+            meta.add(spec.name, dtype=np.dtype(spec.dtype), shape=tuple(spec.shape))
         return meta
 
     def infer_impl(self, feed_dict):
         start = time.perf_counter()
-        imgs, masks = feed_dict["support_imgs"], feed_dict["support_masks"]
+        episode, encoder, head = self._io["episode"], self._io["encoder"], self._io["head"]
+        imgs, masks = feed_dict[episode.input("supports")], feed_dict[episode.input("masks")]
         for b in range(1, imgs.shape[0]):
             if not (np.array_equal(imgs[b], imgs[0]) and np.array_equal(masks[b], masks[0])):
                 raise LFMError("the split encoder/head path needs one support set for the whole batch; "
                                "run queries with different support sets in separate batches")
         key = _fingerprint(imgs[0], masks[0])
         if key != self._cache_key:
-            self._features = self._encoder.run(None, {"support_img": imgs[0], "support_mask": masks[0]})
+            roles = ("l2", "l3", "l4")
+            feats = self._encoder.run([encoder.output(r) for r in roles], encoder.feed(image=imgs[0], mask=masks[0]))
+            self._features = head.feed(**dict(zip(roles, feats)))
             self._cache_key = key
             self.encoder_runs += 1
-        l2, l3, l4 = self._features
-        shot_logits, mask = self._head.run(None, {"query_img": feed_dict["query_img"], "support_l2": l2,
-                                                  "support_l3": l3, "support_l4": l4})
+        shot_logits, mask = self._head.run([head.output("per_shot"), head.output("mask")],
+                                           {head.input("query"): feed_dict[episode.input("query")], **self._features})
         self.inference_time = time.perf_counter() - start
-        if self.shots == 1:
-            return OrderedDict([("logits", shot_logits[:, 0]), ("mask", mask)])
-        return OrderedDict([("mask", mask)])
+        if episode.has_output("logits"):
+            return OrderedDict([(episode.output("logits"), shot_logits[:, 0]), (episode.output("mask"), mask)])
+        return OrderedDict([(episode.output("mask"), mask)])
 
     def deactivate_impl(self):
         del self._encoder, self._head, self._features

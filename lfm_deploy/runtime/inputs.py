@@ -3,6 +3,14 @@
 Everything goes through `lfm_deploy.preprocess`, the same functions the training and export
 data readers use, so a served image is normalised exactly as during fine-tuning and export
 validation (PIL bilinear resize, /255, mean/std; masks >= 128, torch-style nearest resize).
+
+Bit depth (the rule of `lfm_deploy.preprocess`, the same for files, PIL images and arrays):
+8-bit pixels are used as they are; 16-bit ones (uint16 arrays, 16-bit grayscale PNG/TIFF, PIL
+I;16) are scaled by their full range, round(v * 255 / 65535); float (PIL F) and 32-bit integer
+(PIL I) pixels are refused with an `InputError` saying how to convert them. Support masks are
+decoded the same way and are foreground where the 8-bit value >= 128; {0, 1} arrays are used as
+they are. A support mask that is accepted but looks wrong (values other than black and white, a
+colour image, a photograph) is logged as a warning; an empty one is refused with the reason.
 """
 
 from __future__ import annotations
@@ -13,10 +21,17 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from ..errors import InputError, ManifestError
-from ..preprocess import ImageLike, binarize_mask, normalize_image, resize_mask_nearest, to_pil_rgb
+from ..preprocess import (
+    ImageLike,
+    decode_mask,
+    empty_mask_hint,
+    mask_warnings,
+    normalize_image,
+    resize_mask_nearest,
+    to_pil_rgb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +102,8 @@ class Preprocessing:
             (float32 (3, S, S) normalised image, (height, width) of the original).
 
         Raises:
-            InputError: unreadable file, wrong type/shape/dtype, NaN/Inf, zero or oversized image.
+            InputError: a missing or unreadable file, a directory, a wrong type/shape/dtype,
+                float or 32-bit pixels, NaN/Inf, a zero or oversized image.
         """
         pil = to_pil_rgb(image, what)
         arr = normalize_image(pil, self.size, self.mean, self.std, what)
@@ -96,14 +112,18 @@ class Preprocessing:
     def support(self, image: ImageLike, mask: ImageLike, index: int, allow_empty: bool) -> tuple[np.ndarray, np.ndarray]:
         """One support pair at model size: (float32 (3,S,S) image, float32 (S,S) {0,1} mask).
 
+        A mask that is accepted but looks wrong (see `preprocess.mask_warnings`) is logged as a
+        warning.
+
         Raises:
             InputError: a bad image or mask, a mask whose size differs from its image, a
-                non-binary mask, or an empty mask (unless `allow_empty`).
+                non-binary float mask, or an empty mask (unless `allow_empty`).
         """
         img_what = describe(image, index, "support image")
         mask_what = describe(mask, index, "support mask")
         arr, (h, w) = self.image(image, img_what)
-        binary = binarize_mask(mask, mask_what)
+        decoded = decode_mask(mask, mask_what)
+        binary = decoded.binary
         if binary.shape != (h, w):
             raise InputError(
                 f"{mask_what} is {binary.shape[1]}x{binary.shape[0]} but its image is {w}x{h}; "
@@ -111,31 +131,17 @@ class Preprocessing:
             )
         small = resize_mask_nearest(binary, self.size)
         if not small.any():
-            hint = _empty_hint(mask, binary)
+            # The common causes: labels or a 0/1 file read as 8-bit (>= 128), a tiny object.
+            hint = (" (its foreground vanished when resized; the object is too small)" if binary.any()
+                    else empty_mask_hint(decoded))
             message = (
                 f"{mask_what} has no foreground pixels at the model's {self.size}x{self.size} resolution{hint}; "
                 "HSNet would find nothing to match"
             )
             if not allow_empty:
-                raise InputError(message + "; pass a mask that marks the object, or allow_empty=True to accept it")
-            log.warning("%s (accepted: allow_empty=True)", message)
+                raise InputError(message, api_hint="pass a mask that marks the object, or allow_empty=True to accept it",
+                                 cli_hint="pass a mask that marks the object, or --allow-empty-mask to accept it")
+            log.warning("%s (accepted: allow_empty)", message)
+        for note in mask_warnings(decoded, mask_what):
+            log.warning("%s", note)
         return arr, small.astype(np.float32)
-
-
-def _empty_hint(mask, binary: np.ndarray) -> str:
-    """Explain the common cause of an empty mask: a 0/1 image file read as 8-bit (>= 128)."""
-    if binary.any():
-        return " (its foreground vanished when resized; the object is too small)"
-    raw = None
-    try:
-        if isinstance(mask, (str, os.PathLike)):
-            with Image.open(mask) as img:
-                raw = np.asarray(img.convert("L"))
-        elif isinstance(mask, Image.Image):
-            raw = np.asarray(mask.convert("L"))
-    except OSError:
-        return ""
-    if raw is not None and 0 < int(raw.max()) < 128:
-        return (f" (its largest value is {int(raw.max())}: 8-bit masks are foreground where >= 128, "
-                "so save it as 0/255 or pass a {0, 1} array)")
-    return ""

@@ -1,8 +1,9 @@
 """Execution providers: short names -> onnxruntime EP names, and the "did we get them" check.
 
-onnxruntime silently drops a requested execution provider it cannot load (DEPLOY.md:
-"check `session.get_providers()` after creating it"), so every session is checked after
-creation and a missing accelerator is an error unless the caller allows the CPU fallback.
+onnxruntime silently drops a requested execution provider it cannot load (only
+`session.get_providers()` tells; docs/tensorrt.md, "onnxruntime execution providers"), so every
+session is checked after creation and a missing accelerator is an error unless the caller allows
+the CPU fallback.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def available_providers() -> list[str]:
 
 def _canonical(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise InputError(f"execution provider {name!r} is not a name; use e.g. 'cpu', 'cuda' or 'tensorrt'")
+        raise InputError(f"execution provider {name!r} is not a name", api_hint="use e.g. 'cpu', 'cuda' or 'tensorrt'",
+                         cli_hint="pass e.g. --providers cpu, --providers cuda or --providers tensorrt")
     key = name.strip()
     alias = PROVIDER_ALIASES.get(key.lower())
     if alias is not None:
@@ -60,9 +62,11 @@ def _canonical(name: str) -> str:
     for full in known:
         if full.lower() == key.lower() or full.lower() == key.lower() + "executionprovider":
             return full
+    names = ", ".join(sorted(set(PROVIDER_ALIASES)))
     raise InputError(
-        f"unknown execution provider {name!r}; use one of {', '.join(sorted(set(PROVIDER_ALIASES)))} "
-        "or a full onnxruntime name (onnxruntime.get_all_providers())"
+        f"unknown execution provider {name!r}",
+        api_hint=f"use one of {names} or a full onnxruntime name (onnxruntime.get_all_providers())",
+        cli_hint=f"pass --providers with one or more of {names} (comma-separated) or full onnxruntime names",
     )
 
 
@@ -88,7 +92,8 @@ def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> list[tu
     else:
         entries = list(providers)
     if not entries:
-        raise InputError("providers is empty; pass e.g. 'cpu' or ['cuda', 'cpu'] (or None for CPU)")
+        raise InputError("providers is empty", api_hint="pass e.g. 'cpu' or ['cuda', 'cpu'] (or None for CPU)",
+                         cli_hint="pass e.g. --providers cpu or --providers cuda,cpu")
     resolved: list[tuple[str, dict]] = []
     for entry in entries:
         if isinstance(entry, tuple):
@@ -126,10 +131,9 @@ def check_available(resolved: list[tuple[str, dict]], allow_fallback: bool) -> l
             f"(available: {', '.join(sorted(available))})"
         )
         if not allow_fallback:
-            raise BackendUnavailable(
-                message + "; install onnxruntime-gpu (with CUDA/TensorRT libraries) or pass providers='cpu' "
-                "or allow_fallback=True"
-            )
+            install = "install onnxruntime-gpu (with CUDA/TensorRT libraries)"
+            raise BackendUnavailable(message, api_hint=f"{install} or pass providers='cpu' or allow_fallback=True",
+                                     cli_hint=f"{install} or pass --providers cpu or --allow-fallback")
         log.warning("%s; falling back to %s", message, ", ".join(n for n, _ in resolved if n not in missing))
     return [(n, o) for n, o in resolved if n not in missing]
 
@@ -151,8 +155,8 @@ def check_session(session, requested: list[tuple[str, dict]], allow_fallback: bo
             f"{', '.join(active)} ({', '.join(missing)} failed to load)"
         )
         if not allow_fallback:
-            raise BackendUnavailable(
-                message + "; check the CUDA/TensorRT installation or pass allow_fallback=True to accept the CPU"
-            )
+            check = "check the CUDA/TensorRT installation"
+            raise BackendUnavailable(message, api_hint=f"{check} or pass allow_fallback=True to accept the CPU",
+                                     cli_hint=f"{check} or pass --allow-fallback to accept the CPU")
         log.warning("%s; continuing on %s", message, ", ".join(active))
     return active

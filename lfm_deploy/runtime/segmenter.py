@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InputError, ManifestError
 from ..manifest import read_manifest, verify_file
+from ..contract import graph_io
 from ..preprocess import ImageLike, resize_mask_nearest
 from .inputs import Preprocessing, describe
 from .providers import ProviderSpec, check_available, resolve_providers
@@ -34,11 +35,8 @@ from .sessions import SessionConfig, SessionFromOnnx
 
 log = logging.getLogger(__name__)
 
-#: Graph contract (lfm_deploy/export/graphs.py) the runtime relies on.
-ENCODER_INPUTS = ("support_img", "support_mask")
-ENCODER_OUTPUTS = ("support_l2", "support_l3", "support_l4")
-HEAD_INPUTS = ("query_img",) + ENCODER_OUTPUTS
-HEAD_OUTPUTS = ("shot_logits", "mask")
+#: The support features by role (`lfm_deploy.contract`): encoder outputs, head inputs.
+FEATURE_ROLES = ("l2", "l3", "l4")
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -48,7 +46,8 @@ class SupportSet:
     """The encoded support set: read-only features, swapped in as a whole (thread safety).
 
     Attributes:
-        features: {"support_l2": (K,4,512,S/8,S/8), "support_l3": ..., "support_l4": ...}.
+        features: the head's support inputs by tensor name: (K,4,512,S/8,S/8), (K,6,1024,...),
+            (K,3,2048,...) for the roles l2, l3, l4.
         foreground: foreground share of each support mask at model resolution.
     """
 
@@ -97,12 +96,15 @@ class Segmenter:
         self.release_encoder = bool(release_encoder)
         self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory)
         requested = resolve_providers(providers)
-        usable = check_available(requested, allow_fallback)
+        check_available(requested, allow_fallback)  # fail (or warn) before any session exists
         files = {}
         for name in ("encoder", "head"):
             files[name] = self._graph_file(name)
+        #: The graphs' tensors, read from the manifest and addressed by role (the graph contract).
+        self._io = {name: graph_io(manifest, name) for name in files}
         self._loaders = {
-            name: SessionFromOnnx(files[name], usable, requested, self.config, allow_fallback, f"{name} graph")
+            name: SessionFromOnnx(files[name], requested, config=self.config, allow_fallback=allow_fallback,
+                                  what=f"{name} graph")
             for name in files
         }
         self._lock = threading.Lock()
@@ -170,7 +172,8 @@ class Segmenter:
         if name not in graphs:
             raise ManifestError(
                 f"{self.directory} has no {name} graph (graphs: {', '.join(graphs) or 'none'}); the runtime needs the "
-                "encoder/head pair: re-run lfm-export with --split"
+                "encoder/head pair", api_hint="re-export with lfm_deploy.export.pipeline.export_domain(..., split=True)",
+                cli_hint="re-run lfm-export with --split",
             )
         rel = graphs[name].get("file")
         listed = {entry.get("path") for entry in (self._manifest.get("files") or {}).values()}
@@ -204,8 +207,8 @@ class Segmenter:
         if recheck and self._verify:
             self._recheck(name)
         session = self._loaders[name]()
-        expected_in = ENCODER_INPUTS if name == "encoder" else HEAD_INPUTS
-        expected_out = ENCODER_OUTPUTS if name == "encoder" else HEAD_OUTPUTS
+        io = self._io[name]
+        expected_in, expected_out = tuple(io.input_names), tuple(io.output_names)
         got_in = tuple(i.name for i in session.get_inputs())
         got_out = tuple(o.name for o in session.get_outputs())
         if set(got_in) != set(expected_in) or not set(expected_out) <= set(got_out):
@@ -214,14 +217,14 @@ class Segmenter:
                 f"{expected_out}; it is not an lfm-export {name} graph"
             )
         size = self.preprocessing.size
-        img = session.get_inputs()[got_in.index(expected_in[0])]
+        img = session.get_inputs()[got_in.index(io.input("image" if name == "encoder" else "query"))]
         if list(img.shape[-2:]) != [size, size]:
             raise ManifestError(
                 f"{self._loaders[name].path} takes {img.shape[-2:]} images but the manifest says {size}x{size}; "
                 "re-run lfm-export"
             )
         if name == "head":
-            k = session.get_inputs()[got_in.index("support_l2")].shape[0]
+            k = session.get_inputs()[got_in.index(io.input("l2"))].shape[0]
             if isinstance(k, int) and k != self.shots:
                 raise ManifestError(f"the head graph takes {k} shots but the manifest says {self.shots}; re-run lfm-export")
         return session
@@ -283,11 +286,14 @@ class Segmenter:
         """Encode the support set once; later predictions reuse the features.
 
         Args:
-            images: exactly K = manifest["shots"] support images (paths, PIL images or uint8
-                arrays (H, W), (H, W, 3), (H, W, 4)); a single image is accepted when K = 1.
+            images: exactly K = manifest["shots"] support images (paths, PIL images or uint8 /
+                uint16 arrays (H, W), (H, W, 1..4)); a single image is accepted when
+                K = 1. 16-bit pixels are scaled by 255/65535; float and 32-bit pixels are
+                refused (`lfm_deploy.preprocess`).
             masks: one mask per image, at the image's size: 8-bit masks (files, PIL images,
-                uint8 arrays with values above 1) are foreground where >= 128; {0, 1} or bool
-                arrays are used as they are.
+                uint8 arrays with values above 1) are foreground where >= 128, 16-bit ones where
+                >= 32768; {0, 1} or bool arrays are used as they are. An accepted mask that
+                looks wrong (grey levels, colour, a photograph) is logged as a warning.
             allow_empty: accept a mask without foreground (at model resolution). HSNet then
                 correlates against all-zero features and predicts noise, so by default such a
                 mask is refused as the mistake it almost always is; with True it is used and a
@@ -295,29 +301,38 @@ class Segmenter:
 
         Raises:
             InputError: the wrong number of pairs, unreadable or invalid images/masks, a mask
-                whose size differs from its image, a non-binary or empty mask.
+                whose size differs from its image, a non-binary float mask or an empty mask.
         """
         images = _as_list(images)
         masks = _as_list(masks)
         if len(images) != len(masks):
-            raise InputError(f"got {len(images)} support images but {len(masks)} masks; pass one mask per image")
+            raise InputError(f"got {len(images)} support images but {len(masks)} masks",
+                             api_hint="pass one mask per image", cli_hint="pass one --support IMAGE:MASK per pair")
         if len(images) != self.shots:
+            # Re-exporting for the given count is an alternative only for a positive count.
+            if images:
+                api_hint = f"pass exactly {self.shots} (or re-export with export_domain(..., shots={len(images)}))"
+                cli_hint = f"pass exactly {self.shots} --support pairs (or re-run lfm-export with --shots {len(images)})"
+            else:
+                api_hint = f"pass exactly {self.shots}"
+                cli_hint = f"pass exactly {self.shots} --support pairs"
             raise InputError(
                 f"got {len(images)} support pairs but the artifacts in {self.directory} were exported for "
-                f"{self.shots}-shot; pass exactly {self.shots} (or export with --shots {len(images)})"
+                f"{self.shots}-shot", api_hint=api_hint, cli_hint=cli_hint,
             )
         pairs = [self.preprocessing.support(img, mask, i, allow_empty) for i, (img, mask) in enumerate(zip(images, masks))]
         with self._lock:
             encoder = self._encoder if self._encoder is not None else self._load("encoder")
             self._encoder = encoder
             # One shot per run: the rows are independent and this keeps the peak at one image.
-            per_shot = [encoder.run(list(ENCODER_OUTPUTS), {"support_img": img[None], "support_mask": mask[None]})
+            enc, head = self._io["encoder"], self._io["head"]
+            per_shot = [encoder.run([enc.output(r) for r in FEATURE_ROLES], enc.feed(image=img[None], mask=mask[None]))
                         for img, mask in pairs]
             features = {}
-            for i, name in enumerate(ENCODER_OUTPUTS):
+            for i, role in enumerate(FEATURE_ROLES):
                 arr = np.ascontiguousarray(np.concatenate([out[i] for out in per_shot]))
                 arr.setflags(write=False)
-                features[name] = arr
+                features[head.input(role)] = arr
             del per_shot
             foreground = tuple(float(mask.mean()) for _, mask in pairs)
             self._support = SupportSet(features=features, foreground=foreground)
@@ -345,8 +360,8 @@ class Segmenter:
     def _snapshot(self) -> SupportSet:
         support = self._support
         if support is None:
-            raise InputError("no support set: call set_support(images, masks) before predict "
-                             "(lfm-predict: pass --support IMAGE:MASK)")
+            raise InputError("no support set", api_hint="call set_support(images, masks) before predict",
+                             cli_hint="pass --support IMAGE:MASK")
         return support
 
     # ------------------------------------------------------------------ prediction
@@ -355,7 +370,7 @@ class Segmenter:
         """Segment query images against the cached support set.
 
         Args:
-            images: one image (path, PIL image, uint8 array) or a list/tuple of them.
+            images: one image (path, PIL image, uint8 or uint16 array) or a list/tuple of them.
             batch_size: queries per head run (default: the Segmenter's, 8).
             original_size: resize each mask back to its image's size (nearest); False returns
                 the S x S model-resolution mask.
@@ -393,13 +408,13 @@ class Segmenter:
 
     def _run_head(self, head, outputs, batch, support) -> np.ndarray:
         try:
-            return head.run(outputs, {"query_img": batch, **support.features})[0]
+            return head.run(outputs, {self._io["head"].input("query"): batch, **support.features})[0]
         except Exception as exc:  # onnxruntime raises its own (pybind) exception types
             if len(batch) == 1:
                 raise
             # Exports made before the dynamic-batch fix bake batch 1 into Reshape shapes: serve
             # them one query per run instead of failing (and say so once).
-            out = _batch_one_only(head, outputs, batch, support, exc)
+            out = _batch_one_only(head, self._io["head"].input("query"), outputs, batch, support, exc)
             if self._batch_limit > 1:
                 self._batch_limit = 1
                 log.warning("the head graph in %s fails on batches of %d (%s); running one query per run from now "
@@ -414,7 +429,7 @@ class Segmenter:
         batch_size = min(batch_size, self._batch_limit)
         support = self._snapshot()
         head = self._ensure_head()
-        outputs = ["shot_logits"] if proba else ["mask"]
+        outputs = [self._io["head"].output("per_shot" if proba else "mask")]
         results: list[np.ndarray] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
@@ -429,10 +444,10 @@ class Segmenter:
         return results[0] if single else results
 
 
-def _batch_one_only(head, outputs, batch, support, exc) -> np.ndarray:
+def _batch_one_only(head, query: str, outputs, batch, support, exc) -> np.ndarray:
     """Run a batch row by row after a failed batched run; re-raise `exc` if that fails too."""
     try:
-        rows = [head.run(outputs, {"query_img": batch[i:i + 1], **support.features})[0] for i in range(len(batch))]
+        rows = [head.run(outputs, {query: batch[i:i + 1], **support.features})[0] for i in range(len(batch))]
     except Exception:
         raise exc from None
     return np.concatenate(rows)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .providers import check_session
+from .providers import check_available, check_session, resolve_providers
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +66,32 @@ class SessionConfig:
 
 
 class SessionFromOnnx:
-    """Lazy loader: calling it creates an `InferenceSession` on an ONNX file and checks its EPs.
+    """Lazy loader: calling it creates an `InferenceSession` and checks its execution providers.
+
+    The one place a session is created: the runtime, export validation, lfm-verify, the fp16
+    range check and the benchmarks all use it (Polygraphy-style: pass the loader to
+    `polygraphy.backend.onnxrt.OnnxrtRunner`, or call it).
 
     Args:
-        path: the .onnx file (already verified against the manifest).
-        providers: resolved (name, options) pairs (see `providers.resolve_providers`).
-        requested: what the caller asked for, to name it in errors.
-        config: session options.
+        model: the .onnx file (already verified against the manifest), or serialized model bytes.
+        providers: execution providers, best first, as `resolve_providers` takes them (None: CPU).
+        config: session options (default: `SessionConfig()`, or one with `threads`).
+        threads: shorthand for `SessionConfig(threads=threads)` when no `config` is given.
         allow_fallback: accept a session on fewer providers than requested (with a warning).
-        what: name used in log lines and errors ("encoder graph").
+        what: name used in log lines and errors (default: the file name).
     """
 
-    def __init__(self, path: str | os.PathLike, providers, requested, config: SessionConfig,
-                 allow_fallback: bool, what: str):
-        self.path = Path(path)
-        self.providers = providers
-        self.requested = requested
-        self.config = config
+    def __init__(self, model: str | os.PathLike | bytes, providers=None, *, config: SessionConfig | None = None,
+                 threads: int | None = None, allow_fallback: bool = False, what: str | None = None):
+        self.model = model if isinstance(model, bytes) else Path(model)
+        self.requested = resolve_providers(providers)
+        self.config = config if config is not None else SessionConfig(threads=threads)
         self.allow_fallback = allow_fallback
-        self.what = what
+        self.what = what or (self.model.name if isinstance(self.model, Path) else "in-memory graph")
+
+    @property
+    def path(self) -> Path | None:
+        return self.model if isinstance(self.model, Path) else None
 
     def __call__(self):
         """Create the session.
@@ -93,17 +100,20 @@ class SessionFromOnnx:
             the `onnxruntime.InferenceSession`.
 
         Raises:
-            BackendUnavailable: a requested accelerator did not become active.
+            InputError: the graph file does not exist.
+            BackendUnavailable: a requested accelerator is not available or did not become active.
         """
         import onnxruntime as ort
 
+        if isinstance(self.model, Path) and not self.model.is_file():
+            raise InputError(f"graph file {self.model} not found", api_hint="pass the path of an exported .onnx file",
+                             cli_hint="check the artifact directory, or re-run lfm-export")
+        usable = check_available(self.requested, self.allow_fallback)
         t0 = time.perf_counter()
         session = ort.InferenceSession(
-            str(self.path), self.config.session_options(),
-            providers=[name for name, _ in self.providers],
-            provider_options=[options for _, options in self.providers],
+            self.model if isinstance(self.model, bytes) else str(self.model), self.config.session_options(),
+            providers=[name for name, _ in usable], provider_options=[options for _, options in usable],
         )
         active = check_session(session, self.requested, self.allow_fallback, self.what)
-        log.info("loaded %s (%s) on %s in %.2f s", self.what, self.path.name, ", ".join(active),
-                 time.perf_counter() - t0)
+        log.info("loaded %s on %s in %.2f s", self.what, ", ".join(active), time.perf_counter() - t0)
         return session

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from ..errors import OutputError
 
@@ -68,11 +68,67 @@ def _show(path: str | os.PathLike) -> str:
     return text if text else "''"
 
 
-def _flag_text(flag: str | None, path) -> str:
-    return f"{flag} {_show(path)}" if flag else _show(path)
+def _api_name(label: str) -> str:
+    """The API argument behind a command-line option or argument: --data-root -> data_root."""
+    return label.lstrip("-").replace("-", "_").lower()
 
 
-def check_location(path: str | os.PathLike, *, flag: str | None, directory: bool) -> Path:
+class _Where:
+    """How an output is named in messages: `--out x` to a CLI user, `out='x'` to an API caller.
+
+    `arg` is the API argument's name where it differs from the flag's (`report_path` for
+    `--report`); by default it is the flag's (`--out` -> `out`).
+    """
+
+    def __init__(self, flag: str | None, path, arg: str | None = None):
+        self.flag = flag
+        self.arg = arg or (_api_name(flag) if flag else None)
+        self.cli = f"{flag} {_show(path)}" if flag else _show(path)
+        self.api = f"{self.arg}={os.fspath(path)!r}" if self.arg else _show(path)
+
+
+#: The inputs of a command, to keep its outputs off them: {CLI label: path or paths}, e.g.
+#: {"--checkpoint": "best_model.pt", "QUERY": ["queries/"]}; None values are skipped.
+Inputs = Mapping[str, object]
+
+
+def _resolve_inputs(inputs: Inputs | None) -> list[tuple[str, Path]]:
+    resolved = []
+    for label, value in (inputs or {}).items():
+        values = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        for item in values:
+            if item is None or os.fspath(item).strip() == "":
+                continue
+            resolved.append((label, Path(os.path.realpath(os.path.expanduser(os.fspath(item))))))
+    return resolved
+
+
+def _input_error(where: _Where, label: str, detail: str = "") -> OutputError:
+    """Writing here would replace an input of the same command (one the user passed)."""
+    return OutputError(
+        f"{where.api} {detail or 'is'} an input of this call ({_api_name(label)}), which it would replace",
+        api_hint="pass another path",
+        cli_text=f"{where.cli} {detail or 'is'} an input of this command ({label}), which it would replace",
+        cli_hint=f"choose another {where.flag or 'output path'}",
+    )
+
+
+def _refuse_inputs(target: Path, where: _Where, inputs: list[tuple[str, Path]], *, holding: bool = False) -> None:
+    """Refuse an output that is one of the command's inputs (or, `holding`, a folder replaced as a
+    whole that holds one)."""
+    for label, path in inputs:
+        if path == target or (holding and target in path.parents):
+            raise _input_error(where, label, "is" if path == target else f"holds {path}, ")
+
+
+def _error(where: _Where, text: str, *, api_hint: str | None = None, cli_hint: str | None = None) -> OutputError:
+    """An OutputError whose text names the output as the caller does ('{where}' in `text`)."""
+    return OutputError(text.replace("{where}", where.api), api_hint=api_hint, cli_hint=cli_hint,
+                       cli_text=text.replace("{where}", where.cli))
+
+
+def check_location(path: str | os.PathLike, *, flag: str | None, directory: bool, arg: str | None = None,
+                   inputs: Inputs | None = None) -> Path:
     """Check that `path` can be written as a directory (or a file) before any work is done.
 
     The path may not exist yet; then its parents must be creatable. Nothing is left on disk.
@@ -81,49 +137,66 @@ def check_location(path: str | os.PathLike, *, flag: str | None, directory: bool
         path: the output path as the user gave it.
         flag: the option that set it (named in errors), e.g. "--out".
         directory: True for a directory output, False for a file.
+        arg: the API argument that set it, where its name is not the flag's (`report_path`).
+        inputs: the command's inputs ({CLI label: path or paths}); the output may not be one.
 
     Returns:
         the absolute path, with symbolic links resolved.
 
     Raises:
-        OutputError: empty path, a file where a directory is needed (or the reverse), a path
-            inside a file, or a location that cannot be written (permissions, read-only or
-            virtual filesystem).
+        OutputError: empty path, a file where a directory is needed (or the reverse), a file
+            name ending with a slash, a path inside a file or through a dangling symbolic link,
+            one of the command's inputs, or a location that cannot be written (permissions,
+            read-only or virtual filesystem).
     """
-    if os.fspath(path).strip() == "":
-        raise OutputError(f"{flag or 'the output path'} is empty", cli_hint=f"pass a path to {flag}" if flag else None,
-                          api_hint="pass a path")
-    target = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
-    where = _flag_text(flag, path)
+    where = _Where(flag, path, arg)
+    text = os.fspath(path)
+    if text.strip() == "":
+        raise _error(where, "{where} is an empty path", api_hint="pass a path",
+                     cli_hint=f"pass a path to {flag}" if flag else None)
+    if not directory and text.endswith(("/", os.sep)):
+        # 'reports/' means a folder to the user; writing a file named 'reports' is a surprise.
+        raise _error(where, "{where} ends with a slash, which names a directory, but a file is written here",
+                     api_hint="pass a file path", cli_hint=f"pass a file name to {flag or 'it'}")
+    expanded = Path(os.path.expanduser(text))
+    for anc in (expanded, *expanded.parents):
+        # Writing through a dangling link would create its target somewhere the user did not name.
+        if os.path.islink(anc) and not os.path.exists(anc):
+            raise _error(where, f"{{where}} goes through the symbolic link {anc}, whose target "
+                         f"{os.readlink(anc)} does not exist", api_hint="pass the real path or fix the link",
+                         cli_hint=f"pass the real path to {flag or 'it'} or fix the link")
+    target = Path(os.path.realpath(expanded))
+    _refuse_inputs(target, where, _resolve_inputs(inputs))
     # The nearest existing ancestor must be a directory: 'file.txt/out' is inside a file.
     for anc in (target, *target.parents):
         if os.path.lexists(anc):
             if anc != target and not anc.is_dir():
-                raise OutputError(f"{where} is inside {anc}, which is a file, not a directory",
-                                  api_hint="choose a path in a directory", cli_hint=f"choose another {flag or 'path'}")
+                raise _error(where, f"{{where}} is inside {anc}, which is a file, not a directory",
+                             api_hint="choose a path in a directory", cli_hint=f"choose another {flag or 'path'}")
             existing = anc
             break
     else:  # pragma: no cover - '/' always exists
         existing = Path("/")
     if existing == target:
         if directory and not target.is_dir():
-            raise OutputError(f"{where} is a file, not a directory",
-                              api_hint="pass a directory path", cli_hint=f"pass a directory to {flag or 'it'}")
+            what = "a file" if target.is_file() else "a device, pipe or socket"
+            raise _error(where, f"{{where}} is {what}, not a directory",
+                         api_hint="pass a directory path", cli_hint=f"pass a directory to {flag or 'it'}")
         if not directory:
             if target.is_dir():
-                raise OutputError(f"{where} is a directory, not a file",
-                                  api_hint="pass a file path", cli_hint=f"pass a file name to {flag or 'it'}")
+                raise _error(where, "{where} is a directory, not a file",
+                             api_hint="pass a file path", cli_hint=f"pass a file name to {flag or 'it'}")
             if not target.is_file():
-                raise OutputError(f"{where} exists and is not a regular file (a device, pipe or socket)",
-                                  api_hint="pass a file path", cli_hint=f"choose another {flag or 'path'}")
+                raise _error(where, "{where} exists and is not a regular file (a device, pipe or socket)",
+                             api_hint="pass a file path", cli_hint=f"choose another {flag or 'path'}")
     probe_dir = target if (directory and existing == target) else existing
     if existing == target and not directory:
         probe_dir = target.parent
-    _probe_writable(probe_dir, where, flag)
+    _probe_writable(probe_dir, where)
     return target
 
 
-def _probe_writable(directory: Path, where: str, flag: str | None) -> None:
+def _probe_writable(directory: Path, where: _Where) -> None:
     """Create and remove a temporary directory in `directory`: the only sure test of writability
     (root passes os.access on read-only and virtual filesystems)."""
     try:
@@ -132,24 +205,24 @@ def _probe_writable(directory: Path, where: str, flag: str | None) -> None:
         reason = {errno.EROFS: "is on a read-only filesystem", errno.EACCES: "is not writable (permission denied)",
                   errno.EPERM: "is not writable (operation not permitted)",
                   errno.ENOSPC: "has no space left",
-                  errno.ENOENT: "cannot take new files (a virtual filesystem)"}.get(exc.errno, f"cannot be written ({exc.strerror or exc})")
-        shown = where if where.endswith(os.fspath(directory)) else f"{where} ({directory})"
-        raise OutputError(f"{shown} {reason}", api_hint="choose a writable location",
-                          cli_hint=f"choose a writable {flag or 'location'}") from None
+                  errno.ENOENT: "cannot take new files (a virtual filesystem)"}.get(
+                      exc.errno, f"cannot be written ({exc.strerror or exc})")
+        raise _error(where, f"{{where}} ({directory}) {reason}", api_hint="choose a writable location",
+                     cli_hint=f"choose a writable {where.flag or 'location'}") from None
     os.rmdir(probe)
 
 
-def _refuse_cwd(target: Path, where: str, flag: str | None, what: str) -> None:
+def _refuse_cwd(target: Path, where: _Where, what: str) -> None:
     """A directory replaced as a whole may not be the working directory or one holding it."""
     try:
         cwd = Path(os.path.realpath(os.getcwd()))
     except OSError:  # the working directory was removed
         return
     if cwd == target or target in cwd.parents:
-        raise OutputError(
-            f"{where} is the current directory (or holds it), which {what} would replace as a whole",
-            api_hint="pass a directory of its own, e.g. out='artifacts/<name>'",
-            cli_hint=f"pass a directory of its own, e.g. {flag or '--out'} ./artifacts",
+        raise _error(
+            where, f"{{where}} is the current directory (or holds it), which {what} would replace as a whole",
+            api_hint=f"pass a directory of its own, e.g. {where.arg or 'out'}='artifacts/<name>'",
+            cli_hint=f"pass a directory of its own, e.g. {where.flag or '--out'} ./artifacts",
         )
 
 
@@ -204,6 +277,9 @@ def _write_record(directory: Path, kind: str, files: dict) -> None:
 def foreign_files(directory: Path, kind: str, legacy: Callable[[Path], set[str] | None] | None = None) -> list[str] | None:
     """Files in `directory` this tool did not write as an output of `kind`.
 
+    Files in a subdirectory with a record of its own (e.g. `lfm-verify`'s report inside an
+    export) count as the tool's when recorded there and unchanged.
+
     Returns:
         [] when every file is recorded and unchanged (an earlier output of the kind, or an
         empty directory); the user's files otherwise; None when the directory is an output of
@@ -216,15 +292,41 @@ def foreign_files(directory: Path, kind: str, legacy: Callable[[Path], set[str] 
     if record is not None:
         if record["kind"] != kind:
             return None
-        return [rel for rel in present if rel not in record["files"] or not _matches(directory, rel, record["files"][rel])]
-    if legacy is not None:
+        owned = {rel for rel in present if rel in record["files"] and _matches(directory, rel, record["files"][rel])}
+    elif legacy is not None:
         owned = legacy(directory)
-        if owned is not None:
-            return [rel for rel in present if rel not in owned]
-    return None
+        if owned is None:
+            return None
+    else:
+        return None
+    foreign = [rel for rel in present if rel not in owned]
+    return [rel for rel in foreign if not _owned_by_nested_record(directory, rel)]
+
+
+def _owned_by_nested_record(directory: Path, rel: str) -> bool:
+    parts = Path(rel).parts
+    if parts[-1] == RECORD_NAME:
+        return read_record(directory.joinpath(*parts[:-1])) is not None
+    for depth in range(len(parts) - 1, 0, -1):
+        sub = directory.joinpath(*parts[:depth])
+        if sub.is_symlink():
+            return False
+        record = read_record(sub)
+        if record is not None:
+            inner = os.path.join(*parts[depth:])
+            entry = record["files"].get(inner)
+            return entry is not None and _matches(sub, inner, entry)
+    return False
 
 
 # -- atomic writes ------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename (ordinary permissions)."""
+    path = Path(path)
+    _atomic_bytes(path, data)
+    return path
+
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -291,22 +393,29 @@ class ArtifactDir:
         kind: what the directory is, e.g. "lfm-export output" (recorded, and named in errors).
         legacy: optional function(dir) -> set of relative paths this tool wrote, for outputs made
             before records existed (None when the directory is not one).
+        hint_flag: the option named in hints when `flag` is None (the path is derived from it).
+        arg: the API argument that set it, where its name is not the flag's.
+        inputs: the command's inputs ({CLI label: path or paths}): the directory may be none of
+            them, nor hold one.
 
     Raises:
         OutputError: at construction, before any work: see `check_location`; or the target
-            holds files this tool did not write as a `kind`.
+            holds files this tool did not write as a `kind`, or one of the command's inputs.
     """
 
-    def __init__(self, path, *, flag: str | None, kind: str, legacy=None):
-        self.where = _flag_text(flag, path)
-        self.flag = flag
+    def __init__(self, path, *, flag: str | None, kind: str, legacy=None, hint_flag: str | None = None,
+                 arg: str | None = None, inputs: Inputs | None = None):
+        self.where = _Where(flag, path, arg)
+        self.flag = flag or hint_flag
         self.kind = kind
         self.legacy = legacy
-        self.path = check_location(path, flag=flag, directory=True)
-        _refuse_cwd(self.path, self.where, flag, kind)
+        self.path = check_location(path, flag=flag, directory=True, arg=arg)
+        # Replaced as a whole: an input inside would go with it (checked first: the clearer message).
+        _refuse_inputs(self.path, self.where, _resolve_inputs(inputs), holding=True)
+        _refuse_cwd(self.path, self.where, kind)
         if self.path.exists():
             # Swapping in needs the parent writable too.
-            _probe_writable(self.path.parent, self.where, flag)
+            _probe_writable(self.path.parent, self.where)
         self._check_owned()
         self.tmp: Path | None = None
 
@@ -315,13 +424,13 @@ class ArtifactDir:
             return
         foreign = foreign_files(self.path, self.kind, self.legacy)
         if foreign is None:
-            raise OutputError(
-                f"{self.where} already exists and is not an earlier {self.kind}; it is never replaced, "
+            raise _error(
+                self.where, f"{{where}} already exists and is not an earlier {self.kind}; it is never replaced, "
                 "so nothing in it is lost",
                 api_hint="pass a new or empty directory", cli_hint=f"choose another {self.flag or 'output directory'}")
         if foreign:
-            raise OutputError(
-                f"{self.where} is an earlier {self.kind} but also holds files lfm-deploy did not write "
+            raise _error(
+                self.where, f"{{where}} is an earlier {self.kind} but also holds files lfm-deploy did not write "
                 f"({_describe_foreign(foreign)}), which replacing it would delete",
                 api_hint="move them out first or pass another directory",
                 cli_hint=f"move them out first or choose another {self.flag or 'output directory'}")
@@ -332,8 +441,9 @@ class ArtifactDir:
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
             os.chmod(self.tmp, DIR_MODE)
         except OSError as exc:
-            raise OutputError(f"cannot write {self.where} ({exc.strerror or exc})", api_hint="choose a writable location",
-                              cli_hint=f"choose a writable {self.flag or 'location'}") from None
+            raise _error(self.where, f"cannot write {{where}} ({exc.strerror or exc})",
+                         api_hint="choose a writable location",
+                         cli_hint=f"choose a writable {self.flag or 'location'}") from None
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -384,19 +494,31 @@ class OutputDir:
         kind: what is written, e.g. "lfm-predict output".
         overwrite: replace files this tool did not write (the user asked for it).
         overwrite_flag: the option that sets `overwrite`, named in errors (None: there is none).
+        arg: the API argument that set it, where its name is not the flag's.
+        inputs: the command's inputs ({CLI label: path or paths}): the directory may not be one,
+            and no file written may be one (checked by `claim`), even with `overwrite`.
+
+    Raises:
+        OutputError: at construction: see `check_location`; or the directory is an output of
+            another kind (an export, a dataset: adding files would corrupt its record).
     """
 
     def __init__(self, path, *, flag: str | None, kind: str, overwrite: bool = False,
-                 overwrite_flag: str | None = "--overwrite"):
-        self.where = _flag_text(flag, path)
+                 overwrite_flag: str | None = "--overwrite", arg: str | None = None, inputs: Inputs | None = None):
+        self.where = _Where(flag, path, arg)
         self.flag = flag
         self.kind = kind
         self.overwrite = overwrite
         self.overwrite_flag = overwrite_flag
-        self.path = check_location(path, flag=flag, directory=True)
+        self._inputs = _resolve_inputs(inputs)
+        self.path = check_location(path, flag=flag, directory=True, arg=arg, inputs=inputs)
         self._lock = threading.Lock()
         record = read_record(self.path) if self.path.is_dir() else None
-        self._files = dict(record["files"]) if record is not None and record["kind"] == kind else {}
+        if record is not None and record["kind"] != kind:
+            raise _error(self.where, f"{{where}} is an earlier {record['kind']}; writing {kind} files into it "
+                         "would mix them with that output", api_hint="pass a directory of its own",
+                         cli_hint=f"choose another {flag or 'directory'}")
+        self._files = dict(record["files"]) if record is not None else {}
         self._claimed: dict[str, str] = {}
 
     def _ours(self, rel: str) -> bool:
@@ -419,18 +541,22 @@ class OutputDir:
         for rel, src in zip(names, sources):
             rel = os.path.normpath(rel)
             if rel.startswith("..") or os.path.isabs(rel) or rel == RECORD_NAME:
-                raise OutputError(f"output name {rel!r} would leave {self.where}")
+                raise _error(self.where, f"output name {rel!r} would leave {{where}}")
             if rel in self._claimed and self._claimed[rel] != src:
                 raise OutputError(f"{self._claimed[rel]} and {src} would both be written to {self.path / rel}")
             self._claimed[rel] = src
             target = self.path / rel
+            resolved = Path(os.path.realpath(target))
+            for label, path in self._inputs:
+                if path == resolved:
+                    raise _input_error(self.where, label, f"would write {rel} over {path},")
             if os.path.lexists(target) and not self.overwrite and not self._ours(rel):
                 conflicts.append(rel)
         if conflicts:
             hint = (f"choose another {self.flag or 'directory'}" +
                     (f" or pass {self.overwrite_flag} to replace them" if self.overwrite_flag else ""))
-            raise OutputError(
-                f"{self.where} already holds {_describe_foreign(conflicts)}, not written by an earlier "
+            raise _error(
+                self.where, f"{{where}} already holds {_describe_foreign(conflicts)}, not written by an earlier "
                 f"{self.kind}; they are left as they are", cli_hint=hint,
                 api_hint="pass another directory" + (" or overwrite=True" if self.overwrite_flag else ""))
 
@@ -446,6 +572,16 @@ class OutputDir:
             self._files[rel] = _entry(target)
             _write_record(self.path, self.kind, self._files)
         return target
+
+    def adopt(self, rel: str) -> Path:
+        """Record a file a library wrote itself at a name claimed before (e.g. `onnx.save`)."""
+        rel = os.path.normpath(rel)
+        if rel not in self._claimed:
+            raise OutputError(f"{rel} was not claimed in {self.path} before it was written")  # a bug, not the user's
+        with self._lock:
+            self._files[rel] = _entry(self.path / rel)
+            _write_record(self.path, self.kind, self._files)
+        return self.path / rel
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
         return self.write(rel, lambda tmp: tmp.write_bytes(data))
@@ -470,21 +606,28 @@ class OutputFile:
         recognise: function(path) -> bool; default: a JSON file stamped with `kind`.
         overwrite: replace a file this tool did not write (the user asked for it).
         overwrite_flag: the option that sets `overwrite` (named in errors).
+        arg: the API argument that set it, where its name is not the flag's.
+        inputs: the command's inputs ({CLI label: path or paths}): the file may not be one, even
+            with `overwrite`.
+        hint_flag: the option named in hints when `flag` is None (the path is derived from it,
+            as a log file's from `--out`).
 
     Raises:
         OutputError: at construction: see `check_location`, or the file exists and is the user's.
     """
 
     def __init__(self, path, *, flag: str | None, kind: str, recognise: Recogniser | None = None,
-                 overwrite: bool = False, overwrite_flag: str | None = "--overwrite"):
-        self.where = _flag_text(flag, path)
+                 overwrite: bool = False, overwrite_flag: str | None = "--overwrite", arg: str | None = None,
+                 inputs: Inputs | None = None, hint_flag: str | None = None):
+        self.where = _Where(flag, path, arg)
         self.kind = kind
-        self.path = check_location(path, flag=flag, directory=False)
+        self.path = check_location(path, flag=flag, directory=False, arg=arg, inputs=inputs)
         recognise = recognise or json_stamped(kind)
         if self.path.exists() and not overwrite and not recognise(self.path):
-            hint = f"choose another {flag or 'file'}" + (f" or pass {overwrite_flag} to replace it" if overwrite_flag else "")
-            raise OutputError(f"{self.where} already exists and is not an earlier {kind}; it is left as it is",
-                              cli_hint=hint, api_hint="pass another path" + (" or overwrite=True" if overwrite_flag else ""))
+            hint = (f"choose another {flag or hint_flag or 'file'}"
+                    + (f" or pass {overwrite_flag} to replace it" if overwrite_flag else ""))
+            raise _error(self.where, f"{{where}} already exists and is not an earlier {kind}; it is left as it is",
+                         cli_hint=hint, api_hint="pass another path" + (" or overwrite=True" if overwrite_flag else ""))
 
     def write(self, writer: Callable[[Path], None]) -> Path:
         """Write the file through `writer(tmp_path)`, atomically."""
@@ -503,6 +646,49 @@ class OutputFile:
     def write_json(self, data) -> Path:
         """Write JSON stamped with the kind (NaN and infinities become null)."""
         return self.write_bytes(_json_bytes(stamp(data, self.kind)))
+
+
+def check_distinct(*outputs) -> None:
+    """Refuse two outputs of one command at the same path, or one inside a directory that is
+    replaced as a whole (`--overlays r.json --report r.json` would fail after all the work).
+
+    Args:
+        outputs: `ArtifactDir`, `OutputDir` or `OutputFile` objects (None entries are skipped).
+
+    Raises:
+        OutputError: two of them collide; names both as the caller does.
+    """
+    present = [o for o in outputs if o is not None]
+    for i, a in enumerate(present):
+        for b in present[i + 1:]:
+            inside = next((x for x, y in ((a, b), (b, a)) if isinstance(y, ArtifactDir) and y.path in x.path.parents),
+                          None)
+            if a.path != b.path and inside is None:
+                continue
+            relation = "are the same path" if a.path == b.path else "overlap (one is inside the other)"
+            flags = " and ".join(o.where.flag for o in (a, b) if o.where.flag) or "the outputs"
+            raise OutputError(f"{a.where.api} and {b.where.api} {relation}", api_hint="pass separate paths",
+                              cli_text=f"{a.where.cli} and {b.where.cli} {relation}",
+                              cli_hint=f"give {flags} separate paths")
+
+
+def results_dir(prefix: str | os.PathLike, suffixes: Iterable[str], *, overwrite: bool = False,
+                flag: str = "--out") -> tuple[OutputDir, dict[str, str]]:
+    """The output directory of a benchmark writing `<prefix>.json`, `<prefix>.md`, ..., with
+    every name claimed before the benchmark runs.
+
+    Returns:
+        (the `OutputDir`, {suffix: file name}).
+    """
+    prefix = Path(prefix)
+    names = {s: prefix.name + s for s in suffixes}
+    out = OutputDir(prefix.parent, flag=flag, kind=BENCHMARK_KIND, overwrite=overwrite)
+    out.claim(names.values())
+    return out, names
+
+
+#: What the scripts in benchmarks/ write.
+BENCHMARK_KIND = "lfm-deploy benchmark results"
 
 
 # -- stamps -------------------------------------------------------------------------------------
@@ -559,11 +745,14 @@ def safetensors_metadata(path: Path) -> dict | None:
 
 __all__ = [
     "ArtifactDir",
+    "atomic_write_bytes",
+    "results_dir",
     "FILE_MODE",
     "OutputDir",
     "OutputFile",
     "RECORD_NAME",
     "STAMP_KEY",
+    "check_distinct",
     "check_location",
     "foreign_files",
     "json_stamped",

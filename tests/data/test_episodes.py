@@ -22,7 +22,7 @@ from .conftest import MODEL_SIZE
 
 
 def _upstream_class_cycle(dataset, shot, num):
-    """The PATNet draw as described in DATA.md, on the *global* numpy RNG and string paths."""
+    """The PATNet draw as described in docs/data.md ("Episodes"), on the *global* numpy RNG and string paths."""
     np.random.seed(0)
     names = [[str(p.image) for p in pairs] for pairs in dataset.items]
     out = []

@@ -14,13 +14,19 @@ from lfm_deploy.data import (
     write_support_index,
 )
 from lfm_deploy.domains import list_domains
-from lfm_deploy.errors import DataError
+from lfm_deploy.errors import DataError, OutputError
+from lfm_deploy.utils.outputs import RECORD_NAME
 
 from .conftest import IMAGE_SIZE
 
 
+def _names(folder):
+    """The entries of a folder, without the output record."""
+    return sorted(p.name for p in folder.iterdir() if p.name != RECORD_NAME)
+
+
 def _files(root):
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != RECORD_NAME)
 
 
 def _pixels(path):
@@ -38,7 +44,7 @@ def _assert_mask_file(path):
 
 def test_deepglobe_layout(synthetic_root):
     base = synthetic_root / "Deepglobe"
-    assert sorted(p.name for p in base.iterdir()) == ["1", "2", "3", "4", "5", "6"]
+    assert _names(base) == ["1", "2", "3", "4", "5", "6"]
     for cat in "123456":
         images = sorted((base / cat / "test" / "origin").glob("*"))
         masks = sorted((base / cat / "test" / "groundtruth").glob("*"))
@@ -78,11 +84,11 @@ def test_chest_xray_layout_is_grayscale_png(synthetic_root):
 
 def test_fss1000_layout(synthetic_root):
     base = synthetic_root / "FSS-1000"
-    classes = sorted(p.name for p in base.iterdir())
+    classes = _names(base)
     assert len(classes) == 4
     for name in classes:
         expected = sorted([f"{k}.jpg" for k in range(1, 11)] + [f"{k}.png" for k in range(1, 11)])
-        assert sorted(p.name for p in (base / name).iterdir()) == expected
+        assert _names(base / name) == expected
     _assert_mask_file(base / classes[0] / "10.png")
 
 
@@ -126,7 +132,7 @@ def test_domains_get_different_pictures(tmp_path):
 def test_fss1000_class_names_and_counts(tmp_path):
     classes = ["zebra", "apple"]
     base = make_synthetic_dataset("fss1000", tmp_path, per_class=3, size=16, classes=classes)
-    assert sorted(p.name for p in base.iterdir()) == ["apple", "zebra"]
+    assert _names(base) == ["apple", "zebra"]
     assert open_dataset("fss", tmp_path).classes == ["apple", "zebra"]
 
 
@@ -175,3 +181,21 @@ def test_support_index_rejects_outside_paths(tmp_path):
     pairs = make_support_folder(tmp_path / "elsewhere", count=1, size=24)
     with pytest.raises(DataError, match="not under"):
         write_support_index(tmp_path / "set" / "index.csv", pairs)
+
+
+def test_existing_real_data_is_never_overwritten(tmp_path):
+    """A dataset folder that lfm-make-data did not write is refused before anything is written;
+    its own earlier output is replaced whole (same seed: same files)."""
+    real = tmp_path / "Deepglobe" / "1" / "test" / "origin"
+    real.mkdir(parents=True)
+    (real / "100001_sat.jpg").write_bytes(b"a real satellite tile")
+    with pytest.raises(OutputError, match="not an earlier lfm-make-data synthetic dataset"):
+        make_synthetic_dataset("deepglobe", tmp_path, size=IMAGE_SIZE)
+    assert (real / "100001_sat.jpg").read_bytes() == b"a real satellite tile"
+    assert _files(tmp_path) == ["Deepglobe/1/test/origin/100001_sat.jpg"]
+    other = tmp_path / "other"
+    make_synthetic_dataset("deepglobe", other, size=IMAGE_SIZE)
+    first = {f: (other / f).read_bytes() for f in _files(other)}
+    make_synthetic_dataset("deepglobe", other, size=IMAGE_SIZE)
+    assert {f: (other / f).read_bytes() for f in _files(other)} == first
+    assert _names(other) == ["Deepglobe"]  # no temporaries left

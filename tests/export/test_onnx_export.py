@@ -8,7 +8,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from lfm_deploy.export.graphs import TensorSpec
+from lfm_deploy.contract import TensorSpec
 from lfm_deploy.export.onnx_export import export_onnx
 
 

@@ -120,6 +120,27 @@ def test_eval_errors(tmp_path):
     assert shots.exit_code == 2
 
 
+@pytest.mark.parametrize("lr", ["nan", "inf"])
+def test_non_finite_lr_is_a_usage_error(tmp_path, lr):
+    out = tmp_path / "m.safetensors"
+    result = _run(finetune_main, ["--domain", "deepglobe", "--data-root", tmp_path, "--lr", lr, "--out", out])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"Error: Invalid value for '--lr': '{lr}' is not a finite number in the range x>0." in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_diverging_finetune_is_one_line_and_writes_nothing(tmp_path):
+    _run(make_data_main, ["--domain", "deepglobe", "--out", tmp_path / "data", "--per-class", 2, "--size", 16])
+    out = tmp_path / "out" / "m.safetensors"
+    result = _run(finetune_main, ["--domain", "deepglobe", "--data-root", tmp_path / "data", "--iterations", 3,
+                                  "--lr", "1e37", "--out", out, *SMALL])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: fine-tuning diverged: the loss became nan at iteration 2 of 3")
+    assert result.stderr.rstrip().endswith("pass a smaller --lr (e.g. --lr 1e+36)")
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.output
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_finetune_at_the_registry_size(tmp_path):
     """The default path: 400x400 from the registry, one support image (its own support)."""

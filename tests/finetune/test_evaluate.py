@@ -58,7 +58,7 @@ def test_per_domain_report_matches_a_hand_loop(data_root, masker_file, tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["miou"] == pytest.approx(report["miou"]) and saved["episodes"] == 4
 
-    files = sorted((tmp_path / "overlays").iterdir())
+    files = sorted((tmp_path / "overlays").glob("*.png"))
     assert [p.name for p in files] == ["episode_0000_agriculture.png", "episode_0001_urban.png"]
     assert report["overlays"] == [str(p) for p in files]
     with Image.open(files[0]) as image:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import stat
 import subprocess
 import sys
 import warnings
@@ -20,6 +21,7 @@ from PIL import Image
 
 from lfm_deploy.data import EmptyMaskWarning, make_support_folder, make_synthetic_dataset
 from lfm_deploy.errors import DataError
+from lfm_deploy.finetune import trainer
 from lfm_deploy.finetune.trainer import (
     MASKER_PREFIXES,
     CachedSupportForward,
@@ -32,6 +34,7 @@ from lfm_deploy.finetune.trainer import (
     pair_schedule,
 )
 from lfm_deploy.models import build_model, load_masker, read_masker
+from lfm_deploy.utils.outputs import FILE_MODE
 
 SIZE = 96
 
@@ -195,8 +198,49 @@ def test_finetune_masker_argument_checks(model, support):
 def test_diverging_loss_is_a_user_error(model, support):
     images = support.images.copy()
     images[0, 0, 0, 0] = np.nan
-    with pytest.raises(FinetuneError, match="lower the learning rate"):
+    with pytest.raises(FinetuneError, match="the loss became nan at iteration 1 of 2 with learning rate 0.1") as info:
         finetune_masker(model, images, support.masks, iterations=2, lr=0.1, progress=False)
+    assert str(info.value).endswith("pass a smaller lr= (e.g. 0.01)")
+    assert info.value.cli_message().endswith("pass a smaller --lr (e.g. --lr 0.01)")
+
+
+def test_non_finite_weights_are_refused_and_the_masker_put_back(model, support, monkeypatch):
+    # A step that leaves a weight infinite while the loss before it was finite.
+    class Overflowing(torch.optim.SGD):
+        def step(self, closure=None):
+            super().step(closure)
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("inf")  # apm.mask_amplitude
+
+    monkeypatch.setattr(trainer, "_make_optimizer", lambda name, params, lr: Overflowing(params, lr=lr))
+    before, flags = _masker(model), [p.requires_grad for p in model.parameters()]
+    with pytest.raises(FinetuneError, match=r"masker weights became non-finite \(apm.mask_amplitude\) at "
+                                            r"iteration 1 of 3 with learning rate 0.1") as info:
+        finetune_masker(model, support.images, support.masks, iterations=3, lr=0.1, reset=False, progress=False)
+    assert info.value.cli_message().endswith("--lr 0.01)") and str(info.value).endswith("lr= (e.g. 0.01)")
+    after = _masker(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model holds no non-finite weight
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_a_step_beyond_float32_is_a_user_error(model, support):
+    # 3e38 is a float32, but Adam's first step size lr / (1 - 0.9) is not.
+    with pytest.raises(FinetuneError, match="optimizer step overflowed float32.* iteration 1 of 1"):
+        finetune_masker(model, support.images, support.masks, iterations=1, lr=3e38, progress=False)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -1.0])
+def test_lr_must_be_a_finite_positive_number(model, support, lr):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        finetune_masker(model, support.images, support.masks, iterations=1, lr=lr, progress=False)
+
+
+def test_finetune_domain_saves_nothing_when_training_diverges(data_root, tmp_path):
+    out = tmp_path / "out" / "m.safetensors"
+    with pytest.raises(FinetuneError, match="the loss became nan at iteration 2 of 3"):
+        finetune_domain("deepglobe", data_root=data_root, iterations=3, lr=1e37, out=out, image_size=SIZE,
+                        progress=False)
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,6 +291,7 @@ def test_finetune_domain_writes_a_loadable_masker_and_a_log(data_root, tmp_path)
     assert result.log_path == log_path_for(out) == tmp_path / "out" / "masker-deepglobe.finetune.json"
     written = sorted(p.name for p in out.parent.iterdir())
     assert written == ["masker-deepglobe.finetune.json", "masker-deepglobe.safetensors"]  # no .partial left
+    assert stat.S_IMODE(out.stat().st_mode) == FILE_MODE  # ordinary permissions, not safetensors' 0600
 
     tensors, meta = read_masker(out)
     assert set(tensors) == {

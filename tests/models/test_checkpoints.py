@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import stat
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from lfm_deploy.errors import CheckpointError
 from lfm_deploy.models import LFMHSNet, build_model, load_checkpoint, load_masker, read_masker, save_masker
 from lfm_deploy.models.backbone import ResNet50
+from lfm_deploy.utils.outputs import FILE_MODE
 
 
 def _hsnet_state(seed=7):
@@ -91,6 +93,7 @@ def test_masker_round_trip_with_metadata(tmp_path, upstream_ckpt):
         model.acpa.phase_attn[2].weight.normal_()
     path = save_masker(model, tmp_path / "masker-deepglobe.safetensors", domain="deepglobe", weights=info, extra={"loss": [1.0, 0.5]})
     assert path.stat().st_size < 6_000_000 and not list(tmp_path.glob("*.partial"))
+    assert stat.S_IMODE(path.stat().st_mode) == FILE_MODE  # 0644 less umask, not safetensors' 0600
     tensors, meta = read_masker(path)
     assert set(tensors) == {"apm.mask_amplitude", "apm.mask_phase", "acpa.phase_attn.0.weight", "acpa.phase_attn.2.weight"}
     assert meta["domain"] == "deepglobe" and meta["apm"] == "m" and meta["acpa"] == "true"
@@ -218,8 +221,9 @@ def test_masker_file_passed_as_checkpoint_and_vice_versa(tmp_path, upstream_ckpt
 def test_masker_variant_mismatch(tmp_path):
     model, info = build_model(apm="s", acpa=True)
     path = save_masker(model, tmp_path / "m.safetensors", domain="isic", weights=info)
-    with pytest.raises(CheckpointError, match="--apm s --acpa"):
+    with pytest.raises(CheckpointError, match="apm='s', acpa=True") as err:
         build_model(apm="m", acpa=True, masker=path)
+    assert "--apm s --acpa" in err.value.cli_message()
 
 
 def test_default_weights_are_seeded_and_labelled():

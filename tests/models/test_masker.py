@@ -67,7 +67,7 @@ def test_acpa_matches_direct_formulation(dtype):
 
 
 def test_acpa_phase_mean_for_odd_size_is_dc_phase():
-    """For real 13x13 input the mean phase is angle(DC)/169 (MODEL.md)."""
+    """For real 13x13 input the mean phase is angle(DC)/169 (docs/numerics.md, "ACPA without a spectrum")."""
     x = torch.randn(1, 8, 13, 13, dtype=torch.float64)
     x[0, :4] -= 1.0
     pooled = torch.fft.fft2(x).angle().mean((2, 3))

@@ -15,11 +15,11 @@ from lfm_deploy.parity.runners import (  # noqa: E402
     CUDA,
     EagerRunner,
     ModelFromManifest,
-    OrtSession,
     SplitRunner,
     cuda_ep_available,
 )
-from lfm_deploy.parity.verify import parity_episodes  # noqa: E402
+from lfm_deploy.parity.episodes import parity_episodes  # noqa: E402
+from lfm_deploy.runtime.sessions import SessionFromOnnx  # noqa: E402
 from ..conftest import TEST_IMAGE_SIZE  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def test_eager_and_onnxruntime_through_the_comparator(art, feeds):
 
     model, _ = build_model(image_size=TEST_IMAGE_SIZE)  # the defaults the export was made with
     eager = EagerRunner(model, "episode", shots=1, threads=2, name="eager")
-    ort = OnnxrtRunner(OrtSession(art.out_dir / "episode.onnx", threads=2), name="ort")
+    ort = OnnxrtRunner(SessionFromOnnx(art.out_dir / "episode.onnx", threads=2), name="ort")
     with G_LOGGER.verbosity(G_LOGGER.ERROR):
         results = Comparator.run([eager, ort], data_loader=feeds)
         accuracy = Comparator.compare_accuracy(results, compare_func=simple(atol=1e-4, rtol=1e-3))
@@ -68,7 +68,7 @@ def test_model_from_manifest_rebuilds_the_exported_model_in_float64(art, feeds):
         assert list(meta.keys()) == ["query_img", "support_imgs", "support_masks"]
         out = runner.infer(feeds[0])
     assert out["logits"].dtype == np.float64
-    ort = OrtSession(art.out_dir / "episode.onnx", threads=2)()
+    ort = SessionFromOnnx(art.out_dir / "episode.onnx", threads=2)()
     logits = ort.run(["logits"], feeds[0])[0]
     assert np.abs(out["logits"] - logits).max() < 1e-4
 
@@ -85,8 +85,8 @@ def test_eager_runner_leaves_the_callers_model_alone(art, feeds):
 
 def test_split_runner_encodes_the_support_set_once(art, feeds):
     d = art.out_dir
-    split = SplitRunner(OrtSession(d / "encoder.onnx", threads=2), OrtSession(d / "head.onnx", threads=2), shots=1)
-    episode = OrtSession(d / "episode.onnx", threads=2)()
+    split = SplitRunner(SessionFromOnnx(d / "encoder.onnx", threads=2), SessionFromOnnx(d / "head.onnx", threads=2), art.manifest)
+    episode = SessionFromOnnx(d / "episode.onnx", threads=2)()
     feed = feeds[0]
     other_query = dict(feed, query_img=feeds[1]["query_img"])
     with split:
@@ -113,9 +113,9 @@ def test_cuda_session_is_refused_not_silently_cpu(art):
         pytest.skip("this onnxruntime has the CUDA EP")
     assert "onnxruntime-gpu" in why
     with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
-        OrtSession(art.out_dir / "episode.onnx", [CUDA, "CPUExecutionProvider"])()
-    with pytest.raises(BackendUnavailable, match="not found"):
-        OrtSession(art.out_dir / "nothing.onnx")()
+        SessionFromOnnx(art.out_dir / "episode.onnx", [CUDA, "CPUExecutionProvider"])()
+    with pytest.raises(LFMError, match="not found"):
+        SessionFromOnnx(art.out_dir / "nothing.onnx")()
 
 
 @pytest.mark.needs_cuda
@@ -123,8 +123,8 @@ def test_cuda_runner_matches_cpu(art, feeds):
     ok, why = cuda_ep_available()
     if not ok:
         pytest.skip(why)
-    cpu = OnnxrtRunner(OrtSession(art.out_dir / "episode.onnx"), name="cpu")
-    gpu = OnnxrtRunner(OrtSession(art.out_dir / "episode.onnx", [CUDA, "CPUExecutionProvider"]), name="cuda")
+    cpu = OnnxrtRunner(SessionFromOnnx(art.out_dir / "episode.onnx"), name="cpu")
+    gpu = OnnxrtRunner(SessionFromOnnx(art.out_dir / "episode.onnx", [CUDA, "CPUExecutionProvider"]), name="cuda")
     results = Comparator.run([cpu, gpu], data_loader=feeds[:1])
     assert bool(Comparator.compare_accuracy(results, compare_func=simple(atol=1e-3, rtol=1e-3)))
 

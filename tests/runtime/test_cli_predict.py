@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -9,6 +12,7 @@ from PIL import Image
 
 from lfm_deploy.cli.predict import main
 from lfm_deploy.runtime import Segmenter
+from lfm_deploy.utils.outputs import RECORD_NAME
 
 from . import synthetic_queries, synthetic_support
 
@@ -42,7 +46,12 @@ def test_predict_end_to_end(exported, files, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Wrote 3 mask(s) and overlays" in result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{s}_{kind}.png" for s in ("a", "b", "single") for kind in ("mask", "overlay"))
+        [f"{s}_{kind}.png" for s in ("a", "b", "single") for kind in ("mask", "overlay")]
+        + ["results.jsonl", RECORD_NAME])
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(Path(r["input"]).name, Path(r["mask"]).name, r["status"]) for r in rows] == [
+        ("a.png", "a_mask.png", "ok"), ("b.jpg", "b_mask.png", "ok"), ("single.png", "single_mask.png", "ok")]
+    assert rows[0]["width"] == 230 and rows[0]["height"] == 170 and 0 <= rows[0]["foreground"] <= 1
     mask = np.asarray(Image.open(out / "a_mask.png"))
     assert mask.shape == (170, 230) and set(np.unique(mask)) <= {0, 255}
     overlay = Image.open(out / "a_overlay.png")
@@ -61,7 +70,7 @@ def test_five_shot_and_no_overlay(exported, files, tmp_path):
     result = CliRunner().invoke(main, args + [str(files["single"]), "--out", str(tmp_path), "--no-overlay",
                                               "--quiet"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["single_mask.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RECORD_NAME, "results.jsonl", "single_mask.png"])
 
 
 @pytest.mark.parametrize(
@@ -98,7 +107,60 @@ def test_bad_query_file_is_a_clean_error(exported, files, tmp_path):
     bad.write_bytes(b"garbage")
     result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0], str(bad),
                                        "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1 and "Error: cannot read image" in result.output
+    assert result.exit_code == 1 and "Error: 1 of 1 queries could not be read" in result.output
+    assert "not segmented: cannot read image" in result.output and result.output.count("Error:") == 1
+
+
+def test_unreadable_queries_are_listed_and_the_rest_written(exported, files, tmp_path):
+    """The run finishes the readable queries, says exactly which failed, and exits 1."""
+    queries = tmp_path / "q"
+    queries.mkdir()
+    Image.open(files["single"]).save(queries / "a.png")
+    (queries / "b.png").write_bytes(b"not an image")
+    Image.open(files["single"]).save(queries / "c.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0], str(queries),
+                                       "--out", str(out), "--batch-size", "3", "--no-overlay"])
+    assert result.exit_code == 1, result.output
+    assert "Error: 1 of 3 queries could not be read (listed above); the other 2 were written" in result.output
+    assert f"not segmented: cannot read image {queries / 'b.png'}" in result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_mask.png", "c_mask.png"]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"] and rows[1]["mask"] is None
+
+
+def test_queries_sharing_a_stem_get_distinct_outputs(exported, files, tmp_path):
+    queries = tmp_path / "q"
+    queries.mkdir()
+    for name in ("x.jpg", "x.png", "x_1.jpg", "x_jpg.png"):
+        Image.open(files["single"]).convert("RGB").save(queries / name)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0], str(queries),
+                                       "--out", str(out), "--no-overlay", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Wrote 4 mask(s)" in result.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    mapping = {Path(r["input"]).name: Path(r["mask"]).name for r in rows}
+    assert len(set(mapping.values())) == 4, mapping
+    assert mapping["x_1.jpg"] == "x_1_mask.png" and mapping["x_jpg.png"] == "x_jpg_mask.png"
+    assert f"{queries / 'x.jpg'} -> {mapping['x.jpg']}" in result.output
+
+
+def test_output_folder_with_user_files_is_refused_before_work(exported, files, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "single_mask.png").write_bytes(b"the user's own mask")
+    monkeypatch.setattr(Segmenter, "from_artifacts", lambda *a, **k: pytest.fail("model loaded before the check"))
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0],
+                                       str(files["single"]), "--out", str(out)])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: --out {out} already holds single_mask.png")
+    assert "--overwrite" in result.output
+    assert (out / "single_mask.png").read_bytes() == b"the user's own mask"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0],
+                                       str(files["single"]), "--out", str(blocker / "sub")])
+    assert result.exit_code == 1 and "is inside" in result.output and "Traceback" not in result.output
 
 
 def test_empty_query_directory(exported, files, tmp_path):

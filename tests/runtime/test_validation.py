@@ -47,8 +47,11 @@ def test_predict_before_set_support(exported):
 @pytest.mark.parametrize("count", [0, 2])
 def test_wrong_number_of_supports(seg, pair, count):
     img, mask = pair
-    with pytest.raises(InputError, match=r"exported for 1-shot; pass exactly 1"):
+    with pytest.raises(InputError, match=r"exported for 1-shot; pass exactly 1") as exc:
         seg.set_support([img] * count, [mask] * count)
+    # lfm-export refuses --shots 0, so an empty support set is not told to re-export for it.
+    assert ("--shots" in exc.value.cli_message()) == (count > 0)
+    assert seg.has_support  # the refused call left the support set in place
 
 
 def test_five_shot_needs_five(exported, pair):
@@ -172,10 +175,43 @@ def test_bad_options(exported, kwargs, match):
         Segmenter.from_artifacts(exported(shots=1).out_dir, verify=False, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "image",
+    [None, b"\x89PNG\r\n", [np.zeros((40, 40, 3), np.uint8), np.zeros((40, 40, 5), np.uint8)], np.array(3, np.uint8), np.zeros((40, 40), bool),
+     np.zeros((40, 40, 3), np.int64), Image.fromarray(np.zeros((40, 40), np.float32)),
+     Image.fromarray(np.zeros((40, 40), np.int32)), Image.new("La", (40, 40))],
+    ids=["none", "bytes", "list-of-bad-shape", "0-d", "bool", "int64", "pil-F", "pil-I", "pil-La"],
+)
+def test_odd_inputs_raise_input_error(seg, image):
+    with pytest.raises(InputError):
+        seg.predict(image)
+    with pytest.raises(InputError):
+        seg.predict_proba(image)
+
+
+def test_directory_query_and_mask(seg, pair, tmp_path):
+    img, _ = pair
+    with pytest.raises(InputError, match="image path .* is a directory"):
+        seg.predict(tmp_path)
+    with pytest.raises(InputError, match="mask path .* is a directory"):
+        seg.set_support([img], [tmp_path])
+    assert seg.has_support
+
+
+def test_16bit_query_matches_its_8bit_version(seg, tmp_path):
+    query = np.asarray(synthetic_queries(1, 100)[0].convert("L"))
+    path = tmp_path / "query16.png"
+    Image.fromarray(query.astype(np.uint16) * 257).save(path)
+    assert Image.open(path).mode == "I;16"
+    np.testing.assert_array_equal(seg.predict(path), seg.predict(query))
+    np.testing.assert_array_equal(seg.predict((query.astype(np.uint16) * 257).astype(">u2")), seg.predict(query))
+
+
 def test_image_kinds_accepted(seg):
     query = synthetic_queries(1, 100)[0]
     rgba = np.dstack([np.asarray(query), np.full((100, 100), 255, np.uint8)])
     for image in (query.convert("L"), np.asarray(query.convert("L")), rgba, query.convert("P"),
-                  query.convert("LA"), query.convert("1")):
+                  query.convert("LA"), query.convert("1"), query.convert("CMYK"), query.convert("RGBA"),
+                  np.asarray(query)[::-1, ::-1], np.asarray(query).astype(np.uint16) * 257):
         out = seg.predict(image)
         assert out.shape == (100, 100) and out.dtype == np.uint8

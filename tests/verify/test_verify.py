@@ -11,17 +11,8 @@ from click.testing import CliRunner
 pytest.importorskip("polygraphy")
 
 from lfm_deploy.errors import LFMError  # noqa: E402
-from lfm_deploy.parity import (  # noqa: E402
-    BackendResult,
-    OutputComparison,
-    Tolerance,
-    VerifyReport,
-    error_stats,
-    mask_stats,
-    verify_artifacts,
-    write_report,
-)
-from lfm_deploy.parity.report import markdown  # noqa: E402
+from lfm_deploy.parity.compare import OutputCheck, Tolerance, error_stats, mask_stats  # noqa: E402
+from lfm_deploy.verify import BackendResult, VerifyReport, markdown, verify_artifacts, write_report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +22,12 @@ def art(exported):
 
 def _synthetic_report() -> VerifyReport:
     ref = np.linspace(-1, 1, 1000)
-    logits = OutputComparison("logits", "float", error_stats(ref + 1e-6, ref, keep_sample=True),
-                              Tolerance("max_abs", 1e-3), 1e-6, True)
-    bad = OutputComparison("logits", "float", error_stats(ref + 0.1, ref, keep_sample=True),
-                           Tolerance("max_abs", 1e-3), 0.1, False)
-    mask = OutputComparison("mask", "mask", mask_stats(np.ones((1, 4, 4)), np.ones((1, 4, 4))),
-                            Tolerance("agreement", 0.999), 1.0, True)
+    logits = OutputCheck("ort-cpu", "logits", "logits", error_stats(ref + 1e-6, ref, keep_sample=True),
+                         Tolerance("max_abs", 1e-3), 1e-6, True)
+    bad = OutputCheck("trt-fp16", "logits", "logits", error_stats(ref + 0.1, ref, keep_sample=True),
+                      Tolerance("max_abs", 1e-3), 0.1, False)
+    mask = OutputCheck("ort-cpu", "mask", "mask", mask_stats(np.ones((1, 4, 4)), np.zeros((1, 4, 4)) + 1),
+                       Tolerance("agreement", 0.999), 1.0, True)
     backends = [
         BackendResult("eager-fp64", "reference", description="PyTorch float64"),
         BackendResult("ort-cpu", "passed", description="onnxruntime CPU", outputs=[logits, mask], miou=0.5,

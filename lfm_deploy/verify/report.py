@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .verify import VerifyReport
+from ..utils.outputs import OutputDir, stamp
+from .job import VerifyReport
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,22 @@ def markdown(report: VerifyReport) -> str:
     for b in report.backends:
         for o in b.outputs:
             s = o.stats
-            check = f"{o.tolerance.statistic} {o.tolerance.format(o.value)} ({o.tolerance.describe()})"
+            notes = "".join(f"; {n}" for n in o.notes())
+            check = f"{o.tolerance.statistic} {o.tolerance.format(o.value)} ({o.tolerance.describe()}{notes})"
             res = "pass" if o.passed else "**FAIL**"
-            if o.kind == "float":
+            if o.kind in ("logits", "features"):
                 q = s.quantiles
                 lines.append(f"| {b.name} | {o.output} | {_fmt(s.max_abs)} | {_fmt(s.mean_abs)} | {_fmt(s.rel_l2)} | "
                              f"{s.cosine:.9f} | {_fmt(q['p50'])} | {_fmt(q['p90'])} | {_fmt(q['p99'])} | {_fmt(q['p99.9'])} "
                              f"| - | - | {check} | {res} |")
-            elif o.kind == "mask":
+            elif o.kind == "mask" and s is not None:
                 lines.append(f"| {b.name} | {o.output} | - | - | - | - | - | - | - | - | {s.agreement:.6f} "
                              f"({s.flipped} px) | {s.iou:.6f} | {check} | {res} |")
             else:
                 lines.append(f"| {b.name} | {o.output} | missing | | | | | | | | | | | **FAIL** |")
+    if any(o.kind == "mask" and o.stats is not None and o.stats.vacuous for b in report.backends for o in b.outputs):
+        lines += ["", "**The mask checks are vacuous**: the reference predicts a single class on these episodes (the "
+                  "untrained default weights do), so mask agreement says little; the logits checks still hold."]
     lines += ["", "## mIoU against the episodes' ground truth", "",
               "| backend | mIoU | delta vs eager-fp32 | tolerance | result |", "|---|---|---|---|---|"]
     for b in report.backends:
@@ -107,7 +112,7 @@ def plot_errors(report: VerifyReport, path: str | os.PathLike) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    float_outputs = sorted({o.output for b in report.backends for o in b.outputs if o.kind == "float"})
+    float_outputs = sorted({o.output for b in report.backends for o in b.outputs if o.kind in ("logits", "features")})
     panels = len(float_outputs) + (1 if report.layerwise else 0)
     fig = Figure(figsize=(9, 3.6 * max(panels, 1)), layout="constrained")
     FigureCanvasAgg(fig)
@@ -117,7 +122,7 @@ def plot_errors(report: VerifyReport, path: str | os.PathLike) -> Path:
         plotted = False
         for b in report.backends:
             for o in b.outputs:
-                if o.output != out or o.kind != "float" or o.stats.sample is None:
+                if o.output != out or o.kind not in ("logits", "features") or o.stats.sample is None:
                     continue
                 err = o.stats.sample[o.stats.sample > 0]
                 if err.size == 0:
@@ -161,18 +166,31 @@ def plot_errors(report: VerifyReport, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_report(report: VerifyReport, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write verify.json, verify.md and verify.png into `out_dir` (created).
+#: What `write_report` writes (recorded in the report directory).
+REPORT_KIND = "lfm-verify report"
+
+
+def write_report(report: VerifyReport, out_dir: str | os.PathLike | OutputDir) -> dict[str, Path]:
+    """Write verify.json, verify.md and verify.png into `out_dir` (created), each atomically.
+
+    Args:
+        report: the verification report.
+        out_dir: a directory path, or an `OutputDir` already checked by the caller. Files of
+            an earlier report are replaced; other existing files are refused (`OutputError`).
 
     Returns:
         {"json": path, "markdown": path, "png": path}.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / v for k, v in REPORT_FILES.items()}
-    paths["json"].write_text(json.dumps(report.to_dict(), indent=2, default=_json_default) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown(report), encoding="utf-8")
-    plot_errors(report, paths["png"])
+    out = out_dir if isinstance(out_dir, OutputDir) else OutputDir(out_dir, flag=None, kind=REPORT_KIND,
+                                                                     overwrite_flag=None)
+    out.claim(REPORT_FILES.values())
+    data = report.to_dict()
+    paths = {
+        "json": out.write_text(REPORT_FILES["json"], json.dumps(stamp(data, REPORT_KIND), indent=2,
+                                                                default=_json_default) + "\n"),
+        "markdown": out.write_text(REPORT_FILES["markdown"], markdown(report)),
+        "png": out.write(REPORT_FILES["png"], lambda tmp: plot_errors(report, tmp)),
+    }
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
 

@@ -1,7 +1,8 @@
 """fp16 safety: measure activation ranges, then convert a graph to fp16 with fp32 islands.
 
-TensorRT 11 is strongly typed (DEPLOY.md): an fp16 engine is built from an fp16 ONNX graph, so
-the choice of what stays fp32 is made here, on the graph, before any build. Two steps:
+TensorRT 11 is strongly typed (docs/tensorrt.md, "Precision"): an fp16 engine is built from an
+fp16 ONNX graph, so the choice of what stays fp32 is made here, on the graph, before any build.
+Two steps:
 
 1. `tensor_ranges`: run the fp32 graph in onnxruntime on real activations (validation
    episodes) with the peak |x| of every intermediate float tensor exposed as an extra scalar
@@ -34,6 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ExportError
+from ..runtime.sessions import SessionFromOnnx
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ ISLAND_OPS = frozenset({
 #: Scopes (module paths in TorchScript-exported node names) kept fp32 as a whole: the masker
 #: (APM's DFT-as-matmul block with its phase maths, whose DC term is the largest value in it;
 #: ACPA's sign sums) and the support-mask resize, whose ~1.3e-5 interpolation weights matter
-#: (MODEL.md, "Parity pitfalls") and are subnormal in fp16.
+#: (docs/numerics.md, "Support-mask resize") and are subnormal in fp16.
 ISLAND_SCOPES = {
     "masker": re.compile(r"^/(apm|acpa)(_\d+)?(/|$)"),
     "mask resize": re.compile(r"^/mask_resize(_\d+)?(/|$)"),
@@ -255,18 +257,12 @@ def tensor_ranges(
     Raises:
         ExportError: the file is missing, or no feed was given.
     """
-    import onnxruntime as ort
-
     if margin < 1:
         raise ExportError(f"the fp16 safety margin must be >= 1, got {margin}")
     name = str(model_or_path) if not isinstance(model_or_path, onnx.ModelProto) else "<in-memory>"
     model = ensure_node_names(_load(model_or_path))
     probed, probes = _with_abs_max_outputs(model, _elem_types(model))
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(probed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = SessionFromOnnx(probed.SerializeToString(), threads=threads, what=f"range check of {name}")()
     del probed, model
     keys = list(probes)
     peak = dict.fromkeys(keys, 0.0)
@@ -609,35 +605,33 @@ def graph_feeds(artifact_dir: str | os.PathLike, graph: str, episodes: int = 2, 
         ManifestError: unreadable artifact directory.
         ExportError: unknown graph.
     """
+    from ..contract import GRAPHS, graph_io
     from ..domains import get_domain
     from ..manifest import read_manifest
-    from .validate import validation_episode
+    from ..parity.episodes import validation_episode
 
+    if graph not in GRAPHS:
+        raise ExportError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
     manifest = read_manifest(artifact_dir, verify_files=False)
-    if graph not in manifest["graphs"]:
-        raise ExportError(f"{artifact_dir} has no {graph!r} graph (it has: {', '.join(manifest['graphs'])})")
+    io = {g: graph_io(manifest, g) for g in {"episode", graph} | ({"encoder"} if graph == "head" else set())}
+    ep_io = io["episode"]
     dom = get_domain(manifest["domain"])
     feeds = []
     encoder = None
     for i in range(episodes):
         ep = validation_episode(dom, manifest["shots"], batch=1, seed=seed + i, image_size=manifest["image_size"])
+        support = dict(image=ep[ep_io.input("supports")][0], mask=ep[ep_io.input("masks")][0])
         if graph == "episode":
             feeds.append(ep)
         elif graph == "encoder":
-            feeds.append({"support_img": ep["support_imgs"][0], "support_mask": ep["support_masks"][0]})
-        elif graph == "head":
-            if encoder is None:
-                import onnxruntime as ort
-
-                opts = ort.SessionOptions()
-                if threads:
-                    opts.intra_op_num_threads = threads
-                path = Path(artifact_dir) / manifest["graphs"]["encoder"]["file"]
-                encoder = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            l2, l3, l4 = encoder.run(None, {"support_img": ep["support_imgs"][0], "support_mask": ep["support_masks"][0]})
-            feeds.append({"query_img": ep["query_img"], "support_l2": l2, "support_l3": l3, "support_l4": l4})
+            feeds.append(io["encoder"].feed(**support))
         else:
-            raise ExportError(f"unknown graph {graph!r}; choose episode, encoder or head")
+            enc = io["encoder"]
+            if encoder is None:
+                encoder = SessionFromOnnx(Path(artifact_dir) / enc.file, threads=threads, what="encoder graph")()
+            roles = ("l2", "l3", "l4")
+            feats = encoder.run([enc.output(r) for r in roles], enc.feed(**support))
+            feeds.append(io["head"].feed(query=ep[ep_io.input("query")], **dict(zip(roles, feats))))
     return feeds
 
 

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..export.graphs import EpisodeGraph, TensorSpec, _pairs
+from ..contract import TensorSpec, default_io
+from ..models.graphs import EpisodeGraph, pair_with_shots
 from ..models.correlation import multilayer_correlation
 from ..models.hsnet import LAYER4_START, LFMHSNet
 
@@ -75,8 +76,8 @@ class LayerwiseEpisode(nn.Module):
         out["backbone.support"] = _per_shot(torch.stack(sf[LAYER4_START:], dim=1), k)
         # The same order as LFMHSNet.encode_query / encode_support: APM, mask, ACPA.
         if m.apm_variant is not None:
-            qf = m._apply_to_layer4(m.apm, qf)
-            sf = m._apply_to_layer4(m.apm, sf)
+            qf = m.apply_to_layer4(m.apm, qf)
+            sf = m.apply_to_layer4(m.apm, sf)
             out["apm.query"] = torch.stack(qf[LAYER4_START:], dim=1)
             out["apm.support"] = _per_shot(torch.stack(sf[LAYER4_START:], dim=1), k)
         mask = masks.unsqueeze(1).to(sf[0].dtype)
@@ -84,12 +85,12 @@ class LayerwiseEpisode(nn.Module):
             out[f"mask_resize.{name}"] = _per_shot(m.mask_resize(mask, (hw, hw))[:, 0], k)
         sf = m.mask_support_features(sf, masks)
         if m.use_acpa:
-            qf = m._apply_to_layer4(m.acpa, qf)
-            sf = m._apply_to_layer4(m.acpa, sf)
+            qf = m.apply_to_layer4(m.acpa, qf)
+            sf = m.apply_to_layer4(m.acpa, sf)
             out["acpa.query"] = torch.stack(qf[LAYER4_START:], dim=1)
             out["acpa.support"] = _per_shot(torch.stack(sf[LAYER4_START:], dim=1), k)
         # LFMHSNet.head, unrolled: correlation -> learner -> bilinear upsampling.
-        corr = multilayer_correlation(_pairs(qf, k), sf)
+        corr = multilayer_correlation(pair_with_shots(qf, k), sf)
         for name, c in zip(("l4", "l3", "l2"), corr):
             out[f"correlation.{name}"] = _per_shot(c, k)
         learner = m.hpn_learner(corr)
@@ -143,7 +144,8 @@ def export_layerwise_graph(model: LFMHSNet, shots: int, lowering: str, path: str
 
     prepared = prepare_for_export(model, lowering)
     module = LayerwiseEpisode(prepared, shots).eval()
-    args = tuple(torch.from_numpy(np.asarray(example[n])) for n in ("query_img", "support_imgs", "support_masks"))
+    io = default_io("episode", model.image_size, shots)
+    args = tuple(torch.from_numpy(np.asarray(example[io.input(r)])) for r in ("query", "supports", "masks"))
     if lowering == "dft":  # torch.export specialises dims of size 1: give the batch two rows
         args = tuple(a.repeat(2, *([1] * (a.dim() - 1))) for a in args)
     size = model.image_size
@@ -192,7 +194,7 @@ def compare_stages(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray],
     Returns:
         One `StageCheck` per stage present in both.
     """
-    from .compare import error_stats
+    from ..parity.compare import error_stats
 
     checks = []
     for stage in order:

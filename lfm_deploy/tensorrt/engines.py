@@ -1,21 +1,23 @@
-"""TensorRT engines from the exported graphs, with a sidecar that ties each to its build.
+"""TensorRT engines from the exported graphs, built through Polygraphy's loaders, with a sidecar
+that ties each engine to its build.
 
     build_engines("artifacts/deepglobe", precision="fp16", max_batch=8,
                   timing_cache="~/.cache/lfm/trt.cache")
     engine = EngineFromPlan("artifacts/deepglobe/engines/episode.fp16.plan")()  # checked load
 
-Written against the TensorRT Python API directly (imported lazily) rather than through
-Polygraphy's loaders, because the two supported major versions differ exactly where those
-loaders hide the details: TensorRT 11 is always strongly typed and has no `BuilderFlag.FP16`,
-TensorRT 10 has both typing modes (weak typing deprecated since 10.12). So:
+The build composes `polygraphy.backend.trt` loaders (`NetworkFromOnnxPath` -> [`PostprocessNetwork`]
+-> `EngineBytesFromNetwork` with `CreateConfig`), which cover TensorRT 10 and 11; what differs
+between the two majors is decided here, in `plan_build`, before any loader runs:
 
-- **fp32**: the exported graph, TF32 cleared (TensorRT enables it for fp32 matmuls by
-  default, which breaks fp32 parity).
+- **fp32**: the exported graph, TF32 off (TensorRT enables it for fp32 matmuls by default,
+  which breaks fp32 parity; `CreateConfig(tf32=False)` clears it).
 - **fp16, strongly typed** (default, 10.x and 11.x): an fp16 ONNX graph with fp32 islands made
-  by `lfm_deploy.export.fp16` after a range check on real activations; the graph's types are
-  the precision.
-- **fp16, weakly typed** (`typing="weak"`, 10.x only): the fp32 graph with `BuilderFlag.FP16`,
-  the same islands pinned to fp32 with layer precisions and `OBEY_PRECISION_CONSTRAINTS`.
+  by `lfm_deploy.tensorrt.fp16` after a range check on real activations; the graph's types are
+  the precision (`strongly_typed=True`: required on 10.x, accepted and ignored on 11.x, where
+  every network is strongly typed).
+- **fp16, weakly typed** (`typing="weak"`, 10.x only; TensorRT 11 removed `BuilderFlag.FP16`
+  and `OBEY_PRECISION_CONSTRAINTS`): the fp32 graph with `CreateConfig(fp16=True,
+  precision_constraints="obey")`, the same islands pinned to fp32 by a `PostprocessNetwork` step.
 
 Every build has one optimisation profile over the batch dimension (min 1, opt 1, max N), a
 workspace limit, and optionally a persistent timing cache (loaded before, saved after). Next to
@@ -23,23 +25,32 @@ each engine `<graph>.<precision>.plan` lies `<...>.plan.json` with the TensorRT 
 and its compute capability, the precision, the ONNX file's sha256 and the profile: engines only
 load on the TensorRT version and GPU model they were built for (DEPLOY.md), and
 `EngineFromPlan` checks that before TensorRT fails with a version-tag error.
+
+The TensorRT API is called directly in one place only, the island-pinning callback
+(`_pin_islands`: Polygraphy's `SetLayerPrecisions` matches layer names and sets no output
+types). TensorRT and Polygraphy are imported lazily; without them the TensorRT-free parts
+(plans, profiles, sidecars, `--onnx-only` fp16 graphs) still work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
 from ..errors import BackendUnavailable, ExportError, LFMError
-from ..manifest import read_manifest, sha256_file
+from ..manifest import MANIFEST_NAME, read_manifest, sha256_file
+from ..utils.outputs import OutputDir, atomic_write_bytes, check_location
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +58,18 @@ __all__ = [
     "ENGINE_DIR",
     "PRECISIONS",
     "BuildPlan",
+    "EngineBuild",
     "EngineFromPlan",
     "GpuInfo",
     "batch_profile",
     "build_engine",
     "build_engines",
     "check_sidecar",
-    "create_config",
     "engine_path",
     "find_engines",
     "gpu_info",
     "import_tensorrt",
-    "network_flags",
+    "onnx_inputs",
     "plan_build",
     "read_sidecar",
     "sidecar_path",
@@ -69,6 +80,8 @@ ENGINE_DIR = "engines"
 PRECISIONS = ("fp32", "fp16")
 TYPINGS = ("auto", "strong", "weak")
 SIDECAR_SCHEMA = 1
+#: What `build_engines` writes into `<artifact_dir>/engines` (recorded there).
+ENGINE_KIND = "lfm-build-engine output"
 #: TensorRT 11.2 added DFT (cuFFT plugin); earlier versions need the matmul lowering.
 _DFT_SINCE = (11, 2)
 _REBUILD = "rebuild it with `lfm-build-engine ARTIFACT_DIR` on this machine"
@@ -88,10 +101,36 @@ def import_tensorrt():
         import tensorrt  # noqa: PLC0415 (lazy: a multi-GB optional dependency)
     except Exception as exc:  # ImportError, or OSError from missing libnvinfer
         raise BackendUnavailable(
-            f"TensorRT is not available here ({type(exc).__name__}: {exc}); install the `tensorrt` "
-            "package (10.x or 11.x, from NVIDIA's index) on a machine with an NVIDIA GPU"
+            f"TensorRT is not available here ({type(exc).__name__}: {exc})",
+            api_hint="install the `tensorrt` package (10.x or 11.x, from NVIDIA's index) on a machine with an NVIDIA GPU",
         ) from None
     return tensorrt
+
+
+def _polygraphy_trt():
+    """`polygraphy.backend.trt`: the loaders every build and load goes through.
+
+    Importing it does not import TensorRT (Polygraphy imports it lazily on first use). Tests
+    replace this function to put a fake at the Polygraphy boundary.
+
+    Raises:
+        BackendUnavailable: Polygraphy is not installed.
+    """
+    try:
+        from polygraphy.backend import trt as loaders  # noqa: PLC0415 (optional: the export extra)
+    except ImportError as exc:
+        raise BackendUnavailable(f"Polygraphy is not available here ({exc})",
+                                 api_hint="install it with `pip install 'lfm-deploy[export]'`") from None
+    return loaders
+
+
+def _quiet_polygraphy():
+    """Polygraphy prints INFO lines to stdout (among them advice to turn TF32 on, which fp32
+    parity forbids); keep only its warnings and errors (the ONNX parser's among them) unless
+    this module logs at DEBUG (`-vv`)."""
+    from polygraphy.logger import G_LOGGER  # noqa: PLC0415
+
+    return contextlib.nullcontext() if log.isEnabledFor(logging.DEBUG) else G_LOGGER.verbosity(G_LOGGER.WARNING)
 
 
 def trt_version(trt) -> tuple[int, int, int]:
@@ -166,7 +205,7 @@ class BuildPlan:
     Attributes:
         precision: "fp32" or "fp16".
         strongly_typed: create the network with the STRONGLY_TYPED flag (types from the graph).
-        fp16_graph: build from an fp16 ONNX graph with fp32 islands (`lfm_deploy.export.fp16`).
+        fp16_graph: build from an fp16 ONNX graph with fp32 islands (`lfm_deploy.tensorrt.fp16`).
         fp16_flag: set `BuilderFlag.FP16` (weak typing, 10.x only) and pin islands to fp32.
     """
 
@@ -209,18 +248,6 @@ def plan_build(version: Sequence[int], precision: str, typing: str = "auto") -> 
     return BuildPlan(precision, strongly_typed=strong, fp16_graph=fp16 and strong, fp16_flag=fp16 and not strong)
 
 
-def network_flags(trt, plan: BuildPlan) -> int:
-    """Network creation flags: STRONGLY_TYPED when the plan asks for it (ignored by 11.x, where
-    every network is strongly typed; required on 10.x)."""
-    flags = 0
-    if plan.strongly_typed:
-        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        if flag is None:
-            raise BackendUnavailable(f"TensorRT {trt.__version__} has no strongly typed networks; use TensorRT >= 10")
-        flags |= 1 << int(flag)
-    return flags
-
-
 def batch_profile(inputs: Iterable[tuple[str, Sequence[int]]], max_batch: int) -> dict[str, dict[str, list[int]]]:
     """Optimisation-profile shapes for dynamic batch dims: min 1, opt 1, max `max_batch`.
 
@@ -248,41 +275,50 @@ def batch_profile(inputs: Iterable[tuple[str, Sequence[int]]], max_batch: int) -
     return out
 
 
-def create_config(trt, builder, plan: BuildPlan, *, workspace_bytes: int, profile: Mapping[str, Mapping],
-                  timing_cache: bytes | None = None):
-    """An `IBuilderConfig`: workspace limit, TF32 off, FP16 flag (weak fp16 only), profile, cache.
+def onnx_inputs(onnx_path: str | os.PathLike) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of an ONNX graph's inputs as TensorRT's parser will see them (-1: dynamic).
 
-    Args:
-        trt: the tensorrt module.
-        builder: a `trt.Builder`.
-        plan: from `plan_build`.
-        workspace_bytes: workspace memory-pool limit.
-        profile: from `batch_profile`.
-        timing_cache: serialized timing cache to start from (None or b"": empty).
-
-    Returns:
-        The builder config.
+    Read from the file (weights not loaded) so that the profile is known before any TensorRT
+    object exists.
     """
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if hasattr(trt.BuilderFlag, "TF32"):
-        # On by default for fp32 matmuls/convs; fp32 engines must match the fp32 reference.
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if plan.fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    import onnx  # noqa: PLC0415 (export extra)
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {w.name for w in graph.initializer}  # IR < 4 lists initializers as inputs too
+    return [(i.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim))
+            for i in graph.input if i.name not in weights]
+
+
+def _create_config(pg, trt, plan: BuildPlan, *, workspace_bytes: int, profile: Mapping[str, Mapping],
+                   timing_cache: BinaryIO | None):
+    """The `CreateConfig` loader of a build: workspace limit, TF32 off, FP16 + obey precision
+    constraints for weak fp16 only (both removed in TensorRT 11), the batch profile, and the
+    timing cache to start from (an open binary file, or None)."""
+    profiles = None  # static shapes: Polygraphy's default profile (the graph's own shapes)
     if profile:
-        opt = builder.create_optimization_profile()
-        for name, shapes in profile.items():
-            opt.set_shape(name, tuple(shapes["min"]), tuple(shapes["opt"]), tuple(shapes["max"]))
-        config.add_optimization_profile(opt)
-    cache = config.create_timing_cache(timing_cache or b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return config
+        shapes = pg.Profile()
+        for name, dims in profile.items():
+            shapes.add(name, min=tuple(dims["min"]), opt=tuple(dims["opt"]), max=tuple(dims["max"]))
+        profiles = [shapes]
+    return pg.CreateConfig(
+        tf32=False,
+        fp16=plan.fp16_flag,
+        precision_constraints="obey" if plan.fp16_flag else None,
+        profiles=profiles,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_bytes)},
+        load_timing_cache=timing_cache,
+    )
 
 
-def _pin_islands(trt, network, islands: Iterable[str]) -> int:
-    """Weak typing: run the layers of fp32-island ONNX nodes in fp32; returns how many."""
+def _pin_islands(trt, islands: Iterable[str], *, network) -> int:
+    """Weak typing: run the layers of fp32-island ONNX nodes in fp32; returns how many.
+
+    A `PostprocessNetwork` callback. Direct TensorRT API calls (`layer.precision`,
+    `set_output_type`) because Polygraphy's `SetLayerPrecisions` matches layer names only and
+    sets no output types: an ONNX node the parser expands into several layers is found by the
+    `[ONNX Layer: name]` metadata, and an island's outputs must stay fp32 too, or its consumers
+    receive fp16 values that overflow.
+    """
     islands = set(islands)
     pinned = 0
     for i in range(network.num_layers):
@@ -298,6 +334,7 @@ def _pin_islands(trt, network, islands: Iterable[str]) -> int:
             if o.dtype in (trt.float32, trt.float16):
                 layer.set_output_type(j, trt.float32)
         pinned += 1
+    log.info("pinned %d layers to fp32", pinned)
     return pinned
 
 
@@ -371,22 +408,16 @@ class EngineBuild:
     sidecar: dict = field(default_factory=dict)
 
 
-class _Logger:
-    """Lazily created trt.Logger (warnings and errors only)."""
+def _lint_summary(onnx_path: Path, version: Sequence[int], limit: int = 5) -> str:
+    """What `lfm-lint-trt` finds in a graph TensorRT could not parse ("" when nothing)."""
+    from .lint import lint_onnx  # noqa: PLC0415
 
-    _instance = None
-
-    @classmethod
-    def get(cls, trt):
-        if cls._instance is None:
-            cls._instance = trt.Logger(trt.Logger.WARNING)
-        return cls._instance
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        errors = lint_onnx(onnx_path, trt_version=f"{version[0]}.{version[1]}").errors
+    except LFMError:
+        return ""
+    lines = [f"{f.node} ({f.op}): {f.problem}" for f in errors[:limit]]
+    return "; lfm-lint-trt finds: " + " | ".join(lines) if lines else ""
 
 
 def build_engine(
@@ -418,18 +449,22 @@ def build_engine(
         source_onnx: the exported fp32 graph `onnx_path` was derived from (recorded and checked
             on load); default `onnx_path`.
         graph: graph name recorded in the sidecar.
-        trt: the tensorrt module (default: imported; tests pass a fake).
+        trt: the tensorrt module Polygraphy builds with (default: imported; tests pass a
+            stand-in together with fake loaders).
         gpu: the GPU (default: queried from the driver).
 
     Returns:
         `EngineBuild` (path and sidecar dict).
 
     Raises:
-        BackendUnavailable: no TensorRT, no GPU, or a CUDA initialisation failure.
+        BackendUnavailable: no TensorRT, Polygraphy or GPU, or a CUDA initialisation failure.
         ExportError: the ONNX parser or the builder failed.
         LFMError: bad options.
     """
     trt = trt if trt is not None else import_tensorrt()
+    pg = _polygraphy_trt()
+    from polygraphy.exception import PolygraphyException  # noqa: PLC0415
+
     gpu = gpu if gpu is not None else gpu_info()
     version = trt_version(trt)
     plan = plan_build(version, precision, typing)
@@ -438,34 +473,52 @@ def build_engine(
     onnx_path, out = Path(onnx_path), Path(out)
     source = Path(source_onnx) if source_onnx is not None else onnx_path
     t0 = time.perf_counter()
-    try:
-        builder = trt.Builder(_Logger.get(trt))
-    except Exception as exc:  # "CUDA initialization failure" without a usable GPU
-        raise BackendUnavailable(f"TensorRT could not create a builder ({exc}); a working NVIDIA GPU and driver are required") from None
-    network = builder.create_network(network_flags(trt, plan))
-    parser = trt.OnnxParser(network, _Logger.get(trt))
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(f"TensorRT {trt.__version__} could not parse {onnx_path.name}:\n  " + "\n  ".join(errors[:20])
-                          + "\nCheck the graph with `lfm-lint-trt`; engines need the matmul lowering before TensorRT 11.2")
-    inputs = [(network.get_input(i).name, tuple(network.get_input(i).shape)) for i in range(network.num_inputs)]
-    profile = batch_profile(inputs, max_batch)
-    if plan.fp16_flag and islands:
-        log.info("pinned %d layers to fp32", _pin_islands(trt, network, islands))
+    profile = batch_profile(onnx_inputs(onnx_path), max_batch)
     cache_path = Path(timing_cache).expanduser() if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else None
-    config = create_config(trt, builder, plan, workspace_bytes=int(workspace_gb * (1 << 30)), profile=profile,
-                           timing_cache=cache_bytes)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name} (see the TensorRT log above); "
-                          "a larger --workspace-gb or a smaller --max-batch may help")
-    data = bytes(serialized)
+    workspace_bytes = int(workspace_gb * (1 << 30))
+    with contextlib.ExitStack() as files:
+        files.enter_context(_quiet_polygraphy())
+        # Timing cache files are Polygraphy's file-like objects, not paths: for a path it creates
+        # and locks `<cache>.lock` beside the user's file and rewrites the cache in place. It is
+        # read from the user's file and written to a scratch file (Polygraphy fsyncs file-like
+        # targets), then moved into place atomically.
+        cache_in = (files.enter_context(open(cache_path, "rb"))
+                    if cache_path is not None and cache_path.is_file() else None)
+        cache_out = files.enter_context(tempfile.TemporaryFile()) if cache_path is not None else None
+        config = _create_config(pg, trt, plan, workspace_bytes=workspace_bytes, profile=profile, timing_cache=cache_in)
+        # Parsed now rather than inside EngineBytesFromNetwork so that a parse failure (the
+        # graph) and a builder failure (the machine) become different errors; we own the tuple.
+        try:
+            network = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=plan.strongly_typed)()
+        except PolygraphyException as exc:  # Polygraphy has logged the parser's errors above
+            raise ExportError(
+                f"TensorRT {trt.__version__} could not parse {onnx_path.name} ({exc}; the parser's errors are logged "
+                "above)" + _lint_summary(onnx_path, version),
+                api_hint="engines need the matmul lowering before TensorRT 11.2",
+                cli_hint="check the graph with `lfm-lint-trt`; engines need `lfm-export --lowering matmul` before "
+                         "TensorRT 11.2",
+            ) from None
+        except (RuntimeError, TypeError) as exc:  # trt.Builder: "CUDA initialization failure" -> nullptr
+            raise BackendUnavailable(f"TensorRT could not create a builder ({exc})",
+                                     api_hint="a working NVIDIA GPU and driver are required") from None
+        if plan.fp16_flag and islands:
+            network = pg.PostprocessNetwork(network, functools.partial(_pin_islands, trt, tuple(islands)),
+                                            name="pin fp32 islands")
+        try:
+            data = bytes(pg.EngineBytesFromNetwork(network, config=config, save_timing_cache=cache_out)())
+        except PolygraphyException as exc:
+            raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name} ({exc}; see the TensorRT log "
+                              "above)", api_hint="a larger workspace_gb or a smaller max_batch may help",
+                              cli_hint="a larger --workspace-gb or a smaller --max-batch may help") from None
+        new_cache = b""
+        if cache_out is not None:
+            cache_out.seek(0)
+            new_cache = cache_out.read()
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, data)
-    if cache_path is not None:
+    atomic_write_bytes(out, data)
+    if cache_path is not None and new_cache:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(cache_path, new_cache)
     from .. import __version__
 
     sidecar = {
@@ -482,12 +535,12 @@ def build_engine(
         "built_from": {"file": onnx_path.name, "sha256": sha256_file(onnx_path)},
         "profile": profile,
         "max_batch": int(max_batch),
-        "workspace_bytes": int(workspace_gb * (1 << 30)),
+        "workspace_bytes": workspace_bytes,
         "timing_cache": str(cache_path) if cache_path is not None else None,
         "build_seconds": round(time.perf_counter() - t0, 1),
         "created_by": f"lfm-deploy {__version__}",
     }
-    sidecar_path(out).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_bytes(sidecar_path(out), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     log.info("built %s (%s, %s typing, TensorRT %s, %s) in %.0f s", out.name, precision, plan.typing,
              trt.__version__, gpu.name, sidecar["build_seconds"])
     return EngineBuild(out, sidecar)
@@ -505,6 +558,7 @@ def build_engines(
     fp16_margin: float | None = None,
     fp16_episodes: int = 2,
     onnx_only: bool = False,
+    overwrite: bool = False,
     trt: Any = None,
     gpu: GpuInfo | None = None,
 ) -> list[EngineBuild]:
@@ -523,6 +577,8 @@ def build_engines(
         fp16_episodes: validation episodes for the range check.
         onnx_only: fp16 only: write the fp16 graphs and reports, build no engine (no TensorRT
             or GPU needed).
+        overwrite: replace files in `engines/` that lfm-build-engine did not write (otherwise
+            refused before any work).
         trt, gpu: see `build_engine`.
 
     Returns:
@@ -543,6 +599,21 @@ def build_engines(
     unknown = [g for g in names if g not in manifest["graphs"]]
     if unknown:
         raise LFMError(f"{artifact_dir} has no graph {', '.join(unknown)} (it has: {', '.join(manifest['graphs'])})")
+    # Every file this build writes is claimed before any work: nothing of the user's is replaced.
+    engines = OutputDir(artifact_dir / ENGINE_DIR, flag=None, kind=ENGINE_KIND, overwrite=overwrite)
+    claims = []
+    for graph in names:
+        if precision == "fp16":
+            claims += [f"{graph}.fp16.onnx", f"{graph}.fp16.json"]
+        if not onnx_only:
+            plan_file = engine_path(artifact_dir, graph, precision).name
+            claims += [plan_file, sidecar_path(plan_file).name]
+    engines.claim(claims)
+    if timing_cache is not None:
+        # Saved over after the build: never one of the export's own files.
+        check_location(timing_cache, flag="--timing-cache", directory=False,
+                       inputs={"ARTIFACT_DIR": [artifact_dir / MANIFEST_NAME]
+                               + [artifact_dir / g["file"] for g in manifest["graphs"].values()]})
     plan = None
     if not onnx_only:
         trt = trt if trt is not None else import_tensorrt()
@@ -553,7 +624,6 @@ def build_engines(
             raise ExportError(f"{artifact_dir} uses the dft lowering (ONNX DFT), which TensorRT {trt.__version__} cannot "
                               "parse (DFT needs TensorRT >= 11.2); re-export with `lfm-export --lowering matmul`")
     builds = []
-    engines = artifact_dir / ENGINE_DIR
     for graph in names:
         source = artifact_dir / manifest["graphs"][graph]["file"]
         parse, islands = source, ()
@@ -561,17 +631,23 @@ def build_engines(
             from .fp16 import DEFAULT_MARGIN, graph_feeds, prepare_fp16_graph
 
             feeds = graph_feeds(artifact_dir, graph, episodes=fp16_episodes)
-            fp16 = prepare_fp16_graph(source, engines / f"{graph}.fp16.onnx", feeds,
+            fp16 = prepare_fp16_graph(source, engines.path / f"{graph}.fp16.onnx", feeds,
                                       margin=fp16_margin or DEFAULT_MARGIN)
+            engines.adopt(f"{graph}.fp16.onnx")
+            engines.adopt(f"{graph}.fp16.json")
             islands = list(fp16.conversion.islands)
             if onnx_only or plan.fp16_graph:
                 parse = fp16.path
             if onnx_only:
                 log.info("wrote %s (%d fp32 islands)", fp16.path, len(islands))
                 continue
-        builds.append(build_engine(parse, engine_path(artifact_dir, graph, precision), precision=precision,
-                                   workspace_gb=workspace_gb, max_batch=max_batch, timing_cache=timing_cache,
-                                   typing=typing, islands=islands, source_onnx=source, graph=graph, trt=trt, gpu=gpu))
+        build = build_engine(parse, engines.path / engine_path(artifact_dir, graph, precision).name,
+                             precision=precision, workspace_gb=workspace_gb, max_batch=max_batch,
+                             timing_cache=timing_cache, typing=typing, islands=islands, source_onnx=source,
+                             graph=graph, trt=trt, gpu=gpu)
+        engines.adopt(build.engine.name)
+        engines.adopt(sidecar_path(build.engine).name)
+        builds.append(build)
     return builds
 
 
@@ -585,7 +661,8 @@ def find_engines(artifact_dir: str | os.PathLike, precision: str) -> dict[str, P
 
 
 class EngineFromPlan:
-    """Lazy loader: calling it checks the sidecar and deserializes the engine.
+    """Lazy loader: calling it checks the sidecar, then deserializes the engine with Polygraphy's
+    `EngineFromBytes`.
 
     Usable wherever Polygraphy takes an engine loader (`TrtRunner(EngineFromPlan(path))`).
 
@@ -630,8 +707,10 @@ class EngineFromPlan:
             BackendUnavailable: see `check`, or TensorRT refused the plan.
         """
         trt, _ = self.check()
-        runtime = trt.Runtime(_Logger.get(trt))
-        engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if engine is None:
-            raise BackendUnavailable(f"TensorRT {trt.__version__} could not deserialize {self.path.name}; {_REBUILD}")
-        return engine
+        pg = _polygraphy_trt()
+        from polygraphy.exception import PolygraphyException  # noqa: PLC0415
+
+        try:
+            return pg.EngineFromBytes(self.path.read_bytes())()
+        except PolygraphyException:
+            raise BackendUnavailable(f"TensorRT {trt.__version__} could not deserialize {self.path.name}; {_REBUILD}") from None

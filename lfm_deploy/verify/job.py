@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, LFMError
-from .compare import ErrorStats, MaskStats, Tolerance, Tolerances, error_stats, foreground_iou, mask_stats
+from ..parity.compare import OutputCheck, Tolerance, Tolerances, compare_output, decision_margins, foreground_iou
+from ..parity.episodes import parity_episodes
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ __all__ = [
     "DEFAULT_BACKENDS",
     "REFERENCE",
     "BackendResult",
-    "OutputComparison",
     "VerifyReport",
-    "parity_episodes",
     "verify_artifacts",
 ]
 
@@ -47,31 +45,6 @@ _FP16 = {"ort-cpu-fp16", "trt-fp16"}
 
 
 # ----------------------------------------------------------------------------- results
-@dataclass
-class OutputComparison:
-    """One output of one backend against the reference.
-
-    Attributes:
-        output: output name.
-        kind: "float" or "mask".
-        stats: `ErrorStats` (float) or `MaskStats` (mask).
-        tolerance: the `Tolerance` applied.
-        value: the statistic's value.
-        passed: within tolerance (and finite).
-    """
-
-    output: str
-    kind: str
-    stats: ErrorStats | MaskStats
-    tolerance: Tolerance
-    value: float
-    passed: bool
-
-    def to_dict(self) -> dict:
-        return {"output": self.output, "kind": self.kind, "stats": self.stats.to_dict(),
-                "tolerance": asdict(self.tolerance), "value": self.value, "passed": self.passed}
-
-
 @dataclass
 class BackendResult:
     """What happened to one backend.
@@ -92,7 +65,7 @@ class BackendResult:
     status: str
     reason: str = ""
     description: str = ""
-    outputs: list[OutputComparison] = field(default_factory=list)
+    outputs: list[OutputCheck] = field(default_factory=list)
     miou: float | None = None
     miou_delta: float | None = None
     miou_passed: bool | None = None
@@ -157,8 +130,9 @@ class VerifyReport:
                 continue
             lines.append(f"[{'ok' if b.status == 'passed' else 'FAIL'}] {b.name} ({b.description})")
             for o in b.outputs:
+                notes = "".join(f"; {n}" for n in o.notes())
                 lines.append(f"    {o.output}: {o.tolerance.statistic} {o.tolerance.format(o.value)} "
-                             f"({o.tolerance.describe()}) {'ok' if o.passed else 'FAIL'}")
+                             f"({o.tolerance.describe()}{notes}) {'ok' if o.passed else 'FAIL'}")
             if b.miou_delta is not None:
                 lines.append(f"    miou delta vs eager-fp32: {b.miou_delta:+.4f} ({b.miou_tolerance.describe()}) "
                              f"{'ok' if b.miou_passed else 'FAIL'}")
@@ -167,34 +141,6 @@ class VerifyReport:
             lines.append(f"layerwise ({self.layerwise['backend']}): "
                          + (f"first mismatch at {first}" if first else "every stage within tolerance"))
         return lines
-
-
-# ----------------------------------------------------------------------------- episodes
-def parity_episodes(manifest: Mapping, n: int, seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
-    """Seeded episodes in the domain's style, with the query's ground-truth mask.
-
-    Args:
-        manifest: the artifact manifest (domain, shots, image size).
-        n: number of episodes (batch 1 each; seeds seed, seed+1, ...).
-        seed: first seed.
-
-    Returns:
-        (feeds, ground truths): episode-contract feed dicts and (1, S, S) uint8 masks.
-    """
-    from ..data.synthetic import synthetic_pair
-    from ..domains import get_domain
-    from ..export.validate import validation_episode
-    from ..preprocess import prepare_mask
-
-    dom = get_domain(manifest["domain"])
-    size = int(manifest["image_size"])
-    feeds, truths = [], []
-    for i in range(n):
-        feeds.append(validation_episode(dom, int(manifest["shots"]), batch=1, seed=seed + i, image_size=size))
-        # validation_episode draws the query as image 0 of class 0 at size + 37.
-        _, mask = synthetic_pair(size + 37, seed + i, class_index=0, image_index=0, grayscale=dom.color == "grayscale")
-        truths.append(prepare_mask(mask, size).astype(np.uint8)[None])
-    return feeds, truths
 
 
 # ----------------------------------------------------------------------------- backends
@@ -208,7 +154,7 @@ class _Backend:
 
 
 def _trt_backend(artifact_dir: Path, precision: str) -> _Backend:
-    from ..export.engine import EngineFromPlan, find_engines, import_tensorrt
+    from ..tensorrt.engines import EngineFromPlan, find_engines, import_tensorrt
 
     name = f"trt-{precision}"
     try:
@@ -235,7 +181,8 @@ def _trt_backend(artifact_dir: Path, precision: str) -> _Backend:
 
 def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], threads: int | None,
                    fp16_onnx: Path | None, model_loader: Callable[[str], Callable]) -> list[_Backend]:
-    from .runners import CPU, CUDA, EagerRunner, OrtSession, SplitRunner, cuda_ep_available
+    from ..runtime.sessions import SessionFromOnnx
+    from ..parity.runners import CPU, CUDA, EagerRunner, SplitRunner, cuda_ep_available, ort_runner
 
     shots = int(manifest["shots"])
     graphs = manifest["graphs"]
@@ -249,7 +196,7 @@ def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], thr
                                                     threads=threads, name="eager-fp32")))
         elif name == "ort-cpu":
             out.append(_Backend(name, "fp32", f"onnxruntime CPUExecutionProvider, episode graph, {tdesc}",
-                                lambda: _ort_runner(OrtSession(episode, [CPU], threads), "ort-cpu")))
+                                lambda: ort_runner(episode, [CPU], threads=threads, name="ort-cpu")))
         elif name == "ort-cpu-split":
             if "encoder" not in graphs or "head" not in graphs:
                 out.append(_Backend(name, "fp32", "", skip="the export has no encoder/head graphs (exported without "
@@ -257,8 +204,9 @@ def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], thr
                 continue
             enc, head = (artifact_dir / graphs[g]["file"] for g in ("encoder", "head"))
             out.append(_Backend(name, "fp32", f"onnxruntime CPU, encoder -> head (support encoded once), {tdesc}",
-                                lambda: SplitRunner(OrtSession(enc, [CPU], threads), OrtSession(head, [CPU], threads),
-                                                    shots=shots, name="ort-cpu-split")))
+                                lambda: SplitRunner(SessionFromOnnx(enc, [CPU], threads=threads),
+                                                    SessionFromOnnx(head, [CPU], threads=threads), manifest,
+                                                    name="ort-cpu-split")))
         elif name == "ort-cpu-fp16":
             if fp16_onnx is None or not fp16_onnx.is_file():
                 out.append(_Backend(name, "fp16", "", skip=(
@@ -271,14 +219,14 @@ def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], thr
             # arithmetic itself is exercised by trt-fp16.
             out.append(_Backend(name, "fp16", f"onnxruntime CPU, fp16 episode graph with fp32 islands ({path.name}; "
                                 f"ops without CPU fp16 kernels run in fp32), {tdesc}",
-                                lambda: _ort_runner(OrtSession(path, [CPU], threads), "ort-cpu-fp16")))
+                                lambda: ort_runner(path, [CPU], threads=threads, name="ort-cpu-fp16")))
         elif name == "ort-cuda":
             ok, why = cuda_ep_available()
             if not ok:
                 out.append(_Backend(name, "fp32", "", skip=why))
                 continue
             out.append(_Backend(name, "fp32", "onnxruntime CUDAExecutionProvider, episode graph",
-                                lambda: _ort_runner(OrtSession(episode, [CUDA, CPU]), "ort-cuda")))
+                                lambda: ort_runner(episode, [CUDA, CPU], name="ort-cuda")))
         elif name in ("trt-fp32", "trt-fp16"):
             out.append(_trt_backend(artifact_dir, name.split("-")[1]))
         else:
@@ -286,47 +234,19 @@ def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], thr
     return out
 
 
-def _ort_runner(loader, name):
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    return OnnxrtRunner(loader, name=name)
-
-
-def _run(runner, feeds: list[dict]):
-    """Polygraphy's run phase for one runner: {output: [array per episode]}, mean ms."""
-    from polygraphy.comparator import Comparator
-    from polygraphy.logger import G_LOGGER
-
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        results = Comparator.run([runner], data_loader=feeds)
-    iterations = results[runner.name]
-    outputs: dict[str, list] = {}
-    for it in iterations:
-        for k, v in it.items():
-            outputs.setdefault(k, []).append(np.array(v))
-    runtimes = [it.runtime for it in iterations if it.runtime is not None]
-    return outputs, (1e3 * float(np.mean(runtimes)) if runtimes else None)
-
-
-def _compare(name: str, outputs: dict, reference: dict, tol: Tolerances) -> list[OutputComparison]:
-    comparisons = []
+def _compare(name: str, outputs: dict, reference: dict, tol: Tolerances, margins: list | None) -> list[OutputCheck]:
+    """Every reference output of one backend through the one comparison (`compare_output`)."""
+    checks = []
     for out, ref_list in reference.items():
         if out not in outputs:
-            comparisons.append(OutputComparison(out, "missing", MaskStats([], 0.0, 0.0, 0), Tolerance("present", 1), 0.0, False))
+            checks.append(compare_output(name, out, None, None, tol.for_output(out, "logits"), "missing"))
             continue
-        got = np.concatenate(outputs[out])
-        ref = np.concatenate(ref_list)
-        is_mask = not np.issubdtype(ref.dtype, np.floating)
-        t = tol.for_output(out, is_mask)
-        if is_mask:
-            s = mask_stats(got, ref)
-            value = s.value(t.statistic)
-            comparisons.append(OutputComparison(out, "mask", s, t, value, t.passes(value)))
-        else:
-            s = error_stats(got, ref, keep_sample=True)
-            value = s.value(t.statistic)
-            comparisons.append(OutputComparison(out, "float", s, t, value, s.nonfinite == 0 and t.passes(value)))
-    return comparisons
+        got, ref = np.concatenate(outputs[out]), np.concatenate(ref_list)
+        kind = "logits" if np.issubdtype(ref.dtype, np.floating) else "mask"
+        margin = np.concatenate(margins) if kind == "mask" and margins is not None else None
+        checks.append(compare_output(name, out, got, ref, tol.for_output(out, kind), kind, margin=margin,
+                                     tie_margin=tol.tie_margin, keep_sample=True))
+    return checks
 
 
 def _miou(masks: list[np.ndarray], truths: list[np.ndarray]) -> float:
@@ -335,22 +255,10 @@ def _miou(masks: list[np.ndarray], truths: list[np.ndarray]) -> float:
 
 def _environment() -> dict:
     import onnxruntime
-    import polygraphy
-    import torch
 
-    from .. import __version__
+    from ..utils.versions import library_versions, machine
 
-    env = {"lfm_deploy": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
-           "polygraphy": polygraphy.__version__, "numpy": np.__version__, "platform": platform.platform(),
-           "cpu_count": os.cpu_count()}
-    try:
-        from ..export.engine import import_tensorrt
-
-        env["tensorrt"] = import_tensorrt().__version__
-    except BackendUnavailable:
-        env["tensorrt"] = None
-    return env
+    return {**library_versions(), **machine(), "onnxruntime_providers": onnxruntime.get_available_providers()}
 
 
 # ----------------------------------------------------------------------------- main
@@ -391,7 +299,7 @@ def verify_artifacts(
             ONNX side is never affected).
 
     Returns:
-        `VerifyReport` (see `lfm_deploy.parity.report.write_report` for JSON/Markdown/PNG).
+        `VerifyReport` (see `lfm_deploy.verify.report.write_report` for JSON/Markdown/PNG).
 
     Raises:
         ManifestError: not a valid artifact directory.
@@ -399,7 +307,8 @@ def verify_artifacts(
     """
     import tempfile
 
-    from .runners import EagerRunner, ModelFromManifest
+    from ..contract import graph_io
+    from ..parity.runners import EagerRunner, ModelFromManifest, run_feeds
 
     t0 = time.perf_counter()
     artifact_dir = Path(artifact_dir)
@@ -431,8 +340,12 @@ def verify_artifacts(
 
         results: list[BackendResult] = []
         log.info("running the float64 eager reference on %d episode(s)", episodes)
-        reference, ref_ms = _run(EagerRunner(model_loader("float64"), "episode", shots=int(manifest["shots"]),
+        reference, ref_ms = run_feeds(EagerRunner(model_loader("float64"), "episode", shots=int(manifest["shots"]),
                                              dtype="float64", threads=threads, name=REFERENCE), feeds)
+        # The float64 reference's |logit margin| per pixel (K = 1): masks must be identical where it is decisive.
+        episode_io = graph_io(manifest, "episode")
+        margins = ([decision_margins([x]) for x in reference[episode_io.output("logits")]]
+                   if episode_io.has_output("logits") else None)
         ref_result = BackendResult(REFERENCE, "reference", description="PyTorch float64, CPU (reference)", mean_ms=ref_ms)
         ref_result.miou = _miou(reference["mask"], truths)
         results.append(ref_result)
@@ -444,7 +357,7 @@ def verify_artifacts(
                 continue
             log.info("running %s", b.name)
             try:
-                outputs, ms = _run(b.make(), feeds)
+                outputs, ms = run_feeds(b.make(), feeds)
             except BackendUnavailable as exc:
                 results.append(BackendResult(b.name, "skipped", reason=str(exc)))
                 continue
@@ -454,7 +367,7 @@ def verify_artifacts(
                                              description=b.description))
                 continue
             tol = tols["fp16" if b.precision == "fp16" else "fp32"]
-            comparisons = _compare(b.name, outputs, reference, tol)
+            comparisons = _compare(b.name, outputs, reference, tol, margins)
             r = BackendResult(b.name, "passed", description=b.description, outputs=comparisons, mean_ms=ms)
             if "mask" in outputs:
                 r.miou = _miou(outputs["mask"], truths)
@@ -494,7 +407,7 @@ def _fp16_graph(artifact_dir: Path, manifest: dict, fp16_onnx, workdir: Path | N
     if existing.is_file():
         return existing
     if fp16_onnx is True and workdir is not None:
-        from ..export.fp16 import graph_feeds, prepare_fp16_graph
+        from ..tensorrt.fp16 import graph_feeds, prepare_fp16_graph
 
         log.info("making an fp16 episode graph with fp32 islands (range check on 2 episodes)")
         feeds = graph_feeds(artifact_dir, "episode", episodes=2, seed=seed + 1000)
@@ -505,10 +418,8 @@ def _fp16_graph(artifact_dir: Path, manifest: dict, fp16_onnx, workdir: Path | N
 
 def _layerwise(artifact_dir: Path, manifest: dict, feed: dict, model_loader, workdir: Path, threads, rel: float,
                label: str) -> dict:
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
     from .layerwise import LayerwiseEpisode, compare_stages, export_layerwise_graph, first_mismatch
-    from .runners import CPU, EagerRunner, ModelFromManifest, OrtSession
+    from ..parity.runners import CPU, EagerRunner, ModelFromManifest, ort_runner, run_feeds
 
     shots = int(manifest["shots"])
     path = workdir / "layerwise.onnx"
@@ -518,9 +429,9 @@ def _layerwise(artifact_dir: Path, manifest: dict, feed: dict, model_loader, wor
     export_layerwise_graph(clean, shots, manifest["lowering"], path, feed, opset=int(manifest.get("opset", 20)))
     order = LayerwiseEpisode(clean, shots).stage_names()
     del clean
-    ref, _ = _run(EagerRunner(model_loader("float64"), "layerwise", shots=shots, dtype="float64", threads=threads,
+    ref, _ = run_feeds(EagerRunner(model_loader("float64"), LayerwiseEpisode, shots=shots, dtype="float64", threads=threads,
                               name="eager-fp64-layerwise"), [feed])
-    got, _ = _run(OnnxrtRunner(OrtSession(path, [CPU], threads), name=f"{label}-layerwise"), [feed])
+    got, _ = run_feeds(ort_runner(path, [CPU], threads=threads, name=f"{label}-layerwise"), [feed])
     checks = compare_stages({k: np.concatenate(v) for k, v in got.items()}, {k: np.concatenate(v) for k, v in ref.items()},
                             order, rel)
     first = first_mismatch(checks)

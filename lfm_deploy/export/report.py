@@ -1,0 +1,76 @@
+"""The export report: `export_report.json` and the Markdown parity table people read.
+
+Rendered from the manifest and the `OutputCheck`s of the validation (`lfm_deploy.parity`);
+written into the export's temporary directory, which is swapped in whole.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..parity.compare import OutputCheck
+
+REPORT_JSON = "export_report.json"
+REPORT_MD = "export_report.md"
+
+
+def write_reports(directory: Path, manifest: dict, checks: list[OutputCheck], lint: dict, seconds: float) -> None:
+    """Write `export_report.json` and `export_report.md` into `directory`."""
+    report = {
+        "domain": manifest["domain"], "variant": manifest["variant"], "lowering": manifest["lowering"],
+        "opset": manifest["opset"], "shots": manifest["shots"], "untrained": manifest["untrained"],
+        "weights": manifest["weights"], "parity": manifest["parity"],
+        "tensorrt_ready": lint["ok"], "seconds": round(seconds, 1),
+    }
+    (directory / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (directory / REPORT_MD).write_text(markdown(manifest, checks, lint, seconds), encoding="utf-8")
+
+
+def markdown(manifest: dict, checks: list[OutputCheck], lint: dict, seconds: float) -> str:
+    """The Markdown report: settings, one parity row per graph output, what qualifies them."""
+    weights = ("**UNTRAINED default** (seeded; not a trained model)" if manifest["untrained"]
+               else manifest["weights"]["checkpoint"])
+    lines = [
+        f"# lfm-export report: {manifest['domain']}",
+        "",
+        f"- variant: `{manifest['variant']}`, lowering: `{manifest['lowering']}`, opset {manifest['opset']}, "
+        f"{manifest['shots']}-shot, {manifest['image_size']}x{manifest['image_size']}",
+        f"- weights: {weights}",
+        f"- TensorRT 10 lint: {'clean' if lint['ok'] else 'findings (see manifest.json)'}",
+        f"- time: {seconds:.1f} s",
+        "",
+        "## Parity against the eager PyTorch model (onnxruntime CPU)",
+        "",
+        "| graph | output | shape | statistic | value | tolerance | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in checks:
+        notes = c.notes()
+        value = c.tolerance.format(c.value) + (f" ({'; '.join(notes)})" if notes else "")
+        shape = tuple(c.stats.shape) if c.stats is not None else "-"
+        lines.append(f"| {c.graph} | {c.output} | {shape} | {c.tolerance.statistic} | {value} | "
+                     f"{c.tolerance.describe()} | {'pass' if c.passed else '**FAIL**'} |")
+    if not checks:
+        lines.append("| - | - | - | - | - | - | not validated |")
+    if any(c.is_mask and c.stats is not None and c.stats.vacuous for c in checks):
+        lines += ["", "**The mask checks are vacuous**: the eager model predicts a single class on the validation "
+                  "episode (the untrained default weights do), so mask agreement says little; the logits and feature "
+                  "checks still hold. Export a trained checkpoint for a meaningful mask check."]
+    if any(getattr(c.stats, "excluded", None) for c in checks):
+        lines += ["", "Branch-cut channels: APM scales the phase, so a spectrum bin within 1e-5 sum|x| of the "
+                  "negative real axis, whose side float32 rounding upstream decides, comes out near +s*pi in one "
+                  "implementation and -s*pi in another (torch.fft included); those layer4 channels are left out of "
+                  "the feature statistic and their effect is bounded by the logits and mask checks "
+                  "(docs/numerics.md)."]
+    if any(getattr(c.stats, "sign_ties", None) for c in checks):
+        lines += ["", "ACPA sign ties: a channel entering ACPA summed to within rounding of zero, so its sign (and "
+                  "through ACPA's linear layers the whole map) is decided by float32 rounding; the map was compared "
+                  "with the eager ACPA evaluated on the side the export landed on."]
+    sign = manifest["parity"].get("acpa_sign_case")
+    if sign:
+        lines += ["", "ACPA sign case (layer4 channels with a negative sum, whose DC phase is +pi): "
+                  f"{sign['support']['negative_sum']} of {sign['support']['channels']} support channels, "
+                  f"{sign['query']['negative_sum']} of {sign['query']['channels']} query channels "
+                  "in the validation episode."]
+    return "\n".join(lines) + "\n"

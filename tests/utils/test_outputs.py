@@ -1,0 +1,207 @@
+"""The one output-safety mechanism: location checks, ownership by content, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from lfm_deploy.errors import OutputError
+from lfm_deploy.utils.outputs import (FILE_MODE, RECORD_NAME, ArtifactDir, OutputDir, OutputFile, check_location,
+                                      foreign_files, json_stamped, results_dir)
+
+
+def snapshot(root: Path) -> dict:
+    """Every file below `root` with its bytes and mode."""
+    return {str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def blocker(tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("the user's file")
+    return path
+
+
+@pytest.mark.parametrize("directory", [True, False])
+def test_location_inside_a_file_names_the_flag(blocker, directory):
+    with pytest.raises(OutputError) as err:
+        check_location(blocker / "sub" / "out", flag="--out", directory=directory)
+    assert err.value.cli_message().startswith(f"--out {blocker / 'sub' / 'out'} is inside {blocker}")
+    assert str(err.value).startswith(f"out='{blocker / 'sub' / 'out'}' is inside")
+    assert blocker.read_text() == "the user's file"
+
+
+def test_location_kind_mismatch_and_special_files(tmp_path, blocker):
+    with pytest.raises(OutputError, match="is a file, not a directory"):
+        check_location(blocker, flag="--out", directory=True)
+    with pytest.raises(OutputError, match="is a directory, not a file"):
+        check_location(tmp_path, flag="--report", directory=False)
+    with pytest.raises(OutputError, match="not a regular file"):
+        check_location("/dev/null", flag="--report", directory=False)
+    with pytest.raises(OutputError, match="empty path"):
+        check_location("", flag="--out", directory=True)
+
+
+def test_location_on_a_virtual_filesystem_is_refused_before_work():
+    with pytest.raises(OutputError) as err:
+        check_location("/proc/lfm-test/out", flag="--out", directory=True)
+    assert "--out /proc/lfm-test/out" in err.value.cli_message() and "--out" in err.value.cli_hint
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_location_read_only_directory(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(OutputError, match="not writable"):
+        check_location(ro / "out", flag="--out", directory=True)
+
+
+def test_location_check_leaves_nothing_behind(tmp_path):
+    check_location(tmp_path / "new" / "deeper", flag="--out", directory=True)
+    check_location(tmp_path / "x.json", flag="--report", directory=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_artifact_dir_refuses_user_folders_and_keeps_them(tmp_path):
+    user = tmp_path / "mine"
+    (user / "sub").mkdir(parents=True)
+    (user / "sub" / "data.csv").write_text("1,2")
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError, match="not an earlier test output"):
+        ArtifactDir(user, flag="--out", kind="test output")
+    assert snapshot(tmp_path) == before
+
+
+def test_artifact_dir_replaces_only_its_own_earlier_output(tmp_path):
+    out = tmp_path / "out"
+    for content in ("first", "second"):
+        with ArtifactDir(out, flag="--out", kind="test output") as target:
+            (target.tmp / "model.onnx").write_text(content)
+            (target.tmp / "nested").mkdir()
+            (target.tmp / "nested" / "x.txt").write_text(content)
+            target.commit()
+    assert (out / "model.onnx").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporaries left
+    assert stat.S_IMODE((out / "model.onnx").stat().st_mode) == FILE_MODE
+    # The user edits a file of the output: it is theirs now, and the output is not replaced.
+    (out / "model.onnx").write_text("edited by the user")
+    with pytest.raises(OutputError, match="model.onnx"):
+        ArtifactDir(out, flag="--out", kind="test output")
+    # An output of another kind is not replaced either.
+    with pytest.raises(OutputError, match="not an earlier other output"):
+        ArtifactDir(out, flag="--out", kind="other output")
+
+
+def test_artifact_dir_failure_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with ArtifactDir(out, flag="--out", kind="test output") as target:
+            (target.tmp / "half.onnx").write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_artifact_dir_rechecks_at_commit(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OutputError):
+        with ArtifactDir(out, flag="--out", kind="test output") as target:
+            (out / "arrived-meanwhile.txt").write_text("user")
+            (target.tmp / "model.onnx").write_text("x")
+            target.commit()
+    assert (out / "arrived-meanwhile.txt").read_text() == "user"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_artifact_dir_refuses_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path in (".", str(tmp_path), ".."):
+        with pytest.raises(OutputError, match="current directory"):
+            ArtifactDir(path, flag="--out", kind="test output")
+
+
+def test_nested_outputs_count_as_the_tools(tmp_path):
+    out = tmp_path / "out"
+    with ArtifactDir(out, flag="--out", kind="export") as target:
+        (target.tmp / "graph.onnx").write_text("g")
+        target.commit()
+    OutputDir(out / "verify", flag="--out", kind="report").write_text("verify.md", "ok")
+    assert foreign_files(out, "export") == []
+    (out / "verify" / "notes.txt").write_text("user")
+    assert foreign_files(out, "export") == ["verify/notes.txt"]
+
+
+def test_output_dir_claims_before_work(tmp_path):
+    out = tmp_path / "preds"
+    out.mkdir()
+    (out / "x_mask.png").write_bytes(b"the user's mask")
+    target = OutputDir(out, flag="--out", kind="test output")
+    with pytest.raises(OutputError) as err:
+        target.claim(["a_mask.png", "x_mask.png"])
+    assert "x_mask.png" in err.value.cli_message() and "--overwrite" in err.value.cli_message()
+    assert "overwrite=True" in str(err.value)
+    assert (out / "x_mask.png").read_bytes() == b"the user's mask"
+    with pytest.raises(OutputError, match="would both be written"):
+        OutputDir(out, flag="--out", kind="test output").claim(["a.png", "a.png"], ["in/a.jpg", "in/a.png"])
+
+
+def test_output_dir_rewrites_its_own_files_and_overwrite_is_explicit(tmp_path):
+    out = tmp_path / "preds"
+    first = OutputDir(out, flag="--out", kind="test output")
+    first.claim(["a.png"])
+    first.write_bytes("a.png", b"1")
+    second = OutputDir(out, flag="--out", kind="test output")
+    second.claim(["a.png"])  # ours, unchanged: fine
+    second.write_bytes("a.png", b"2")
+    assert (out / "a.png").read_bytes() == b"2"
+    record = json.loads((out / RECORD_NAME).read_text())
+    assert record["kind"] == "test output" and set(record["files"]) == {"a.png"}
+    (out / "b.png").write_bytes(b"user")
+    forced = OutputDir(out, flag="--out", kind="test output", overwrite=True)
+    forced.claim(["b.png"])
+    forced.write_bytes("b.png", b"3")
+    assert (out / "b.png").read_bytes() == b"3"
+
+
+def test_output_file_recognises_its_own_kind_by_content(tmp_path):
+    path = tmp_path / "report.json"
+    OutputFile(path, flag="--report", kind="test report").write_json({"x": float("nan"), "y": 1})
+    data = json.loads(path.read_text())
+    assert data["x"] is None and json_stamped("test report")(path)
+    OutputFile(path, flag="--report", kind="test report").write_json({"y": 2})  # replaces its own
+    other = tmp_path / "notes.json"
+    other.write_text(json.dumps({"mine": True}))
+    with pytest.raises(OutputError, match="not an earlier test report"):
+        OutputFile(other, flag="--report", kind="test report")
+    with pytest.raises(OutputError):  # a report of another kind is not replaced either
+        OutputFile(path, flag="--report", kind="other report")
+    OutputFile(other, flag="--report", kind="test report", overwrite=True).write_json({"z": 1})
+    assert json.loads(other.read_text())["z"] == 1
+    assert stat.S_IMODE(other.stat().st_mode) == FILE_MODE
+
+
+def test_output_file_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "r.json"
+    OutputFile(path, flag="--report", kind="k").write_json({"v": 1})
+    before = path.read_bytes()
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        OutputFile(path, flag="--report", kind="k").write(broken)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_results_dir_claims_every_suffix(tmp_path):
+    (tmp_path / "latency.md").write_text("a user's notes")
+    with pytest.raises(OutputError, match="latency.md"):
+        results_dir(tmp_path / "latency", (".json", ".md", ".png"))
+    out, names = results_dir(tmp_path / "speed", (".json", ".md"))
+    assert names == {".json": "speed.json", ".md": "speed.md"}
