@@ -38,3 +38,7 @@ class ManifestError(LFMError):
 
 class BackendUnavailable(LFMError):
     """A requested backend (CUDA, TensorRT, an execution provider) is not available here."""
+
+
+class ClusterError(LFMError):
+    """A Ray cluster that cannot be started or joined, or Ray missing (the `ray` extra)."""

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 #: Largest accepted input side, in pixels (guards against decompression bombs and typos).
 MAX_IMAGE_SIDE = 16384
@@ -36,6 +36,29 @@ def _open(path: str | os.PathLike) -> Image.Image:
     return img
 
 
+def open_image_bytes(data: bytes | bytearray | memoryview, what: str = "image") -> Image.Image:
+    """Decode an encoded image (PNG, JPEG, ... file contents) held in memory.
+
+    The same decoder and checks as for a file path (`Image.open` + `load`), so an image read
+    from bytes (an HTTP body, an object store) is preprocessed exactly like the file.
+
+    Raises:
+        InputError: empty or undecodable data, or a decompression bomb.
+    """
+    import io
+
+    data = bytes(data)
+    if not data:
+        raise InputError(f"{what} is empty (0 bytes); pass the contents of a PNG/JPEG file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        detail = str(exc).split(" <_io.BytesIO")[0]  # PIL names the buffer object: noise for the user
+        raise InputError(f"cannot read {what} ({len(data)} bytes): {detail}; pass a PNG/JPEG file") from None
+    return img
+
+
 def _check_size(w: int, h: int, what: str) -> None:
     if w == 0 or h == 0:
         raise InputError(f"{what} has zero size ({w}x{h}); pass a non-empty image")
@@ -46,13 +69,15 @@ def _check_size(w: int, h: int, what: str) -> None:
 
 
 def to_pil_rgb(image: ImageLike, what: str = "image") -> Image.Image:
-    """Turn a path, PIL image or uint8 array (H,W), (H,W,3) or (H,W,4) into an RGB PIL image.
+    """Turn a path, encoded bytes, PIL image or uint8 array (H,W), (H,W,3) or (H,W,4) into an RGB PIL image.
 
     Grayscale, palette and RGBA images are converted the way PIL's `convert("RGB")` does, which
     is what the upstream readers do (X-rays are replicated to three channels).
     """
     if isinstance(image, (str, os.PathLike)):
         img = _open(image)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        img = open_image_bytes(image, what)
     elif isinstance(image, Image.Image):
         img = image
     elif isinstance(image, np.ndarray):
@@ -74,7 +99,7 @@ def to_pil_rgb(image: ImageLike, what: str = "image") -> Image.Image:
             )
     else:
         raise InputError(
-            f"{what} has type {type(image).__name__}; pass a file path, PIL image or uint8 array"
+            f"{what} has type {type(image).__name__}; pass a file path, encoded bytes, PIL image or uint8 array"
         )
     _check_size(img.width, img.height, what)
     if img.mode != "RGB":
@@ -109,12 +134,14 @@ def binarize_mask(mask: ImageLike, what: str = "mask") -> np.ndarray:
     """
     if isinstance(mask, (str, os.PathLike)):
         mask = _open(mask)
+    elif isinstance(mask, (bytes, bytearray, memoryview)):
+        mask = open_image_bytes(mask, what)
     if isinstance(mask, Image.Image):
         _check_size(mask.width, mask.height, what)
         return (np.asarray(mask.convert("L")) >= 128).astype(np.uint8)
     if not isinstance(mask, np.ndarray):
         raise InputError(
-            f"{what} has type {type(mask).__name__}; pass a file path, PIL image or array"
+            f"{what} has type {type(mask).__name__}; pass a file path, encoded bytes, PIL image or array"
         )
     arr = mask
     if arr.ndim == 3 and arr.shape[2] == 1:

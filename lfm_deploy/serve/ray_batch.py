@@ -1,0 +1,339 @@
+"""Batch segmentation of large collections on Ray Data (`lfm-predict --engine ray`).
+
+The pipeline, streaming (a collection never has to fit in memory):
+
+    inputs (expanded on the driver) -> read tasks (bytes, a read error becomes an error row)
+        -> actor pool of `_SegmentWorker`s (each loads the artifacts and encodes the support
+           set once, then decodes, segments and encodes PNGs per batch)
+        -> the driver writes `<stem>_mask.png` / `<stem>_overlay.png` atomically and one
+           results table, `results.jsonl`.
+
+Masks are the local `lfm-predict`'s, byte for byte: the workers run the runtime's
+`Segmenter`, and the PNGs are encoded the same way (`codec`). The driver writes every file,
+so the output folder only needs to exist on the submitting machine; the inputs and the
+artifact directory must be readable by every node (a shared filesystem, or URIs for inputs).
+
+Resumable: an input whose outputs are all present is skipped (files are renamed into place
+complete, so a present file is a finished one); failed inputs are tried again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .collection import expand_inputs, output_stems, read_bytes
+from .job import Job, predict_isolated, prepare_job, segmenter_for
+
+log = logging.getLogger(__name__)
+
+#: The results table written into the output folder (one JSON object a line).
+RESULTS_NAME = "results.jsonl"
+#: CPUs a read task asks for: small, so that reads run beside the workers on a 2-core machine.
+READ_TASK_CPUS = 0.25
+#: CPUs a worker actor asks for by default (see `segment_collection`).
+DEFAULT_WORKER_CPUS = 0.5
+
+
+@dataclass
+class BatchReport:
+    """What a batch job did.
+
+    Attributes:
+        total: inputs found.
+        succeeded: inputs segmented in this run.
+        skipped: inputs whose outputs were already complete (earlier runs).
+        failed: inputs that could not be segmented (an error row each).
+        out_dir: the output folder.
+        table: the results table's path.
+        rows: the table's rows, in input order.
+    """
+
+    total: int
+    succeeded: int
+    skipped: int
+    failed: int
+    out_dir: Path
+    table: Path
+    rows: list = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when no input failed."""
+        return self.failed == 0
+
+    def errors(self) -> list[dict]:
+        """The error rows."""
+        return [r for r in self.rows if r["status"] == "error"]
+
+
+def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
+                       support_masks: Sequence[str | os.PathLike], inputs: Sequence[str], out_dir: str | os.PathLike,
+                       *, address: str | None = None, workers: int = 1, batch_size: int = 8,
+                       threads: int | None = None, cpus_per_worker: float = DEFAULT_WORKER_CPUS,
+                       providers="cpu", allow_fallback: bool = False, overlay: bool = True,
+                       allow_empty: bool = False, progress: bool = True, verbose: int = 0) -> BatchReport:
+    """Segment a collection of images on a Ray cluster with a fixed support set.
+
+    Args:
+        artifact_dir: an lfm-export directory (readable at this path on every node).
+        support_images, support_masks: the K support pairs (read here, shipped to the workers).
+        inputs: images, folders, globs, list files or URIs (see `collection.expand_inputs`).
+        out_dir: the output folder: `<stem>_mask.png` (0/255, the image's size),
+            `<stem>_overlay.png` with `overlay`, and `results.jsonl`.
+        address: join this Ray cluster; None starts a local one for the job (an already
+            connected cluster is used as it is).
+        workers: actors in the pool (each holds one `Segmenter`, ~0.7 GB at 400 px).
+        batch_size: queries per worker call and head run.
+        threads: onnxruntime threads per worker (default: this machine's CPUs / `workers`).
+        cpus_per_worker: CPUs each actor reserves in Ray's scheduler. Fractional by default: an
+            actor pool asking for whole CPUs can hold every core of a small machine and starve
+            Ray Data's read tasks, stalling the pipeline. On large nodes set it to `threads`.
+        providers, allow_fallback: onnxruntime execution providers, as `Segmenter`.
+        overlay: also write `<stem>_overlay.png`.
+        allow_empty: accept support masks without foreground.
+        progress: show a progress bar.
+        verbose: > 0 forwards the workers' logs.
+
+    Returns:
+        A `BatchReport`; `report.ok` is False when any input failed (an error row each; the job
+        itself goes on).
+
+    Raises:
+        InputError: no inputs, a missing input spec, bad support files or options.
+        LFMError: an unusable output folder (checked before anything is loaded).
+        ManifestError, BackendUnavailable: see `Segmenter.from_artifacts`.
+        ClusterError: Ray missing or the cluster unreachable.
+    """
+    from ._outputs import check_output_dir
+    from .cluster import import_ray
+
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if not cpus_per_worker > 0:
+        raise InputError(f"cpus_per_worker must be positive, got {cpus_per_worker}")
+    out = check_output_dir(out_dir)
+    import_ray()  # a missing extra is said before any input is listed or hashed
+    items = expand_inputs(inputs)
+    if not items:
+        raise InputError(f"no input images found in {', '.join(map(str, inputs))}; pass images, folders, globs or "
+                         "list files")
+    stems = output_stems(items)
+    job = prepare_job(artifact_dir, support_images, support_masks, providers=providers,
+                      allow_fallback=allow_fallback, allow_empty=allow_empty)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / RESULTS_NAME
+    previous = _previous_rows(table)
+    rows: dict[int, dict] = {}
+    todo = []
+    for i, (item, stem) in enumerate(zip(items, stems)):
+        names = _output_names(stem, overlay)
+        if all((out / n).is_file() for n in names.values()):
+            rows[i] = _skipped_row(item, names, out, previous.get(item))
+        else:
+            todo.append(i)
+    skipped = len(rows)
+    if skipped:
+        log.info("%d of %d input(s) already have complete outputs in %s: skipped", skipped, len(items), out)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    try:
+        if todo:
+            _run(job, items, stems, todo, out, rows, address=address, workers=workers, batch_size=batch_size,
+                 threads=threads, cpus_per_worker=cpus_per_worker, providers=providers,
+                 allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty,
+                 progress=progress, verbose=verbose, initial=skipped)
+    finally:
+        # Also when interrupted: the table lists what was done (a re-run resumes from the files).
+        ordered = [rows[i] for i in sorted(rows)]
+        _write_table(table, ordered)
+    failed = sum(r["status"] == "error" for r in ordered)
+    return BatchReport(total=len(items), succeeded=len(ordered) - failed - skipped, skipped=skipped, failed=failed,
+                       out_dir=out, table=table, rows=ordered)
+
+
+def _output_names(stem: str, overlay: bool) -> dict:
+    names = {"mask": f"{stem}_mask.png"}
+    if overlay:
+        names["overlay"] = f"{stem}_overlay.png"
+    return names
+
+
+def _row(item, names, status, *, height=None, width=None, foreground=None, error=None) -> dict:
+    return {"input": item, "output": names["mask"], "overlay": names.get("overlay"), "height": height,
+            "width": width, "foreground": foreground, "status": status, "error": error}
+
+
+def _skipped_row(item: str, names: dict, out: Path, before: dict | None) -> dict:
+    """A skipped input's row: the size and foreground from the previous table (else the PNG header)."""
+    if before and before.get("status") in ("ok", "skipped") and before.get("output") == names["mask"]:
+        return _row(item, names, "skipped", height=before.get("height"), width=before.get("width"),
+                    foreground=before.get("foreground"))
+    from PIL import Image
+
+    try:
+        with Image.open(out / names["mask"]) as img:
+            width, height = img.size
+    except OSError:
+        width = height = None
+    return _row(item, names, "skipped", height=height, width=width)
+
+
+def _previous_rows(table: Path) -> dict:
+    if not table.is_file():
+        return {}
+    rows = {}
+    try:
+        for line in table.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row.get("input")] = row
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; resuming from the output files alone", table)
+        return {}
+    return rows
+
+
+def _write_table(table: Path, rows: list[dict]) -> None:
+    from ._outputs import write_atomic
+
+    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows)
+    write_atomic(table, text.encode("utf-8"))
+
+
+def _run(job: Job, items, stems, todo, out: Path, rows: dict, *, address, workers, batch_size, threads,
+         cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial) -> None:
+    from tqdm.auto import tqdm
+
+    from ._outputs import write_atomic
+    from .cluster import ray_cluster
+
+    with ray_cluster(address, verbose=verbose) as ray:
+        import ray.data
+
+        _quiet_ray_data(verbose)
+        records = [{"index": i, "input": items[i], "stem": stems[i]} for i in todo]
+        ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / batch_size)))
+        ds = ds.map_batches(_read_batch, batch_size=batch_size, batch_format="numpy", num_cpus=READ_TASK_CPUS)
+        ds = ds.map_batches(
+            _SegmentWorker,
+            fn_constructor_kwargs={"job": job, "options": {"providers": providers, "allow_fallback": allow_fallback,
+                                                           "threads": threads, "batch_size": batch_size,
+                                                           "allow_empty": allow_empty},
+                                   "overlay": overlay},
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpus_per_worker,
+            batch_size=batch_size,
+            batch_format="numpy",
+        )
+        log.info("segmenting %d input(s) with %d worker(s) x %d thread(s) (%.2g CPU each)", len(todo), workers,
+                 threads, cpus_per_worker)
+        total = initial + len(todo)
+        failed = 0
+        with tqdm(total=total, initial=initial, desc="lfm-predict (ray)", unit="img",
+                  disable=not progress or total < 2) as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for j in range(len(batch["index"])):
+                    i = int(batch["index"][j])
+                    names = _output_names(stems[i], overlay)
+                    if batch["status"][j] == "ok":
+                        # The overlay first: the mask, renamed last, marks a complete output.
+                        if overlay:
+                            write_atomic(out / names["overlay"], bytes(batch["overlay"][j]))
+                        write_atomic(out / names["mask"], bytes(batch["mask"][j]))
+                        rows[i] = _row(items[i], names, "ok", height=int(batch["height"][j]),
+                                       width=int(batch["width"][j]), foreground=float(batch["foreground"][j]))
+                    else:
+                        failed += 1
+                        rows[i] = _row(items[i], names, "error", error=str(batch["error"][j]))
+                        log.warning("%s: %s", items[i], batch["error"][j])
+                    bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
+
+
+def _quiet_ray_data(verbose: int) -> None:
+    """Our progress bar replaces Ray Data's; its INFO lines only with -vv."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = verbose > 1
+    ctx.print_on_execution_start = verbose > 1
+    ctx.enable_auto_log_stats = False
+    if verbose <= 1:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _read_batch(batch: dict) -> dict:
+    """Read task: each input's bytes; a read failure becomes the row's error, not a failed task."""
+    data, errors = [], []
+    for item in batch["input"]:
+        try:
+            data.append(read_bytes(str(item)))
+            errors.append("")
+        except Exception as exc:  # any filesystem's error: the row records it, the job goes on
+            data.append(b"")
+            errors.append(f"cannot read {item}: {exc}")
+    return {"index": batch["index"], "input": batch["input"], "stem": batch["stem"],
+            "data": _objects(data), "read_error": np.asarray(errors, dtype=object)}
+
+
+def _objects(values: list) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+class _SegmentWorker:
+    """Actor of the pool: one `Segmenter` with the support set encoded once, then batches.
+
+    Args:
+        job: the checked job (artifact path, support bytes).
+        options: `segmenter_for` keyword arguments.
+        overlay: also encode the overlay PNGs.
+    """
+
+    def __init__(self, job: Job, options: dict, overlay: bool):
+        self.seg = segmenter_for(job, **options)
+        self.overlay = overlay
+
+    def __call__(self, batch: dict) -> dict:
+        from ..preprocess import to_pil_rgb
+        from .codec import mask_png, overlay_png
+
+        n = len(batch["index"])
+        status, error = ["error"] * n, [""] * n
+        height, width, foreground = [-1] * n, [-1] * n, [float("nan")] * n
+        masks_png, overlays_png = [b""] * n, [b""] * n
+        images, where = [], []
+        for j in range(n):
+            if batch["read_error"][j]:
+                error[j] = str(batch["read_error"][j])
+                continue
+            try:
+                images.append(to_pil_rgb(bytes(batch["data"][j]), f"image {batch['input'][j]}"))
+                where.append(j)
+            except InputError as exc:
+                error[j] = str(exc)
+        for j, image, mask in zip(where, images, predict_isolated(self.seg, images)):
+            if isinstance(mask, Exception):
+                error[j] = str(mask)
+                continue
+            status[j] = "ok"
+            height[j], width[j] = mask.shape
+            foreground[j] = float(mask.mean())
+            masks_png[j] = mask_png(mask)
+            if self.overlay:
+                overlays_png[j] = overlay_png(image, mask)
+        return {"index": batch["index"], "status": np.asarray(status, dtype=object),
+                "error": np.asarray(error, dtype=object), "height": np.asarray(height, dtype=np.int64),
+                "width": np.asarray(width, dtype=np.int64), "foreground": np.asarray(foreground, dtype=np.float64),
+                "mask": _objects(masks_png), "overlay": _objects(overlays_png)}
