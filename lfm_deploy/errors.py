@@ -1,11 +1,39 @@
-"""User-facing exceptions: the CLI turns `LFMError` into `Error: ...` and a non-zero exit."""
+"""User-facing exceptions: the CLI turns `LFMError` into `Error: ...` and a non-zero exit.
+
+A message names the problem; its hint says what to do. Hints that name a way to fix the call
+come in two languages: `api_hint` names Python arguments (what `str(exc)` shows a caller of the
+API) and `cli_hint` names command-line flags or commands (what the CLI prints). Raise sites that
+know both give both; the CLI falls back to the API hint only where none was given.
+"""
+
+from __future__ import annotations
 
 
 class LFMError(Exception):
     """Base class for errors caused by user input (files, flags, data), not by a bug.
 
-    Messages name the offending value and end with what to do about it.
+    Args:
+        message: what is wrong, naming the offending value.
+        api_hint: what to do, in terms of Python arguments (shown by `str(exc)`).
+        cli_hint: what to do, in terms of command-line flags (shown by `exc.cli_message()`).
     """
+
+    def __init__(self, message: str = "", *, api_hint: str | None = None, cli_hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.api_hint = api_hint
+        self.cli_hint = cli_hint
+
+    def __str__(self) -> str:
+        return _join(self.message, self.api_hint)
+
+    def cli_message(self) -> str:
+        """The message with the command-line hint (the API hint where no CLI hint was given)."""
+        return _join(self.message, self.cli_hint if self.cli_hint is not None else self.api_hint)
+
+
+def _join(message: str, hint: str | None) -> str:
+    return f"{message}; {hint}" if hint else message
 
 
 class DomainError(LFMError):
@@ -40,5 +68,8 @@ class BackendUnavailable(LFMError):
     """A requested backend (CUDA, TensorRT, an execution provider) is not available here."""
 
 
+class OutputError(LFMError):
+    """An output location that cannot be used: not writable, inside a file, or holding files the
+    tool did not write (which it never deletes or overwrites)."""
 class ClusterError(LFMError):
     """A Ray cluster that cannot be started or joined, or Ray missing (the `ray` extra)."""

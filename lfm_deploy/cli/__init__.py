@@ -30,7 +30,7 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except LFMError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(exc.cli_message()) from None
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was left half-written.", err=True)
             sys.exit(130)

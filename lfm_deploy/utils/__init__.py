@@ -1,0 +1,1 @@
+"""Small shared utilities (pure Python, no torch): safe, atomic outputs and hashing."""

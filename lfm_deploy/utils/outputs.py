@@ -1,0 +1,574 @@
+"""Safe outputs: every command checks where it will write before it works, never deletes or
+overwrites a file it did not write, and writes atomically.
+
+Three shapes of output cover every command:
+
+- `ArtifactDir`: a directory built in a hidden sibling and swapped in as a whole when complete
+  (`lfm-export --out`, a dataset of `lfm-make-data`, a Triton repository). An existing target is
+  replaced only when it is empty or an earlier output of the same kind.
+- `OutputDir`: a directory filled file by file (`lfm-predict --out`, `lfm-eval --overlays`,
+  `lfm-verify --out`, benchmark results). Each file is written atomically; an existing file is
+  replaced only when this tool wrote it, or with an explicit overwrite.
+- `OutputFile`: one file (`lfm-finetune --out`, `lfm-eval --report`, an engine). An existing
+  file is replaced only when its content shows it is an earlier output of the same kind, or with
+  an explicit overwrite.
+
+"Written by this tool" is decided from content, never from a name: directories carry a small
+record (`.lfm-deploy-outputs.json`: the kind, and each file's size and sha256 when written), and
+single files carry a stamp in their own format (a JSON key, safetensors metadata). A file the
+user changed after it was written no longer matches its record and is treated as the user's.
+
+Everything here is pure Python (no torch): the torch-free runtime uses it too.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..errors import OutputError
+
+#: The record a directory output keeps of the files it wrote.
+RECORD_NAME = ".lfm-deploy-outputs.json"
+#: The key that stamps a JSON output of this tool with its kind.
+STAMP_KEY = "lfm_deploy_output"
+
+# Files and folders get ordinary permissions (tempfile's are 0600/0700), less the umask.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+Recogniser = Callable[[Path], bool]
+
+
+# -- hashing ------------------------------------------------------------------------------------
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- location checks ----------------------------------------------------------------------------
+
+def _show(path: str | os.PathLike) -> str:
+    text = os.fspath(path)
+    return text if text else "''"
+
+
+def _flag_text(flag: str | None, path) -> str:
+    return f"{flag} {_show(path)}" if flag else _show(path)
+
+
+def check_location(path: str | os.PathLike, *, flag: str | None, directory: bool) -> Path:
+    """Check that `path` can be written as a directory (or a file) before any work is done.
+
+    The path may not exist yet; then its parents must be creatable. Nothing is left on disk.
+
+    Args:
+        path: the output path as the user gave it.
+        flag: the option that set it (named in errors), e.g. "--out".
+        directory: True for a directory output, False for a file.
+
+    Returns:
+        the absolute path, with symbolic links resolved.
+
+    Raises:
+        OutputError: empty path, a file where a directory is needed (or the reverse), a path
+            inside a file, or a location that cannot be written (permissions, read-only or
+            virtual filesystem).
+    """
+    if os.fspath(path).strip() == "":
+        raise OutputError(f"{flag or 'the output path'} is empty", cli_hint=f"pass a path to {flag}" if flag else None,
+                          api_hint="pass a path")
+    target = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+    where = _flag_text(flag, path)
+    # The nearest existing ancestor must be a directory: 'file.txt/out' is inside a file.
+    for anc in (target, *target.parents):
+        if os.path.lexists(anc):
+            if anc != target and not anc.is_dir():
+                raise OutputError(f"{where} is inside {anc}, which is a file, not a directory",
+                                  api_hint="choose a path in a directory", cli_hint=f"choose another {flag or 'path'}")
+            existing = anc
+            break
+    else:  # pragma: no cover - '/' always exists
+        existing = Path("/")
+    if existing == target:
+        if directory and not target.is_dir():
+            raise OutputError(f"{where} is a file, not a directory",
+                              api_hint="pass a directory path", cli_hint=f"pass a directory to {flag or 'it'}")
+        if not directory:
+            if target.is_dir():
+                raise OutputError(f"{where} is a directory, not a file",
+                                  api_hint="pass a file path", cli_hint=f"pass a file name to {flag or 'it'}")
+            if not target.is_file():
+                raise OutputError(f"{where} exists and is not a regular file (a device, pipe or socket)",
+                                  api_hint="pass a file path", cli_hint=f"choose another {flag or 'path'}")
+    probe_dir = target if (directory and existing == target) else existing
+    if existing == target and not directory:
+        probe_dir = target.parent
+    _probe_writable(probe_dir, where, flag)
+    return target
+
+
+def _probe_writable(directory: Path, where: str, flag: str | None) -> None:
+    """Create and remove a temporary directory in `directory`: the only sure test of writability
+    (root passes os.access on read-only and virtual filesystems)."""
+    try:
+        probe = tempfile.mkdtemp(prefix=".lfm-probe-", dir=directory)
+    except OSError as exc:
+        reason = {errno.EROFS: "is on a read-only filesystem", errno.EACCES: "is not writable (permission denied)",
+                  errno.EPERM: "is not writable (operation not permitted)",
+                  errno.ENOSPC: "has no space left",
+                  errno.ENOENT: "cannot take new files (a virtual filesystem)"}.get(exc.errno, f"cannot be written ({exc.strerror or exc})")
+        shown = where if where.endswith(os.fspath(directory)) else f"{where} ({directory})"
+        raise OutputError(f"{shown} {reason}", api_hint="choose a writable location",
+                          cli_hint=f"choose a writable {flag or 'location'}") from None
+    os.rmdir(probe)
+
+
+def _refuse_cwd(target: Path, where: str, flag: str | None, what: str) -> None:
+    """A directory replaced as a whole may not be the working directory or one holding it."""
+    try:
+        cwd = Path(os.path.realpath(os.getcwd()))
+    except OSError:  # the working directory was removed
+        return
+    if cwd == target or target in cwd.parents:
+        raise OutputError(
+            f"{where} is the current directory (or holds it), which {what} would replace as a whole",
+            api_hint="pass a directory of its own, e.g. out='artifacts/<name>'",
+            cli_hint=f"pass a directory of its own, e.g. {flag or '--out'} ./artifacts",
+        )
+
+
+# -- records -------------------------------------------------------------------------------------
+
+def _walk_files(directory: Path) -> list[str]:
+    """Relative paths of every file (and link) below `directory`, the record excluded."""
+    found = []
+    for root, dirs, files in os.walk(directory, followlinks=False):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            rel = os.path.relpath(os.path.join(root, name), directory)
+            if rel != RECORD_NAME:
+                found.append(rel)
+    return sorted(found)
+
+
+def read_record(directory: Path) -> dict | None:
+    """The record of a directory output, or None when there is none or it is not ours."""
+    path = Path(directory) / RECORD_NAME
+    try:
+        if not path.is_file() or path.stat().st_size > 64 << 20:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("kind"), str) or not isinstance(data.get("files"), dict):
+        return None
+    files = {k: v for k, v in data["files"].items()
+             if isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("sha256"), str)
+             and isinstance(v.get("bytes"), int)}
+    return {"kind": data["kind"], "files": files}
+
+
+def _matches(directory: Path, rel: str, entry: dict) -> bool:
+    path = directory / rel
+    try:
+        return (path.is_file() and not path.is_symlink() and path.stat().st_size == entry["bytes"]
+                and sha256_file(path) == entry["sha256"])
+    except OSError:
+        return False
+
+
+def _entry(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _write_record(directory: Path, kind: str, files: dict) -> None:
+    data = {"kind": kind, "written_by": "lfm-deploy", "files": dict(sorted(files.items()))}
+    _atomic_bytes(directory / RECORD_NAME, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def foreign_files(directory: Path, kind: str, legacy: Callable[[Path], set[str] | None] | None = None) -> list[str] | None:
+    """Files in `directory` this tool did not write as an output of `kind`.
+
+    Returns:
+        [] when every file is recorded and unchanged (an earlier output of the kind, or an
+        empty directory); the user's files otherwise; None when the directory is an output of
+        another kind or of no kind at all and not empty (all of it is the user's).
+    """
+    present = _walk_files(directory)
+    if not present:
+        return []
+    record = read_record(directory)
+    if record is not None:
+        if record["kind"] != kind:
+            return None
+        return [rel for rel in present if rel not in record["files"] or not _matches(directory, rel, record["files"][rel])]
+    if legacy is not None:
+        owned = legacy(directory)
+        if owned is not None:
+            return [rel for rel in present if rel not in owned]
+    return None
+
+
+# -- atomic writes ------------------------------------------------------------------------------
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(Path(tmp))
+        raise
+
+
+def _atomic_with(path: Path, writer: Callable[[Path], None]) -> None:
+    """Let `writer(tmp)` write a temporary file beside `path`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        writer(tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _json_bytes(data) -> bytes:
+    return (json.dumps(data, indent=2, allow_nan=False, default=str) + "\n").encode("utf-8")
+
+
+def _mkdirs(path: Path) -> None:
+    """mkdir -p with ordinary permissions, as a user error when it fails."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE | 0o700)
+    except OSError as exc:
+        raise OutputError(f"cannot create {path} ({exc.strerror or exc})", api_hint="choose a writable location") from None
+
+
+# -- the three output shapes --------------------------------------------------------------------
+
+def _describe_foreign(foreign: list[str], limit: int = 3) -> str:
+    shown = ", ".join(foreign[:limit])
+    return shown + (f" and {len(foreign) - limit} more" if len(foreign) > limit else "")
+
+
+class ArtifactDir:
+    """A directory written in a hidden sibling and swapped in whole once complete.
+
+    Use as a context manager around the work: the body fills `.tmp`; `commit()` swaps it in
+    (an earlier output is replaced atomically); leaving the block without a commit removes the
+    temporary directory, so an interrupted or failed command leaves nothing that looks complete.
+
+    Args:
+        path: the output directory as the user gave it.
+        flag: the option that set it (named in errors).
+        kind: what the directory is, e.g. "lfm-export output" (recorded, and named in errors).
+        legacy: optional function(dir) -> set of relative paths this tool wrote, for outputs made
+            before records existed (None when the directory is not one).
+
+    Raises:
+        OutputError: at construction, before any work: see `check_location`; or the target
+            holds files this tool did not write as a `kind`.
+    """
+
+    def __init__(self, path, *, flag: str | None, kind: str, legacy=None):
+        self.where = _flag_text(flag, path)
+        self.flag = flag
+        self.kind = kind
+        self.legacy = legacy
+        self.path = check_location(path, flag=flag, directory=True)
+        _refuse_cwd(self.path, self.where, flag, kind)
+        if self.path.exists():
+            # Swapping in needs the parent writable too.
+            _probe_writable(self.path.parent, self.where, flag)
+        self._check_owned()
+        self.tmp: Path | None = None
+
+    def _check_owned(self) -> None:
+        if not self.path.exists():
+            return
+        foreign = foreign_files(self.path, self.kind, self.legacy)
+        if foreign is None:
+            raise OutputError(
+                f"{self.where} already exists and is not an earlier {self.kind}; it is never replaced, "
+                "so nothing in it is lost",
+                api_hint="pass a new or empty directory", cli_hint=f"choose another {self.flag or 'output directory'}")
+        if foreign:
+            raise OutputError(
+                f"{self.where} is an earlier {self.kind} but also holds files lfm-deploy did not write "
+                f"({_describe_foreign(foreign)}), which replacing it would delete",
+                api_hint="move them out first or pass another directory",
+                cli_hint=f"move them out first or choose another {self.flag or 'output directory'}")
+
+    def __enter__(self) -> "ArtifactDir":
+        _mkdirs(self.path.parent)
+        try:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+            os.chmod(self.tmp, DIR_MODE)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.where} ({exc.strerror or exc})", api_hint="choose a writable location",
+                              cli_hint=f"choose a writable {self.flag or 'location'}") from None
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp is not None and self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)  # only ever our own temporary directory
+        self.tmp = None
+
+    def commit(self) -> Path:
+        """Record the files written and swap the directory in. Returns the final path."""
+        assert self.tmp is not None, "commit() outside the with-block"
+        _write_record(self.tmp, self.kind, {rel: _entry(self.tmp / rel) for rel in _walk_files(self.tmp)})
+        self._check_owned()  # again: the user may have added files while the work ran
+        _swap_in(self.tmp, self.path)
+        self.tmp = None
+        return self.path
+
+    def keep_as(self, other: "ArtifactDir") -> Path:
+        """Swap this directory's content in at another target (e.g. `<out>.failed`) instead."""
+        assert self.tmp is not None, "keep_as() outside the with-block"
+        _write_record(self.tmp, other.kind, {rel: _entry(self.tmp / rel) for rel in _walk_files(self.tmp)})
+        other._check_owned()
+        _swap_in(self.tmp, other.path)
+        self.tmp = None
+        return other.path
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)  # the earlier output, checked to hold only our files
+
+
+class OutputDir:
+    """A directory filled file by file; each file is written atomically and recorded.
+
+    A name that already exists is replaced only when this tool wrote it there as a `kind` and
+    it is unchanged since, or with `overwrite=True`. `claim` checks every name of a run before
+    the work starts. Thread-safe.
+
+    Args:
+        path: the directory as the user gave it (created on the first write).
+        flag: the option that set it (named in errors).
+        kind: what is written, e.g. "lfm-predict output".
+        overwrite: replace files this tool did not write (the user asked for it).
+        overwrite_flag: the option that sets `overwrite`, named in errors (None: there is none).
+    """
+
+    def __init__(self, path, *, flag: str | None, kind: str, overwrite: bool = False,
+                 overwrite_flag: str | None = "--overwrite"):
+        self.where = _flag_text(flag, path)
+        self.flag = flag
+        self.kind = kind
+        self.overwrite = overwrite
+        self.overwrite_flag = overwrite_flag
+        self.path = check_location(path, flag=flag, directory=True)
+        self._lock = threading.Lock()
+        record = read_record(self.path) if self.path.is_dir() else None
+        self._files = dict(record["files"]) if record is not None and record["kind"] == kind else {}
+        self._claimed: dict[str, str] = {}
+
+    def _ours(self, rel: str) -> bool:
+        entry = self._files.get(rel)
+        return entry is not None and _matches(self.path, rel, entry)
+
+    def claim(self, names: Iterable[str], sources: Iterable[str] | None = None) -> None:
+        """Check names before the work: unique, and none a file this tool did not write.
+
+        Args:
+            names: relative file names to be written.
+            sources: what each name is written for (an input path), named when two collide.
+
+        Raises:
+            OutputError: two names are the same, or a name is taken by the user's file.
+        """
+        names = list(names)
+        sources = list(sources) if sources is not None else names
+        conflicts = []
+        for rel, src in zip(names, sources):
+            rel = os.path.normpath(rel)
+            if rel.startswith("..") or os.path.isabs(rel) or rel == RECORD_NAME:
+                raise OutputError(f"output name {rel!r} would leave {self.where}")
+            if rel in self._claimed and self._claimed[rel] != src:
+                raise OutputError(f"{self._claimed[rel]} and {src} would both be written to {self.path / rel}")
+            self._claimed[rel] = src
+            target = self.path / rel
+            if os.path.lexists(target) and not self.overwrite and not self._ours(rel):
+                conflicts.append(rel)
+        if conflicts:
+            hint = (f"choose another {self.flag or 'directory'}" +
+                    (f" or pass {self.overwrite_flag} to replace them" if self.overwrite_flag else ""))
+            raise OutputError(
+                f"{self.where} already holds {_describe_foreign(conflicts)}, not written by an earlier "
+                f"{self.kind}; they are left as they are", cli_hint=hint,
+                api_hint="pass another directory" + (" or overwrite=True" if self.overwrite_flag else ""))
+
+    def write(self, rel: str, writer: Callable[[Path], None]) -> Path:
+        """Write one file through `writer(tmp_path)`, atomically, and record it."""
+        rel = os.path.normpath(rel)
+        if rel not in self._claimed:
+            self.claim([rel])
+        target = self.path / rel
+        _mkdirs(target.parent)
+        _atomic_with(target, writer)
+        with self._lock:
+            self._files[rel] = _entry(target)
+            _write_record(self.path, self.kind, self._files)
+        return target
+
+    def write_bytes(self, rel: str, data: bytes) -> Path:
+        return self.write(rel, lambda tmp: tmp.write_bytes(data))
+
+    def write_text(self, rel: str, text: str) -> Path:
+        return self.write(rel, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def write_json(self, rel: str, data) -> Path:
+        return self.write_bytes(rel, _json_bytes(stamp(data, self.kind)))
+
+
+class OutputFile:
+    """One output file, written atomically.
+
+    An existing file is replaced only when `recognise(path)` says it is an earlier output of
+    this kind (its content carries the tool's stamp), or with `overwrite=True`.
+
+    Args:
+        path: the file as the user gave it.
+        flag: the option that set it (named in errors).
+        kind: what the file is, e.g. "lfm-eval report".
+        recognise: function(path) -> bool; default: a JSON file stamped with `kind`.
+        overwrite: replace a file this tool did not write (the user asked for it).
+        overwrite_flag: the option that sets `overwrite` (named in errors).
+
+    Raises:
+        OutputError: at construction: see `check_location`, or the file exists and is the user's.
+    """
+
+    def __init__(self, path, *, flag: str | None, kind: str, recognise: Recogniser | None = None,
+                 overwrite: bool = False, overwrite_flag: str | None = "--overwrite"):
+        self.where = _flag_text(flag, path)
+        self.kind = kind
+        self.path = check_location(path, flag=flag, directory=False)
+        recognise = recognise or json_stamped(kind)
+        if self.path.exists() and not overwrite and not recognise(self.path):
+            hint = f"choose another {flag or 'file'}" + (f" or pass {overwrite_flag} to replace it" if overwrite_flag else "")
+            raise OutputError(f"{self.where} already exists and is not an earlier {kind}; it is left as it is",
+                              cli_hint=hint, api_hint="pass another path" + (" or overwrite=True" if overwrite_flag else ""))
+
+    def write(self, writer: Callable[[Path], None]) -> Path:
+        """Write the file through `writer(tmp_path)`, atomically."""
+        _mkdirs(self.path.parent)
+        _atomic_with(self.path, writer)
+        return self.path
+
+    def write_bytes(self, data: bytes) -> Path:
+        _mkdirs(self.path.parent)
+        _atomic_bytes(self.path, data)
+        return self.path
+
+    def write_text(self, text: str) -> Path:
+        return self.write_bytes(text.encode("utf-8"))
+
+    def write_json(self, data) -> Path:
+        """Write JSON stamped with the kind (NaN and infinities become null)."""
+        return self.write_bytes(_json_bytes(stamp(data, self.kind)))
+
+
+# -- stamps -------------------------------------------------------------------------------------
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def stamp(data, kind: str):
+    """JSON data with the tool's stamp (a dict gets `lfm_deploy_output: kind`); NaN/Inf -> null."""
+    data = _finite(data)
+    if isinstance(data, dict):
+        data = {STAMP_KEY: kind, **{k: v for k, v in data.items() if k != STAMP_KEY}}
+    return data
+
+
+def json_stamped(kind: str) -> Recogniser:
+    """A recogniser for JSON files that carry `lfm_deploy_output: kind`."""
+
+    def recognise(path: Path) -> bool:
+        try:
+            if path.stat().st_size > 256 << 20:
+                return False
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get(STAMP_KEY) == kind
+
+    return recognise
+
+
+def safetensors_metadata(path: Path) -> dict | None:
+    """The `__metadata__` of a safetensors file, read from its JSON header (no tensors loaded)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            size = int.from_bytes(head, "little")
+            if size <= 0 or size > 100 << 20:
+                return None
+            header = json.loads(f.read(size).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+__all__ = [
+    "ArtifactDir",
+    "FILE_MODE",
+    "OutputDir",
+    "OutputFile",
+    "RECORD_NAME",
+    "STAMP_KEY",
+    "check_location",
+    "foreign_files",
+    "json_stamped",
+    "read_record",
+    "safetensors_metadata",
+    "sha256_file",
+    "stamp",
+]
