@@ -174,24 +174,38 @@ def read_bytes(location: str) -> bytes:
         return stream.read()
 
 
-def output_stems(inputs: Iterable[str]) -> list[str]:
-    """One output stem per input, never the same for two inputs.
+def _name_parts(item: str) -> tuple[str, str]:
+    """(stem, suffix) of the last path component of a local path or URI, as `pathlib` splits them."""
+    from pathlib import PurePosixPath
 
-    The stem is the file name without its extension (`a.jpg` -> `a`, written `a_mask.png`);
-    a stem already taken gets `_1`, `_2`, ... (the first one free), so two inputs never map to
-    one output name, whatever their names. Deterministic for a given input order, which is
-    what lets a re-run find the outputs of the same inputs.
+    name = item.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    pure = PurePosixPath(name)
+    return pure.stem, pure.suffix
+
+
+def output_stems(inputs: Iterable[str]) -> list[str]:
+    """One output stem per input, never the same for two inputs (the local lfm-predict's rule).
+
+    An input whose file stem no other input shares keeps it (`x.jpg` -> `x`, written
+    `x_mask.png`); inputs sharing a stem get their extension added (`x.jpg`, `x.png` -> `x_jpg`,
+    `x_png`), then a counter (`a/x.jpg`, `b/x.jpg` -> `x_jpg`, `x_jpg_2`), each checked against
+    every stem of the run. Deterministic for a given input order, which is what lets a re-run
+    find the outputs of the same inputs.
     """
-    taken: set[str] = set()
+    from collections import Counter
+
+    parts = [_name_parts(item) for item in inputs]
+    counts = Counter(stem for stem, _ in parts)
+    taken = {stem for stem, _ in parts if counts[stem] == 1}
     stems = []
-    for item in inputs:
-        name = item.rstrip("/").rsplit("/", 1)[-1]
-        name = name.rsplit("\\", 1)[-1]
-        stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-        candidate, n = stem, 0
+    for stem, suffix in parts:
+        if counts[stem] == 1:
+            stems.append(stem)
+            continue
+        base = f"{stem}_{suffix.lstrip('.').lower()}" if suffix else stem
+        candidate, n = base, 2
         while candidate in taken:
-            n += 1
-            candidate = f"{stem}_{n}"
+            candidate, n = f"{base}_{n}", n + 1
         taken.add(candidate)
         stems.append(candidate)
     return stems

@@ -13,8 +13,11 @@ Masks are the local `lfm-predict`'s, byte for byte: the workers run the runtime'
 so the output folder only needs to exist on the submitting machine; the inputs and the
 artifact directory must be readable by every node (a shared filesystem, or URIs for inputs).
 
-Resumable: an input whose outputs are all present is skipped (files are renamed into place
-complete, so a present file is a finished one); failed inputs are tried again.
+Outputs go through `lfm_deploy.utils.outputs.OutputDir` (kind "lfm-predict output", shared with
+the local engine): every name is claimed before any model loads, no file lfm-predict did not
+write is replaced, and each file is renamed into place complete and recorded with its hash.
+Resumable: an input whose outputs are recorded and unchanged is skipped; failed inputs are
+tried again.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from .job import Job, predict_isolated, prepare_job, segmenter_for
 
 log = logging.getLogger(__name__)
 
-#: The results table written into the output folder (one JSON object a line).
+#: What the job writes into the output folder (the local lfm-predict's kind: either reads the
+#: other's outputs as its own), and its results table (one JSON object a line).
+PREDICT_KIND = "lfm-predict output"
 RESULTS_NAME = "results.jsonl"
 #: CPUs a read task asks for: small, so that reads run beside the workers on a 2-core machine.
 READ_TASK_CPUS = 0.25
@@ -80,7 +85,8 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
                        *, address: str | None = None, workers: int = 1, batch_size: int = 8,
                        threads: int | None = None, cpus_per_worker: float = DEFAULT_WORKER_CPUS,
                        providers="cpu", allow_fallback: bool = False, overlay: bool = True,
-                       allow_empty: bool = False, progress: bool = True, verbose: int = 0) -> BatchReport:
+                       allow_empty: bool = False, overwrite: bool = False, progress: bool = True,
+                       verbose: int = 0) -> BatchReport:
     """Segment a collection of images on a Ray cluster with a fixed support set.
 
     Args:
@@ -100,6 +106,7 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         providers, allow_fallback: onnxruntime execution providers, as `Segmenter`.
         overlay: also write `<stem>_overlay.png`.
         allow_empty: accept support masks without foreground.
+        overwrite: replace files in `out_dir` that lfm-predict did not write (never by default).
         progress: show a progress bar.
         verbose: > 0 forwards the workers' logs.
 
@@ -109,56 +116,60 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
 
     Raises:
         InputError: no inputs, a missing input spec, bad support files or options.
-        LFMError: an unusable output folder (checked before anything is loaded).
+        OutputError: an unusable output folder, or output names taken by files lfm-predict did
+            not write (checked before any model is loaded or any cluster started).
         ManifestError, BackendUnavailable: see `Segmenter.from_artifacts`.
         ClusterError: Ray missing or the cluster unreachable.
     """
-    from ._outputs import check_output_dir
+    from ..utils.outputs import OutputDir
     from .cluster import import_ray
 
     if workers < 1:
-        raise InputError(f"workers must be at least 1, got {workers}")
+        raise InputError(f"workers must be at least 1, got {workers}", cli_hint="pass --workers 1 or more")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     if not cpus_per_worker > 0:
         raise InputError(f"cpus_per_worker must be positive, got {cpus_per_worker}")
-    out = check_output_dir(out_dir)
+    out = OutputDir(out_dir, flag="--out", kind=PREDICT_KIND, overwrite=overwrite)
     import_ray()  # a missing extra is said before any input is listed or hashed
     items = expand_inputs(inputs)
     if not items:
-        raise InputError(f"no input images found in {', '.join(map(str, inputs))}; pass images, folders, globs or "
-                         "list files")
+        raise InputError(f"no input images found in {', '.join(map(str, inputs))}",
+                         api_hint="pass images, folders, globs or list files",
+                         cli_hint="pass images, folders, globs or list files as QUERY")
     stems = output_stems(items)
+    names = [_output_names(stem, overlay) for stem in stems]
+    # Every output name is checked before any model is loaded or any cluster started.
+    out.claim([n for entry in names for n in entry.values()] + [RESULTS_NAME],
+              [item for item, entry in zip(items, names) for _ in entry] + ["the results table"])
     job = prepare_job(artifact_dir, support_images, support_masks, providers=providers,
                       allow_fallback=allow_fallback, allow_empty=allow_empty)
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / RESULTS_NAME
-    previous = _previous_rows(table)
+    done = _completed(out.path, [n for entry in names for n in entry.values()])
+    previous = _previous_rows(out.path / RESULTS_NAME) if done else {}
     rows: dict[int, dict] = {}
     todo = []
-    for i, (item, stem) in enumerate(zip(items, stems)):
-        names = _output_names(stem, overlay)
-        if all((out / n).is_file() for n in names.values()):
-            rows[i] = _skipped_row(item, names, out, previous.get(item))
+    for i, (item, entry) in enumerate(zip(items, names)):
+        if all(n in done for n in entry.values()):
+            rows[i] = _skipped_row(item, entry, out.path, previous.get(item))
         else:
             todo.append(i)
     skipped = len(rows)
     if skipped:
-        log.info("%d of %d input(s) already have complete outputs in %s: skipped", skipped, len(items), out)
+        log.info("%d of %d input(s) already have complete outputs in %s: skipped", skipped, len(items), out.path)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     try:
         if todo:
-            _run(job, items, stems, todo, out, rows, address=address, workers=workers, batch_size=batch_size,
+            _run(job, items, names, todo, out, rows, address=address, workers=workers, batch_size=batch_size,
                  threads=threads, cpus_per_worker=cpus_per_worker, providers=providers,
                  allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty,
                  progress=progress, verbose=verbose, initial=skipped)
     finally:
         # Also when interrupted: the table lists what was done (a re-run resumes from the files).
         ordered = [rows[i] for i in sorted(rows)]
-        _write_table(table, ordered)
+        out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in ordered))
     failed = sum(r["status"] == "error" for r in ordered)
     return BatchReport(total=len(items), succeeded=len(ordered) - failed - skipped, skipped=skipped, failed=failed,
-                       out_dir=out, table=table, rows=ordered)
+                       out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered)
 
 
 def _output_names(stem: str, overlay: bool) -> dict:
@@ -168,15 +179,34 @@ def _output_names(stem: str, overlay: bool) -> dict:
     return names
 
 
-def _row(item, names, status, *, height=None, width=None, foreground=None, error=None) -> dict:
-    return {"input": item, "output": names["mask"], "overlay": names.get("overlay"), "height": height,
-            "width": width, "foreground": foreground, "status": status, "error": error}
+def _row(item, names, out: Path, status, *, height=None, width=None, foreground=None, error=None) -> dict:
+    """One results-table row, in the local lfm-predict's format (plus the status "skipped")."""
+    ok = status != "error"
+    return {"input": item, "mask": str(out / names["mask"]) if ok else None,
+            "overlay": str(out / names["overlay"]) if ok and "overlay" in names else None,
+            "width": width, "height": height, "foreground": None if foreground is None else round(foreground, 6),
+            "status": status, "error": error}
+
+
+def _completed(directory: Path, names: list[str]) -> set[str]:
+    """The names already written by an earlier lfm-predict run and unchanged since (its record).
+
+    A file renamed into place is complete, and the record holds each file's hash, so a file
+    present, recorded and matching is finished work; anything else is done again.
+    """
+    from ..utils.outputs import foreign_files, read_record
+
+    record = read_record(directory) if directory.is_dir() else None
+    if record is None or record["kind"] != PREDICT_KIND:
+        return set()
+    foreign = set(foreign_files(directory, PREDICT_KIND) or [])
+    return {n for n in names if n in record["files"] and (directory / n).is_file() and n not in foreign}
 
 
 def _skipped_row(item: str, names: dict, out: Path, before: dict | None) -> dict:
     """A skipped input's row: the size and foreground from the previous table (else the PNG header)."""
-    if before and before.get("status") in ("ok", "skipped") and before.get("output") == names["mask"]:
-        return _row(item, names, "skipped", height=before.get("height"), width=before.get("width"),
+    if before and before.get("status") in ("ok", "skipped") and before.get("mask") == str(out / names["mask"]):
+        return _row(item, names, out, "skipped", height=before.get("height"), width=before.get("width"),
                     foreground=before.get("foreground"))
     from PIL import Image
 
@@ -185,7 +215,7 @@ def _skipped_row(item: str, names: dict, out: Path, before: dict | None) -> dict
             width, height = img.size
     except OSError:
         width = height = None
-    return _row(item, names, "skipped", height=height, width=width)
+    return _row(item, names, out, "skipped", height=height, width=width)
 
 
 def _previous_rows(table: Path) -> dict:
@@ -203,25 +233,17 @@ def _previous_rows(table: Path) -> dict:
     return rows
 
 
-def _write_table(table: Path, rows: list[dict]) -> None:
-    from ._outputs import write_atomic
-
-    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows)
-    write_atomic(table, text.encode("utf-8"))
-
-
-def _run(job: Job, items, stems, todo, out: Path, rows: dict, *, address, workers, batch_size, threads,
+def _run(job: Job, items, names, todo, out, rows: dict, *, address, workers, batch_size, threads,
          cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial) -> None:
     from tqdm.auto import tqdm
 
-    from ._outputs import write_atomic
     from .cluster import ray_cluster
 
     with ray_cluster(address, verbose=verbose) as ray:
         import ray.data
 
         _quiet_ray_data(verbose)
-        records = [{"index": i, "input": items[i], "stem": stems[i]} for i in todo]
+        records = [{"index": i, "input": items[i]} for i in todo]
         ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / batch_size)))
         ds = ds.map_batches(_read_batch, batch_size=batch_size, batch_format="numpy", num_cpus=READ_TASK_CPUS)
         ds = ds.map_batches(
@@ -244,18 +266,17 @@ def _run(job: Job, items, stems, todo, out: Path, rows: dict, *, address, worker
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for j in range(len(batch["index"])):
                     i = int(batch["index"][j])
-                    names = _output_names(stems[i], overlay)
                     if batch["status"][j] == "ok":
-                        # The overlay first: the mask, renamed last, marks a complete output.
+                        # The overlay first: the mask, written last, completes the input.
                         if overlay:
-                            write_atomic(out / names["overlay"], bytes(batch["overlay"][j]))
-                        write_atomic(out / names["mask"], bytes(batch["mask"][j]))
-                        rows[i] = _row(items[i], names, "ok", height=int(batch["height"][j]),
+                            out.write_bytes(names[i]["overlay"], bytes(batch["overlay"][j]))
+                        out.write_bytes(names[i]["mask"], bytes(batch["mask"][j]))
+                        rows[i] = _row(items[i], names[i], out.path, "ok", height=int(batch["height"][j]),
                                        width=int(batch["width"][j]), foreground=float(batch["foreground"][j]))
                     else:
                         failed += 1
-                        rows[i] = _row(items[i], names, "error", error=str(batch["error"][j]))
-                        log.warning("%s: %s", items[i], batch["error"][j])
+                        rows[i] = _row(items[i], names[i], out.path, "error", error=str(batch["error"][j]))
+                        log.warning("%s", batch["error"][j])
                     bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)
 
@@ -282,8 +303,8 @@ def _read_batch(batch: dict) -> dict:
         except Exception as exc:  # any filesystem's error: the row records it, the job goes on
             data.append(b"")
             errors.append(f"cannot read {item}: {exc}")
-    return {"index": batch["index"], "input": batch["input"], "stem": batch["stem"],
-            "data": _objects(data), "read_error": np.asarray(errors, dtype=object)}
+    return {"index": batch["index"], "input": batch["input"], "data": _objects(data),
+            "read_error": np.asarray(errors, dtype=object)}
 
 
 def _objects(values: list) -> np.ndarray:

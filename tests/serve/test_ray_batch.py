@@ -15,6 +15,7 @@ from PIL import Image
 
 from lfm_deploy.cli.predict import main
 from lfm_deploy.serve.ray_batch import RESULTS_NAME, segment_collection
+from lfm_deploy.utils.outputs import RECORD_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 CORRUPT = ("broken_a.jpg", "broken_b.png", "zero_c.jpg")
@@ -63,24 +64,25 @@ def test_200_images_3_corrupt_then_resume(ray_cluster, exported, support_files, 
     assert sorted(errors) == sorted(CORRUPT)
     assert all("cannot read image" in r["error"] or "is empty" in r["error"] for r in errors.values())
     assert not any((out / f"{Path(name).stem}_mask.png").exists() for name in CORRUPT)
+    assert all(r["mask"] is None for r in errors.values())
 
     # Every mask equals the local Segmenter's, byte for byte, at the image's size.
     good = [r for r in rows if r["status"] == "ok"]
     expected = reference.predict([str(_tile(collection, u)) for u in range(UNIQUE)])
     for row in good:
         want = expected[int(Path(row["input"]).stem.split("_")[1]) % UNIQUE]
-        got = _mask(out / row["output"])
+        got = _mask(Path(row["mask"]))
         assert got.dtype == want.dtype and got.shape == want.shape == (row["height"], row["width"])
         np.testing.assert_array_equal(got, want, err_msg=row["input"])
         assert row["foreground"] == pytest.approx(float(want.mean()))
-    assert sorted(p.name for p in out.iterdir()) == sorted([r["output"] for r in good] + [RESULTS_NAME])
+    assert sorted(p.name for p in out.iterdir()) == sorted([Path(r["mask"]).name for r in good] + [RESULTS_NAME, RECORD_NAME])
 
     # Re-run: no work twice (the 197 outputs are untouched), the 3 failures are tried again.
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != RESULTS_NAME}
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name not in (RESULTS_NAME, RECORD_NAME)}
     again = segment_collection(art, [support_files[0]], [support_files[1]], [str(collection)], out, workers=2,
                                batch_size=8, threads=1, overlay=False, progress=False)
     assert (again.total, again.succeeded, again.failed, again.skipped) == (200, 0, 3, 197)
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != RESULTS_NAME} == stamps
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name not in (RESULTS_NAME, RECORD_NAME)} == stamps
     rows2 = [json.loads(line) for line in (out / RESULTS_NAME).read_text().splitlines()]
     assert [r["status"] for r in rows2].count("skipped") == 197
     assert {r["input"]: r["foreground"] for r in rows2 if r["status"] == "skipped"} == {
@@ -112,6 +114,18 @@ def test_cli_failures_exit_nonzero_and_glob(ray_cluster, exported, support_files
     assert "2 succeeded, 2 failed" in result.output
     assert "Error: 2 of 4 input(s) failed" in result.output and "broken_a.jpg" in result.output
     assert "Traceback" not in result.output
+
+
+def test_user_file_is_never_overwritten(exported, support_files, collection, tmp_path):
+    """Output names are claimed before any model loads or cluster starts; the user's file stays."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tile_002_mask.png").write_bytes(b"mine")
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", ":".join(support_files),
+                                       str(collection / "tile_002.png"), "--out", str(out), "--engine", "ray"])
+    assert result.exit_code == 1 and "Error:" in result.output and "tile_002_mask.png" in result.output, result.output
+    assert (out / "tile_002_mask.png").read_bytes() == b"mine"
+    assert sorted(p.name for p in out.iterdir()) == ["tile_002_mask.png"]
 
 
 def test_cli_address_joins_existing_cluster(ray_cluster, exported, support_files, reference, collection, tmp_path):
