@@ -60,6 +60,9 @@ class BatchReport:
         out_dir: the output folder.
         table: the results table's path.
         rows: the table's rows, in input order.
+        seconds: wall time of the Ray part (cluster connection, workers' start-up, segmentation).
+        first_result_s: from its start to the first finished batch (the workers' start-up: the
+            artifacts loaded and the support set encoded); None when nothing ran.
     """
 
     total: int
@@ -69,6 +72,8 @@ class BatchReport:
     out_dir: Path
     table: Path
     rows: list = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+    first_result_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -157,9 +162,10 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     if skipped:
         log.info("%d of %d input(s) already have complete outputs in %s: skipped", skipped, len(items), out.path)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    timing: dict = {}
     try:
         if todo:
-            _run(job, items, names, todo, out, rows, address=address, workers=workers, batch_size=batch_size,
+            _run(timing, job, items, names, todo, out, rows, address=address, workers=workers, batch_size=batch_size,
                  threads=threads, cpus_per_worker=cpus_per_worker, providers=providers,
                  allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty,
                  progress=progress, verbose=verbose, initial=skipped)
@@ -169,7 +175,8 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in ordered))
     failed = sum(r["status"] == "error" for r in ordered)
     return BatchReport(total=len(items), succeeded=len(ordered) - failed - skipped, skipped=skipped, failed=failed,
-                       out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered)
+                       out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered,
+                       seconds=timing.get("seconds", 0.0), first_result_s=timing.get("first_result_s"))
 
 
 def _output_names(stem: str, overlay: bool) -> dict:
@@ -233,12 +240,15 @@ def _previous_rows(table: Path) -> dict:
     return rows
 
 
-def _run(job: Job, items, names, todo, out, rows: dict, *, address, workers, batch_size, threads,
+def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address, workers, batch_size, threads,
          cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial) -> None:
     from tqdm.auto import tqdm
 
+    import time
+
     from .cluster import ray_cluster
 
+    t0 = time.perf_counter()
     with ray_cluster(address, verbose=verbose) as ray:
         import ray.data
 
@@ -264,6 +274,7 @@ def _run(job: Job, items, names, todo, out, rows: dict, *, address, workers, bat
         with tqdm(total=total, initial=initial, desc="lfm-predict (ray)", unit="img",
                   disable=not progress or total < 2) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                timing.setdefault("first_result_s", time.perf_counter() - t0)
                 for j in range(len(batch["index"])):
                     i = int(batch["index"][j])
                     if batch["status"][j] == "ok":
@@ -279,6 +290,7 @@ def _run(job: Job, items, names, todo, out, rows: dict, *, address, workers, bat
                         log.warning("%s", batch["error"][j])
                     bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)
+        timing["seconds"] = time.perf_counter() - t0
 
 
 def _quiet_ray_data(verbose: int) -> None:

@@ -1,0 +1,360 @@
+"""Benchmark the Ray paths against the local runtime, side by side in one run.
+
+Batch (`lfm-predict --engine ray`, `lfm_deploy.serve.ray_batch`): images/s over the same
+collection of query files (read from disk, segmented, mask PNG written; no overlays) for
+
+* the local `Segmenter` loop (what `lfm-predict` does) at each `--batch-sizes`, `--threads`;
+* Ray Data with 1 worker (`--threads` threads) and 2 workers (`--threads / 2` threads each,
+  so the cores are not oversubscribed), at the local loop's best batch size.
+
+Each is reported end to end (model load and support encoding included) and in steady state
+(after the first finished batch, which is when the workers have started).
+
+Online (`lfm-serve`, `lfm_deploy.serve.ray_serve`): one replica (`--threads` threads, dynamic
+batches of up to `--max-batch`) on loopback, closed-loop HTTP clients (1, 4, 16 by default),
+each sending the next request when the last one is answered, a bounded number of requests per
+level: p50/p99 latency and requests/s; the baseline is a direct `Segmenter.predict` call on
+the same image bytes in this process.
+
+    python benchmarks/bench_ray.py --artifacts artifacts/bench-ray --images 40 --threads 2
+
+Results: `<out>.json` and `<out>.md` (default `benchmarks/results/ray`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+# Runnable from a checkout without installing the package.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: Targets from issue 14 (ratios within one run).
+TARGET_BATCH_RATIO = 0.9  # Ray Data images/s / local Segmenter at its best batch size
+TARGET_SERVE_P50_RATIO = 1.2  # Serve p50 with one client / a direct predict call
+TARGET_SERVE_THROUGHPUT_RATIO = 0.9  # Serve requests/s with 16 clients / local Segmenter at batch 8
+
+log = logging.getLogger("bench_ray")
+
+
+def _pct(values, q) -> float:
+    return float(np.percentile(np.asarray(values) * 1e3, q))
+
+
+def _machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    versions = {}
+    for name in ("ray", "onnxruntime", "numpy", "PIL", "httpx"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # not installed: reported as missing
+            versions[name] = None
+    info["versions"] = versions
+    return info
+
+
+def _make_inputs(root: Path, n: int, size: int):
+    """n distinct synthetic JPEG queries of the model size, and one support pair."""
+    from lfm_deploy.data.synthetic import synthetic_pair
+
+    qdir = root / "queries"
+    qdir.mkdir()
+    for i in range(n):
+        synthetic_pair(size, 0, 0, 100 + i)[0].save(qdir / f"q{i:04d}.jpg", quality=92)
+    img, mask = synthetic_pair(size, 0, 0, 1)
+    img.save(root / "support.jpg", quality=95)
+    mask.save(root / "support_mask.png")
+    return sorted(qdir.iterdir()), str(root / "support.jpg"), str(root / "support_mask.png")
+
+
+# ----------------------------------------------------------------------------- batch
+def bench_local(artifacts, files, support, batch_size: int, threads: int, out: Path) -> dict:
+    """The local lfm-predict loop: Segmenter.predict over the files, one mask PNG each."""
+    from lfm_deploy.runtime import Segmenter
+    from lfm_deploy.serve.codec import mask_png
+
+    t0 = time.perf_counter()
+    seg = Segmenter.from_artifacts(artifacts, threads=threads, batch_size=batch_size)
+    seg.set_support([support[0]], [support[1]])
+    out.mkdir(parents=True)
+    t_ready = time.perf_counter()
+    first = None
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        for path, mask in zip(chunk, seg.predict([str(f) for f in chunk])):
+            (out / f"{path.stem}_mask.png").write_bytes(mask_png(mask))
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    n = len(files)
+    steady_n = n - min(batch_size, n)
+    return {"engine": "local Segmenter", "workers": 1, "threads": threads, "batch_size": batch_size, "images": n,
+            "startup_s": t_ready - t0, "seconds": end - t0,
+            "images_per_s": n / (end - t0), "loop_images_per_s": n / (end - t_ready),
+            "steady_images_per_s": steady_n / (end - first) if steady_n else None}
+
+
+def bench_ray_data(artifacts, files, support, batch_size: int, workers: int, threads: int, out: Path) -> dict:
+    from lfm_deploy.serve.ray_batch import segment_collection
+
+    t0 = time.perf_counter()
+    report = segment_collection(artifacts, [support[0]], [support[1]], [str(f) for f in files], out,
+                                workers=workers, threads=threads, batch_size=batch_size, overlay=False,
+                                progress=False)
+    end = time.perf_counter()
+    if report.failed or report.succeeded != len(files):
+        raise RuntimeError(f"the Ray Data job failed on {report.failed} image(s): {report.errors()[:3]}")
+    n = len(files)
+    steady_n = n - min(batch_size, n)
+    steady_s = report.seconds - report.first_result_s
+    return {"engine": "Ray Data", "workers": workers, "threads": threads, "batch_size": batch_size, "images": n,
+            "startup_s": report.first_result_s, "seconds": end - t0, "images_per_s": n / (end - t0),
+            "steady_images_per_s": steady_n / steady_s if steady_n and steady_s > 0 else None}
+
+
+# ----------------------------------------------------------------------------- serve
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_direct(artifacts, support, body: bytes, threads: int, iters: int) -> dict:
+    """A direct `Segmenter.predict` call on the request's bytes (the Serve baseline)."""
+    from lfm_deploy.runtime import Segmenter
+
+    seg = Segmenter.from_artifacts(artifacts, threads=threads)
+    seg.set_support([support[0]], [support[1]])
+    seg.predict(body)  # warm-up
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        seg.predict(body)
+        times.append(time.perf_counter() - t)
+    seg.close()
+    return {"what": "direct Segmenter.predict (batch 1)", "requests": iters, "p50_ms": _pct(times, 50),
+            "p99_ms": _pct(times, 99), "requests_per_s": iters / sum(times)}
+
+
+def bench_serve_level(url: str, body: bytes, clients: int, requests: int) -> dict:
+    """Closed loop: `clients` threads, each sends its next request when the last is answered."""
+    import httpx
+
+    latencies, errors = [], []
+    lock = threading.Lock()
+    remaining = [requests]
+
+    def client():
+        with httpx.Client(base_url=url, timeout=300) as http:
+            while True:
+                with lock:
+                    if remaining[0] <= 0:
+                        return
+                    remaining[0] -= 1
+                t = time.perf_counter()
+                resp = http.post("/predict", content=body)
+                dt = time.perf_counter() - t
+                with lock:
+                    (latencies if resp.status_code == 200 else errors).append(dt if resp.status_code == 200
+                                                                              else resp.status_code)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
+            f.result()
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": requests, "errors": len(errors), "p50_ms": _pct(latencies, 50),
+            "p99_ms": _pct(latencies, 99), "requests_per_s": len(latencies) / wall, "seconds": wall}
+
+
+# ----------------------------------------------------------------------------- report
+def _ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def summarise(results: dict) -> list[dict]:
+    batch = results["batch"]
+    local = [r for r in batch if r["engine"] == "local Segmenter"]
+    best = max(local, key=lambda r: r["steady_images_per_s"] or r["loop_images_per_s"])
+    local8 = next((r for r in local if r["batch_size"] == 8), best)
+    rays = [r for r in batch if r["engine"] == "Ray Data"]
+    best_ray = max(rays, key=lambda r: r["steady_images_per_s"] or 0)
+    rows = []
+    ratio = _ratio(best_ray["steady_images_per_s"], best["steady_images_per_s"])
+    rows.append({"target": f"Ray Data images/s vs local Segmenter at its best batch size ({best['batch_size']}), "
+                           f"steady state (best of {len(rays)} worker settings: {best_ray['workers']})",
+                 "measured": ratio, "goal": f">= {TARGET_BATCH_RATIO}", "met": ratio is not None and ratio >= TARGET_BATCH_RATIO})
+    ratio_e2e = _ratio(max(r["images_per_s"] for r in rays), best["images_per_s"])
+    rows.append({"target": "the same, end to end (model load, support encoding, and for Ray the workers' start-up, "
+                           "included)", "measured": ratio_e2e, "goal": "(informative)", "met": None})
+    serve = results.get("serve")
+    if serve:
+        one = next(s for s in serve["levels"] if s["clients"] == 1)
+        ratio = _ratio(one["p50_ms"], serve["direct"]["p50_ms"])
+        rows.append({"target": "Serve p50 latency, one client, vs a direct predict call", "measured": ratio,
+                     "goal": f"<= {TARGET_SERVE_P50_RATIO}", "met": ratio is not None and ratio <= TARGET_SERVE_P50_RATIO})
+        top = max(serve["levels"], key=lambda s: s["clients"])
+        ratio = _ratio(top["requests_per_s"], local8["steady_images_per_s"] or local8["loop_images_per_s"])
+        rows.append({"target": f"Serve requests/s with {top['clients']} clients vs local Segmenter at batch "
+                               f"{local8['batch_size']} (steady)", "measured": ratio,
+                     "goal": f">= {TARGET_SERVE_THROUGHPUT_RATIO}",
+                     "met": ratio is not None and ratio >= TARGET_SERVE_THROUGHPUT_RATIO})
+    return rows
+
+
+def _f(x, fmt="{:.2f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"Measured with `{results['command']}` ({results['image_size']}x{results['image_size']}, 1-shot, "
+             f"{m.get('cpu')}, {m['cpus']} CPUs; ray {m['versions'].get('ray')}, onnxruntime "
+             f"{m['versions'].get('onnxruntime')}; load average {results['load_average']['start'][0]:.1f} -> "
+             f"{results['load_average']['end'][0]:.1f}; {results['seconds']:.0f} s in all).", "",
+             "| batch engine | workers x threads | batch | images | start-up s | end-to-end images/s | "
+             "steady images/s |", "|---|---|---|---|---|---|---|"]
+    for r in results["batch"]:
+        lines.append(f"| {r['engine']} | {r['workers']} x {r['threads']} | {r['batch_size']} | {r['images']} | "
+                     f"{_f(r['startup_s'], '{:.1f}')} | {_f(r['images_per_s'])} | {_f(r['steady_images_per_s'])} |")
+    serve = results.get("serve")
+    if serve:
+        d = serve["direct"]
+        lines += ["", f"Serve: {serve['replicas']} replica x {serve['threads']} threads, dynamic batches of up to "
+                      f"{serve['max_batch']}, HTTP on 127.0.0.1, {results['image_size']} px JPEG bodies "
+                      f"({serve['body_bytes']} bytes); start-up (cluster already up) {serve['startup_s']:.1f} s.", "",
+                  "| client | concurrent | requests | errors | p50 ms | p99 ms | requests/s |", "|---|---|---|---|---|---|---|",
+                  f"| direct `Segmenter.predict` | 1 | {d['requests']} | 0 | {d['p50_ms']:.0f} | {d['p99_ms']:.0f} | "
+                  f"{d['requests_per_s']:.2f} |"]
+        for s in serve["levels"]:
+            lines.append(f"| HTTP `POST /predict` | {s['clients']} | {s['requests']} | {s['errors']} | "
+                         f"{s['p50_ms']:.0f} | {s['p99_ms']:.0f} | {s['requests_per_s']:.2f} |")
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in results["targets"]:
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {_f(t['measured'])}x | {t['goal']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+def run(args) -> dict:
+    import ray
+
+    from lfm_deploy.manifest import read_manifest
+
+    manifest = read_manifest(args.artifacts, verify_files=False)
+    size = manifest["image_size"]
+    results = {"image_size": size, "machine": _machine(), "load_average": {"start": os.getloadavg()}, "batch": []}
+    with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
+        tmp = Path(tmp)
+        files, *support = _make_inputs(tmp, args.images, size)
+        for b in args.batch_sizes:
+            log.info("local Segmenter, batch %d", b)
+            results["batch"].append(bench_local(args.artifacts, files, support, b, args.threads, tmp / f"local-{b}"))
+        local = [r for r in results["batch"]]
+        best = max(local, key=lambda r: r["steady_images_per_s"] or r["loop_images_per_s"])["batch_size"]
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        try:
+            for workers in args.workers:
+                threads = max(1, args.threads // workers)
+                log.info("Ray Data, %d worker(s) x %d thread(s), batch %d", workers, threads, best)
+                results["batch"].append(bench_ray_data(args.artifacts, files, support, best, workers, threads,
+                                                       tmp / f"ray-{workers}"))
+            if args.clients:
+                results["serve"] = run_serve(args, files[0].read_bytes(), support)
+        finally:
+            try:
+                from ray import serve
+
+                serve.shutdown()
+            except Exception:  # Serve never started
+                pass
+            ray.shutdown()
+    results["load_average"]["end"] = os.getloadavg()
+    results["targets"] = summarise(results)
+    return results
+
+
+def run_serve(args, body: bytes, support) -> dict:
+    from lfm_deploy.serve.ray_serve import build_app, start_service, stop_service
+
+    log.info("direct predict baseline, %d calls", args.serve_requests[0])
+    direct = bench_direct(args.artifacts, support, body, args.threads, args.serve_requests[0])
+    t0 = time.perf_counter()
+    app = build_app(args.artifacts, [support[0]], [support[1]], replicas=1, max_batch=args.max_batch,
+                    threads=args.threads)
+    url = start_service(app, host="127.0.0.1", port=_free_port())
+    startup = time.perf_counter() - t0
+    try:
+        bench_serve_level(url, body, 1, 2)  # warm-up: first batches, connection set-up
+        levels = []
+        for clients, requests in zip(args.clients, args.serve_requests):
+            log.info("Serve, %d client(s), %d requests", clients, requests)
+            levels.append(bench_serve_level(url, body, clients, requests))
+    finally:
+        stop_service()
+    return {"replicas": 1, "threads": args.threads, "max_batch": args.max_batch, "body_bytes": len(body),
+            "startup_s": startup, "direct": direct, "levels": levels}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", type=Path, default=ROOT / "artifacts" / "bench-ray",
+                        help="an lfm-export directory (lfm-export --domain deepglobe --out artifacts/bench-ray)")
+    parser.add_argument("--images", type=int, default=40, help="query images in the batch collection")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="local Segmenter batch sizes")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Data worker counts")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads of the local Segmenter and of one Ray worker/replica (split between workers)")
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="concurrent HTTP clients")
+    parser.add_argument("--serve-requests", type=int, nargs="*", default=[12, 24, 48],
+                        help="requests per client level (the first is also the direct-call count)")
+    parser.add_argument("--max-batch", type=int, default=8, help="Serve's largest dynamic batch")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray",
+                        help="output prefix: <out>.json, <out>.md")
+    parser.add_argument("--overwrite", action="store_true", help="replace result files not written by a benchmark")
+    args = parser.parse_args(argv)
+    if len(args.serve_requests) != len(args.clients):
+        parser.error("--serve-requests needs one count per --clients level")
+    if min(args.batch_sizes + args.workers + [args.images, args.threads, args.max_batch]) < 1:
+        parser.error("--images, --threads, --max-batch, batch sizes and worker counts must be >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lfm_deploy").setLevel(logging.WARNING)
+    from lfm_deploy.errors import LFMError
+    from lfm_deploy.utils.outputs import OutputDir
+
+    try:  # the result files are checked before the benchmark runs
+        out = OutputDir(args.out.parent, flag="--out", kind="lfm-deploy benchmark results", overwrite=args.overwrite)
+        names = {s: args.out.name + s for s in (".json", ".md")}
+        out.claim(names.values())
+    except LFMError as exc:
+        parser.error(exc.cli_message())
+    t0 = time.perf_counter()
+    results = run(args)
+    results["seconds"] = time.perf_counter() - t0
+    results["command"] = ("python benchmarks/bench_ray.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    out.write_json(names[".json"], results)
+    md = out.write_text(names[".md"], markdown(results))
+    log.info("\n%s", md.read_text())
+    return results
+
+
+if __name__ == "__main__":
+    main()
