@@ -7,8 +7,10 @@ collection of query files (read from disk, segmented, mask PNG written; no overl
 * Ray Data with 1 worker (`--threads` threads) and 2 workers (`--threads / 2` threads each,
   so the cores are not oversubscribed), at the local loop's best batch size.
 
-Each is reported end to end (model load and support encoding included) and in steady state
-(after the first finished batch, which is when the workers have started).
+Each is reported end to end (model load and support encoding included; for Ray also the
+workers' start-up, the cluster being up already) and in steady state: images after the first
+batch over the time from the first to the last batch (per worker, from the workers' own
+timestamps, summed over workers; the local loop likewise).
 
 Online (`lfm-serve`, `lfm_deploy.serve.ray_serve`): one replica (`--threads` threads, dynamic
 batches of up to `--max-batch`) on loopback, closed-loop HTTP clients (1, 4, 16 by default),
@@ -122,11 +124,9 @@ def bench_ray_data(artifacts, files, support, batch_size: int, workers: int, thr
     if report.failed or report.succeeded != len(files):
         raise RuntimeError(f"the Ray Data job failed on {report.failed} image(s): {report.errors()[:3]}")
     n = len(files)
-    steady_n = n - min(batch_size, n)
-    steady_s = report.seconds - report.first_result_s
     return {"engine": "Ray Data", "workers": workers, "threads": threads, "batch_size": batch_size, "images": n,
             "startup_s": report.first_result_s, "seconds": end - t0, "images_per_s": n / (end - t0),
-            "steady_images_per_s": steady_n / steady_s if steady_n and steady_s > 0 else None}
+            "steady_images_per_s": report.steady_images_per_s}
 
 
 # ----------------------------------------------------------------------------- serve

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -74,6 +75,19 @@ class BatchReport:
     rows: list = field(default_factory=list, repr=False)
     seconds: float = 0.0
     first_result_s: float | None = None
+    worker_batches: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """Throughput once the workers run: each worker's images after its first batch over the
+        time from that batch to its last, summed over workers (None with fewer than two batches)."""
+        total = 0.0
+        for batches in self.worker_batches.values():
+            batches = sorted(batches)
+            if len(batches) < 2 or batches[-1][0] <= batches[0][0]:
+                continue
+            total += sum(c for _, c in batches[1:]) / (batches[-1][0] - batches[0][0])
+        return total or None
 
     @property
     def ok(self) -> bool:
@@ -176,7 +190,8 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     failed = sum(r["status"] == "error" for r in ordered)
     return BatchReport(total=len(items), succeeded=len(ordered) - failed - skipped, skipped=skipped, failed=failed,
                        out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered,
-                       seconds=timing.get("seconds", 0.0), first_result_s=timing.get("first_result_s"))
+                       seconds=timing.get("seconds", 0.0), first_result_s=timing.get("first_result_s"),
+                       worker_batches=timing.get("workers", {}))
 
 
 def _output_names(stem: str, overlay: bool) -> dict:
@@ -244,8 +259,6 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
          cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial) -> None:
     from tqdm.auto import tqdm
 
-    import time
-
     from .cluster import ray_cluster
 
     t0 = time.perf_counter()
@@ -273,8 +286,13 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
         failed = 0
         with tqdm(total=total, initial=initial, desc="lfm-predict (ray)", unit="img",
                   disable=not progress or total < 2) as bar:
+            progress_by_worker: dict = {}
+            timing["workers"] = progress_by_worker
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 timing.setdefault("first_result_s", time.perf_counter() - t0)
+                for worker, finished in {(int(w), float(f)) for w, f in zip(batch["worker"], batch["finished"])}:
+                    count = int(np.sum((batch["worker"] == worker) & (batch["finished"] == finished)))
+                    progress_by_worker.setdefault(worker, []).append((finished, count))
                 for j in range(len(batch["index"])):
                     i = int(batch["index"][j])
                     if batch["status"][j] == "ok":
@@ -366,7 +384,9 @@ class _SegmentWorker:
             masks_png[j] = mask_png(mask)
             if self.overlay:
                 overlays_png[j] = overlay_png(image, mask)
-        return {"index": batch["index"], "status": np.asarray(status, dtype=object),
+        # Which worker finished the batch and when (BatchReport.steady_images_per_s).
+        return {"index": batch["index"], "worker": np.full(n, os.getpid(), dtype=np.int64),
+                "finished": np.full(n, time.time(), dtype=np.float64), "status": np.asarray(status, dtype=object),
                 "error": np.asarray(error, dtype=object), "height": np.asarray(height, dtype=np.int64),
                 "width": np.asarray(width, dtype=np.int64), "foreground": np.asarray(foreground, dtype=np.float64),
                 "mask": _objects(masks_png), "overlay": _objects(overlays_png)}
