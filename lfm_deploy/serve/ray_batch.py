@@ -64,6 +64,7 @@ class BatchReport:
         seconds: wall time of the Ray part (cluster connection, workers' start-up, segmentation).
         first_result_s: from its start to the first finished batch (the workers' start-up: the
             artifacts loaded and the support set encoded); None when nothing ran.
+        worker_batches: {worker pid: [(finish time, images), ...]}, the workers' own clocks.
     """
 
     total: int
@@ -79,15 +80,17 @@ class BatchReport:
 
     @property
     def steady_images_per_s(self) -> float | None:
-        """Throughput once the workers run: each worker's images after its first batch over the
-        time from that batch to its last, summed over workers (None with fewer than two batches)."""
-        total = 0.0
-        for batches in self.worker_batches.values():
-            batches = sorted(batches)
-            if len(batches) < 2 or batches[-1][0] <= batches[0][0]:
-                continue
-            total += sum(c for _, c in batches[1:]) / (batches[-1][0] - batches[0][0])
-        return total or None
+        """Throughput once every worker runs: the images finished after the last worker's first
+        batch, over the time from then to the last batch (None when no batch finished after it)."""
+        firsts = [min(t for t, _ in b) for b in self.worker_batches.values() if b]
+        if not firsts:
+            return None
+        start = max(firsts)
+        later = [(t, c) for b in self.worker_batches.values() for t, c in b if t > start]
+        if not later:
+            return None
+        end = max(t for t, _ in later)
+        return sum(c for _, c in later) / (end - start) if end > start else None
 
     @property
     def ok(self) -> bool:

@@ -139,3 +139,14 @@ def test_cli_address_joins_existing_cluster(ray_cluster, exported, support_files
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     np.testing.assert_array_equal(_mask(out / "tile_002_mask.png"), reference.predict(collection / "tile_002.png"))
+
+
+def test_steady_throughput_from_worker_timestamps(tmp_path):
+    from lfm_deploy.serve.ray_batch import BatchReport
+
+    report = BatchReport(total=40, succeeded=40, skipped=0, failed=0, out_dir=tmp_path, table=tmp_path / "t",
+                         worker_batches={1: [(10.0, 8), (14.0, 8), (18.0, 8)], 2: [(11.0, 8), (15.0, 8)]})
+    # after t=11 (both workers running): 8 + 8 + 8 images by t=18
+    assert report.steady_images_per_s == pytest.approx(24 / 7)
+    assert BatchReport(total=1, succeeded=1, skipped=0, failed=0, out_dir=tmp_path, table=tmp_path / "t",
+                       worker_batches={1: [(3.0, 1)]}).steady_images_per_s is None

@@ -164,3 +164,56 @@ def test_healthz_503_until_support_encoded(exported, support_files, reference, q
             return (await client.post("/predict", content=queries[2])).content
 
     assert asyncio.run(scenario()) == mask_png(reference.predict(queries[2]))
+
+
+def test_lfm_serve_command(exported, support_files, reference, queries, tmp_path):
+    """`lfm-serve` as a user runs it: its own local cluster, ready, answers, stops cleanly on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "lfm_deploy.cli.serve", str(exported(shots=1).out_dir),
+                             "--support", ":".join(support_files), "--port", str(port), "--threads", "1",
+                             "--max-batch", "2"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while "Serving" not in (tmp_path / "serve.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.get("/healthz").status_code == 200
+            assert client.post("/predict", content=queries[1]).content == mask_png(reference.predict(queries[1]))
+            assert client.get("/metadata").json()["domain"] == "deepglobe"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        with pytest.raises(httpx.TransportError):  # the service and its cluster are gone
+            httpx.get(f"{url}/healthz", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+        log.close()
+
+
+def test_lfm_serve_user_errors(exported, support_files, tmp_path):
+    """Bad support sets are one `Error:` line, before any cluster starts."""
+    from click.testing import CliRunner
+
+    from lfm_deploy.cli.serve import main
+
+    pair = ":".join(support_files)
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", pair, "--support", pair])
+    assert result.exit_code == 1 and "Error: got 2 support pairs but the artifacts" in result.output
+    empty = tmp_path / "empty.png"
+    Image.new("L", Image.open(support_files[1]).size).save(empty)
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", f"{support_files[0]}:{empty}"])
+    assert result.exit_code == 1 and "has no foreground pixels" in result.output and "Traceback" not in result.output
