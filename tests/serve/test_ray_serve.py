@@ -166,6 +166,7 @@ def test_healthz_503_until_support_encoded(exported, support_files, reference, q
     assert asyncio.run(scenario()) == mask_png(reference.predict(queries[2]))
 
 
+@pytest.mark.slow  # its own cluster, in a subprocess
 def test_lfm_serve_command(exported, support_files, reference, queries, tmp_path):
     """`lfm-serve` as a user runs it: its own local cluster, ready, answers, stops cleanly on Ctrl-C."""
     import os
