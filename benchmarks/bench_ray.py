@@ -9,8 +9,9 @@ collection of query files (read from disk, segmented, mask PNG written; no overl
 
 Each is reported end to end (model load and support encoding included; for Ray also the
 workers' start-up, the cluster being up already) and in steady state: images after the first
-batch over the time from the first to the last batch (per worker, from the workers' own
-timestamps, summed over workers; the local loop likewise).
+batch over the time from the first to the last batch (from the workers' own timestamps; with
+two workers the second one's start-up falls in that window, which is the engine's cost too;
+the local loop likewise).
 
 Online (`lfm-serve`, `lfm_deploy.serve.ray_serve`): one replica (`--threads` threads, dynamic
 batches of up to `--max-batch`) on loopback, closed-loop HTTP clients (1, 4, 16 by default),
@@ -415,7 +416,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="concurrent HTTP clients")
     parser.add_argument("--serve-requests", type=int, nargs="*", default=[12, 24, 48],
                         help="requests per client level (the first is also the direct-call count)")
-    parser.add_argument("--ray-batch-size", type=int, default=8, help="Ray Data batch size (lfm-predict's default)")
+    parser.add_argument("--ray-batch-size", type=int, default=4,
+                        help="Ray Data batch size (small enough for several batches per worker)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the batch cells (interleaved; best kept)")
     parser.add_argument("--max-busy", type=float, default=30.0,
                         help="shared machines: before each cell wait until the CPUs are less than this %% busy")

@@ -80,17 +80,13 @@ class BatchReport:
 
     @property
     def steady_images_per_s(self) -> float | None:
-        """Throughput once every worker runs: the images finished after the last worker's first
-        batch, over the time from then to the last batch (None when no batch finished after it)."""
-        firsts = [min(t for t, _ in b) for b in self.worker_batches.values() if b]
-        if not firsts:
+        """Throughput past the start-up: the images finished after the first finished batch (of
+        any worker) over the time from it to the last one. Conservative with several workers: a
+        worker that starts later counts its start-up here. None with fewer than two batches."""
+        batches = sorted((t, c) for b in self.worker_batches.values() for t, c in b)
+        if len(batches) < 2 or batches[-1][0] <= batches[0][0]:
             return None
-        start = max(firsts)
-        later = [(t, c) for b in self.worker_batches.values() for t, c in b if t > start]
-        if not later:
-            return None
-        end = max(t for t, _ in later)
-        return sum(c for _, c in later) / (end - start) if end > start else None
+        return sum(c for _, c in batches[1:]) / (batches[-1][0] - batches[0][0])
 
     @property
     def ok(self) -> bool:
@@ -269,12 +265,15 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
         import ray.data
 
         _quiet_ray_data(verbose)
+        job_ref = ray.put(job)
         records = [{"index": i, "input": items[i]} for i in todo]
         ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / batch_size)))
         ds = ds.map_batches(_read_batch, batch_size=batch_size, batch_format="numpy", num_cpus=READ_TASK_CPUS)
         ds = ds.map_batches(
             _SegmentWorker,
-            fn_constructor_kwargs={"job": job, "options": {"providers": providers, "allow_fallback": allow_fallback,
+            # The job (support bytes, manifest) goes to the object store once, by reference: the
+            # driver holds the reference for the whole run, so a restarted worker finds it again.
+            fn_constructor_kwargs={"job_ref": [job_ref], "options": {"providers": providers, "allow_fallback": allow_fallback,
                                                            "threads": threads, "batch_size": batch_size,
                                                            "allow_empty": allow_empty},
                                    "overlay": overlay},
@@ -324,6 +323,8 @@ def _quiet_ray_data(verbose: int) -> None:
     ctx.enable_auto_log_stats = False
     if verbose <= 1:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # "Progress bars disabled": ours is on.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def _read_batch(batch: dict) -> dict:
@@ -350,13 +351,15 @@ class _SegmentWorker:
     """Actor of the pool: one `Segmenter` with the support set encoded once, then batches.
 
     Args:
-        job: the checked job (artifact path, support bytes).
+        job_ref: [a Ray object reference to the checked `Job`] (in a list: Ray passes it as is).
         options: `segmenter_for` keyword arguments.
         overlay: also encode the overlay PNGs.
     """
 
-    def __init__(self, job: Job, options: dict, overlay: bool):
-        self.seg = segmenter_for(job, **options)
+    def __init__(self, job_ref: list, options: dict, overlay: bool):
+        import ray
+
+        self.seg = segmenter_for(ray.get(job_ref[0]), **options)
         self.overlay = overlay
 
     def __call__(self, batch: dict) -> dict:

@@ -146,7 +146,7 @@ def test_steady_throughput_from_worker_timestamps(tmp_path):
 
     report = BatchReport(total=40, succeeded=40, skipped=0, failed=0, out_dir=tmp_path, table=tmp_path / "t",
                          worker_batches={1: [(10.0, 8), (14.0, 8), (18.0, 8)], 2: [(11.0, 8), (15.0, 8)]})
-    # after t=11 (both workers running): 8 + 8 + 8 images by t=18
-    assert report.steady_images_per_s == pytest.approx(24 / 7)
+    # after the first batch (t=10): 4 batches of 8 images by t=18
+    assert report.steady_images_per_s == pytest.approx(32 / 8)
     assert BatchReport(total=1, succeeded=1, skipped=0, failed=0, out_dir=tmp_path, table=tmp_path / "t",
                        worker_batches={1: [(3.0, 1)]}).steady_images_per_s is None
