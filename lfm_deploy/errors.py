@@ -76,3 +76,7 @@ class BackendUnavailable(LFMError):
 class OutputError(LFMError):
     """An output location that cannot be used: not writable, inside a file, or holding files the
     tool did not write (which it never deletes or overwrites)."""
+
+
+class ClusterError(LFMError):
+    """A Ray cluster that cannot be started or joined, or Ray missing (the `ray` extra)."""

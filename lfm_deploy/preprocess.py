@@ -41,7 +41,7 @@ from PIL import Image
 
 from .errors import InputError
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 #: Largest accepted input side, in pixels (guards against decompression bombs and typos).
 MAX_IMAGE_SIDE = 16384
@@ -63,9 +63,7 @@ _COLOR_SHARE = 0.01
 
 def _type_error(value, what: str, kind: str) -> InputError:
     accepted = "uint8 or uint16 array" if kind == "image" else "{0, 1} or 0/255 array"
-    hint = f"pass a file path, PIL image or {accepted}"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        hint += " (for encoded file bytes: PIL.Image.open(io.BytesIO(data)))"
+    hint = f"pass a file path, encoded file bytes, PIL image or {accepted}"
     return InputError(f"{what} has type {type(value).__name__}", api_hint=hint)
 
 
@@ -98,6 +96,29 @@ def _open(path: str | os.PathLike, kind: str) -> Image.Image:
         # SyntaxError, ValueError, struct.error, EOFError...) for corrupt or truncated files.
         raise InputError(f"cannot read {kind} {path}: {exc or type(exc).__name__}",
                          api_hint="pass a valid PNG/JPEG file") from None
+    return img
+
+
+def open_image_bytes(data: bytes | bytearray | memoryview, what: str = "image") -> Image.Image:
+    """Decode an encoded image (PNG, JPEG, ... file contents) held in memory.
+
+    The same decoder and checks as for a file path (`Image.open` + `load`), so an image read
+    from bytes (an HTTP body, an object store) is preprocessed exactly like the file.
+
+    Raises:
+        InputError: empty or undecodable data, or a decompression bomb.
+    """
+    import io
+
+    data = bytes(data)
+    if not data:
+        raise InputError(f"{what} is empty (0 bytes); pass the contents of a PNG/JPEG file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        detail = str(exc).split(" <_io.BytesIO")[0]  # PIL names the buffer object: noise for the user
+        raise InputError(f"cannot read {what} ({len(data)} bytes): {detail}; pass a PNG/JPEG file") from None
     return img
 
 
@@ -208,7 +229,7 @@ def _image_pil_to_8bit(img: Image.Image, what: str, from_file: bool) -> Image.Im
 
 
 def to_pil_rgb(image: ImageLike, what: str = "image") -> Image.Image:
-    """Turn a path, PIL image or array (H,W), (H,W,1..4) into an RGB PIL image.
+    """Turn a path, encoded bytes, PIL image or array (H,W), (H,W,1..4) into an RGB PIL image.
 
     Grayscale, palette and RGBA images are converted the way PIL's `convert("RGB")` does, which
     is what the upstream readers do (X-rays are replicated to three channels); the alpha of
@@ -222,6 +243,8 @@ def to_pil_rgb(image: ImageLike, what: str = "image") -> Image.Image:
     from_file = isinstance(image, (str, os.PathLike))
     if from_file:
         img = _image_pil_to_8bit(_open(image, "image"), what, True)
+    elif isinstance(image, (bytes, bytearray, memoryview)):  # an HTTP body, an object-store read
+        img = _image_pil_to_8bit(open_image_bytes(image, what), what, True)
     elif isinstance(image, Image.Image):
         img = _image_pil_to_8bit(image, what, False)
     elif isinstance(image, np.ndarray):
@@ -364,6 +387,8 @@ def decode_mask(mask: ImageLike, what: str = "mask") -> DecodedMask:
     """
     if isinstance(mask, (str, os.PathLike)):
         return _decode_pil_mask(_open(mask, "mask"), what, True)
+    if isinstance(mask, (bytes, bytearray, memoryview)):
+        return _decode_pil_mask(open_image_bytes(mask, what), what, True)
     if isinstance(mask, Image.Image):
         return _decode_pil_mask(mask, what, False)
     if isinstance(mask, np.ndarray):

@@ -1,10 +1,11 @@
 """The README's examples run as written: every shell and Python block, in order, in a fresh
 folder, with the installed commands (`.venv/bin/...` points at the running environment).
 
-Skipped blocks, each for a stated reason: the quick start's install line (the test runs inside
-the installed environment; its `lfm-export --domain deepglobe` runs as part of the pipeline
-block), the test commands (this is the test suite), and the benchmark commands (measured by
-`benchmarks/`, minutes each).
+Skipped blocks, each for a stated reason (`NOT_RUN`): the quick start's install line (the test
+runs inside the installed environment; its `lfm-export --domain deepglobe` runs as part of the
+pipeline block), the test commands (this is the test suite), the benchmark commands (measured
+by `benchmarks/`, minutes each), and the Ray examples, which name placeholder files and clusters
+(tests/serving runs both Ray paths on a real local cluster).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ NOT_RUN = {
     "pip install": "installs the package: the test runs inside the installed environment",
     "-m pytest": "runs the test suite itself",
     "benchmarks/": "benchmark commands, measured separately (minutes each)",
+    "--engine ray": "Ray examples with placeholder files and clusters; tests/serving runs both paths on a real cluster",
+    "lfm-serve": "a long-running service with placeholder files; tests/serving runs it and its HTTP API",
 }
 
 

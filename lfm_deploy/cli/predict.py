@@ -92,7 +92,7 @@ def _overlay(image_path: Path, mask):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("queries", nargs=-1, required=True, type=click.Path(exists=True), metavar="QUERY...")
+@click.argument("queries", nargs=-1, required=True, type=click.Path(), metavar="QUERY...")
 @click.option("--support", "supports", multiple=True, required=True, callback=_parse_support, metavar="IMAGE:MASK",
               help="A support image and its mask (repeat for K-shot artifacts; exactly K pairs).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
@@ -104,17 +104,26 @@ def _overlay(image_path: Path, mask):
 @click.option("--overlay/--no-overlay", default=True, help="Also write <stem>_overlay.png (mask tinted over the image).")
 @click.option("--allow-empty-mask", is_flag=True, help="Accept support masks without foreground (a warning instead of an error).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              help="local: this process. ray: a Ray Data job (QUERY may also be a glob, a list file or a URI; "
+                   "adds results.jsonl; resumable).")
+@click.option("--address", default=None, help="--engine ray: join this Ray cluster (ray start --head prints it). "
+                                               "Default: start a local one for the job.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="--engine ray: worker actors.")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=0.5,
+              help="--engine ray: CPUs each worker reserves in Ray's scheduler (fractional keeps a core for reads).")
 @verbose_option
 @user_errors
 def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, providers, allow_fallback, threads, overlay,
-         allow_empty_mask, quiet, verbose):
+         allow_empty_mask, quiet, engine, address, workers, cpus_per_worker, verbose):
     """Segment QUERY images (files or directories of images) with an lfm-export directory.
 
     Writes <stem>_mask.png (0/255, at the query's original size) and <stem>_overlay.png per
     query into --out, and results.jsonl (one row per query: input, outputs, size, foreground
     fraction, status, error). Queries sharing a file stem get distinct names (x.jpg, x.png ->
     x_jpg, x_png). A query that cannot be read is listed and skipped; the others are written,
-    and the exit code is 1.
+    and the exit code is 1. With --engine ray the same files come from a Ray Data job
+    (README, "Scale out with Ray").
 
     \b
     Example:
@@ -127,6 +136,18 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
     from ..utils.outputs import OutputDir
 
     setup_logging(verbose)
+    if engine == "ray":
+        from ._predict_ray import predict_on_ray
+
+        return predict_on_ray(artifact_dir, supports, queries, out_dir, batch_size=batch_size, providers=providers,
+                              allow_fallback=allow_fallback, threads=threads, overlay=overlay,
+                              allow_empty=allow_empty_mask, quiet=quiet, address=address, workers=workers,
+                              cpus_per_worker=cpus_per_worker, verbose=verbose, overwrite=overwrite)
+    if address is not None:
+        raise click.UsageError("--address needs --engine ray")
+    for query in queries:
+        if not Path(query).exists():
+            raise click.BadParameter(f"Path {query!r} does not exist.", param_hint="'QUERY...'")
     files = _expand_queries(queries)
     if not files:
         raise click.UsageError("no query images found in the given QUERY paths")

@@ -46,3 +46,26 @@ def test_no_torch_module_loaded(exported):
                 str(exported(shots=1).out_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ray_is_imported_lazily():
+    """Ray is an optional extra: the runtime, the CLIs and the Ray modules' light halves never import it."""
+    code = """
+import sys
+sys.modules['ray'] = None  # the extra is not installed
+import lfm_deploy.runtime, lfm_deploy.cli.predict, lfm_deploy.cli.serve
+import lfm_deploy.serving, lfm_deploy.serving.codec, lfm_deploy.serving.collection, lfm_deploy.serving.job
+import lfm_deploy.serving.ray_batch, lfm_deploy.serving.cluster
+from lfm_deploy.errors import ClusterError
+from lfm_deploy.serving.cluster import import_ray
+try:
+    import_ray()
+except ClusterError as exc:
+    print('ClusterError:', exc)
+print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'pyarrow', 'pandas') and sys.modules[m]))
+"""
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2].startswith("ClusterError: Ray is not installed; install the extra")
+    assert lines[-1] == "[]"

@@ -1,0 +1,149 @@
+"""Driver-side checks shared by the batch job and the service, run before any cluster starts.
+
+A wrong artifact directory, a missing accelerator, the wrong number of support pairs or a bad
+support mask is a user error: it is reported here, in the driver, as one `LFMError`, instead
+of as a crashed actor deep inside a Ray job. The support files are read here too and shipped
+to the workers as bytes, so they only need to exist on the machine that submits the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import InputError, ManifestError
+from ..manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked artifact directory and support set, ready to ship to Ray workers.
+
+    Attributes:
+        artifact_dir: absolute path of the export directory (every node reads it there).
+        manifest: its verified manifest.
+        support_images, support_masks: the K support files' bytes.
+        support_names: where they were read from (for logs and /metadata).
+    """
+
+    artifact_dir: str
+    manifest: dict
+    support_images: tuple
+    support_masks: tuple
+    support_names: tuple
+
+    def metadata(self) -> dict:
+        """What the service's `GET /metadata` returns: the model and the artifacts' hashes."""
+        m = self.manifest
+        return {
+            "domain": m.get("domain"),
+            "shots": m.get("shots"),
+            "variant": m.get("variant"),
+            "apm": m.get("apm"),
+            "acpa": m.get("acpa"),
+            "lowering": m.get("lowering"),
+            # The runtime serves the fp32 ONNX graphs (fp16 exists only as TensorRT engines).
+            "precision": m.get("precision", "fp32"),
+            "image_size": m.get("image_size"),
+            "untrained": bool(m.get("untrained")),
+            "created_by": m.get("created_by"),
+            "artifacts": {name: entry.get("sha256") for name, entry in sorted((m.get("files") or {}).items())},
+            "support": list(self.support_names),
+        }
+
+
+def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
+                support_masks: Sequence[str | os.PathLike], *, providers="cpu", allow_fallback: bool = False,
+                allow_empty: bool = False) -> Job:
+    """Verify the artifacts and the support set, and read the support files.
+
+    Nothing heavy runs: the manifest's hashes are checked and the support pairs go through the
+    runtime's own preprocessing checks (decoding, sizes, empty masks); no model is loaded.
+
+    Args:
+        artifact_dir: an lfm-export directory with the encoder/head pair.
+        support_images, support_masks: K paths (or URIs) each, K = the export's shots.
+        providers, allow_fallback: as `Segmenter.from_artifacts` (checked here against what this
+            machine's onnxruntime offers).
+        allow_empty: accept support masks without foreground.
+
+    Returns:
+        The `Job`.
+
+    Raises:
+        ManifestError: a missing, incomplete or modified artifact directory.
+        BackendUnavailable: a requested execution provider is missing (and not `allow_fallback`).
+        InputError: the wrong number of pairs, unreadable or invalid support files.
+    """
+    from ..runtime.inputs import Preprocessing
+    from ..runtime.providers import check_available, resolve_providers
+    from .collection import read_bytes
+
+    manifest = read_manifest(artifact_dir, verify_files=True)
+    graphs = manifest.get("graphs") or {}
+    if not {"encoder", "head"} <= set(graphs):
+        raise ManifestError(f"{artifact_dir} has no encoder/head pair (graphs: {', '.join(graphs) or 'none'}); "
+                            "re-run lfm-export with --split")
+    check_available(resolve_providers(providers), allow_fallback)
+    images, masks = list(support_images), list(support_masks)
+    shots = manifest.get("shots")
+    if len(images) != len(masks):
+        raise InputError(f"got {len(images)} support images but {len(masks)} masks; pass one mask per image")
+    if len(images) != shots:
+        raise InputError(f"got {len(images)} support pairs but the artifacts in {artifact_dir} were exported for "
+                         f"{shots}-shot; pass exactly {shots} (or export with --shots {len(images)})")
+    pre = Preprocessing.from_manifest(manifest)
+    image_bytes, mask_bytes = [], []
+    for i, (img, mask) in enumerate(zip(images, masks)):
+        pair = []
+        for location, role in ((img, "support image"), (mask, "support mask")):
+            try:
+                pair.append(read_bytes(os.fspath(location)))
+            except OSError as exc:
+                raise InputError(f"cannot read {role} {location}: {exc}; check the path") from None
+        pre.support(pair[0], pair[1], i, allow_empty)  # the runtime's checks, names the pair
+        image_bytes.append(pair[0])
+        mask_bytes.append(pair[1])
+    return Job(artifact_dir=str(Path(artifact_dir).resolve()), manifest=manifest,
+               support_images=tuple(image_bytes), support_masks=tuple(mask_bytes),
+               support_names=tuple(f"{os.fspath(i)}:{os.fspath(m)}" for i, m in zip(images, masks)))
+
+
+def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, threads: int | None = None,
+                  batch_size: int = 8, allow_empty: bool = False):
+    """Inside a worker: load the artifacts and encode the job's support set (once).
+
+    Returns:
+        A ready `lfm_deploy.runtime.Segmenter`.
+    """
+    from ..runtime import Segmenter
+
+    seg = Segmenter.from_artifacts(job.artifact_dir, providers=providers, allow_fallback=allow_fallback,
+                                   threads=threads, batch_size=batch_size)
+    seg.set_support(list(job.support_images), list(job.support_masks), allow_empty=allow_empty)
+    return seg
+
+
+def predict_isolated(seg, images: list) -> list:
+    """Masks for decoded images in one batched run; an image the runtime refuses fails alone.
+
+    Returns:
+        One entry per image: the uint8 mask, or the `InputError` that image raised.
+    """
+    if not images:
+        return []
+    try:
+        return seg.predict(list(images))
+    except InputError:
+        out = []
+        for image in images:
+            try:
+                out.append(seg.predict(image))
+            except InputError as exc:
+                out.append(exc)
+        return out

@@ -1,0 +1,399 @@
+"""Batch segmentation of large collections on Ray Data (`lfm-predict --engine ray`).
+
+The pipeline, streaming (a collection never has to fit in memory):
+
+    inputs (expanded on the driver) -> read tasks (bytes, a read error becomes an error row)
+        -> actor pool of `_SegmentWorker`s (each loads the artifacts and encodes the support
+           set once, then decodes, segments and encodes PNGs per batch)
+        -> the driver writes `<stem>_mask.png` / `<stem>_overlay.png` atomically and one
+           results table, `results.jsonl`.
+
+Masks are the local `lfm-predict`'s, byte for byte: the workers run the runtime's
+`Segmenter`, and the PNGs are encoded the same way (`codec`). The driver writes every file,
+so the output folder only needs to exist on the submitting machine; the inputs and the
+artifact directory must be readable by every node (a shared filesystem, or URIs for inputs).
+
+Outputs go through `lfm_deploy.utils.outputs.OutputDir` (kind "lfm-predict output", shared with
+the local engine): every name is claimed before any model loads, no file lfm-predict did not
+write is replaced, and each file is renamed into place complete and recorded with its hash.
+Resumable: an input whose outputs are recorded and unchanged is skipped; failed inputs are
+tried again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .collection import expand_inputs, output_stems, read_bytes
+from .job import Job, predict_isolated, prepare_job, segmenter_for
+
+log = logging.getLogger(__name__)
+
+#: What the job writes into the output folder (the local lfm-predict's kind: either reads the
+#: other's outputs as its own), and its results table (one JSON object a line).
+PREDICT_KIND = "lfm-predict output"
+RESULTS_NAME = "results.jsonl"
+#: CPUs a read task asks for: small, so that reads run beside the workers on a 2-core machine.
+READ_TASK_CPUS = 0.25
+#: CPUs a worker actor asks for by default (see `segment_collection`).
+DEFAULT_WORKER_CPUS = 0.5
+
+
+@dataclass
+class BatchReport:
+    """What a batch job did.
+
+    Attributes:
+        total: inputs found.
+        succeeded: inputs segmented in this run.
+        skipped: inputs whose outputs were already complete (earlier runs).
+        failed: inputs that could not be segmented (an error row each).
+        out_dir: the output folder.
+        table: the results table's path.
+        rows: the table's rows, in input order.
+        seconds: wall time of the Ray part (cluster connection, workers' start-up, segmentation).
+        first_result_s: from its start to the first finished batch (the workers' start-up: the
+            artifacts loaded and the support set encoded); None when nothing ran.
+        worker_batches: {worker pid: [(finish time, images), ...]}, the workers' own clocks.
+    """
+
+    total: int
+    succeeded: int
+    skipped: int
+    failed: int
+    out_dir: Path
+    table: Path
+    rows: list = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+    first_result_s: float | None = None
+    worker_batches: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """Throughput past the start-up: the images finished after the first finished batch (of
+        any worker) over the time from it to the last one. Conservative with several workers: a
+        worker that starts later counts its start-up here. None with fewer than two batches."""
+        batches = sorted((t, c) for b in self.worker_batches.values() for t, c in b)
+        if len(batches) < 2 or batches[-1][0] <= batches[0][0]:
+            return None
+        return sum(c for _, c in batches[1:]) / (batches[-1][0] - batches[0][0])
+
+    @property
+    def ok(self) -> bool:
+        """True when no input failed."""
+        return self.failed == 0
+
+    def errors(self) -> list[dict]:
+        """The error rows."""
+        return [r for r in self.rows if r["status"] == "error"]
+
+
+def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
+                       support_masks: Sequence[str | os.PathLike], inputs: Sequence[str], out_dir: str | os.PathLike,
+                       *, address: str | None = None, workers: int = 1, batch_size: int = 8,
+                       threads: int | None = None, cpus_per_worker: float = DEFAULT_WORKER_CPUS,
+                       providers="cpu", allow_fallback: bool = False, overlay: bool = True,
+                       allow_empty: bool = False, overwrite: bool = False, progress: bool = True,
+                       verbose: int = 0) -> BatchReport:
+    """Segment a collection of images on a Ray cluster with a fixed support set.
+
+    Args:
+        artifact_dir: an lfm-export directory (readable at this path on every node).
+        support_images, support_masks: the K support pairs (read here, shipped to the workers).
+        inputs: images, folders, globs, list files or URIs (see `collection.expand_inputs`).
+        out_dir: the output folder: `<stem>_mask.png` (0/255, the image's size),
+            `<stem>_overlay.png` with `overlay`, and `results.jsonl`.
+        address: join this Ray cluster; None starts a local one for the job (an already
+            connected cluster is used as it is).
+        workers: actors in the pool (each holds one `Segmenter`: at 400 px 0.65 GB
+            resident at batch 1, ~2.9 GB at batch 8).
+        batch_size: queries per worker call and head run.
+        threads: onnxruntime threads per worker (default: this machine's CPUs / `workers`).
+        cpus_per_worker: CPUs each actor reserves in Ray's scheduler. Fractional by default: an
+            actor pool asking for whole CPUs can hold every core of a small machine and starve
+            Ray Data's read tasks, stalling the pipeline. On large nodes set it to `threads`.
+        providers, allow_fallback: onnxruntime execution providers, as `Segmenter`.
+        overlay: also write `<stem>_overlay.png`.
+        allow_empty: accept support masks without foreground.
+        overwrite: replace files in `out_dir` that lfm-predict did not write (never by default).
+        progress: show a progress bar.
+        verbose: > 0 forwards the workers' logs.
+
+    Returns:
+        A `BatchReport`; `report.ok` is False when any input failed (an error row each; the job
+        itself goes on).
+
+    Raises:
+        InputError: no inputs, a missing input spec, bad support files or options.
+        OutputError: an unusable output folder, or output names taken by files lfm-predict did
+            not write (checked before any model is loaded or any cluster started).
+        ManifestError, BackendUnavailable: see `Segmenter.from_artifacts`.
+        ClusterError: Ray missing or the cluster unreachable.
+    """
+    from ..utils.outputs import OutputDir
+    from .cluster import import_ray
+
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}", cli_hint="pass --workers 1 or more")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if not cpus_per_worker > 0:
+        raise InputError(f"cpus_per_worker must be positive, got {cpus_per_worker}")
+    out = OutputDir(out_dir, flag="--out", kind=PREDICT_KIND, overwrite=overwrite)
+    import_ray()  # a missing extra is said before any input is listed or hashed
+    items = expand_inputs(inputs)
+    if not items:
+        raise InputError(f"no input images found in {', '.join(map(str, inputs))}",
+                         api_hint="pass images, folders, globs or list files",
+                         cli_hint="pass images, folders, globs or list files as QUERY")
+    stems = output_stems(items)
+    names = [_output_names(stem, overlay) for stem in stems]
+    # Every output name is checked before any model is loaded or any cluster started.
+    out.claim([n for entry in names for n in entry.values()] + [RESULTS_NAME],
+              [item for item, entry in zip(items, names) for _ in entry] + ["the results table"])
+    job = prepare_job(artifact_dir, support_images, support_masks, providers=providers,
+                      allow_fallback=allow_fallback, allow_empty=allow_empty)
+    done = _completed(out.path, [n for entry in names for n in entry.values()])
+    previous = _previous_rows(out.path / RESULTS_NAME) if done else {}
+    rows: dict[int, dict] = {}
+    todo = []
+    for i, (item, entry) in enumerate(zip(items, names)):
+        if all(n in done for n in entry.values()):
+            rows[i] = _skipped_row(item, entry, out.path, previous.get(item))
+        else:
+            todo.append(i)
+    skipped = len(rows)
+    if skipped:
+        log.info("%d of %d input(s) already have complete outputs in %s: skipped", skipped, len(items), out.path)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    timing: dict = {}
+    try:
+        if todo:
+            _run(timing, job, items, names, todo, out, rows, address=address, workers=workers, batch_size=batch_size,
+                 threads=threads, cpus_per_worker=cpus_per_worker, providers=providers,
+                 allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty,
+                 progress=progress, verbose=verbose, initial=skipped)
+    finally:
+        # Also when interrupted: the table lists what was done (a re-run resumes from the files).
+        ordered = [rows[i] for i in sorted(rows)]
+        out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in ordered))
+    failed = sum(r["status"] == "error" for r in ordered)
+    return BatchReport(total=len(items), succeeded=len(ordered) - failed - skipped, skipped=skipped, failed=failed,
+                       out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered,
+                       seconds=timing.get("seconds", 0.0), first_result_s=timing.get("first_result_s"),
+                       worker_batches=timing.get("workers", {}))
+
+
+def _output_names(stem: str, overlay: bool) -> dict:
+    names = {"mask": f"{stem}_mask.png"}
+    if overlay:
+        names["overlay"] = f"{stem}_overlay.png"
+    return names
+
+
+def _row(item, names, out: Path, status, *, height=None, width=None, foreground=None, error=None) -> dict:
+    """One results-table row, in the local lfm-predict's format (plus the status "skipped")."""
+    ok = status != "error"
+    return {"input": item, "mask": str(out / names["mask"]) if ok else None,
+            "overlay": str(out / names["overlay"]) if ok and "overlay" in names else None,
+            "width": width, "height": height, "foreground": None if foreground is None else round(foreground, 6),
+            "status": status, "error": error}
+
+
+def _completed(directory: Path, names: list[str]) -> set[str]:
+    """The names already written by an earlier lfm-predict run and unchanged since (its record).
+
+    A file renamed into place is complete, and the record holds each file's hash, so a file
+    present, recorded and matching is finished work; anything else is done again.
+    """
+    from ..utils.outputs import foreign_files, read_record
+
+    record = read_record(directory) if directory.is_dir() else None
+    if record is None or record["kind"] != PREDICT_KIND:
+        return set()
+    foreign = set(foreign_files(directory, PREDICT_KIND) or [])
+    return {n for n in names if n in record["files"] and (directory / n).is_file() and n not in foreign}
+
+
+def _skipped_row(item: str, names: dict, out: Path, before: dict | None) -> dict:
+    """A skipped input's row: the size and foreground from the previous table (else the PNG header)."""
+    if before and before.get("status") in ("ok", "skipped") and before.get("mask") == str(out / names["mask"]):
+        return _row(item, names, out, "skipped", height=before.get("height"), width=before.get("width"),
+                    foreground=before.get("foreground"))
+    from PIL import Image
+
+    try:
+        with Image.open(out / names["mask"]) as img:
+            width, height = img.size
+    except OSError:
+        width = height = None
+    return _row(item, names, out, "skipped", height=height, width=width)
+
+
+def _previous_rows(table: Path) -> dict:
+    if not table.is_file():
+        return {}
+    rows = {}
+    try:
+        for line in table.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row.get("input")] = row
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; resuming from the output files alone", table)
+        return {}
+    return rows
+
+
+def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address, workers, batch_size, threads,
+         cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial) -> None:
+    from tqdm.auto import tqdm
+
+    from .cluster import ray_cluster
+
+    t0 = time.perf_counter()
+    with ray_cluster(address, verbose=verbose) as ray:
+        import ray.data
+
+        _quiet_ray_data(verbose)
+        job_ref = ray.put(job)
+        records = [{"index": i, "input": items[i]} for i in todo]
+        ds = ray.data.from_items(records, override_num_blocks=max(1, math.ceil(len(records) / batch_size)))
+        ds = ds.map_batches(_read_batch, batch_size=batch_size, batch_format="numpy", num_cpus=READ_TASK_CPUS)
+        ds = ds.map_batches(
+            _SegmentWorker,
+            # The job (support bytes, manifest) goes to the object store once, by reference: the
+            # driver holds the reference for the whole run, so a restarted worker finds it again.
+            fn_constructor_kwargs={"job_ref": [job_ref], "options": {"providers": providers, "allow_fallback": allow_fallback,
+                                                           "threads": threads, "batch_size": batch_size,
+                                                           "allow_empty": allow_empty},
+                                   "overlay": overlay},
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpus_per_worker,
+            batch_size=batch_size,
+            batch_format="numpy",
+        )
+        log.info("segmenting %d input(s) with %d worker(s) x %d thread(s) (%.2g CPU each)", len(todo), workers,
+                 threads, cpus_per_worker)
+        total = initial + len(todo)
+        failed = 0
+        with tqdm(total=total, initial=initial, desc="lfm-predict (ray)", unit="img",
+                  disable=not progress or total < 2) as bar:
+            progress_by_worker: dict = {}
+            timing["workers"] = progress_by_worker
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                timing.setdefault("first_result_s", time.perf_counter() - t0)
+                for worker, finished in {(int(w), float(f)) for w, f in zip(batch["worker"], batch["finished"])}:
+                    count = int(np.sum((batch["worker"] == worker) & (batch["finished"] == finished)))
+                    progress_by_worker.setdefault(worker, []).append((finished, count))
+                for j in range(len(batch["index"])):
+                    i = int(batch["index"][j])
+                    if batch["status"][j] == "ok":
+                        # The overlay first: the mask, written last, completes the input.
+                        if overlay:
+                            out.write_bytes(names[i]["overlay"], bytes(batch["overlay"][j]))
+                        out.write_bytes(names[i]["mask"], bytes(batch["mask"][j]))
+                        rows[i] = _row(items[i], names[i], out.path, "ok", height=int(batch["height"][j]),
+                                       width=int(batch["width"][j]), foreground=float(batch["foreground"][j]))
+                    else:
+                        failed += 1
+                        rows[i] = _row(items[i], names[i], out.path, "error", error=str(batch["error"][j]))
+                        log.warning("%s", batch["error"][j])
+                    bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
+        timing["seconds"] = time.perf_counter() - t0
+
+
+def _quiet_ray_data(verbose: int) -> None:
+    """Our progress bar replaces Ray Data's; its INFO lines only with -vv."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = verbose > 1
+    ctx.print_on_execution_start = verbose > 1
+    ctx.enable_auto_log_stats = False
+    if verbose <= 1:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # "Progress bars disabled": ours is on.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def _read_batch(batch: dict) -> dict:
+    """Read task: each input's bytes; a read failure becomes the row's error, not a failed task."""
+    data, errors = [], []
+    for item in batch["input"]:
+        try:
+            data.append(read_bytes(str(item)))
+            errors.append("")
+        except Exception as exc:  # any filesystem's error: the row records it, the job goes on
+            data.append(b"")
+            errors.append(f"cannot read {item}: {exc}")
+    return {"index": batch["index"], "input": batch["input"], "data": _objects(data),
+            "read_error": np.asarray(errors, dtype=object)}
+
+
+def _objects(values: list) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+class _SegmentWorker:
+    """Actor of the pool: one `Segmenter` with the support set encoded once, then batches.
+
+    Args:
+        job_ref: [a Ray object reference to the checked `Job`] (in a list: Ray passes it as is).
+        options: `segmenter_for` keyword arguments.
+        overlay: also encode the overlay PNGs.
+    """
+
+    def __init__(self, job_ref: list, options: dict, overlay: bool):
+        import ray
+
+        self.seg = segmenter_for(ray.get(job_ref[0]), **options)
+        self.overlay = overlay
+
+    def __call__(self, batch: dict) -> dict:
+        from ..preprocess import to_pil_rgb
+        from .codec import mask_png, overlay_png
+
+        n = len(batch["index"])
+        status, error = ["error"] * n, [""] * n
+        height, width, foreground = [-1] * n, [-1] * n, [float("nan")] * n
+        masks_png, overlays_png = [b""] * n, [b""] * n
+        images, where = [], []
+        for j in range(n):
+            if batch["read_error"][j]:
+                error[j] = str(batch["read_error"][j])
+                continue
+            try:
+                images.append(to_pil_rgb(bytes(batch["data"][j]), f"image {batch['input'][j]}"))
+                where.append(j)
+            except InputError as exc:
+                error[j] = str(exc)
+        for j, image, mask in zip(where, images, predict_isolated(self.seg, images)):
+            if isinstance(mask, Exception):
+                error[j] = str(mask)
+                continue
+            status[j] = "ok"
+            height[j], width[j] = mask.shape
+            foreground[j] = float(mask.mean())
+            masks_png[j] = mask_png(mask)
+            if self.overlay:
+                overlays_png[j] = overlay_png(image, mask)
+        # Which worker finished the batch and when (BatchReport.steady_images_per_s).
+        return {"index": batch["index"], "worker": np.full(n, os.getpid(), dtype=np.int64),
+                "finished": np.full(n, time.time(), dtype=np.float64), "status": np.asarray(status, dtype=object),
+                "error": np.asarray(error, dtype=object), "height": np.asarray(height, dtype=np.int64),
+                "width": np.asarray(width, dtype=np.int64), "foreground": np.asarray(foreground, dtype=np.float64),
+                "mask": _objects(masks_png), "overlay": _objects(overlays_png)}
