@@ -79,6 +79,11 @@ class FiniteFloat(click.FloatRange):
         return parse
 
 
+#: The type of every --seed: numpy's RandomState and SeedSequence take 0 .. 2**32 - 1 (a negative
+#: or larger seed was a numpy traceback after the output checks).
+SEED = click.IntRange(0, 2**32 - 1)
+
+
 class OutputFilePath(click.Path):
     """A file output option: click.Path(dir_okay=False) that also refuses a trailing slash.
 

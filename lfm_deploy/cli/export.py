@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import domain_choice_callback, setup_logging, user_errors, verbose_option
+from . import SEED, domain_choice_callback, setup_logging, user_errors, verbose_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -27,7 +27,7 @@ from . import domain_choice_callback, setup_logging, user_errors, verbose_option
 @click.option("--triton", is_flag=True, help="Also write a Triton Inference Server model repository (<out>/triton).")
 @click.option("--simplify/--no-simplify", default=True, help="Simplify graphs with onnxslim.")
 @click.option("--validate/--no-validate", default=True, help="Check every graph against the eager model in onnxruntime.")
-@click.option("--seed", type=int, default=0, help="Seed of the validation episodes.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the validation episodes.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, help="onnxruntime threads for validation.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @verbose_option

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import FiniteFloat, OutputFilePath, domain_choice_callback, setup_logging, user_errors, verbose_option
+from . import SEED, FiniteFloat, OutputFilePath, domain_choice_callback, setup_logging, user_errors, verbose_option
 
 _DOMAIN_HELP = "Target domain: deepglobe, isic, chest_xray or fss1000 (aliases accepted)."
 
@@ -64,7 +64,7 @@ def _untrained_note(untrained: bool) -> None:
               help="Learning rate. Default: the domain's (Deepglobe/ISIC 0.01, Chest X-ray 0.1, FSS-1000 1e-5).")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None,
               help="Optimizer. Default: the domain's (adam).")
-@click.option("--seed", type=int, default=0, help="Seed of the masker initialisation.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the masker initialisation.")
 @click.option("--out", type=OutputFilePath(path_type=Path), default=None,
               help="Masker file to write; a <name>.finetune.json log goes next to it. "
               "[default: masker-<domain>.safetensors]")
@@ -128,7 +128,7 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
               "re-tune the masker on each episode's supports before predicting its query.")
 @click.option("--episodes", type=click.IntRange(min=1), default=None,
               help="Number of episodes. Default: the benchmark's (600; FSS-1000 one per test image).")
-@click.option("--seed", type=int, default=0, help="Episode seed (0 reproduces the benchmark's episodes).")
+@click.option("--seed", type=SEED, default=0, help="Episode seed (0 reproduces the benchmark's episodes).")
 @click.option("--apm", type=click.Choice(["m", "s", "none"]), default="m", callback=_apm_value,
               help="Model variant when no --masker is given.")
 @click.option("--acpa/--no-acpa", default=True, help="Model variant when no --masker is given.")
@@ -190,7 +190,7 @@ def eval_main(domain, data_root, shots, masker, checkpoint, protocol, episodes, 
 @click.option("--size", type=click.IntRange(min=8), default=96, help="Image side in pixels (readers resize to 400).")
 @click.option("--classes", type=click.IntRange(min=1), default=None,
               help="FSS-1000 only: number of classes. [default: 4]")
-@click.option("--seed", type=int, default=0, help="Seed; the same seed writes the same files.")
+@click.option("--seed", type=SEED, default=0, help="Seed; the same seed writes the same files.")
 @verbose_option
 @user_errors
 def make_data_main(domain, root, per_class, size, classes, seed, verbose):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 
 import click
@@ -53,29 +52,6 @@ def _expand_queries(queries) -> list[Path]:
         else:
             files.append(path)
     return files
-
-
-def output_stems(files: list[Path]) -> list[str]:
-    """One output stem per query, never the same for two queries.
-
-    A query whose file stem no other query shares keeps it (`x.jpg` -> `x`); queries sharing a
-    stem get their extension added (`x.jpg`, `x.png` -> `x_jpg`, `x_png`), then a counter
-    (`a/x.jpg`, `b/x.jpg` -> `x_jpg`, `x_jpg_2`), each checked against every stem of the run.
-    """
-    counts = Counter(f.stem for f in files)
-    taken = {f.stem for f in files if counts[f.stem] == 1}
-    stems = []
-    for f in files:
-        if counts[f.stem] == 1:
-            stems.append(f.stem)
-            continue
-        base = f"{f.stem}_{f.suffix.lstrip('.').lower()}" if f.suffix else f.stem
-        stem, n = base, 2
-        while stem in taken:
-            stem, n = f"{base}_{n}", n + 1
-        taken.add(stem)
-        stems.append(stem)
-    return stems
 
 
 def _overlay(image_path: Path, mask):
@@ -133,6 +109,7 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
 
     from ..errors import InputError
     from ..runtime import Segmenter
+    from ..serving.collection import output_stems
     from ..utils.outputs import OutputDir
 
     setup_logging(verbose)
@@ -151,7 +128,7 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
     files = _expand_queries(queries)
     if not files:
         raise click.UsageError("no query images found in the given QUERY paths")
-    stems = output_stems(files)
+    stems = output_stems([str(f) for f in files])
     names = {stem: [f"{stem}_mask.png"] + ([f"{stem}_overlay.png"] if overlay else []) for stem in stems}
     # Every output name is checked before the model is loaded.
     # ... and none may be an input: the query folder, the artifacts, a support file.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import setup_logging, user_errors, verbose_option
+from . import SEED, setup_logging, user_errors, verbose_option
 
 _BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cuda", "trt-fp32", "trt-fp16")
 
@@ -18,7 +18,7 @@ _BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cuda
 @click.option("--backend", "backends", multiple=True, type=click.Choice(_BACKENDS),
               help="Backends to run (repeatable). Default: all; unavailable ones are reported as skipped.")
 @click.option("--episodes", type=click.IntRange(min=1), default=3, help="Seeded episodes to run through every backend.")
-@click.option("--seed", type=int, default=0, help="First episode seed.")
+@click.option("--seed", type=SEED, default=0, help="First episode seed.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and onnxruntime.")
 @click.option("--layerwise", is_flag=True,
               help="Also compare intermediate stages (masker, ACPA, correlations, learner) and report the first "

@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple, Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..domains import Domain, get_domain
+from ..domains import Domain, get_domain, list_domains
 from ..errors import DataError, DomainError, InputError
 from ..preprocess import binarize_mask, normalize_image, prepare_mask, resize_mask_nearest
 
@@ -550,7 +550,23 @@ def open_dataset(domain: str | Domain, root: PathLike) -> SegmentationDataset:
             cli_hint=f"pass as --data-root the folder holding {domain.folder!r}",
         )
     base = root / domain.folder
+    if not base.exists() and root.resolve().name == domain.folder:
+        # The domain's own folder given as the root (upstream's --datapath is the folder above it).
+        raise DataError(
+            f"dataset root {root} is the {domain.folder!r} folder itself",
+            api_hint=f"pass the folder that holds it, {root.resolve().parent}",
+            cli_hint=f"pass as --data-root the folder that holds it, {root.resolve().parent}",
+        )
     if not base.exists():
+        others = [d for d in map(get_domain, list_domains())
+                  if d.folder != domain.folder and (root / d.folder).is_dir()]
+        if others:  # the right data, the wrong --domain
+            raise DataError(
+                f"the dataset root {root} holds {others[0].folder!r} ({others[0].name}), not {domain.folder!r} "
+                f"({domain.name})",
+                api_hint=f"pass domain={others[0].name!r} or the folder that holds {domain.folder!r}",
+                cli_hint=f"pass --domain {others[0].name} or as --data-root the folder that holds {domain.folder!r}",
+            )
         raise DataError(
             f"no {domain.folder!r} under the dataset root {root}",
             api_hint=f"pass the folder that holds {domain.folder!r} (or generate one with "

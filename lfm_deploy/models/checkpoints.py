@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..manifest import sha256_file
-from ..utils.outputs import atomic_write_bytes
+from ..utils.outputs import atomic_write_bytes, safetensors_metadata
 from .hsnet import LFMHSNet
 from .masker import official_to_spatial_shift
 
@@ -82,6 +82,35 @@ def _existing_file(path: str | os.PathLike, what: str, hint: str) -> Path:
     return path
 
 
+def _looks_like(path: Path) -> str | None:
+    """What a file evidently is, from its first bytes, when it is not what was expected
+    ("a JPEG image", "a PyTorch checkpoint (torch.save)"), or None when it is not obvious."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "a JPEG image"
+    if head.startswith(b"\x89PNG"):
+        return "a PNG image"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "a TIFF image"
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
+        return "a PyTorch checkpoint (torch.save)"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 << 20:
+        return "a safetensors file"
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model"
+    try:
+        text = head.decode("utf-8").lstrip()
+    except UnicodeDecodeError:
+        return None
+    return "a JSON file" if text.startswith(("{", "[")) else "a text file"
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file safely: a `torch.save` file or a `.safetensors` file.
 
@@ -103,9 +132,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to parse an untrusted file means "not a checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        what = _looks_like(path)
+        if what is None or what.startswith("a PyTorch"):
+            # torch's own text; its first sentence only (the rest suggests weights_only=False).
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            what = first.split(". ")[0][:200]
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({first[:200]}); pass a file saved with "
+            f"{path} is not a readable PyTorch checkpoint ({what}); pass a file saved with "
             "torch.save(model.state_dict()) (only tensors are loaded, never arbitrary pickled objects)"
         ) from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
@@ -206,7 +239,9 @@ def load_checkpoint(model: LFMHSNet, path: str | os.PathLike, official_shift: bo
             "pass an upstream HSNet best_model.pt or a torchvision resnet50 file"
         )
     if kind == "masker":
-        raise CheckpointError(f"{path} only holds masker weights; pass it with --masker instead of --checkpoint")
+        raise CheckpointError(f"{path} only holds masker weights",
+                              api_hint="pass it as masker= instead of checkpoint=",
+                              cli_hint="pass it with --masker instead of --checkpoint")
     if kind == "hsnet":
         # Upstream HSNet's backbone includes the unused `fc`; PATNet adds reference layers, which
         # this architecture does not have (reported as unexpected keys).
@@ -274,7 +309,16 @@ def read_masker(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a masker file ({exc}); pass the .safetensors file written by lfm-finetune") from None
+        what = _looks_like(path)
+        if what is None or what == "a safetensors file":
+            what = str(exc)[:200]
+        if what.startswith("a PyTorch"):  # the two files swapped
+            raise CheckpointError(f"{path} is not a masker file ({what})",
+                                  api_hint="pass it as checkpoint= and the file written by lfm-finetune as masker=",
+                                  cli_hint="pass it with --checkpoint and the file written by lfm-finetune with --masker",
+                                  ) from None
+        raise CheckpointError(f"{path} is not a masker file ({what}); pass the .safetensors file written by lfm-finetune"
+                              ) from None
     if meta.get("format") != MASKER_FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an lfm-deploy masker (format={meta.get('format')!r})")
     if int(meta.get("format_version", "0")) > MASKER_FORMAT_VERSION:
@@ -286,6 +330,18 @@ def masker_variant(meta: dict[str, str]) -> tuple[str | None, bool]:
     """(apm, acpa) of a masker file's metadata."""
     apm = meta.get("apm", "none")
     return (None if apm == "none" else apm), meta.get("acpa") == "true"
+
+
+def _check_masker_size(path, meta: dict, image_size: int) -> None:
+    """A masker only fits the image size it was fine-tuned at: APM's masks have the shape of the
+    layer4 spectrum, which the image size sets."""
+    trained_at = meta.get("image_size")
+    if trained_at is not None and str(trained_at) != str(image_size):
+        raise CheckpointError(
+            f"{path} was fine-tuned at {trained_at}x{trained_at} but the model takes {image_size}x{image_size} images",
+            api_hint="pass a masker fine-tuned at this image size",
+            cli_hint="pass a --masker fine-tuned at this image size (lfm-finetune)",
+        )
 
 
 def load_masker(model: LFMHSNet, path: str | os.PathLike, weights: WeightsInfo | None = None) -> dict[str, str]:
@@ -305,15 +361,7 @@ def load_masker(model: LFMHSNet, path: str | os.PathLike, weights: WeightsInfo |
             api_hint=f"pass apm={apm!r}, acpa={acpa} or another masker file",
             cli_hint=f"pass --apm {apm or 'none'} {'--acpa' if acpa else '--no-acpa'} or another --masker file",
         )
-    trained_at = meta.get("image_size")
-    if trained_at is not None and str(trained_at) != str(model.image_size):
-        # APM's masks have the shape of the layer4 spectrum, which the image size sets.
-        raise CheckpointError(
-            f"{path} was fine-tuned at {trained_at}x{trained_at} but the model takes "
-            f"{model.image_size}x{model.image_size} images",
-            api_hint="pass a masker fine-tuned at this image size",
-            cli_hint="pass a --masker fine-tuned at this image size (lfm-finetune)",
-        )
+    _check_masker_size(path, meta, model.image_size)
     required = [p for p, on in (("apm.", apm is not None), ("acpa.", acpa)) if on]
     merged = _merge_checked(model, tensors, required, str(path))
     base = meta.get("base_sha256")
@@ -380,6 +428,7 @@ def build_model(
         _existing_file(checkpoint, "checkpoint", "pass the path of an existing file")
     if masker is not None:
         _existing_file(masker, "masker file", "pass the file written by lfm-finetune")
+        _check_masker_size(masker, safetensors_metadata(Path(masker)) or {}, image_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LFMHSNet(apm=apm, acpa=acpa, image_size=image_size)

@@ -118,7 +118,7 @@ def _refuse_inputs(target: Path, where: _Where, inputs: list[tuple[str, Path]], 
     whole that holds one)."""
     for label, path in inputs:
         if path == target or (holding and target in path.parents):
-            raise _input_error(where, label, "is" if path == target else f"holds {path}, ")
+            raise _input_error(where, label, "is" if path == target else f"holds {path},")
 
 
 def _error(where: _Where, text: str, *, api_hint: str | None = None, cli_hint: str | None = None) -> OutputError:
@@ -365,12 +365,43 @@ def _json_bytes(data) -> bytes:
     return (json.dumps(data, indent=2, allow_nan=False, default=str) + "\n").encode("utf-8")
 
 
-def _mkdirs(path: Path) -> None:
-    """mkdir -p with ordinary permissions, as a user error when it fails."""
+def _mkdirs(path: Path) -> list[Path]:
+    """mkdir -p with ordinary permissions, as a user error when it fails.
+
+    Returns:
+        the directories it created, outermost first (for `_remove_created` after a failure).
+    """
+    created = []
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
     try:
         path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE | 0o700)
     except OSError as exc:
+        _remove_created(created[::-1])
         raise OutputError(f"cannot create {path} ({exc.strerror or exc})", api_hint="choose a writable location") from None
+    return created[::-1]
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the directories `_mkdirs` created, innermost first, where still empty: a failed or
+    interrupted command leaves no empty output folder behind."""
+    for directory in reversed(created):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _write_creating(target: Path, write: Callable[[], None]) -> None:
+    """Create `target`'s parents, run `write()`; on any failure remove the parents it created."""
+    created = _mkdirs(target.parent)
+    try:
+        write()
+    except BaseException:
+        _remove_created(created)
+        raise
 
 
 # -- the three output shapes --------------------------------------------------------------------
@@ -436,11 +467,13 @@ class ArtifactDir:
                 cli_hint=f"move them out first or choose another {self.flag or 'output directory'}")
 
     def __enter__(self) -> "ArtifactDir":
-        _mkdirs(self.path.parent)
+        self._created = _mkdirs(self.path.parent)
+        self._done = False
         try:
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
             os.chmod(self.tmp, DIR_MODE)
         except OSError as exc:
+            _remove_created(self._created)
             raise _error(self.where, f"cannot write {{where}} ({exc.strerror or exc})",
                          api_hint="choose a writable location",
                          cli_hint=f"choose a writable {self.flag or 'location'}") from None
@@ -450,6 +483,8 @@ class ArtifactDir:
         if self.tmp is not None and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)  # only ever our own temporary directory
         self.tmp = None
+        if not self._done:  # and the parent folders made for it, so a failure leaves nothing
+            _remove_created(self._created)
 
     def commit(self) -> Path:
         """Record the files written and swap the directory in. Returns the final path."""
@@ -458,6 +493,7 @@ class ArtifactDir:
         self._check_owned()  # again: the user may have added files while the work ran
         _swap_in(self.tmp, self.path)
         self.tmp = None
+        self._done = True
         return self.path
 
     def keep_as(self, other: "ArtifactDir") -> Path:
@@ -467,6 +503,7 @@ class ArtifactDir:
         other._check_owned()
         _swap_in(self.tmp, other.path)
         self.tmp = None
+        self._done = True
         return other.path
 
 
@@ -553,12 +590,14 @@ class OutputDir:
             if os.path.lexists(target) and not self.overwrite and not self._ours(rel):
                 conflicts.append(rel)
         if conflicts:
-            hint = (f"choose another {self.flag or 'directory'}" +
-                    (f" or pass {self.overwrite_flag} to replace them" if self.overwrite_flag else ""))
+            # A directory no option names (ARTIFACT_DIR/engines) cannot be chosen: move the files.
+            hint = (f"choose another {self.flag}" if self.flag else "move them out") + (
+                f" or pass {self.overwrite_flag} to replace them" if self.overwrite_flag else "")
             raise _error(
                 self.where, f"{{where}} already holds {_describe_foreign(conflicts)}, not written by an earlier "
                 f"{self.kind}; they are left as they are", cli_hint=hint,
-                api_hint="pass another directory" + (" or overwrite=True" if self.overwrite_flag else ""))
+                api_hint=("pass another directory" if self.flag else "move them out")
+                + (" or overwrite=True" if self.overwrite_flag else ""))
 
     def write(self, rel: str, writer: Callable[[Path], None]) -> Path:
         """Write one file through `writer(tmp_path)`, atomically, and record it."""
@@ -566,8 +605,7 @@ class OutputDir:
         if rel not in self._claimed:
             self.claim([rel])
         target = self.path / rel
-        _mkdirs(target.parent)
-        _atomic_with(target, writer)
+        _write_creating(target, lambda: _atomic_with(target, writer))
         with self._lock:
             self._files[rel] = _entry(target)
             _write_record(self.path, self.kind, self._files)
@@ -631,13 +669,11 @@ class OutputFile:
 
     def write(self, writer: Callable[[Path], None]) -> Path:
         """Write the file through `writer(tmp_path)`, atomically."""
-        _mkdirs(self.path.parent)
-        _atomic_with(self.path, writer)
+        _write_creating(self.path, lambda: _atomic_with(self.path, writer))
         return self.path
 
     def write_bytes(self, data: bytes) -> Path:
-        _mkdirs(self.path.parent)
-        _atomic_bytes(self.path, data)
+        _write_creating(self.path, lambda: _atomic_bytes(self.path, data))
         return self.path
 
     def write_text(self, text: str) -> Path:

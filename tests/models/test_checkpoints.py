@@ -211,7 +211,7 @@ def test_non_finite_weights(tmp_path, upstream_ckpt):
 def test_masker_file_passed_as_checkpoint_and_vice_versa(tmp_path, upstream_ckpt):
     model, info = build_model(apm="s", acpa=True)
     masker = save_masker(model, tmp_path / "m.safetensors", domain="isic", weights=info)
-    with pytest.raises(CheckpointError, match="--masker"):
+    with pytest.raises(CheckpointError, match="as masker="):
         build_model(apm="s", acpa=True, checkpoint=masker)
     ckpt, _ = upstream_ckpt
     with pytest.raises(CheckpointError, match="not a masker file"):

@@ -59,8 +59,9 @@ def test_export_without_split_graphs(exported, tmp_path):
         del m["graphs"]["encoder"], m["graphs"]["head"]
 
     art = linked_copy(exported(shots=1).out_dir, tmp_path / "art", edit)
-    with pytest.raises(ManifestError, match="no encoder graph .* --split"):
+    with pytest.raises(ManifestError, match=r"no encoder graph .* split=True") as err:
         Segmenter.from_artifacts(art)
+    assert "lfm-export with --split" in err.value.cli_message()
 
 
 def test_graph_not_covered_by_a_hash(exported, tmp_path):

@@ -102,8 +102,15 @@ def test_cli_engine_ray_matches_local_cli(ray_cluster, exported, support_files, 
                                               "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "3 succeeded, 0 failed" in result.output
-    for p in (tmp_path / "local").iterdir():  # masks and overlays: the same files, byte for byte
+    for p in (tmp_path / "local").glob("*.png"):  # masks and overlays: the same files, byte for byte
         assert (ray_out / p.name).read_bytes() == p.read_bytes(), p.name
+    # The same results table, but for where each output lies.
+    def rows(folder):
+        keep = ("input", "width", "height", "foreground", "status", "error")
+        return sorted(tuple(r[k] for k in keep) + tuple(Path(r[k]).name for k in ("mask", "overlay") if r.get(k))
+                      for r in map(json.loads, (folder / RESULTS_NAME).read_text().splitlines()))
+
+    assert rows(ray_out) == rows(tmp_path / "local")
 
 
 def test_cli_failures_exit_nonzero_and_glob(ray_cluster, exported, support_files, collection, tmp_path):

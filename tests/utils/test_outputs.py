@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lfm_deploy.errors import OutputError
-from lfm_deploy.utils.outputs import (FILE_MODE, RECORD_NAME, ArtifactDir, OutputDir, OutputFile, check_location,
-                                      foreign_files, json_stamped, results_dir)
+from lfm_deploy.utils.outputs import (FILE_MODE, RECORD_NAME, ArtifactDir, OutputDir, OutputFile, check_distinct,
+                                      check_location, foreign_files, json_stamped, results_dir)
 
 
 def snapshot(root: Path) -> dict:
@@ -205,3 +205,78 @@ def test_results_dir_claims_every_suffix(tmp_path):
         results_dir(tmp_path / "latency", (".json", ".md", ".png"))
     out, names = results_dir(tmp_path / "speed", (".json", ".md"))
     assert names == {".json": "speed.json", ".md": "speed.md"}
+
+
+# -- inputs, other outputs, odd paths ---------------------------------------------------------------
+
+def test_an_output_is_never_one_of_the_commands_inputs(tmp_path, blocker):
+    """Even with overwrite: the input was read for this very run."""
+    with pytest.raises(OutputError) as info:
+        OutputFile(blocker, flag="--out", kind="test output", overwrite=True, inputs={"--checkpoint": blocker})
+    assert info.value.cli_message() == (f"--out {blocker} is an input of this command (--checkpoint), which it "
+                                        "would replace; choose another --out")
+    assert str(info.value).startswith(f"out='{blocker}' is an input of this call (checkpoint)")
+    # A directory replaced as a whole may not hold one; a folder filled file by file may not be
+    # one, nor write a file over one.
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "m.safetensors").write_text("masker")
+    with pytest.raises(OutputError, match=r"out='.*weights' holds .*m\.safetensors, an input of this call \(masker\)"):
+        ArtifactDir(folder, flag="--out", kind="test output", inputs={"--masker": folder / "m.safetensors"})
+    with pytest.raises(OutputError, match=r"is an input of this call \(query\)"):
+        OutputDir(folder, flag="--out", kind="test output", inputs={"QUERY": [str(folder) + "/"]})
+    out = OutputDir(folder, flag="--out", kind="test output", overwrite=True,
+                    inputs={"QUERY": [folder / "m.safetensors"]})
+    with pytest.raises(OutputError, match=r"would write m\.safetensors over .*, an input of this call \(query\)"):
+        out.claim(["m.safetensors"])
+    assert (folder / "m.safetensors").read_text() == "masker"
+
+
+def test_output_dir_refuses_an_output_of_another_kind(tmp_path):
+    out = tmp_path / "export"
+    with ArtifactDir(out, flag="--out", kind="export output") as target:
+        (target.tmp / "model.onnx").write_text("graph")
+        target.commit()
+    record = (out / RECORD_NAME).read_bytes()
+    with pytest.raises(OutputError, match="is an earlier export output; writing masks files into it"):
+        OutputDir(out, flag="--out", kind="masks", overwrite=True)
+    assert (out / RECORD_NAME).read_bytes() == record
+
+
+def test_file_output_ending_with_a_slash_and_dangling_links(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match="report='reports/' ends with a slash") as info:
+        check_location("reports/", flag="--report", directory=False)
+    assert info.value.cli_message().startswith("--report reports/ ends with a slash")
+    check_location("reports/", flag="--out", directory=True)  # a folder may end with one
+    os.symlink("gone/target.json", tmp_path / "link.json")
+    for directory in (False, True):
+        with pytest.raises(OutputError, match="goes through the symbolic link link.json, whose target "
+                                              "gone/target.json does not exist"):  # noqa: E127
+            check_location("link.json", flag="--report", directory=directory)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json"]
+
+
+def test_two_outputs_at_one_path_are_refused(tmp_path):
+    report = OutputFile(tmp_path / "r.json", flag="--report", kind="test report", arg="report_path")
+    overlays = OutputDir(tmp_path / "r.json", flag="--overlays", kind="test overlays", arg="overlays_dir")
+    with pytest.raises(OutputError) as info:
+        check_distinct(report, overlays)
+    assert "give --report and --overlays separate paths" in info.value.cli_message()
+    assert str(info.value).startswith(f"report_path='{tmp_path / 'r.json'}' and overlays_dir=")
+    check_distinct(report, None, OutputDir(tmp_path / "ov", flag="--overlays", kind="test overlays"))
+
+
+def test_failed_writes_leave_no_folder_they_created(tmp_path):
+    def fail(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        OutputFile(tmp_path / "a/b/report.json", flag="--report", kind="test report").write(fail)
+    with pytest.raises(KeyboardInterrupt):
+        OutputDir(tmp_path / "c/masks", flag="--out", kind="test masks").write("m.png", fail)
+    with pytest.raises(KeyboardInterrupt):
+        with ArtifactDir(tmp_path / "d/e/export", flag="--out", kind="test output"):
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
