@@ -28,7 +28,6 @@ Results: `<out>.json` and `<out>.md` (default `benchmarks/results/ray`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -45,6 +44,8 @@ import numpy as np
 # Runnable from a checkout without installing the package.
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from lfm_deploy.cli import FiniteFloat  # noqa: E402  (after the path set-up above)
 
 #: Targets from issue 14 (ratios within one run).
 TARGET_BATCH_RATIO = 0.9  # Ray Data images/s / local Segmenter at its best batch size
@@ -419,9 +420,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--ray-batch-size", type=int, default=4,
                         help="Ray Data batch size (small enough for several batches per worker)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the batch cells (interleaved; best kept)")
-    parser.add_argument("--max-busy", type=float, default=30.0,
+    parser.add_argument("--max-busy", type=FiniteFloat(min=0, max=100).argparse_type(), default=30.0,
                         help="shared machines: before each cell wait until the CPUs are less than this %% busy")
-    parser.add_argument("--max-wait", type=float, default=30.0, help="longest wait for --max-busy, per cell")
+    parser.add_argument("--max-wait", type=FiniteFloat(min=0).argparse_type(), default=30.0,
+                        help="longest wait for --max-busy, per cell")
     parser.add_argument("--max-batch", type=int, default=8, help="Serve's largest dynamic batch")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray",
                         help="output prefix: <out>.json, <out>.md")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import setup_logging, user_errors, verbose_option
+from . import FiniteFloat, setup_logging, user_errors, verbose_option
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _overlay(image_path: Path, mask):
 @click.option("--address", default=None, help="--engine ray: join this Ray cluster (ray start --head prints it). "
                                                "Default: start a local one for the job.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="--engine ray: worker actors.")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=0.5,
+@click.option("--cpus-per-worker", type=FiniteFloat(min=0, min_open=True), default=0.5,
               help="--engine ray: CPUs each worker reserves in Ray's scheduler (fractional keeps a core for reads).")
 @verbose_option
 @user_errors

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from . import setup_logging, user_errors, verbose_option
+from . import FiniteFloat, setup_logging, user_errors, verbose_option
 from .predict import _parse_support
 
 
@@ -18,12 +18,12 @@ from .predict import _parse_support
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, help="HTTP port.")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, help="Replicas (each one model in memory).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, help="Largest dynamic batch per replica.")
-@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0, help="How long a replica waits to fill a batch.")
+@click.option("--batch-wait-ms", type=FiniteFloat(min=0), default=5.0, help="How long a replica waits to fill a batch.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="onnxruntime threads per replica. Default: this machine's CPUs / --replicas.")
-@click.option("--cpus-per-replica", type=click.FloatRange(min=0, min_open=True), default=0.5,
+@click.option("--cpus-per-replica", type=FiniteFloat(min=0, min_open=True), default=0.5,
               help="CPUs each replica reserves in Ray's scheduler.")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=32.0,
+@click.option("--max-body-mb", type=FiniteFloat(min=0, min_open=True), default=32.0,
               help="Largest request body; larger ones get 413.")
 @click.option("--address", default=None, help="Join this Ray cluster (ray start --head prints it). Default: a local one.")
 @click.option("--providers", default="cpu", help="Execution providers, best first: cpu, cuda, tensorrt (comma-separated).")
