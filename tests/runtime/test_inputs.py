@@ -58,7 +58,7 @@ def _bad_inputs(tmp: Path) -> dict:
     closed.close()
     return {
         "none": (None, "type NoneType"),
-        "bytes": (full.read_bytes(), "type bytes"),
+        "bytes": (b"this is text, not a PNG", r"cannot read .*\(23 bytes\)"),
         "nested-list": ([[1, 2], [3, 4]], "type list"),
         "0-d": (np.array(7, np.uint8), r"shape \(\)"),
         "1-d": (np.zeros(10, np.uint8), r"shape \(10,\)"),
@@ -137,6 +137,14 @@ def test_bad_support_masks(pre, tmp_path, case):
     match = match.replace("cannot read image", "cannot read mask")
     with pytest.raises(InputError, match=match):
         pre.support(_image(), value, 0, allow_empty=False)
+
+
+def test_encoded_bytes_are_decoded_like_the_file(pre, tmp_path):
+    path = _png(tmp_path / "q.png", Image.fromarray(_image()))
+    a, hw_a = pre.image(path, "query image")
+    b, hw_b = pre.image(path.read_bytes(), "query image")
+    np.testing.assert_array_equal(a, b)
+    assert hw_a == hw_b
 
 
 def test_directory_as_support_mask_says_so(pre, tmp_path):
