@@ -6,9 +6,10 @@ domain's own image size (400x400), through the public `export_domain` API, i.e. 
 
 Weights: with the untrained default every pixel falls in one class, so "masks identical" would
 be trivially true. By default each (domain, APM) pair therefore exports a *test checkpoint*
-written here: the seeded default weights with trained-looking masker values (per-channel APM
-gates and ACPA weights drawn from a seeded normal) and the last learner layer rescaled so that
-the domain's validation episode gets unit-scale margins and a mixed mask. It goes through the
+written by `lfm_deploy.parity.testing.make_mixed_checkpoint`: the seeded default weights with
+trained-looking masker values (per-channel APM gates and ACPA weights drawn from a seeded
+normal) and the last learner layer rescaled so that the domain's validation episode gets
+unit-scale margins and a mixed mask. It goes through the
 real `--checkpoint` path. `--weights default` exports the untrained default instead.
 
 Validation episodes: domain i of `--domains` is validated with `--seed` + i (`lfm-export --seed`),
@@ -43,32 +44,25 @@ def _test_checkpoint(domain, apm: str, shots: int, size: int | None, path: Path,
     """Write the trained-looking test checkpoint for (domain, apm); returns its mask statistics."""
     import torch
 
-    from lfm_deploy.parity.compare import decision_margins
-    from lfm_deploy.parity.episodes import validation_episode
+    from lfm_deploy.contract import default_io
     from lfm_deploy.models import build_model
     from lfm_deploy.models.hsnet import vote_masks
+    from lfm_deploy.parity.compare import decision_margins
+    from lfm_deploy.parity.episodes import validation_episode
+    from lfm_deploy.parity.testing import make_mixed_checkpoint
 
-    model, _ = build_model(apm=apm, acpa=True, image_size=size or domain.image_size)
-    gen = torch.Generator().manual_seed(seed)
+    size = size or domain.image_size
+    make_mixed_checkpoint(path, image_size=size, domain=domain.name, apm=apm, shots=shots, seed=seed,
+                          masker_seed=seed)
+    model, _ = build_model(apm=apm, acpa=True, image_size=size, checkpoint=path)
     episode = validation_episode(domain, shots, batch=1, seed=seed, image_size=size)
-    q, s, m = (torch.from_numpy(episode[k]) for k in ("query_img", "support_imgs", "support_masks"))
+    io = default_io("episode", size, shots)
+    q, s, m = (torch.from_numpy(episode[io.input(r)]) for r in ("query", "supports", "masks"))
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("apm."):
-                p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=gen))
-            elif name.startswith("acpa."):
-                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
-        last = model.hpn_learner.decoder2[2]
-        margin = model(q, s[:, 0], m[:, 0]).diff(dim=1)
-        scale = 1.0 / margin.std()
-        last.weight.mul_(scale)
-        last.bias.mul_(scale)
-        last.bias[1] -= margin.median() * scale
         logits = model.shot_logits(q, s, m)
     votes = torch.stack([x.argmax(dim=1) for x in logits]).sum(dim=0)
     mask = vote_masks(votes, shots)
     margin = decision_margins([x.numpy() for x in logits])  # how close each pixel is to a tie
-    torch.save(model.state_dict(), path)
     return {"foreground": float(mask.float().mean()), "mask": mask[0].numpy(), "margin": margin[0],
             "episode": episode}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .errors import DomainError
-from .parity.compare import Tolerances
+from .parity.compare import Tolerance, Tolerances
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,6 +37,32 @@ def float32_parity(logits_atol: float = 1e-3, feature_rel: float = 1e-4, mask_ag
             "dft": Tolerances.float32(dft_logits_atol, dft_feature_rel, mask_agreement)}
 
 
+#: The reduced precisions every artifact is gated on (`Domain.precision_gates`).
+REDUCED_PRECISIONS = ("fp16", "bf16", "int8")
+
+
+def reduced_precision_gates(agreement: float = 0.99, miou_points: float = 0.5,
+                            margins: Mapping[str, float] | None = None) -> dict[str, Tolerances]:
+    """The accuracy gate of each reduced precision against the eager float32 model.
+
+    A reduced-precision path passes when, over the gate's episodes, its masks agree with the eager
+    model's on at least `agreement` of the pixels, its mIoU (against the episodes' ground truth)
+    is within `miou_points` points of the eager model's, and no differing pixel had an eager
+    |logit margin| above the precision's bound (`margins`): where the eager model was sure, the
+    fast path must not disagree. Logits and features are reported, not gated: reduced precision
+    moves them by design. Bounds per precision (docs/precision.md): fp16 keeps ~3 decimal digits
+    and its logits move by ~1e-2, bf16 ~2 digits (~3e-2), int8 activations move the logits by up
+    to a few tenths on the test checkpoints.
+    """
+    bounds = {"fp16": 0.1, "bf16": 0.25, "int8": 0.5, **(margins or {})}
+    return {
+        p: Tolerances(logits=Tolerance("rel_l2", None), features=Tolerance("rel_l2", None),
+                      mask=Tolerance("agreement", agreement), tie_margin=float(bounds[p]),
+                      miou=Tolerance("miou_delta", miou_points / 100.0), stage_rel=1e-2)
+        for p in REDUCED_PRECISIONS
+    }
+
+
 @dataclass(frozen=True)
 class Domain:
     """One target domain of the CD-FSS benchmark (or a user's own).
@@ -55,6 +81,8 @@ class Domain:
         finetune: fine-tuning schedule for the masker.
         tolerances: float32 parity tolerances per FFT lowering ("matmul", "dft"), the one
             `lfm_deploy.parity.compare.Tolerances` type every check uses.
+        precision_gates: the accuracy gate per reduced precision ("fp16", "bf16", "int8"), same
+            type (`reduced_precision_gates`).
         aliases: other accepted names.
     """
 
@@ -71,6 +99,7 @@ class Domain:
     default_shots: int = 1
     finetune: FinetuneSchedule = field(default_factory=FinetuneSchedule)
     tolerances: Mapping[str, Tolerances] = field(default_factory=float32_parity, compare=False)
+    precision_gates: Mapping[str, Tolerances] = field(default_factory=reduced_precision_gates, compare=False)
     aliases: tuple[str, ...] = ()
 
     def preprocessing(self) -> dict:

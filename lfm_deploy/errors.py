@@ -65,6 +65,10 @@ class ParityError(LFMError):
     """An exported artifact that does not compute what the eager model computes."""
 
 
+class PrecisionGateError(ParityError):
+    """A reduced-precision path moved the masks beyond its accuracy gate."""
+
+
 class ManifestError(LFMError):
     """An artifact directory whose manifest is missing, incompatible or does not match its files."""
 

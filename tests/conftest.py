@@ -26,7 +26,7 @@ def _restore_rng():
 
 
 #: Fixtures that export or run the full model: a test using one belongs to the slow tier.
-SLOW_FIXTURES = {"exported"}
+SLOW_FIXTURES = {"exported", "mixed_exported"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -63,3 +63,20 @@ def exported(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mixed_exported(tmp_path_factory):
+    """A small (160 px) 1-shot deepglobe export of a checkpoint whose masks are mixed
+    (`lfm_deploy.parity.testing.make_mixed_checkpoint`): mask checks on it measure something.
+
+    Returns (ExportResult, checkpoint path). Tests must not modify the directory (copy it first).
+    """
+    from lfm_deploy.export.pipeline import export_domain
+    from lfm_deploy.parity.testing import make_mixed_checkpoint
+
+    base = tmp_path_factory.mktemp("mixed")
+    checkpoint = make_mixed_checkpoint(base / "mixed.pt", image_size=TEST_IMAGE_SIZE)["path"]
+    result = export_domain("deepglobe", out=base / "export", checkpoint=checkpoint, image_size=TEST_IMAGE_SIZE,
+                           progress=False)
+    return result, checkpoint

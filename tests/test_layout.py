@@ -24,10 +24,11 @@ ALLOWED = {
     "parity": {"models", "data", "runtime"},
     "tensorrt": {"parity", "runtime", "models", "data"},
     "serving": {"runtime"},
-    "export": {"models", "data", "parity", "tensorrt", "serving", "runtime"},
+    "precision": {"parity", "runtime", "tensorrt", "models", "data"},
+    "export": {"models", "data", "parity", "tensorrt", "serving", "runtime", "precision"},
     "finetune": {"models", "data"},
-    "verify": {"models", "data", "parity", "tensorrt", "export", "runtime"},
-    "cli": {"models", "data", "parity", "tensorrt", "serving", "export", "finetune", "verify", "runtime"},
+    "verify": {"models", "data", "parity", "tensorrt", "export", "runtime", "precision"},
+    "cli": {"models", "data", "parity", "tensorrt", "serving", "export", "finetune", "verify", "runtime", "precision"},
 }
 BASE = {"errors", "contract", "manifest", "domains", "preprocess", "utils", "__init__"}
 

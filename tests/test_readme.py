@@ -4,8 +4,9 @@ folder, with the installed commands (`.venv/bin/...` points at the running envir
 Skipped blocks, each for a stated reason (`NOT_RUN`): the quick start's install line (the test
 runs inside the installed environment; its `lfm-export --domain deepglobe` runs as part of the
 pipeline block), the test commands (this is the test suite), the benchmark commands (measured
-by `benchmarks/`, minutes each), and the Ray examples, which name placeholder files and clusters
-(tests/serving runs both Ray paths on a real local cluster).
+by `benchmarks/`, minutes each), the Ray examples, which name placeholder files and clusters
+(tests/serving runs both Ray paths on a real local cluster), and the int8 export of a placeholder
+checkpoint (tests/precision runs it on a test checkpoint).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ NOT_RUN = {
     "benchmarks/": "benchmark commands, measured separately (minutes each)",
     "--engine ray": "Ray examples with placeholder files and clusters; tests/serving runs both paths on a real cluster",
     "lfm-serve": "a long-running service with placeholder files; tests/serving runs it and its HTTP API",
+    "--precision int8": "a reduced-precision export of a placeholder checkpoint (minutes at 400 px); tests/precision "
+                        "runs the same command on a test checkpoint",
 }
 
 

@@ -9,7 +9,8 @@ _SHOWN_ERRORS = 3
 
 
 def predict_on_ray(artifact_dir, supports, queries, out_dir, *, batch_size, providers, allow_fallback, threads,
-                   overlay, allow_empty, quiet, address, workers, cpus_per_worker, verbose, overwrite=False) -> None:
+                   overlay, allow_empty, quiet, address, workers, cpus_per_worker, verbose, overwrite=False,
+                   precision=None) -> None:
     """Run the batch job, print its summary; any failed input is an `Error:` line and exit 1."""
     from ..serving.ray_batch import segment_collection
 
@@ -17,7 +18,7 @@ def predict_on_ray(artifact_dir, supports, queries, out_dir, *, batch_size, prov
         artifact_dir, [img for img, _ in supports], [mask for _, mask in supports], list(queries), out_dir,
         address=address, workers=workers, batch_size=batch_size, threads=threads, cpus_per_worker=cpus_per_worker,
         providers=providers, allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty,
-        progress=not quiet, verbose=verbose, overwrite=overwrite,
+        progress=not quiet, verbose=verbose, overwrite=overwrite, precision=precision,
     )
     click.echo(f"{report.total} input(s): {report.succeeded} succeeded, {report.failed} failed, {report.skipped} "
                f"skipped (already complete); masks{' and overlays' if overlay else ''} in {report.out_dir}, "

@@ -29,10 +29,21 @@ from . import SEED, domain_choice_callback, setup_logging, user_errors, verbose_
 @click.option("--validate/--no-validate", default=True, help="Check every graph against the eager model in onnxruntime.")
 @click.option("--seed", type=SEED, default=0, help="Seed of the validation episodes.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, help="onnxruntime threads for validation.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32",
+              help="fp32: the validated float32 graphs. int8: QDQ graphs (onnxruntime, OpenVINO, TensorRT); fp16: "
+                   "fp16 graphs with float32 islands; bf16: OpenVINO bf16 on the float32 graphs (needs the openvino "
+                   "extra). Reduced precisions must pass the domain's accuracy gate against the eager model "
+                   "(docs/precision.md), else the export is refused and kept in <out>.failed.")
+@click.option("--calibration", type=click.Path(exists=False), default=None,
+              help="int8/fp16: labelled images (a folder of <stem>.jpg + <stem>_mask.png, or an index file) to "
+                   "calibrate on; they also join the gate. Default: the domain's validation episodes.")
+@click.option("--gate-episodes", type=click.IntRange(min=1), default=6,
+              help="Validation episodes the reduced-precision accuracy gate runs on (plus --calibration's images).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @verbose_option
 @user_errors
-def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, split, triton, simplify, validate, seed, threads, quiet, verbose):
+def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, split, triton, simplify, validate, seed, threads,
+         precision, calibration, gate_episodes, quiet, verbose):
     """Export a domain's HSNet + frequency-masker model to ONNX and prove it matches PyTorch.
 
     Writes episode.onnx (and encoder.onnx / head.onnx), manifest.json and export_report.{json,md}
@@ -42,6 +53,7 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
     Example:
       lfm-export --domain deepglobe
       lfm-export --domain isic --checkpoint best_model.pt --masker masker-isic.safetensors --shots 5
+      lfm-export --domain deepglobe --checkpoint best_model.pt --precision int8 --calibration my_labelled/
     """
     from ..export.pipeline import REPORT_MD, export_domain
 
@@ -49,7 +61,8 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
     result = export_domain(
         domain, out=out, checkpoint=checkpoint, masker=masker, apm=apm, acpa=acpa, shots=shots,
         lowering=lowering, opset=opset, split=split, triton=triton, simplify=simplify,
-        validate=validate, seed=seed, threads=threads, progress=not quiet,
+        validate=validate, seed=seed, threads=threads, progress=not quiet, precision=precision,
+        calibration=calibration, gate_episodes=gate_episodes,
     )
     man = result.manifest
     click.echo(f"Exported {man['domain']} ({man['variant']}, {man['lowering']} lowering, {man['shots']}-shot) to {result.out_dir}")
@@ -64,6 +77,10 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
             click.echo("  " + c.line())
     else:
         click.secho("  parity: NOT validated (--no-validate)", fg="yellow")
+    if result.precision is not None:
+        for gate in result.precision.gates:
+            for line in gate.lines():
+                click.echo("  " + line)
     click.echo(f"TensorRT 10 lint: {'clean' if result.lint.get('ok') else 'findings, see manifest.json'}")
     click.echo(f"Report: {Path(result.out_dir) / REPORT_MD}")
 

@@ -26,13 +26,16 @@ from .predict import _parse_support
 @click.option("--max-body-mb", type=FiniteFloat(min=0, min_open=True), default=32.0,
               help="Largest request body; larger ones get 413.")
 @click.option("--address", default=None, help="Join this Ray cluster (ray start --head prints it). Default: a local one.")
-@click.option("--providers", default="cpu", help="Execution providers, best first: cpu, cuda, tensorrt (comma-separated).")
+@click.option("--providers", default="cpu",
+              help="Execution providers, best first: cpu, cuda, tensorrt (comma-separated); or openvino alone.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
+              help="bf16 needs --providers openvino (and moves the masks slightly: check with lfm-verify --backend ov-bf16).")
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU when a requested accelerator is unavailable.")
 @click.option("--allow-empty-mask", is_flag=True, help="Accept support masks without foreground.")
 @verbose_option
 @user_errors
 def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms, threads, cpus_per_replica,
-         max_body_mb, address, providers, allow_fallback, allow_empty_mask, verbose):
+         max_body_mb, address, providers, precision, allow_fallback, allow_empty_mask, verbose):
     """Serve an lfm-export directory over HTTP with a fixed support set, until Ctrl-C.
 
     \b
@@ -56,7 +59,7 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
     app = build_app(artifact_dir, [img for img, _ in supports], [mask for _, mask in supports], replicas=replicas,
                     max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000.0, threads=threads,
                     cpus_per_replica=cpus_per_replica, providers=providers, allow_fallback=allow_fallback,
-                    allow_empty=allow_empty_mask, max_body_bytes=int(max_body_mb * (1 << 20)))
+                    allow_empty=allow_empty_mask, max_body_bytes=int(max_body_mb * (1 << 20)), precision=precision)
     with ray_cluster(address, verbose=verbose):
         try:
             url = start_service(app, host=host, port=port)

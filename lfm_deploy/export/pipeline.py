@@ -1,7 +1,8 @@
 """`export_domain`: the whole `lfm-export` job as one public function.
 
 build model -> prepare (FFT lowering, numerics twins) -> export episode / encoder / head ->
-check + simplify -> validate in onnxruntime against the eager model -> TensorRT lint ->
+check + simplify -> validate in onnxruntime against the eager model -> (reduced precision:
+fp16 / int8 graphs or OpenVINO bf16, through the accuracy gate) -> TensorRT lint ->
 (Triton repository) -> manifest + reports -> atomic promotion of the output directory.
 """
 
@@ -19,7 +20,7 @@ import torch
 from .. import __version__
 from ..contract import default_io
 from ..domains import Domain, get_domain
-from ..errors import ExportError, ParityError
+from ..errors import ExportError, ParityError, PrecisionGateError
 from ..manifest import SCHEMA_VERSION, file_entry, write_manifest
 from ..models import build_model, read_masker
 from ..models.checkpoints import UNTRAINED_LABEL, masker_variant
@@ -45,10 +46,12 @@ class ExportResult:
     manifest: dict
     checks: list[OutputCheck] = field(default_factory=list)
     lint: dict = field(default_factory=dict)
+    #: The reduced-precision result (`lfm_deploy.precision.PrecisionResult`); None for fp32.
+    precision: object = None
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return all(c.passed for c in self.checks) and (self.precision is None or self.precision.passed)
 
 
 class _Steps:
@@ -131,6 +134,9 @@ def export_domain(
     image_size: int | None = None,
     threads: int = 2,
     progress: bool = True,
+    precision: str = "fp32",
+    calibration: str | os.PathLike | None = None,
+    gate_episodes: int = 6,
 ) -> ExportResult:
     """Export a domain's model to ONNX, validate it against the eager model, write a manifest.
 
@@ -152,6 +158,15 @@ def export_domain(
         image_size: override the domain's image size (tests and experiments only).
         threads: onnxruntime threads used for validation.
         progress: show a progress bar.
+        precision: "fp32" (the validated float32 graphs), or a reduced precision made from them
+            and gated against the eager model (`lfm_deploy.precision.reduce_precision`): "int8"
+            (QDQ graphs), "fp16" (fp16 graphs with float32 islands) or "bf16" (OpenVINO bf16
+            on the float32 graphs). The runtime then loads what the manifest names.
+        calibration: labelled images (a folder of `<stem>.jpg` + `<stem>_mask.png` pairs, or an
+            index file) for int8 ranges and fp16 range checks; their episodes join the gate.
+            None: the domain's validation episodes.
+        gate_episodes: validation episodes the reduced-precision gate runs on (besides the
+            calibration images).
 
     Returns:
         `ExportResult` with the final directory, manifest and checks.
@@ -160,6 +175,8 @@ def export_domain(
         ExportError: bad options or a failed export (nothing is written to `out`).
         ParityError: validation failed; the artifacts and reports are kept in `<out>.failed`
             for inspection and `out` is left untouched.
+        PrecisionGateError: the reduced-precision graphs failed their accuracy gate (a
+            `ParityError`; artifacts kept in `<out>.failed` the same way).
         CheckpointError: see `build_model`.
     """
     dom = get_domain(domain)
@@ -172,18 +189,39 @@ def export_domain(
         raise ExportError(f"the dft lowering needs ONNX DFT, i.e. --opset 17 or later (got {opset})")
     if opset < 14:
         raise ExportError(f"--opset {opset} is too old; use 17 or later")
+    from ..precision.pipeline import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision != "fp32" and not split:
+        raise ExportError(f"--precision {precision} gates the encoder/head pair the runtime serves; drop --no-split")
+    if gate_episodes < 1:
+        raise ExportError(f"--gate-episodes must be at least 1, got {gate_episodes}")
+    if calibration is not None and precision not in ("int8", "fp16"):
+        raise ExportError("--calibration is used by --precision int8 and fp16 only",
+                          api_hint="pass calibration=None, or precision='int8'",
+                          cli_hint="drop --calibration, or add --precision int8")
+    if calibration is not None and not Path(calibration).exists():
+        raise ExportError(f"calibration data {calibration} does not exist",
+                          cli_hint="pass --calibration with a folder of <stem>.jpg + <stem>_mask.png pairs or an index file",
+                          api_hint="pass a folder of <stem>.jpg + <stem>_mask.png pairs or an index file")
+    if precision == "bf16":
+        from ..runtime.openvino import import_openvino
+
+        import_openvino()  # fails now, with the install hint, rather than after the export
     out = Path(out) if out is not None else Path("artifacts") / dom.name
     size = image_size or dom.image_size
     # Both places this export may write are checked before any work (nothing of the user's is replaced).
     target = ArtifactDir(out, flag="--out", kind=EXPORT_KIND, legacy=_earlier_export,
-                         inputs={"--checkpoint": checkpoint, "--masker": masker})
+                         inputs={"--checkpoint": checkpoint, "--masker": masker, "--calibration": calibration})
     failed_target = ArtifactDir(target.path.with_name(target.path.name + ".failed"), flag=None, kind=FAILED_KIND)
     apm, acpa = _resolve_variant(apm, acpa, masker)
     tolerances = dom.tolerances[lowering]
     t0 = time.perf_counter()
 
     graphs = ["episode"] + (["encoder", "head"] if split else [])
-    steps = _Steps(total=2 + len(graphs) * (2 if validate else 1) + 2 + int(triton), enabled=progress)
+    steps = _Steps(total=2 + len(graphs) * (2 if validate else 1) + 2 + int(triton) + int(precision != "fp32"),
+                   enabled=progress)
     try:
         steps.start("building the eager model")
         model, weights = build_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size)
@@ -237,6 +275,18 @@ def export_domain(
                     steps.done()
                 sign_case = acpa_sign_case(model, episode)
 
+            reduced = None
+            if precision != "fp32" and all(c.passed for c in checks):
+                from ..precision.pipeline import reduce_precision
+
+                steps.start(f"{precision}: making and gating the graphs")
+                reduced = reduce_precision(
+                    precision, tmp, {g: GRAPH_FILES[g] for g in graphs}, model, domain=dom.name, shots=shots,
+                    tolerances=dom.precision_gates[precision], calibration=calibration, seed=seed, threads=threads,
+                    gate_episodes=gate_episodes, step=steps.start,
+                )
+                steps.done()
+
             steps.start("TensorRT readiness lint")
             lint = _lint(tmp, graphs, lowering)
             steps.done()
@@ -265,10 +315,13 @@ def export_domain(
                 "image_size": size,
                 "preprocessing": {**dom.preprocessing(), "image_size": [size, size]},
                 "graphs": {
-                    g: {"file": GRAPH_FILES[g], "inputs": [x.to_dict() for x in specs[g][0]],
-                        "outputs": [x.to_dict() for x in specs[g][1]]}
+                    g: {"file": reduced.graphs[g] if reduced else GRAPH_FILES[g],
+                        "inputs": [x.to_dict() for x in specs[g][0]], "outputs": [x.to_dict() for x in specs[g][1]]}
                     for g in graphs
                 },
+                "precision": (reduced.to_manifest(dom.precision_gates[precision]) if reduced is not None else
+                              {"name": "fp32", "runtime": {"backend": "onnxruntime", "precision": "fp32"}}),
+                "reference_graphs": {g: GRAPH_FILES[g] for g in graphs},
                 "weights": weights.to_dict(),
                 "untrained": bool(weights.untrained),
                 "inputs": _input_hashes(checkpoint, masker),
@@ -281,12 +334,24 @@ def export_domain(
             if weights.untrained:
                 manifest["warning"] = UNTRAINED_LABEL
             files = [GRAPH_FILES[g] for g in graphs] + [str(p.relative_to(tmp)) for p in triton_files if p.is_file()]
+            if reduced is not None:
+                files += sorted(set(reduced.graphs.values()) - set(files))
             manifest["files"] = {f: file_entry(tmp, f) for f in sorted(files)}
-            result = ExportResult(out_dir=target.path, manifest=manifest, checks=checks, lint=lint)
+            result = ExportResult(out_dir=target.path, manifest=manifest, checks=checks, lint=lint, precision=reduced)
             write_reports(tmp, manifest, checks, lint, time.perf_counter() - t0)
             write_manifest(tmp, manifest)
             steps.done()
 
+            if reduced is not None and not reduced.passed:
+                failed = target.keep_as(failed_target)
+                steps.close()
+                lines = [line for g in reduced.gates for line in g.lines()]
+                raise PrecisionGateError(
+                    f"the {precision} graphs move the masks beyond their accuracy gate; {out} was not written. "
+                    f"Gate report (artifacts kept in {failed} for inspection):\n" + "\n".join(lines),
+                    api_hint=f"use precision='fp32', or a higher-precision path",
+                    cli_hint=f"export without --precision {precision} (or try another precision; see docs/precision.md)",
+                )
             if not result.passed:
                 failed = target.keep_as(failed_target)
                 steps.close()

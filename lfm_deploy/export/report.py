@@ -20,7 +20,7 @@ def write_reports(directory: Path, manifest: dict, checks: list[OutputCheck], li
     report = {
         "domain": manifest["domain"], "variant": manifest["variant"], "lowering": manifest["lowering"],
         "opset": manifest["opset"], "shots": manifest["shots"], "untrained": manifest["untrained"],
-        "weights": manifest["weights"], "parity": manifest["parity"],
+        "weights": manifest["weights"], "parity": manifest["parity"], "precision": manifest.get("precision"),
         "tensorrt_ready": lint["ok"], "seconds": round(seconds, 1),
     }
     (directory / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -67,6 +67,7 @@ def markdown(manifest: dict, checks: list[OutputCheck], lint: dict, seconds: flo
         lines += ["", "ACPA sign ties: a channel entering ACPA summed to within rounding of zero, so its sign (and "
                   "through ACPA's linear layers the whole map) is decided by float32 rounding; the map was compared "
                   "with the eager ACPA evaluated on the side the export landed on."]
+    lines += _precision_section(manifest.get("precision") or {})
     sign = manifest["parity"].get("acpa_sign_case")
     if sign:
         lines += ["", "ACPA sign case (layer4 channels with a negative sum, whose DC phase is +pi): "
@@ -74,3 +75,35 @@ def markdown(manifest: dict, checks: list[OutputCheck], lint: dict, seconds: flo
                   f"{sign['query']['negative_sum']} of {sign['query']['channels']} query channels "
                   "in the validation episode."]
     return "\n".join(lines) + "\n"
+
+
+def _precision_section(precision: dict) -> list[str]:
+    """The reduced-precision gate: one row per gated path, and what the figures mean."""
+    if precision.get("name", "fp32") == "fp32":
+        return []
+    gate = precision["gate"]
+    th = gate["thresholds"]
+    runtime = precision["runtime"]
+    lines = ["", f"## {precision['name']} against the eager float32 model ({runtime['backend']})", "",
+             f"Gate: mask agreement >= {th['agreement']:.2%}, |mIoU difference| <= {th['miou_points']:g} points, "
+             f"no differing pixel where the eager |logit margin| > {th['max_eager_margin']:g}. "
+             f"Calibration: {precision['calibration']}.", "",
+             "| path | episodes | agreement | mask IoU | differing pixels | largest eager margin among them | "
+             "mIoU (eager) | mIoU difference | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in gate["runs"]:
+        largest = run["max_eager_margin_of_differing"]
+        lines.append(
+            f"| {run['backend']} | {run['episodes']} | {run['agreement']:.4%} | {run['mask_iou']:.4f} | "
+            f"{run['differing_pixels']} of {run['pixels']} | {'-' if not run['differing_pixels'] else f'{largest:.3g}'} | "
+            f"{run['miou']:.4f} ({run['miou_eager']:.4f}) | {run['miou_delta_points']:+.2f} | "
+            f"{'pass' if run['passed'] else '**FAIL**: ' + '; '.join(run['failures'])} |")
+    if any(run["vacuous"] for run in gate["runs"]):
+        lines += ["", "**The gate's mask figures are vacuous**: the eager masks are a single class (untrained "
+                  "weights?), so agreement says little. Gate a trained checkpoint."]
+    tried = precision.get("details", {}).get("float_tails_tried")
+    if tried:
+        lines += ["", "int8 float share (Conv/MatMul nodes at the output end kept float), chosen on the calibration "
+                  "episodes: " + ", ".join(f"{100 * t['float_tail']:.0f}% -> agreement {t['agreement']:.4%}"
+                                           f"{' (chosen)' if t['passed'] else ''}" for t in tried)]
+    return lines

@@ -8,7 +8,7 @@ domain registry), `episodes` (seeded validation episodes), `runners` (one `BaseR
 interface for eager torch, onnxruntime on the runtime's session loader, and the split
 encoder/head chain; TensorRT through Polygraphy's `TrtRunner`), `numerics` (the eager-side
 quantities the mask rules need: ACPA sign ties), `exported` (an export's graphs against the
-eager model). Attributes are imported lazily: importing the package costs nothing.
+eager model), `gate` (the accuracy gate of every reduced precision against the eager model). Attributes are imported lazily: importing the package costs nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _EXPORTS = {
     "Tolerances": "compare", "compare_output": "compare", "error_stats": "compare", "foreground_iou": "compare",
     "mask_stats": "compare", "check_export": "exported",
     "parity_episodes": "episodes", "validation_episode": "episodes",
+    "GateData": "gate", "GateReport": "gate", "eager_reference": "gate", "run_gate": "gate",
 }
 
 __all__ = sorted(_EXPORTS)

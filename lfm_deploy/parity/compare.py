@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "BRANCH_CUT_REL",
+    "MARGIN_BINS",
     "QUANTILES",
     "ErrorStats",
     "MaskStats",
@@ -170,6 +171,10 @@ class MaskStats:
         tie_margin: the margin under which a pixel counts as a float32 tie.
         vacuous: the reference mask is a single class, so agreement says little (e.g. the
             untrained default weights predict background everywhere).
+        flipped_margin_max: the largest reference |logit margin| among the differing pixels
+            (how sure the reference was where they disagree); None without margins.
+        flipped_margins: the differing pixels counted by reference |logit margin|, as
+            {"<= 0.001": n, "<= 0.01": n, ..., "> 1": n} (`MARGIN_BINS`); None without margins.
     """
 
     shape: list
@@ -179,12 +184,18 @@ class MaskStats:
     decisive: int | None = None
     tie_margin: float | None = None
     vacuous: bool = False
+    flipped_margin_max: float | None = None
+    flipped_margins: dict | None = None
 
     def value(self, statistic: str) -> float:
         return float(getattr(self, statistic))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: Upper edges of the reference-margin bins differing pixels are counted in (`MaskStats.flipped_margins`).
+MARGIN_BINS = (1e-3, 1e-2, 0.1, 0.3, 1.0)
 
 
 def decision_margins(shot_logits) -> np.ndarray:
@@ -213,12 +224,18 @@ def mask_stats(got: np.ndarray, ref: np.ndarray, *, margin: np.ndarray | None = 
         raise ValueError(f"shape mismatch: got {got.shape}, reference {ref.shape}")
     differ = got.astype(np.int64) != ref.astype(np.int64)
     agreement = float(1.0 - differ.mean()) if differ.size else 1.0
-    decisive = None
-    if margin is not None and tie_margin is not None:
-        decisive = int(np.count_nonzero(differ & (np.broadcast_to(margin, differ.shape) > tie_margin)))
+    decisive = flipped_max = histogram = None
+    if margin is not None:
+        at = np.broadcast_to(margin, differ.shape)[differ]
+        flipped_max = float(at.max()) if at.size else 0.0
+        edges = np.asarray(MARGIN_BINS + (np.inf,))
+        counts = np.histogram(at, bins=np.concatenate(([-np.inf], edges)))[0]
+        histogram = {(f"<= {e:g}" if np.isfinite(e) else f"> {MARGIN_BINS[-1]:g}"): int(c) for e, c in zip(edges, counts)}
+        if tie_margin is not None:
+            decisive = int(np.count_nonzero(at > tie_margin))
     vacuous = bool(ref.size) and bool(np.all(ref == ref.flat[0]))
     return MaskStats(list(got.shape), agreement, foreground_iou(got, ref), int(np.count_nonzero(differ)),
-                     decisive, tie_margin if decisive is not None else None, vacuous)
+                     decisive, tie_margin if decisive is not None else None, vacuous, flipped_max, histogram)
 
 
 @dataclass(frozen=True)
@@ -232,13 +249,20 @@ class Tolerance:
     """
 
     statistic: str
-    limit: float
+    limit: float | None
 
     @property
     def lower_bound(self) -> bool:
         return self.statistic in ("agreement", "iou", "cosine")
 
+    @property
+    def gated(self) -> bool:
+        """False for a statistic that is reported only (limit None), e.g. reduced-precision logits."""
+        return self.limit is not None
+
     def passes(self, value: float) -> bool:
+        if not self.gated:
+            return True
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return False
         if self.statistic == "miou_delta":
@@ -254,6 +278,8 @@ class Tolerance:
         return f"{value:+.5f}" if self.statistic == "miou_delta" else f"{value:.3g}"
 
     def describe(self) -> str:
+        if not self.gated:
+            return "reported, not gated"
         if self.statistic == "miou_delta":
             return f"|miou_delta| <= {self.limit:g}"
         return f"{self.statistic} {'>=' if self.lower_bound else '<='} {self.limit:g}"
@@ -315,17 +341,13 @@ class Tolerances:
                 "mask_agreement": self.mask.limit, "mask_tie_margin": self.tie_margin}
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping, precision: str = "fp32") -> "Tolerances":
-        """The export's own tolerances (fp32), or the fp16 ones.
+    def from_manifest(cls, manifest: Mapping) -> "Tolerances":
+        """The export's own float32 parity tolerances (its manifest's `tolerances` entry).
 
-        fp16 backends (an fp16 graph with fp32 islands): relative L2 error of the logits
-        <= 1e-2, 99 % mask agreement (no decisive-pixel rule: fp16 moves logits by more than
-        the float32 tie margin), mIoU within 2 points, stages within 1e-2 of their peak.
+        Reduced precisions are judged by the domain registry's gates
+        (`lfm_deploy.domains.Domain.precision_gates`), recorded in the manifest of a
+        reduced-precision export under `precision.gate`.
         """
-        if precision == "fp16":
-            return cls(logits=Tolerance("rel_l2", 1e-2), features=Tolerance("rel_l2", 1e-2),
-                       mask=Tolerance("agreement", 0.99), tie_margin=None, miou=Tolerance("miou_delta", 0.02),
-                       stage_rel=1e-2)
         tol = manifest.get("tolerances", {})
         return cls.float32(float(tol.get("logits_atol", 1e-3)), float(tol.get("feature_rel", 1e-4)),
                            float(tol.get("mask_agreement", 0.999)))
@@ -376,7 +398,9 @@ class OutputCheck:
             if st.flipped:
                 notes.append(f"{st.flipped} pixels differ" + (
                     f", {st.decisive} of them beyond the eager near-tie margin {st.tie_margin:g}"
-                    if st.decisive is not None else ""))
+                    if st.decisive is not None else "") + (
+                    f" (largest eager |margin| among them {st.flipped_margin_max:.3g})"
+                    if st.flipped_margin_max is not None else ""))
             if st.vacuous:
                 notes.append("VACUOUS: the reference mask is a single class, so agreement says little "
                              "(untrained weights?)")

@@ -4,6 +4,8 @@
   input/output contract (episode, encoder, head, or the layerwise debug graph);
 - `OnnxrtRunner(SessionFromOnnx(path, providers))`: Polygraphy's onnxruntime runner on the
   runtime's own session loader (threads, memory options, no silent CPU fallback);
+- `ov_runner`: the same runner on `SessionFromOpenVINO` (OpenVINO CPU, fp32 or bf16), whose
+  session answers onnxruntime's session interface;
 - `SplitRunner`: the encoder -> head chain behind the episode contract, with the support set
   encoded once and reused while it does not change (per-query serving cost);
 - TensorRT: Polygraphy's `TrtRunner(EngineFromPlan(path))` (`lfm_deploy.tensorrt`).
@@ -39,6 +41,7 @@ __all__ = [
     "cuda_ep_available",
     "manifest_of",
     "ort_runner",
+    "ov_runner",
     "run_feeds",
 ]
 
@@ -217,6 +220,25 @@ def ort_runner(model, providers=None, *, threads: int | None = None, low_memory:
 
     config = SessionConfig(threads=threads, low_memory=low_memory)
     return OnnxrtRunner(SessionFromOnnx(model, providers, config=config), name=name)
+
+
+def ov_runner(path, precision: str = "fp32", *, threads: int | None = None, name: str | None = None):
+    """Polygraphy's `OnnxrtRunner` on the OpenVINO loader (`SessionFromOpenVINO`).
+
+    Args:
+        path: the .onnx file.
+        precision: "fp32" or "bf16".
+        threads: OpenVINO inference threads (None: its default).
+        name: runner name (default: Polygraphy's "onnxrt-runner-N").
+
+    Raises:
+        InputError: an invalid precision (at once); BackendUnavailable: OpenVINO missing (on activate).
+    """
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    from ..runtime.openvino import SessionFromOpenVINO
+
+    return OnnxrtRunner(SessionFromOpenVINO(path, precision, threads=threads), name=name)
 
 
 def run_feeds(runner, feeds: Sequence[Mapping[str, np.ndarray]]) -> tuple[dict[str, list[np.ndarray]], float | None]:

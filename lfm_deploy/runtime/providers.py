@@ -4,6 +4,11 @@ onnxruntime silently drops a requested execution provider it cannot load (only
 `session.get_providers()` tells; docs/tensorrt.md, "onnxruntime execution providers"), so every
 session is checked after creation and a missing accelerator is an error unless the caller allows
 the CPU fallback.
+
+"openvino" is not an onnxruntime provider here: it names the OpenVINO runtime
+(`lfm_deploy.runtime.openvino`), which runs the graphs itself and so cannot be combined with
+onnxruntime providers (`wants_openvino`). onnxruntime's own OpenVINO execution provider stays
+reachable by its full name, "OpenVINOExecutionProvider", in onnxruntime-openvino builds.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
+#: The short name of the OpenVINO runtime (not an onnxruntime execution provider).
+OPENVINO = "openvino"
 
 #: Short names accepted wherever providers are given (case-insensitive).
 PROVIDER_ALIASES = {
@@ -26,7 +33,6 @@ PROVIDER_ALIASES = {
     "gpu": CUDA,
     "tensorrt": TENSORRT,
     "trt": TENSORRT,
-    "openvino": "OpenVINOExecutionProvider",
     "dml": "DmlExecutionProvider",
     "directml": "DmlExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
@@ -35,6 +41,54 @@ PROVIDER_ALIASES = {
 }
 
 ProviderSpec = Union[str, tuple]
+
+
+def _known_names() -> str:
+    return ", ".join(sorted(set(PROVIDER_ALIASES) | {OPENVINO}))
+
+
+def _entries(providers) -> list:
+    if providers is None:
+        return []
+    if isinstance(providers, str):
+        return [p for p in providers.split(",") if p.strip()]
+    return list(providers)
+
+
+def _is_openvino(entry) -> bool:
+    name = entry[0] if isinstance(entry, tuple) and entry else entry
+    return isinstance(name, str) and name.strip().lower() == OPENVINO
+
+
+def wants_openvino(providers: str | Sequence[ProviderSpec] | None) -> bool:
+    """Whether a providers argument asks for the OpenVINO runtime ("openvino").
+
+    Args:
+        providers: as `resolve_providers` takes them.
+
+    Returns:
+        True for "openvino" (alone, any case, also as ("openvino", {}) ), else False.
+
+    Raises:
+        InputError: "openvino" combined with other providers (OpenVINO runs the whole graph
+            itself, nothing falls through to another provider), or given options.
+    """
+    entries = _entries(providers)
+    if not any(_is_openvino(e) for e in entries):
+        return False
+    others = sorted({str(e[0] if isinstance(e, tuple) else e).strip() for e in entries if not _is_openvino(e)})
+    if others:
+        raise InputError(
+            f"providers {providers!r} mix openvino with {', '.join(others)}; OpenVINO runs the whole graph itself "
+            "and cannot be combined with onnxruntime providers",
+            api_hint="pick one: providers='openvino' or the onnxruntime providers without it",
+            cli_hint="pick one: --providers openvino, or the onnxruntime providers without it",
+        )
+    if any(isinstance(e, tuple) and (len(e) != 2 or e[1]) for e in entries):
+        raise InputError(f"providers {providers!r} give OpenVINO options; it takes none here",
+                         api_hint="pass providers='openvino' and set precision= and threads= instead",
+                         cli_hint="pass --providers openvino with --precision and --threads")
+    return True
 
 
 def _all_provider_names() -> list[str]:
@@ -55,6 +109,14 @@ def _canonical(name: str) -> str:
         raise InputError(f"execution provider {name!r} is not a name", api_hint="use e.g. 'cpu', 'cuda' or 'tensorrt'",
                          cli_hint="pass e.g. --providers cpu, --providers cuda or --providers tensorrt")
     key = name.strip()
+    if key.lower() == OPENVINO:
+        raise InputError(
+            "'openvino' names the OpenVINO runtime, not an onnxruntime execution provider",
+            api_hint="pass providers='openvino' to Segmenter.from_artifacts (alone), or use "
+                     "lfm_deploy.runtime.openvino.SessionFromOpenVINO; onnxruntime's own EP is "
+                     "'OpenVINOExecutionProvider'",
+            cli_hint="pass --providers openvino alone",
+        )
     alias = PROVIDER_ALIASES.get(key.lower())
     if alias is not None:
         return alias
@@ -62,7 +124,7 @@ def _canonical(name: str) -> str:
     for full in known:
         if full.lower() == key.lower() or full.lower() == key.lower() + "executionprovider":
             return full
-    names = ", ".join(sorted(set(PROVIDER_ALIASES)))
+    names = _known_names()
     raise InputError(
         f"unknown execution provider {name!r}",
         api_hint=f"use one of {names} or a full onnxruntime name (onnxruntime.get_all_providers())",
@@ -83,14 +145,10 @@ def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> list[tu
         as the last resort for nodes no accelerator takes (onnxruntime's own convention).
 
     Raises:
-        InputError: an unknown provider name or a malformed entry.
+        InputError: an unknown provider name or a malformed entry, or "openvino" (the OpenVINO
+            runtime is not an onnxruntime provider; see `wants_openvino`).
     """
-    if providers is None:
-        entries: list = [CPU]
-    elif isinstance(providers, str):
-        entries = [p for p in providers.split(",") if p.strip()]
-    else:
-        entries = list(providers)
+    entries = [CPU] if providers is None else _entries(providers)
     if not entries:
         raise InputError("providers is empty", api_hint="pass e.g. 'cpu' or ['cuda', 'cpu'] (or None for CPU)",
                          cli_hint="pass e.g. --providers cpu or --providers cuda,cpu")

@@ -1,4 +1,4 @@
-"""`Segmenter`: serve an lfm-export directory with onnxruntime and a cached support set.
+"""`Segmenter`: serve an lfm-export directory with onnxruntime (or OpenVINO) and a cached support set.
 
 Lifecycle: `from_artifacts` verifies the manifest and loads the encoder graph; `set_support`
 encodes the domain's K support pairs once, freezes the features and (by default) frees the
@@ -12,6 +12,12 @@ keeps masks binary and makes `predict_proba(x) > 0.5` agree with `predict(x)` fo
 size; it reproduces the model-resolution result exactly on every pixel that maps to it. (The
 upstream evaluation instead upsamples logits bilinearly before the argmax, which smooths mask
 edges at large sizes; pass `original_size=False` to get the S x S result and resize it yourself.)
+
+Backends: onnxruntime execution providers (CPU, CUDA, TensorRT), or `providers="openvino"`,
+the OpenVINO CPU runtime (`lfm_deploy.runtime.openvino`), which alone offers
+`precision="bf16"` (1.6-1.9x onnxruntime fp32's speed on CPUs with AVX512-BF16/AMX; the logits
+move by ~0.7 % of their span, flipping mask pixels whose two logits are that close; see
+docs/openvino.md).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from ..manifest import read_manifest, verify_file
 from ..contract import graph_io
 from ..preprocess import ImageLike, resize_mask_nearest
 from .inputs import Preprocessing, describe
-from .providers import ProviderSpec, check_available, resolve_providers
+from .openvino import INSTALL_HINT, SessionFromOpenVINO, check_precision, openvino_available
+from .providers import ProviderSpec, check_available, resolve_providers, wants_openvino
 from .sessions import SessionConfig, SessionFromOnnx
 
 log = logging.getLogger(__name__)
@@ -70,20 +77,21 @@ class Segmenter:
     `lfm_deploy.runtime.limit_heap_retention()` first for ~0.53 GB.
 
     Thread safety: `predict`/`predict_proba` may run concurrently (onnxruntime's `run` is
-    thread-safe); each call takes one immutable snapshot of the support features, so a
-    concurrent `set_support` never mixes two support sets within a call. `set_support` calls
-    are serialised by a lock.
+    thread-safe; an OpenVINO session gives each concurrent call its own infer request); each
+    call takes one immutable snapshot of the support features, so a concurrent `set_support`
+    never mixes two support sets within a call. `set_support` calls are serialised by a lock.
 
     Args (of the constructor; prefer `from_artifacts`):
         directory: the export directory.
         manifest: its parsed, verified manifest.
         providers, allow_fallback, threads, graph_optimization, low_memory, release_encoder,
-        batch_size, verify: see `from_artifacts`.
+        batch_size, verify, precision: see `from_artifacts`.
     """
 
     def __init__(self, directory: str | os.PathLike, manifest: dict, *, providers=None, allow_fallback: bool = False,
                  threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
-                 release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True):
+                 release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
+                 precision: str | None = None):
         self.directory = Path(directory)
         self._manifest = manifest
         self._verify = bool(verify)
@@ -95,18 +103,26 @@ class Segmenter:
         self.batch_size = _check_batch_size(batch_size)
         self.release_encoder = bool(release_encoder)
         self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory)
-        requested = resolve_providers(providers)
-        check_available(requested, allow_fallback)  # fail (or warn) before any session exists
+        #: The precision the graphs run in: "fp32", or "bf16" (OpenVINO only).
+        self.precision = check_precision(precision)
+        openvino = self._wants_openvino(providers, allow_fallback)
+        if not openvino:
+            requested = resolve_providers("cpu" if wants_openvino(providers) else providers)  # "cpu": fallback
+            check_available(requested, allow_fallback)  # fail (or warn) before any session exists
         files = {}
         for name in ("encoder", "head"):
             files[name] = self._graph_file(name)
         #: The graphs' tensors, read from the manifest and addressed by role (the graph contract).
         self._io = {name: graph_io(manifest, name) for name in files}
-        self._loaders = {
-            name: SessionFromOnnx(files[name], requested, config=self.config, allow_fallback=allow_fallback,
-                                  what=f"{name} graph")
-            for name in files
-        }
+        if openvino:
+            self._loaders = {name: SessionFromOpenVINO(files[name], self.precision, threads=threads,
+                                                       what=f"{name} graph") for name in files}
+        else:
+            self._loaders = {
+                name: SessionFromOnnx(files[name], requested, config=self.config, allow_fallback=allow_fallback,
+                                      what=f"{name} graph")
+                for name in files
+            }
         self._lock = threading.Lock()
         #: Largest batch the head graph runs (1 for graphs found to have a static batch).
         self._batch_limit = 1 << 30
@@ -124,30 +140,52 @@ class Segmenter:
         self._encoder = self._load("encoder", recheck=False)  # read_manifest has just hashed it
 
     # ------------------------------------------------------------------ construction
+    def _wants_openvino(self, providers, allow_fallback: bool) -> bool:
+        """Whether the graphs run on OpenVINO; checks that the precision suits the backend."""
+        if not wants_openvino(providers):
+            if self.precision == "bf16":
+                raise InputError("bf16 runs on OpenVINO, not on onnxruntime providers",
+                                 api_hint="pass providers=['openvino'] with precision='bf16'",
+                                 cli_hint="pass --providers openvino with --precision bf16")
+            return False
+        if allow_fallback and not openvino_available():
+            log.warning("OpenVINO is not installed (%s); falling back to onnxruntime's CPU provider in fp32",
+                        INSTALL_HINT)
+            self.precision = "fp32"
+            return False
+        return True
+
     @classmethod
     def from_artifacts(cls, path: str | os.PathLike, providers: str | Sequence[ProviderSpec] | None = None,
                        allow_fallback: bool = False, threads: int | None = None, graph_optimization: str = "all",
                        verify: bool = True, *, low_memory: bool = True, release_encoder: bool = True,
-                       batch_size: int = DEFAULT_BATCH_SIZE) -> "Segmenter":
+                       batch_size: int = DEFAULT_BATCH_SIZE, precision: str | None = None) -> "Segmenter":
         """Load an lfm-export directory.
 
         Args:
             path: the export directory (holds manifest.json, encoder.onnx, head.onnx).
             providers: execution providers, best first: None (CPU), "cpu", "cuda", "tensorrt"
                 (short or full onnxruntime names, a comma-separated string, or (name, options)
-                pairs). The CPU EP is always appended as the last resort.
+                pairs). The CPU EP is always appended as the last resort. Or "openvino" alone:
+                the OpenVINO CPU runtime instead of onnxruntime (`lfm_deploy.runtime.openvino`).
             allow_fallback: when a requested accelerator is missing, log a warning and run on
-                what onnxruntime activated instead of raising.
-            threads: intra-op threads per session (None: onnxruntime's default).
-            graph_optimization: "all", "extended", "basic" or "disable".
+                what onnxruntime activated instead of raising (OpenVINO not installed:
+                onnxruntime's CPU provider, in fp32).
+            threads: intra-op threads per session (None: onnxruntime's default; OpenVINO's
+                `INFERENCE_NUM_THREADS`).
+            graph_optimization: "all", "extended", "basic" or "disable" (onnxruntime only).
             verify: check every file's size and sha256 against the manifest (refuses tampered
                 or truncated models), and re-check a graph before each later session creation
                 (the head after `set_support`, a re-created encoder). Turn off only for
                 trusted, already verified copies.
-            low_memory: disable onnxruntime's memory-pattern planner (smaller resident set).
+            low_memory: disable onnxruntime's memory-pattern planner (smaller resident set;
+                onnxruntime only).
             release_encoder: free the encoder session after `set_support` (re-created on the
                 next `set_support`); a server with a fixed support set never needs it again.
             batch_size: default number of queries per head run in `predict([...])`.
+            precision: "fp32" (None) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
+                faster on CPUs with AVX512-BF16/AMX and moves the logits by ~0.7 % of their
+                span, flipping the mask where fp32's two logits are that close (docs/openvino.md).
 
         Returns:
             A `Segmenter` without a support set (call `set_support`).
@@ -156,16 +194,17 @@ class Segmenter:
             ManifestError: missing/invalid manifest, incompatible schema version, modified or
                 truncated files, an export without the encoder/head pair, or graphs that do not
                 follow the contract.
-            BackendUnavailable: a requested execution provider is not active (and not
-                `allow_fallback`).
-            InputError: an unknown provider name or invalid option.
+            BackendUnavailable: a requested execution provider is not active, or OpenVINO is
+                not installed (and not `allow_fallback`).
+            InputError: an unknown provider name, "openvino" mixed with other providers,
+                bf16 without OpenVINO, or an invalid option.
         """
         manifest = read_manifest(path, verify_files=verify)
         if not verify:
             log.info("%s: file hashes not verified (verify=False)", path)
         return cls(path, manifest, providers=providers, allow_fallback=allow_fallback, threads=threads,
                    graph_optimization=graph_optimization, low_memory=low_memory, release_encoder=release_encoder,
-                   batch_size=batch_size, verify=verify)
+                   batch_size=batch_size, verify=verify, precision=precision)
 
     def _graph_file(self, name: str) -> Path:
         graphs = self._manifest.get("graphs") or {}
@@ -259,7 +298,7 @@ class Segmenter:
 
     @property
     def providers(self) -> list[str]:
-        """The execution providers active in the loaded session(s)."""
+        """The execution providers active in the loaded session(s) (OpenVINO: e.g. "OpenVINO CPU (bf16)")."""
         session = self._head or self._encoder
         return list(session.get_providers()) if session is not None else []
 

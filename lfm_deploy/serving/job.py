@@ -47,8 +47,8 @@ class Job:
             "apm": m.get("apm"),
             "acpa": m.get("acpa"),
             "lowering": m.get("lowering"),
-            # The runtime serves the fp32 ONNX graphs (fp16 exists only as TensorRT engines).
-            "precision": m.get("precision", "fp32"),
+            # The graphs the runtime serves: fp32, or an lfm-export --precision fp16 / int8 / bf16 export.
+            "precision": _precision_name(m.get("precision")),
             "image_size": m.get("image_size"),
             "untrained": bool(m.get("untrained")),
             "created_by": m.get("created_by"),
@@ -57,9 +57,13 @@ class Job:
         }
 
 
+def _precision_name(entry) -> str:
+    return str(entry.get("name", "fp32")) if isinstance(entry, dict) else str(entry or "fp32")
+
+
 def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
                 support_masks: Sequence[str | os.PathLike], *, providers="cpu", allow_fallback: bool = False,
-                allow_empty: bool = False) -> Job:
+                allow_empty: bool = False, precision: str | None = None) -> Job:
     """Verify the artifacts and the support set, and read the support files.
 
     Nothing heavy runs: the manifest's hashes are checked and the support pairs go through the
@@ -69,8 +73,9 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         artifact_dir: an lfm-export directory with the encoder/head pair.
         support_images, support_masks: K paths (or URIs) each, K = the export's shots.
         providers, allow_fallback: as `Segmenter.from_artifacts` (checked here against what this
-            machine's onnxruntime offers).
+            machine's onnxruntime offers, or OpenVINO for "openvino").
         allow_empty: accept support masks without foreground.
+        precision: as `Segmenter.from_artifacts` (None or "fp32"; "bf16" with providers "openvino").
 
     Returns:
         The `Job`.
@@ -81,7 +86,8 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         InputError: the wrong number of pairs, unreadable or invalid support files.
     """
     from ..runtime.inputs import Preprocessing
-    from ..runtime.providers import check_available, resolve_providers
+    from ..runtime.openvino import check_precision, import_openvino
+    from ..runtime.providers import check_available, resolve_providers, wants_openvino
     from .collection import read_bytes
 
     manifest = read_manifest(artifact_dir, verify_files=True)
@@ -89,7 +95,15 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     if not {"encoder", "head"} <= set(graphs):
         raise ManifestError(f"{artifact_dir} has no encoder/head pair (graphs: {', '.join(graphs) or 'none'}); "
                             "re-run lfm-export with --split")
-    check_available(resolve_providers(providers), allow_fallback)
+    precision = check_precision(precision)
+    if wants_openvino(providers):
+        if not allow_fallback:
+            import_openvino()  # missing: the install hint now, not in every worker
+    else:
+        if precision != "fp32":
+            raise InputError(f"precision {precision} runs on OpenVINO", api_hint="pass providers='openvino'",
+                             cli_hint="add --providers openvino")
+        check_available(resolve_providers(providers), allow_fallback)
     images, masks = list(support_images), list(support_masks)
     shots = manifest.get("shots")
     if len(images) != len(masks):
@@ -115,7 +129,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
 
 
 def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, threads: int | None = None,
-                  batch_size: int = 8, allow_empty: bool = False):
+                  batch_size: int = 8, allow_empty: bool = False, precision: str | None = None):
     """Inside a worker: load the artifacts and encode the job's support set (once).
 
     Returns:
@@ -124,7 +138,7 @@ def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, th
     from ..runtime import Segmenter
 
     seg = Segmenter.from_artifacts(job.artifact_dir, providers=providers, allow_fallback=allow_fallback,
-                                   threads=threads, batch_size=batch_size)
+                                   threads=threads, batch_size=batch_size, precision=precision)
     seg.set_support(list(job.support_images), list(job.support_masks), allow_empty=allow_empty)
     return seg
 

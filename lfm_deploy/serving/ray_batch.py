@@ -104,7 +104,7 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
                        threads: int | None = None, cpus_per_worker: float = DEFAULT_WORKER_CPUS,
                        providers="cpu", allow_fallback: bool = False, overlay: bool = True,
                        allow_empty: bool = False, overwrite: bool = False, progress: bool = True,
-                       verbose: int = 0) -> BatchReport:
+                       verbose: int = 0, precision: str | None = None) -> BatchReport:
     """Segment a collection of images on a Ray cluster with a fixed support set.
 
     Args:
@@ -122,7 +122,8 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         cpus_per_worker: CPUs each actor reserves in Ray's scheduler. Fractional by default: an
             actor pool asking for whole CPUs can hold every core of a small machine and starve
             Ray Data's read tasks, stalling the pipeline. On large nodes set it to `threads`.
-        providers, allow_fallback: onnxruntime execution providers, as `Segmenter`.
+        providers, allow_fallback, precision: as `Segmenter` (onnxruntime providers, or
+            "openvino" with precision "fp32" / "bf16").
         overlay: also write `<stem>_overlay.png`.
         allow_empty: accept support masks without foreground.
         overwrite: replace files in `out_dir` that lfm-predict did not write (never by default).
@@ -162,7 +163,7 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     out.claim([n for entry in names for n in entry.values()] + [RESULTS_NAME],
               [item for item, entry in zip(items, names) for _ in entry] + ["the results table"])
     job = prepare_job(artifact_dir, support_images, support_masks, providers=providers,
-                      allow_fallback=allow_fallback, allow_empty=allow_empty)
+                      allow_fallback=allow_fallback, allow_empty=allow_empty, precision=precision)
     done = _completed(out.path, [n for entry in names for n in entry.values()])
     previous = _previous_rows(out.path / RESULTS_NAME) if done else {}
     rows: dict[int, dict] = {}
@@ -182,7 +183,7 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
             _run(timing, job, items, names, todo, out, rows, address=address, workers=workers, batch_size=batch_size,
                  threads=threads, cpus_per_worker=cpus_per_worker, providers=providers,
                  allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty,
-                 progress=progress, verbose=verbose, initial=skipped)
+                 progress=progress, verbose=verbose, initial=skipped, precision=precision)
     finally:
         # Also when interrupted: the table lists what was done (a re-run resumes from the files).
         ordered = [rows[i] for i in sorted(rows)]
@@ -256,7 +257,8 @@ def _previous_rows(table: Path) -> dict:
 
 
 def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address, workers, batch_size, threads,
-         cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial) -> None:
+         cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial,
+         precision=None) -> None:
     from tqdm.auto import tqdm
 
     from .cluster import ray_cluster
@@ -275,6 +277,7 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
             # The job (support bytes, manifest) goes to the object store once, by reference: the
             # driver holds the reference for the whole run, so a restarted worker finds it again.
             fn_constructor_kwargs={"job_ref": [job_ref], "options": {"providers": providers, "allow_fallback": allow_fallback,
+                                                           "precision": precision,
                                                            "threads": threads, "batch_size": batch_size,
                                                            "allow_empty": allow_empty},
                                    "overlay": overlay},

@@ -232,7 +232,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
               support_masks: Sequence[str | os.PathLike], *, replicas: int = 1, max_batch: int = DEFAULT_MAX_BATCH,
               batch_wait_s: float = DEFAULT_BATCH_WAIT_S, threads: int | None = None,
               cpus_per_replica: float = DEFAULT_REPLICA_CPUS, providers="cpu", allow_fallback: bool = False,
-              allow_empty: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+              allow_empty: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, precision: str | None = None):
     """The Serve application: checks the artifacts and the support set here, in the driver.
 
     Args:
@@ -244,7 +244,8 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         batch_wait_s: how long a replica waits to fill a batch.
         threads: onnxruntime threads per replica (default: this machine's CPUs / `replicas`).
         cpus_per_replica: CPUs each replica reserves in Ray's scheduler.
-        providers, allow_fallback, allow_empty: as `Segmenter`.
+        providers, allow_fallback, allow_empty, precision: as `Segmenter` ("openvino" with
+            precision "bf16" for OpenVINO bf16).
         max_body_bytes: request bodies above this get 413.
 
     Returns:
@@ -258,9 +259,9 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
     if not cpus_per_replica > 0 or not max_body_bytes > 0:
         raise InputError("cpus_per_replica and max_body_bytes must be positive")
     job = prepare_job(artifact_dir, support_images, support_masks, providers=providers, allow_fallback=allow_fallback,
-                      allow_empty=allow_empty)
+                      allow_empty=allow_empty, precision=precision)
     threads = threads or max(1, (os.cpu_count() or 1) // replicas)
-    options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads,
+    options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads, "precision": precision,
                "batch_size": max_batch, "allow_empty": allow_empty}
     deployment = serve.deployment(
         SegmentService, name="segmenter", num_replicas=replicas,

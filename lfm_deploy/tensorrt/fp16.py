@@ -606,33 +606,18 @@ def graph_feeds(artifact_dir: str | os.PathLike, graph: str, episodes: int = 2, 
         ExportError: unknown graph.
     """
     from ..contract import GRAPHS, graph_io
-    from ..domains import get_domain
     from ..manifest import read_manifest
-    from ..parity.episodes import validation_episode
+    from ..parity.episodes import graph_feeds_of, parity_episodes
 
     if graph not in GRAPHS:
         raise ExportError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
     manifest = read_manifest(artifact_dir, verify_files=False)
-    io = {g: graph_io(manifest, g) for g in {"episode", graph} | ({"encoder"} if graph == "head" else set())}
-    ep_io = io["episode"]
-    dom = get_domain(manifest["domain"])
-    feeds = []
+    ios = {g: graph_io(manifest, g) for g in {"episode", graph} | ({"encoder"} if graph == "head" else set())}
+    episodes, _ = parity_episodes(manifest, episodes, seed)
     encoder = None
-    for i in range(episodes):
-        ep = validation_episode(dom, manifest["shots"], batch=1, seed=seed + i, image_size=manifest["image_size"])
-        support = dict(image=ep[ep_io.input("supports")][0], mask=ep[ep_io.input("masks")][0])
-        if graph == "episode":
-            feeds.append(ep)
-        elif graph == "encoder":
-            feeds.append(io["encoder"].feed(**support))
-        else:
-            enc = io["encoder"]
-            if encoder is None:
-                encoder = SessionFromOnnx(Path(artifact_dir) / enc.file, threads=threads, what="encoder graph")()
-            roles = ("l2", "l3", "l4")
-            feats = encoder.run([enc.output(r) for r in roles], enc.feed(**support))
-            feeds.append(io["head"].feed(query=ep[ep_io.input("query")], **dict(zip(roles, feats))))
-    return feeds
+    if graph == "head":
+        encoder = SessionFromOnnx(Path(artifact_dir) / ios["encoder"].file, threads=threads, what="encoder graph")
+    return graph_feeds_of(episodes, graph, ios, encoder)
 
 
 @dataclass

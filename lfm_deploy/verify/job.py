@@ -3,8 +3,11 @@
 Run phase: the same seeded episodes through every backend, one Polygraphy `Comparator.run` per
 backend (so a backend that cannot start is reported as skipped, and does not stop the others):
 the eager model in float64 (the reference) and float32, onnxruntime CPU (episode graph, and the
-encoder -> head chain), onnxruntime CUDA, an fp16 graph with fp32 islands in onnxruntime, and
-TensorRT fp32/fp16 engines. Comparison phase (`lfm_deploy.parity.compare`): per backend and
+encoder -> head chain), onnxruntime CUDA, an fp16 graph with fp32 islands in onnxruntime, the
+export's int8 QDQ graphs in onnxruntime, OpenVINO fp32 / bf16 / int8, and TensorRT fp32/fp16
+engines. Reduced-precision backends are judged by the domain's accuracy gate for their precision
+(`Domain.precision_gates`: agreement, eager-margin bound, mIoU), float32 ones by the export's
+parity tolerances. Comparison phase (`lfm_deploy.parity.compare`): per backend and
 output, error statistics against the reference, mask agreement and IoU, and the mIoU of each
 backend's masks against the episodes' ground truth minus the eager float32 model's, each
 against a named tolerance. Optionally layer-wise: the first intermediate stage outside
@@ -39,9 +42,9 @@ __all__ = [
 
 REFERENCE = "eager-fp64"
 #: Every backend lfm-verify knows, in report order.
-ALL_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cuda", "trt-fp32", "trt-fp16")
+ALL_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-int8", "ov-fp32", "ov-bf16",
+                "ov-int8", "ort-cuda", "trt-fp32", "trt-fp16")
 DEFAULT_BACKENDS = ALL_BACKENDS
-_FP16 = {"ort-cpu-fp16", "trt-fp16"}
 
 
 # ----------------------------------------------------------------------------- results
@@ -185,8 +188,11 @@ def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], thr
     from ..parity.runners import CPU, CUDA, EagerRunner, SplitRunner, cuda_ep_available, ort_runner
 
     shots = int(manifest["shots"])
-    graphs = manifest["graphs"]
+    graphs = {g: {**entry, "file": manifest.get("reference_graphs", {}).get(g, entry["file"])}
+              for g, entry in manifest["graphs"].items()}  # the float32 graphs, whatever the runtime loads
     episode = artifact_dir / graphs["episode"]["file"]
+    int8 = (artifact_dir / manifest["graphs"]["episode"]["file"]
+            if (manifest.get("precision") or {}).get("name") == "int8" else None)
     tdesc = f"{threads} threads" if threads else "default threads"
     out = []
     for name in names:
@@ -220,6 +226,15 @@ def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], thr
             out.append(_Backend(name, "fp16", f"onnxruntime CPU, fp16 episode graph with fp32 islands ({path.name}; "
                                 f"ops without CPU fp16 kernels run in fp32), {tdesc}",
                                 lambda: ort_runner(path, [CPU], threads=threads, name="ort-cpu-fp16")))
+        elif name == "ort-cpu-int8":
+            if int8 is None:
+                out.append(_Backend(name, "int8", "", skip=(
+                    f"the export has no int8 graphs; make them with `lfm-export ... --precision int8`")))
+                continue
+            out.append(_Backend(name, "int8", f"onnxruntime CPU, int8 QDQ episode graph ({int8.name}), {tdesc}",
+                                lambda: ort_runner(int8, [CPU], threads=threads, name="ort-cpu-int8")))
+        elif name.startswith("ov-"):
+            out.append(_openvino_backend(name, episode, int8, threads, tdesc))
         elif name == "ort-cuda":
             ok, why = cuda_ep_available()
             if not ok:
@@ -232,6 +247,23 @@ def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], thr
         else:
             raise LFMError(f"unknown backend {name!r}; choose from {', '.join(ALL_BACKENDS)}")
     return out
+
+
+def _openvino_backend(name: str, episode: Path, int8: Path | None, threads, tdesc: str) -> _Backend:
+    from ..parity.runners import ov_runner
+    from ..runtime.openvino import openvino_available
+
+    precision = name.split("-")[1]
+    if not openvino_available():
+        return _Backend(name, precision, "", skip="OpenVINO is not installed: pip install 'lfm-deploy[openvino]'")
+    if precision == "int8":
+        if int8 is None:
+            return _Backend(name, precision, "", skip="the export has no int8 graphs; make them with "
+                            "`lfm-export ... --precision int8`")
+        return _Backend(name, precision, f"OpenVINO CPU, int8 QDQ episode graph ({int8.name}), {tdesc}",
+                        lambda: ov_runner(int8, "fp32", threads=threads, name=name))
+    return _Backend(name, precision, f"OpenVINO CPU, {precision} inference precision, episode graph, {tdesc}",
+                    lambda: ov_runner(episode, precision, threads=threads, name=name))
 
 
 def _compare(name: str, outputs: dict, reference: dict, tol: Tolerances, margins: list | None) -> list[OutputCheck]:
@@ -294,7 +326,8 @@ def verify_artifacts(
         fp16_onnx: True: make the fp16 episode graph (range check + islands) in `workdir` if
             `<artifact_dir>/engines/episode.fp16.onnx` does not exist; a path: use that graph.
             False: use the engines/ one when present, else skip "ort-cpu-fp16".
-        tolerances: {"fp32": Tolerances, "fp16": Tolerances} overriding the manifest-derived ones.
+        tolerances: {precision: Tolerances} overriding the defaults (fp32: the manifest's parity
+            tolerances; fp16, bf16, int8: the domain registry's accuracy gates).
         model_modifier: applied to every eager model built (tests inject faults with it; the
             ONNX side is never affected).
 
@@ -322,7 +355,9 @@ def verify_artifacts(
     if unknown:
         raise LFMError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
     names = [n for n in ALL_BACKENDS if n in names]
-    tols = {"fp32": Tolerances.from_manifest(manifest, "fp32"), "fp16": Tolerances.from_manifest(manifest, "fp16")}
+    from ..domains import get_domain
+
+    tols = {"fp32": Tolerances.from_manifest(manifest), **get_domain(manifest["domain"]).precision_gates}
     tols.update(tolerances or {})
     tmp = None
     if workdir is None and (layerwise or fp16_onnx is True):
@@ -366,7 +401,7 @@ def verify_artifacts(
                 results.append(BackendResult(b.name, "error", reason=f"{type(exc).__name__}: {exc}"[:2000],
                                              description=b.description))
                 continue
-            tol = tols["fp16" if b.precision == "fp16" else "fp32"]
+            tol = tols[b.precision]
             comparisons = _compare(b.name, outputs, reference, tol, margins)
             r = BackendResult(b.name, "passed", description=b.description, outputs=comparisons, mean_ms=ms)
             if "mask" in outputs:
@@ -404,6 +439,8 @@ def _fp16_graph(artifact_dir: Path, manifest: dict, fp16_onnx, workdir: Path | N
     existing = artifact_dir / "engines" / "episode.fp16.onnx"
     if fp16_onnx not in (True, False, None):
         return Path(fp16_onnx)
+    if (manifest.get("precision") or {}).get("name") == "fp16":  # an lfm-export --precision fp16 directory
+        return artifact_dir / manifest["graphs"]["episode"]["file"]
     if existing.is_file():
         return existing
     if fp16_onnx is True and workdir is not None:
@@ -411,7 +448,8 @@ def _fp16_graph(artifact_dir: Path, manifest: dict, fp16_onnx, workdir: Path | N
 
         log.info("making an fp16 episode graph with fp32 islands (range check on 2 episodes)")
         feeds = graph_feeds(artifact_dir, "episode", episodes=2, seed=seed + 1000)
-        return prepare_fp16_graph(artifact_dir / manifest["graphs"]["episode"]["file"], workdir / "episode.fp16.onnx",
+        source = manifest.get("reference_graphs", {}).get("episode", manifest["graphs"]["episode"]["file"])
+        return prepare_fp16_graph(artifact_dir / source, workdir / "episode.fp16.onnx",
                                   feeds).path
     return None
 

@@ -218,3 +218,20 @@ def test_lfm_serve_user_errors(exported, support_files, tmp_path):
     Image.new("L", Image.open(support_files[1]).size).save(empty)
     result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", f"{support_files[0]}:{empty}"])
     assert result.exit_code == 1 and "has no foreground pixels" in result.output and "Traceback" not in result.output
+
+
+def test_openvino_and_precision_options_are_checked_before_any_cluster(exported, support_files):
+    """The Ray paths take the runtime's OpenVINO options, checked in the driver like the others."""
+    from lfm_deploy.errors import InputError
+    from lfm_deploy.serving.job import prepare_job, segmenter_for
+
+    art = exported(shots=1).out_dir
+    with pytest.raises(InputError, match="precision bf16 runs on OpenVINO"):
+        prepare_job(art, [support_files[0]], [support_files[1]], precision="bf16")
+    with pytest.raises(InputError, match="pick one"):
+        prepare_job(art, [support_files[0]], [support_files[1]], providers="openvino,cpu")
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'lfm-deploy[openvino]'")
+    job = prepare_job(art, [support_files[0]], [support_files[1]], providers="openvino", precision="bf16")
+    assert job.metadata()["precision"] == "fp32"  # the graphs' precision; bf16 is how this worker runs them
+    seg = segmenter_for(job, providers="openvino", precision="bf16", threads=1)
+    assert seg.providers[0].startswith("OpenVINO CPU")

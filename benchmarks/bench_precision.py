@@ -1,0 +1,369 @@
+"""Every backend x precision in one run: speed against the eager model, and what it does to the masks.
+
+In the spirit of Ultralytics' benchmark mode: one table, one row per (backend, precision), for
+K = 1 and K = 5, with
+
+* speed: p50 ms per image at batch 1 and 8 of the serving path (support set encoded once, one
+  head run per batch of queries) and its ratio to the eager K-shot episode at the same batch
+  ("x eager"; the eager model runs both backbones per query, as a research pipeline does);
+* masks: pixel agreement with the eager float32 model and the mIoU difference, over seeded
+  validation episodes, through the same accuracy gate `lfm-export --precision` applies
+  (`lfm_deploy.parity.gate`), so every row also says whether it passes that gate.
+
+Rows: eager (PyTorch float32), onnxruntime fp32 / int8 / fp16 graph (CPU EP), OpenVINO fp32 /
+bf16 / int8 (the `openvino` extra), TensorRT fp32 / fp16 / int8 where TensorRT and engines are
+present (otherwise listed as skipped with the reason). Timing rounds interleave the rows so
+they see the same machine load.
+
+Weights: a test checkpoint whose masks are mixed (`lfm_deploy.parity.testing.make_mixed_checkpoint`);
+with the untrained default every mask is one class and agreement would say nothing. The exports
+(`lfm-export --precision int8`, which keeps the float32 graphs too) are made once per K into
+`--work` and reused; the fp16 graphs are made next to them.
+
+    python benchmarks/bench_precision.py --shots 1 5 --size 400 --threads 2 --rounds 5 --episodes 4
+
+Writes `benchmarks/results/precision.{json,md,png}` (`--out PREFIX`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lfm_deploy.cli import FiniteFloat  # noqa: E402
+
+log = logging.getLogger("bench_precision")
+
+#: The issue's targets: best reduced-precision CPU path per query (support cached) vs the eager
+#: episode, with mask agreement against eager.
+TARGET_RATIO = 0.2
+TARGET_AGREEMENT = 0.99
+
+
+@dataclass
+class Row:
+    """One backend x precision."""
+
+    backend: str
+    precision: str
+    what: str
+    head: Callable | None = None          # () -> session for the timed head runs
+    split: Callable | None = None         # () -> runner for the gate (episode contract)
+    skip: str | None = None
+    times: dict = field(default_factory=dict)   # batch -> [seconds per run]
+    gate: dict | None = None
+
+
+def _exports(args, shots: int) -> Path:
+    """The int8 export (float32 graphs kept) of the test checkpoint for K = shots, made once."""
+    from lfm_deploy.export.pipeline import export_domain
+    from lfm_deploy.manifest import read_manifest
+    from lfm_deploy.parity.testing import make_mixed_checkpoint
+
+    out = args.work / f"deepglobe-{args.size}-{shots}shot-int8"
+    if (out / "manifest.json").is_file():
+        return out
+    args.work.mkdir(parents=True, exist_ok=True)
+    ckpt = args.work / f"mixed-{args.size}-{shots}shot.pt"
+    if not ckpt.is_file():
+        info = make_mixed_checkpoint(ckpt, image_size=args.size, shots=shots)
+        log.info("test checkpoint %s: %.0f%% foreground, median |margin| %.2f", ckpt, 100 * info["foreground"],
+                 info["margin_median"])
+    log.info("exporting K=%d at %d px with --precision int8 into %s", shots, args.size, out)
+    try:
+        export_domain("deepglobe", out=out, checkpoint=ckpt, shots=shots, image_size=args.size, precision="int8",
+                      threads=args.threads, progress=False)
+    except Exception as exc:  # a refused int8 export is a result too: its graphs are in .failed
+        failed = out.with_name(out.name + ".failed")
+        log.warning("int8 export refused (%s); benchmarking the kept graphs in %s", str(exc).splitlines()[0], failed)
+        return failed
+    read_manifest(out)
+    return out
+
+
+def _fp16_graphs(art: Path, manifest: dict, threads: int) -> dict[str, Path]:
+    from lfm_deploy.tensorrt.fp16 import graph_feeds, prepare_fp16_graph
+
+    ref = manifest.get("reference_graphs") or {g: e["file"] for g, e in manifest["graphs"].items()}
+    out = {}
+    for g in ("encoder", "head"):
+        path = art / f"{g}.fp16.onnx"
+        if not path.is_file():
+            prepare_fp16_graph(art / ref[g], path, graph_feeds(art, g, episodes=2, seed=2000, threads=threads),
+                               threads=threads)
+        out[g] = path
+    return out
+
+
+def _rows(art: Path, manifest: dict, threads: int) -> list[Row]:
+    from lfm_deploy.contract import graph_io
+    from lfm_deploy.parity.runners import SplitRunner
+    from lfm_deploy.runtime.openvino import SessionFromOpenVINO, openvino_available
+    from lfm_deploy.runtime.sessions import SessionFromOnnx
+
+    ref = manifest.get("reference_graphs") or {g: e["file"] for g, e in manifest["graphs"].items()}
+    fp32 = {g: art / ref[g] for g in ("encoder", "head")}
+    int8 = ({g: art / manifest["graphs"][g]["file"] for g in ("encoder", "head")}
+            if (manifest.get("precision") or {}).get("name") == "int8" else None)
+    fp16 = _fp16_graphs(art, manifest, threads)
+
+    def ort(paths):
+        return (lambda: SessionFromOnnx(paths["head"], threads=threads)(),
+                lambda: SplitRunner(SessionFromOnnx(paths["encoder"], threads=threads),
+                                    SessionFromOnnx(paths["head"], threads=threads), manifest))
+
+    def ov(paths, precision):
+        return (lambda: SessionFromOpenVINO(paths["head"], precision, threads=threads)(),
+                lambda: SplitRunner(SessionFromOpenVINO(paths["encoder"], precision, threads=threads),
+                                    SessionFromOpenVINO(paths["head"], precision, threads=threads), manifest))
+
+    rows = [Row("onnxruntime", "fp32", "CPU EP, float32 encoder -> head", *ort(fp32))]
+    no_int8 = "the export has no int8 graphs (lfm-export --precision int8)"
+    rows.append(Row("onnxruntime", "int8", "CPU EP, int8 QDQ encoder -> head", *ort(int8)) if int8 else
+                Row("onnxruntime", "int8", "", skip=no_int8))
+    rows.append(Row("onnxruntime", "fp16", "CPU EP, fp16 graphs with fp32 islands (casts where no fp16 kernel)",
+                    *ort(fp16)))
+    if openvino_available():
+        rows.append(Row("OpenVINO", "fp32", "CPU, f32 inference precision", *ov(fp32, "fp32")))
+        rows.append(Row("OpenVINO", "bf16", "CPU, bf16 inference precision (GroupNorm f32)", *ov(fp32, "bf16")))
+        rows.append(Row("OpenVINO", "int8", "CPU, int8 QDQ graphs", *ov(int8, "fp32")) if int8 else
+                    Row("OpenVINO", "int8", "", skip=no_int8))
+    else:
+        for p in ("fp32", "bf16", "int8"):
+            rows.append(Row("OpenVINO", p, "", skip="OpenVINO is not installed: pip install 'lfm-deploy[openvino]'"))
+    rows.extend(_tensorrt_rows(art))
+    _ = graph_io  # the contract is read from the manifest by SplitRunner
+    return rows
+
+
+def _tensorrt_rows(art: Path) -> list[Row]:
+    from lfm_deploy.errors import BackendUnavailable
+    from lfm_deploy.tensorrt.engines import find_engines, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except BackendUnavailable as exc:
+        return [Row("TensorRT", p, "", skip=str(exc).split(";")[0]) for p in ("fp32", "fp16", "int8")]
+    rows = []
+    for p in ("fp32", "fp16", "int8"):
+        engines = find_engines(art, p)
+        if "head" not in engines or "encoder" not in engines:
+            rows.append(Row("TensorRT", p, "", skip=f"no {p} encoder/head engines: lfm-build-engine {art} --precision {p}"))
+            continue
+        rows.append(Row("TensorRT", p, "", skip="TensorRT rows are timed by bench_latency.py on a GPU machine"))
+    return rows
+
+
+def _stats(seconds: list[float], batch: int) -> dict:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "ms_per_image": float(np.percentile(ms, 50)) / batch, "n": int(ms.size)}
+
+
+def _bench_k(args, shots: int) -> dict:
+    import torch
+
+    from lfm_deploy.contract import graph_io
+    from lfm_deploy.domains import get_domain
+    from lfm_deploy.manifest import read_manifest
+    from lfm_deploy.parity.episodes import graph_feeds_of, parity_episodes
+    from lfm_deploy.parity.gate import GateData, eager_reference, run_gate
+    from lfm_deploy.parity.runners import ModelFromManifest
+    from lfm_deploy.runtime.sessions import SessionFromOnnx
+
+    art = _exports(args, shots)
+    manifest = read_manifest(art, verify_files=False)
+    rows = _rows(art, manifest, args.threads)
+    model = ModelFromManifest(manifest)()
+    gates = get_domain("deepglobe").precision_gates
+
+    # Masks: every row through the gate on the same episodes (seeds 0.., as lfm-export's gate).
+    feeds, truths = parity_episodes(manifest, args.episodes, seed=0)
+    data = GateData(feeds, truths, f"validation episodes (synthetic, seeds 0..{args.episodes - 1})")
+    log.info("K=%d: eager reference on %d episodes", shots, len(data))
+    ref = eager_reference(model, data, shots, threads=args.threads)
+    for row in rows:
+        if row.skip:
+            continue
+        log.info("K=%d: gate %s %s", shots, row.backend, row.precision)
+        tol = gates["int8"] if row.precision == "fp32" else gates[row.precision]
+        report = run_gate(ref, row.split(), data, tol, precision=row.precision, backend=f"{row.backend} {row.precision}",
+                          shots=shots, image_size=int(manifest["image_size"]))
+        row.gate = report.to_dict()
+        if row.precision == "fp32":  # float32 paths: parity, reported with the int8 gate's figures
+            row.gate["note"] = "float32: judged for parity by lfm-export / lfm-verify"
+
+    # Speed: head runs at each batch against cached support features, interleaved with eager episodes.
+    ios = {g: graph_io(manifest, g) for g in ("episode", "encoder", "head")}
+    ref_graphs = manifest.get("reference_graphs") or {g: e["file"] for g, e in manifest["graphs"].items()}
+    encoder = SessionFromOnnx(art / ref_graphs["encoder"], threads=args.threads)
+    head_feed = graph_feeds_of(feeds[:1], "head", ios, encoder)[0]
+    eio = ios["episode"]
+    sessions = {id(r): r.head() for r in rows if not r.skip}
+    torch.set_num_threads(args.threads)
+    batches = {}
+    for b in args.batch_sizes:
+        q = np.repeat(head_feed[ios["head"].input("query")], b, axis=0)
+        batches[b] = ({**head_feed, ios["head"].input("query"): q},
+                      [torch.from_numpy(np.repeat(feeds[0][eio.input(r)], b, axis=0)) for r in ("query", "supports", "masks")])
+    eager_times = {b: [] for b in args.batch_sizes}
+    for r in range(args.warmup + args.rounds):
+        for b in args.batch_sizes:
+            feed, eager_in = batches[b]
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                model.shot_logits(*eager_in)
+            if r >= args.warmup:
+                eager_times[b].append(time.perf_counter() - t0)
+            for row in rows:
+                if row.skip:
+                    continue
+                t0 = time.perf_counter()
+                sessions[id(row)].run(None, feed)
+                if r >= args.warmup:
+                    row.times.setdefault(b, []).append(time.perf_counter() - t0)
+        log.info("K=%d: timing round %d/%d done", shots, r + 1, args.warmup + args.rounds)
+    eager = {b: _stats(eager_times[b], b) for b in args.batch_sizes}
+    out_rows = [{"backend": "eager (PyTorch)", "precision": "fp32", "what": "full K-shot episode per query",
+                 "speed": {str(b): {**eager[b], "x_eager": 1.0} for b in args.batch_sizes},
+                 "agreement": 1.0, "miou_delta_points": 0.0, "gate": None, "skip": None}]
+    for row in rows:
+        entry = {"backend": row.backend, "precision": row.precision, "what": row.what, "skip": row.skip,
+                 "gate": row.gate, "speed": {}, "agreement": None, "miou_delta_points": None}
+        if not row.skip:
+            for b in args.batch_sizes:
+                st = _stats(row.times[b], b)
+                entry["speed"][str(b)] = {**st, "x_eager": st["ms_per_image"] / eager[b]["ms_per_image"]}
+            entry["agreement"] = row.gate["agreement"]
+            entry["miou_delta_points"] = row.gate["miou_delta_points"]
+        out_rows.append(entry)
+    return {"shots": shots, "artifacts": str(art), "manifest_precision": manifest.get("precision"),
+            "foreground": float(np.mean([m.mean() for m in ref.masks])), "rows": out_rows}
+
+
+def _markdown(result: dict) -> str:
+    bs = result["batch_sizes"]
+    lines = [f"# Backends x precisions ({result['size']}x{result['size']}, {result['threads']} threads, "
+             f"{result['machine'].get('cpu', '')})", "",
+             f"Masks: agreement with the eager float32 model and mIoU difference over {result['episodes']} seeded "
+             "validation episodes of a mixed-mask test checkpoint; gate = the reduced-precision accuracy gate "
+             "(>= 99% agreement, |mIoU diff| <= 0.5 points, eager-margin bound). Speed: p50 ms per image of the "
+             "serving path (support set cached, one head run per batch) and its ratio to the eager K-shot episode "
+             "at the same batch.", ""]
+    for k in result["per_shots"]:
+        lines += [f"## K = {k['shots']} (eager masks {100 * k['foreground']:.0f}% foreground)", "",
+                  "| backend | precision | " + " | ".join(f"ms/image b{b} | x eager b{b}" for b in bs)
+                  + " | agreement | mIoU diff (points) | gate |",
+                  "|---|---|" + "---|---|" * len(bs) + "---|---|---|"]
+        for r in k["rows"]:
+            if r["skip"]:
+                lines.append(f"| {r['backend']} | {r['precision']} | " + " | ".join("-" for _ in range(2 * len(bs)))
+                             + f" | - | - | skipped: {r['skip']} |")
+                continue
+            speed = " | ".join(f"{r['speed'][str(b)]['ms_per_image']:.0f} | {r['speed'][str(b)]['x_eager']:.2f}x"
+                               for b in bs)
+            gate = "-" if r["gate"] is None else ("n/a (fp32)" if r["precision"] == "fp32" else
+                                                 ("pass" if r["gate"]["passed"] else "FAIL: " + "; ".join(r["gate"]["failures"])))
+            lines.append(f"| {r['backend']} | {r['precision']} | {speed} | {100 * r['agreement']:.2f}% | "
+                         f"{r['miou_delta_points']:+.2f} | {gate} |")
+        lines.append("")
+    best = result.get("best")
+    if best:
+        lines += [f"Best reduced-precision path that passes the gate, K = 1, batch 1: **{best['backend']} "
+                  f"{best['precision']}** at {best['x_eager']:.2f}x eager (target <= {TARGET_RATIO}x), agreement "
+                  f"{100 * best['agreement']:.2f}%.", ""]
+    else:
+        lines += ["No reduced-precision path passed the gate at K = 1.", ""]
+    lines.append(f"Reproduce: `{result['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = str(result["batch_sizes"][0])
+    fig, axes = plt.subplots(1, len(result["per_shots"]), figsize=(6 * len(result["per_shots"]), 4.5), squeeze=False)
+    for ax, k in zip(axes[0], result["per_shots"]):
+        for r in k["rows"]:
+            if r["skip"] or r["agreement"] is None:
+                continue
+            x, y = r["speed"][b]["x_eager"], 100 * r["agreement"]
+            ax.scatter(x, y)
+            ax.annotate(f"{r['backend']} {r['precision']}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(100 * TARGET_AGREEMENT, ls="--", lw=0.8, color="grey")
+        ax.axvline(TARGET_RATIO, ls=":", lw=0.8, color="grey")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"time per image vs eager episode (batch {b}, lower is faster)")
+        ax.set_ylabel("mask agreement with eager (%)")
+        ax.set_title(f"K = {k['shots']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5], help="K values (one export each)")
+    parser.add_argument("--size", type=int, default=400, help="image size of the test exports")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every backend")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--episodes", type=int, default=4, help="validation episodes for the mask figures")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (interleaved over the rows)")
+    parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-precision",
+                        help="where the test checkpoints and exports are made (reused)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "precision",
+                        help="output prefix: PREFIX.json, .md, .png")
+    parser.add_argument("--overwrite", action="store_true", help="replace result files this script did not write")
+    parser.add_argument("--max-ratio", type=FiniteFloat(min=0).argparse_type(), default=None,
+                        help="exit 1 when the best gated path is slower than this ratio to eager")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from lfm_deploy.utils.outputs import results_dir
+    from lfm_deploy.utils.versions import library_versions, machine
+
+    out, names = results_dir(args.out, (".json", ".md", ".png"), overwrite=args.overwrite)
+    t0 = time.perf_counter()
+    per_shots = [_bench_k(args, k) for k in args.shots]
+    best = None
+    for k in per_shots:
+        if k["shots"] != 1:
+            continue
+        b = str(args.batch_sizes[0])
+        for r in k["rows"]:
+            if r["skip"] or r["precision"] == "fp32" or not r["gate"] or not r["gate"]["passed"]:
+                continue
+            x = r["speed"][b]["x_eager"]
+            if best is None or x < best["x_eager"]:
+                best = {"backend": r["backend"], "precision": r["precision"], "x_eager": x, "agreement": r["agreement"]}
+    result = {"size": args.size, "threads": args.threads, "batch_sizes": args.batch_sizes, "episodes": args.episodes,
+              "rounds": args.rounds, "per_shots": per_shots, "best": best,
+              "targets": {"ratio": TARGET_RATIO, "agreement": TARGET_AGREEMENT},
+              "machine": {**machine(), **library_versions()}, "seconds": round(time.perf_counter() - t0, 1),
+              "command": "python benchmarks/bench_precision.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    out.write_text(names[".json"], json.dumps(result, indent=2, default=str) + "\n")
+    out.write_text(names[".md"], _markdown(result))
+    out.write(names[".png"], lambda tmp: _plot(result, tmp))
+    print(_markdown(result))
+    if args.max_ratio is not None and (best is None or best["x_eager"] > args.max_ratio):
+        raise SystemExit(1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

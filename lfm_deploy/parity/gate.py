@@ -1,0 +1,247 @@
+"""The accuracy gate of every reduced precision: the eager float32 model's masks against a
+faster path's, on labelled episodes, judged by the domain registry's thresholds.
+
+One gate for fp16 graphs, OpenVINO bf16 and int8 QDQ graphs (export, lfm-verify, benchmarks):
+
+- run phase: the eager float32 model (`eager_reference`: per-shot logits, HSNet's vote) and the
+  candidate (any runner with the episode graph's contract: `ort_runner`, `ov_runner`,
+  `SplitRunner` over an encoder -> head pair) on the same episodes, through `run_feeds`;
+- comparison phase: `compare_output` with the precision's `Tolerances`
+  (`lfm_deploy.domains.Domain.precision_gates`): pixel agreement, no differing pixel where the
+  eager |logit margin| exceeds the precision's bound, and mIoU against the episodes' ground
+  truth within the bound of the eager model's. Logits (K = 1) are reported, not gated.
+
+The report gives every figure the verdict rests on, including how sure the eager model was on
+each differing pixel (`MaskStats.flipped_margins`); a single-class eager mask makes the mask
+figures vacuous and the report says so (docs/precision.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..contract import default_io
+from .compare import OutputCheck, Tolerances, compare_output, decision_margins, foreground_iou
+from .runners import run_feeds
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EagerReference", "GateData", "GateReport", "eager_reference", "gate_runs", "run_gate"]
+
+
+@dataclass
+class GateData:
+    """Labelled episodes a gate runs on.
+
+    Attributes:
+        feeds: episode-contract feed dicts (batch 1 each).
+        truths: the queries' ground-truth masks, (1, S, S) each.
+        label: where they come from, as written into reports and the manifest.
+    """
+
+    feeds: list
+    truths: list
+    label: str
+
+    def __add__(self, other: "GateData") -> "GateData":
+        return GateData(self.feeds + other.feeds, self.truths + other.truths, f"{self.label}; {other.label}")
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+@dataclass
+class EagerReference:
+    """The eager float32 model's results on a `GateData`: masks, |logit margins|, K = 1 logits."""
+
+    masks: list
+    margins: list
+    logits: list | None
+    ms: float
+
+
+def eager_reference(model, data: GateData, shots: int, *, threads: int | None = None) -> EagerReference:
+    """Run the eager float32 model on every episode: per-shot logits, margins and voted masks.
+
+    Args:
+        model: the eager `LFMHSNet` (float32, eval mode).
+        data: the episodes.
+        shots: K.
+        threads: torch threads while running (restored afterwards).
+    """
+    import torch
+
+    from ..models.hsnet import vote_masks
+
+    io = default_io("episode", model.image_size, shots)
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    masks, margins, logits, times = [], [], [], []
+    try:
+        for feed in data.feeds:
+            q, s, m = (torch.from_numpy(np.ascontiguousarray(feed[io.input(r)])) for r in ("query", "supports", "masks"))
+            start = time.perf_counter()
+            with torch.inference_mode():
+                per_shot = model.shot_logits(q, s, m)
+            times.append(time.perf_counter() - start)
+            votes = torch.stack([x.argmax(1) for x in per_shot]).sum(0)
+            masks.append(vote_masks(votes, shots).to(torch.uint8).numpy())
+            margins.append(decision_margins([x.numpy() for x in per_shot]))
+            logits.append(per_shot[0].numpy())
+    finally:
+        torch.set_num_threads(saved)
+    return EagerReference(masks, margins, logits if shots == 1 else None, 1e3 * float(np.mean(times)))
+
+
+@dataclass
+class GateReport:
+    """The verdict of one reduced-precision path, with every figure it rests on.
+
+    Attributes:
+        precision: "fp16", "bf16" or "int8".
+        backend: what ran (runtime, graphs, device).
+        data: where the episodes come from.
+        episodes: how many.
+        tolerances: the thresholds applied.
+        mask: the mask comparison over all episodes (agreement, IoU, differing pixels by eager margin).
+        logits: the K = 1 logits' error statistics (reported, not gated); None for K > 1.
+        miou_eager, miou: mean foreground IoU against the ground truth, eager and candidate.
+        eager_ms, candidate_ms: mean time per episode of each side (the candidate's includes
+            its support encoding where it re-encodes).
+    """
+
+    precision: str
+    backend: str
+    data: str
+    episodes: int
+    tolerances: Tolerances
+    mask: OutputCheck
+    logits: OutputCheck | None
+    miou_eager: float
+    miou: float
+    eager_ms: float | None = None
+    candidate_ms: float | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def miou_delta(self) -> float:
+        return self.miou - self.miou_eager
+
+    @property
+    def miou_passed(self) -> bool:
+        return self.tolerances.miou.passes(self.miou_delta)
+
+    @property
+    def vacuous(self) -> bool:
+        return bool(self.mask.stats is not None and self.mask.stats.vacuous)
+
+    @property
+    def failures(self) -> list[str]:
+        """One phrase per failed threshold (empty when the gate passes)."""
+        out = []
+        st, tol = self.mask.stats, self.tolerances
+        if st is None:
+            return ["no mask output"]
+        if not tol.mask.passes(st.agreement):
+            out.append(f"mask agreement {st.agreement:.4%} < {tol.mask.limit:.2%}")
+        if st.decisive:
+            out.append(f"{st.decisive} differing pixels where the eager |margin| > {tol.tie_margin:g} "
+                       f"(largest {st.flipped_margin_max:.3g})")
+        if not self.miou_passed:
+            out.append(f"mIoU difference {100 * self.miou_delta:+.2f} points (bound {100 * tol.miou.limit:g})")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        st = self.mask.stats
+        return {
+            "precision": self.precision, "backend": self.backend, "data": self.data, "episodes": self.episodes,
+            "passed": self.passed, "failures": self.failures, "vacuous": self.vacuous,
+            "agreement": st.agreement if st else None, "mask_iou": st.iou if st else None,
+            "differing_pixels": st.flipped if st else None, "pixels": int(np.prod(st.shape)) if st else None,
+            "differing_beyond_margin": st.decisive if st else None,
+            "max_eager_margin_of_differing": st.flipped_margin_max if st else None,
+            "differing_by_eager_margin": st.flipped_margins if st else None,
+            "miou_eager": self.miou_eager, "miou": self.miou, "miou_delta_points": 100 * self.miou_delta,
+            "logits": self.logits.stats.to_dict() if self.logits is not None and self.logits.stats is not None else None,
+            "thresholds": {"agreement": self.tolerances.mask.limit, "max_eager_margin": self.tolerances.tie_margin,
+                           "miou_points": 100 * self.tolerances.miou.limit},
+            "eager_ms": self.eager_ms, "candidate_ms": self.candidate_ms, "notes": list(self.notes),
+        }
+
+    def lines(self) -> list[str]:
+        """The verdict and its figures, for the terminal and logs."""
+        st = self.mask.stats
+        head = (f"[{'ok' if self.passed else 'FAIL'}] {self.precision} gate, {self.backend}: "
+                f"{self.episodes} episodes ({self.data})")
+        lines = [head]
+        if st is not None:
+            lines.append(f"    mask agreement {st.agreement:.4%} (>= {self.tolerances.mask.limit:.2%}), mask IoU "
+                         f"{st.iou:.4f}, {st.flipped} of {int(np.prod(st.shape))} pixels differ")
+            if st.flipped:
+                bins = ", ".join(f"{k}: {v}" for k, v in (st.flipped_margins or {}).items() if v)
+                lines.append(f"    eager |margin| of the differing pixels: largest {st.flipped_margin_max:.3g} "
+                             f"(bound {self.tolerances.tie_margin:g}); {bins}")
+        lines.append(f"    mIoU {100 * self.miou:.2f} vs eager {100 * self.miou_eager:.2f}: "
+                     f"{100 * self.miou_delta:+.2f} points (bound {100 * self.tolerances.miou.limit:g})")
+        if self.logits is not None and self.logits.stats is not None:
+            ls = self.logits.stats
+            lines.append(f"    logits (reported): max |error| {ls.max_abs:.3g}, rel L2 {ls.rel_l2:.3g}, "
+                         f"peak |logit| {ls.ref_peak:.3g}")
+        if self.vacuous:
+            lines.append("    VACUOUS: the eager masks are a single class (untrained weights?): agreement says "
+                         "little; gate a real checkpoint")
+        lines.extend(f"    {n}" for n in self.notes)
+        if not self.passed:
+            lines.append("    failed: " + "; ".join(self.failures))
+        return lines
+
+
+def run_gate(reference: EagerReference, candidate, data: GateData, tolerances: Tolerances, *, precision: str,
+             backend: str, shots: int, image_size: int) -> GateReport:
+    """Run a reduced-precision candidate on the gate's episodes and judge it against the eager model.
+
+    Args:
+        reference: `eager_reference` on the same `data`.
+        candidate: a runner with the episode graph's contract (`ort_runner`, `ov_runner`,
+            `SplitRunner`, `TrtRunner`).
+        data: the labelled episodes.
+        tolerances: the precision's gate (`Domain.precision_gates[precision]`).
+        precision, backend: labels for the report.
+        shots, image_size: the export's K and S (the contract's tensor names).
+
+    Returns:
+        `GateReport` (check `.passed`).
+    """
+    io = default_io("episode", image_size, shots)
+    outputs, ms = run_feeds(candidate, data.feeds)
+    masks = outputs[io.output("mask")]
+    mask = compare_output(backend, io.output("mask"), np.concatenate(masks), np.concatenate(reference.masks),
+                          tolerances.mask, "mask", margin=np.concatenate(reference.margins),
+                          tie_margin=tolerances.tie_margin)
+    logits = None
+    if reference.logits is not None and io.has_output("logits") and io.output("logits") in outputs:
+        logits = compare_output(backend, io.output("logits"), np.concatenate(outputs[io.output("logits")]),
+                                np.concatenate(reference.logits), tolerances.logits, "logits")
+    miou_eager = float(np.mean([foreground_iou(m, t) for m, t in zip(reference.masks, data.truths)]))
+    miou = float(np.mean([foreground_iou(m, t) for m, t in zip(masks, data.truths)]))
+    report = GateReport(precision, backend, data.label, len(data), tolerances, mask, logits, miou_eager, miou,
+                        reference.ms, ms)
+    for line in report.lines():  # a failure is the caller's to report (the int8 search expects some)
+        log.info("%s", line)
+    return report
+
+
+def gate_runs(reports: Sequence[GateReport]) -> dict:
+    """The manifest's record of several gate runs (e.g. the split path and the episode graph)."""
+    return {"passed": all(r.passed for r in reports), "runs": [r.to_dict() for r in reports]}
+

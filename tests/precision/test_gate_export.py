@@ -1,0 +1,154 @@
+"""Reduced precision through the one accuracy gate, on a checkpoint whose masks are mixed:
+int8 and fp16 graphs and OpenVINO bf16 pass or are refused as designed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lfm_deploy.contract import graph_io
+from lfm_deploy.errors import PrecisionGateError
+from lfm_deploy.export.pipeline import export_domain
+from lfm_deploy.manifest import MANIFEST_NAME
+from lfm_deploy.parity.runners import ModelFromManifest
+from lfm_deploy.precision import pipeline as precision_pipeline
+from lfm_deploy.precision.pipeline import reduce_precision
+
+from ..conftest import TEST_IMAGE_SIZE
+
+
+def _reduce(mixed_exported, tmp_path, precision, **kwargs):
+    """reduce_precision on a copy of the mixed export (what export_domain runs after validation)."""
+    result, _ = mixed_exported
+    work = tmp_path / "work"
+    shutil.copytree(result.out_dir, work)
+    manifest = json.loads((work / MANIFEST_NAME).read_text())
+    model = ModelFromManifest(manifest)()
+    dom = __import__("lfm_deploy.domains", fromlist=["get_domain"]).get_domain("deepglobe")
+    graphs = {g: manifest["graphs"][g]["file"] for g in manifest["graphs"]}
+    out = reduce_precision(precision, work, graphs, model, domain="deepglobe", shots=1,
+                           tolerances=dom.precision_gates[precision], gate_episodes=3, calibration_episodes=2,
+                           **kwargs)
+    return out, work
+
+
+def test_cli_int8_export_passes_the_gate_and_the_runtime_serves_it(mixed_exported, tmp_path):
+    from lfm_deploy.cli.export import main
+    from lfm_deploy.runtime import Segmenter
+
+    _, checkpoint = mixed_exported
+    out = tmp_path / "int8"
+    # image size: the CLI has no option for it; the domain entry is overridden for this test only.
+    from lfm_deploy.domains import get_domain, register_domain
+    from dataclasses import replace
+
+    original = get_domain("deepglobe")
+    register_domain(replace(original, image_size=TEST_IMAGE_SIZE), overwrite=True)
+    try:
+        res = CliRunner().invoke(main, ["--domain", "deepglobe", "--checkpoint", str(checkpoint), "--out", str(out),
+                                        "--precision", "int8", "--gate-episodes", "3", "--quiet"])
+    finally:
+        register_domain(original, overwrite=True)
+    assert res.exit_code == 0, res.output
+    assert "[ok] int8 gate" in res.output
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    precision = manifest["precision"]
+    assert precision["name"] == "int8" and precision["gate"]["passed"]
+    assert {g: e["file"] for g, e in manifest["graphs"].items()} == {
+        "episode": "episode.int8.onnx", "encoder": "encoder.int8.onnx", "head": "head.int8.onnx"}
+    assert manifest["reference_graphs"]["head"] == "head.onnx" and "head.onnx" in manifest["files"]
+    runs = precision["gate"]["runs"]
+    assert len(runs) == 2 and all(r["agreement"] >= 0.99 and not r["vacuous"] for r in runs)
+    assert precision["calibration"].startswith("validation episodes (synthetic, seeds 1000")
+    tried = precision["details"]["float_tails_tried"]
+    assert tried and tried[-1]["passed"] and precision["details"]["float_tail"] == tried[-1]["float_tail"]
+    report = (out / "export_report.md").read_text()
+    assert "## int8 against the eager float32 model" in report and "float share" in report
+
+    # The runtime loads the int8 graphs with no other change, and agrees with the eager model
+    # about as well as the gate measured (same images as validation episode seed 0).
+    from lfm_deploy.data.synthetic import synthetic_pair
+    from lfm_deploy.parity.episodes import parity_episodes
+
+    size = TEST_IMAGE_SIZE + 37
+    query, _ = synthetic_pair(size, 0, class_index=0, image_index=0)
+    support, support_mask = synthetic_pair(size, 0, class_index=0, image_index=1)
+    seg = Segmenter.from_artifacts(out, threads=2)
+    seg.set_support(support, support_mask)
+    got = seg.predict(query, original_size=False)
+    assert seg._loaders["head"].path.name == "head.int8.onnx"
+    feeds, _ = parity_episodes(manifest, 1, seed=0)
+    io = graph_io(manifest, "episode")
+    model = ModelFromManifest(manifest)()
+    import torch
+
+    with torch.no_grad():
+        logits = model.shot_logits(*(torch.from_numpy(feeds[0][io.input(r)]) for r in ("query", "supports", "masks")))
+    eager = logits[0].argmax(1).numpy()[0]
+    assert 0.05 < eager.mean() < 0.95  # mixed masks: the comparison means something
+    assert (got == eager).mean() >= 0.98
+
+
+def test_int8_without_its_float_islands_is_refused_and_kept_aside(mixed_exported, tmp_path, monkeypatch):
+    _, checkpoint = mixed_exported
+    # Quantize the masker too, with no float share to fall back on: the masks move too much.
+    monkeypatch.setattr("lfm_deploy.precision.int8.float_islands", lambda model: {})
+    monkeypatch.setattr(precision_pipeline, "INT8_FLOAT_TAILS", (0.0,))
+    out = tmp_path / "int8"
+    with pytest.raises(PrecisionGateError, match="beyond their accuracy gate") as info:
+        export_domain("deepglobe", out=out, checkpoint=checkpoint, image_size=TEST_IMAGE_SIZE, progress=False,
+                      precision="int8", gate_episodes=3)
+    assert "mask agreement" in str(info.value) and "FAIL" in str(info.value)
+    assert not out.exists()
+    failed = tmp_path / "int8.failed"
+    manifest = json.loads((failed / MANIFEST_NAME).read_text())
+    assert manifest["precision"]["gate"]["passed"] is False
+    assert all(r["failures"] for r in manifest["precision"]["gate"]["runs"])
+    assert (failed / "head.int8.onnx").is_file()
+
+
+def test_fp16_graphs_pass_the_gate(mixed_exported, tmp_path):
+    out, work = _reduce(mixed_exported, tmp_path, "fp16")
+    assert out.passed, "\n".join(line for g in out.gates for line in g.lines())
+    assert out.graphs == {"episode": "episode.fp16.onnx", "encoder": "encoder.fp16.onnx", "head": "head.fp16.onnx"}
+    assert all((work / f).is_file() for f in out.graphs.values())
+    assert all(g.mask.stats.agreement >= 0.99 and not g.vacuous for g in out.gates)
+    conv = out.details["graphs"]["head"]["conversion"]
+    assert conv["fp16_nodes"] > 0 and conv["fp32_nodes"] > 0
+
+
+def test_openvino_bf16_passes_the_gate(mixed_exported, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'lfm-deploy[openvino]'")
+    out, _ = _reduce(mixed_exported, tmp_path, "bf16", threads=2)
+    assert out.passed, "\n".join(line for g in out.gates for line in g.lines())
+    assert out.runtime == {"backend": "openvino", "precision": "bf16"}
+    assert out.graphs == {"episode": "episode.onnx", "encoder": "encoder.onnx", "head": "head.onnx"}
+    assert [g.backend for g in out.gates] == ["OpenVINO CPU bf16, encoder -> head", "OpenVINO CPU bf16, episode graph"]
+
+
+def test_a_tighter_gate_refuses_what_the_default_passes(mixed_exported, tmp_path):
+    """The thresholds come from the domain registry: the same bf16 path fails a stricter gate."""
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'lfm-deploy[openvino]'")
+    from dataclasses import replace
+
+    from lfm_deploy.parity.compare import Tolerance
+
+    result, _ = mixed_exported
+    work = tmp_path / "work"
+    shutil.copytree(result.out_dir, work)
+    manifest = json.loads((work / MANIFEST_NAME).read_text())
+    model = ModelFromManifest(manifest)()
+    from lfm_deploy.domains import get_domain
+
+    strict = replace(get_domain("deepglobe").precision_gates["bf16"], mask=Tolerance("agreement", 0.99999),
+                     tie_margin=1e-4)
+    out = reduce_precision("bf16", work, {g: manifest["graphs"][g]["file"] for g in manifest["graphs"]}, model,
+                           domain="deepglobe", shots=1, tolerances=strict, gate_episodes=2, calibration_episodes=1,
+                           threads=2)
+    assert not out.passed
+    failures = out.gates[0].failures
+    assert any("mask agreement" in f for f in failures) and any("eager |margin| > 0.0001" in f for f in failures)
