@@ -287,17 +287,23 @@ def export_domain(
                 )
                 steps.done()
 
+            # The graph contract as the manifest records it; the lint and Triton read it from here.
+            contract = {
+                g: {"file": reduced.graphs[g] if reduced else GRAPH_FILES[g],
+                    "inputs": [x.to_dict() for x in specs[g][0]], "outputs": [x.to_dict() for x in specs[g][1]]}
+                for g in graphs
+            }
             steps.start("TensorRT readiness lint")
-            lint = _lint(tmp, graphs, lowering)
+            lint = _lint(tmp, {g: contract[g]["file"] for g in graphs}, lowering)
             steps.done()
 
             triton_files = []
             if triton:
                 steps.start("writing Triton model repository")
-                from ..serving.triton import write_triton_repository
+                from ..serving.triton import graphs_from_manifest, write_triton_repository
 
                 triton_files = write_triton_repository(
-                    tmp / "triton", {g: (tmp / GRAPH_FILES[g], *specs[g]) for g in graphs}, domain=dom.name, shots=shots,
+                    tmp / "triton", graphs_from_manifest({"graphs": contract}, tmp), domain=dom.name, shots=shots,
                 )
                 steps.done()
 
@@ -314,11 +320,7 @@ def export_domain(
                 "shots": shots,
                 "image_size": size,
                 "preprocessing": {**dom.preprocessing(), "image_size": [size, size]},
-                "graphs": {
-                    g: {"file": reduced.graphs[g] if reduced else GRAPH_FILES[g],
-                        "inputs": [x.to_dict() for x in specs[g][0]], "outputs": [x.to_dict() for x in specs[g][1]]}
-                    for g in graphs
-                },
+                "graphs": contract,
                 "precision": (reduced.to_manifest(dom.precision_gates[precision]) if reduced is not None else
                               {"name": "fp32", "runtime": {"backend": "onnxruntime", "precision": "fp32"}}),
                 "reference_graphs": {g: GRAPH_FILES[g] for g in graphs},
@@ -383,10 +385,11 @@ def _input_hashes(checkpoint, masker) -> dict:
     }
 
 
-def _lint(tmp: Path, graphs, lowering: str) -> dict:
+def _lint(tmp: Path, files: dict, lowering: str) -> dict:
+    """Lint the graphs the manifest names ({graph: file}: the int8 ones of an int8 export)."""
     from ..tensorrt.lint import lint_onnx
 
-    reports = {g: lint_onnx(tmp / GRAPH_FILES[g], trt_version="10.0") for g in graphs}
+    reports = {g: lint_onnx(tmp / f, trt_version="10.0") for g, f in files.items()}
     summary = {
         "target": "TensorRT 10.0",
         "ok": all(r.ok for r in reports.values()),

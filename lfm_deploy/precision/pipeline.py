@@ -6,7 +6,7 @@ validation, inside the export's temporary directory:
 - **int8**: calibrate on the calibration episodes (the user's labelled folder, or the domain's
   validation episodes under seeds the gate does not use), write `*.int8.onnx` QDQ graphs,
   trying the float shares of `INT8_FLOAT_TAILS` until the encoder -> head path passes the gate
-  on the calibration episodes (`lfm_deploy.precision.int8`);
+  on held-out episodes (neither calibration nor gate data; `lfm_deploy.precision.int8`);
 - **fp16**: range-check on the calibration episodes and write `*.fp16.onnx` graphs with float32
   islands (`lfm_deploy.tensorrt.fp16`);
 - **bf16**: the float32 graphs as they are, run by OpenVINO with bf16 inference precision.
@@ -47,8 +47,13 @@ INT8_FLOAT_TAILS = (0.0, 0.25, 0.5, 0.75)
 SELECTION_SLACK = 0.5
 #: Default calibration episodes use seeds from `seed + CALIBRATION_SEED_OFFSET`: never the gate's.
 CALIBRATION_SEED_OFFSET = 1000
+#: The int8 float share is chosen on held-out episodes (seeds from `seed + SELECTION_SEED_OFFSET`),
+#: neither calibration nor gate data: on the calibration episodes themselves every activation is
+#: inside its calibrated range, which flatters a share (400 px test checkpoint: 99.56% there,
+#: 98.05% on the gate's episodes).
+SELECTION_SEED_OFFSET = 2000
 #: Default numbers of episodes.
-CALIBRATION_EPISODES = 4
+CALIBRATION_EPISODES = 8
 GATE_EPISODES = 6
 #: At most this many of the user's labelled images are added to the gate (and calibration).
 MAX_LABELLED = 16
@@ -162,8 +167,13 @@ def reduce_precision(
     step("reading calibration data")
     calib = _calibration_data(meta, calibration, seed, calibration_episodes)
     gate_data = _gate_data(meta, calibration, seed, gate_episodes)
-    step(f"eager float32 reference on {len(calib) + len(gate_data)} episodes")
-    ref_calib = eager_reference(model, calib, shots, threads=threads)
+    held_out = None
+    if precision == "int8":
+        first = seed + SELECTION_SEED_OFFSET
+        feeds, truths = parity_episodes(meta, calibration_episodes, first)
+        held_out = GateData(feeds, truths, f"held-out validation episodes (synthetic, seeds {first}.."
+                                           f"{first + calibration_episodes - 1})")
+    step(f"eager float32 reference on {len(gate_data) + (len(held_out) if held_out else 0)} episodes")
     ref_gate = eager_reference(model, gate_data, shots, threads=threads)
 
     def gate(runner, data, ref, backend, tol=tolerances) -> GateReport:
@@ -175,7 +185,8 @@ def reduce_precision(
     feeds = {g: graph_feeds_of(calib.feeds, g, ios, encoder32) for g in fp32}
     if precision == "int8":
         selection = replace(tolerances, mask=Tolerance("agreement", 1 - SELECTION_SLACK * (1 - tolerances.mask.limit)))
-        made, details = _int8(workdir, fp32, feeds, calib, ref_calib, lambda *a: gate(*a, tol=selection),
+        ref_held_out = eager_reference(model, held_out, shots, threads=threads)
+        made, details = _int8(workdir, fp32, feeds, held_out, ref_held_out, lambda *a: gate(*a, tol=selection),
                               lambda out: _split(out, ios, shots, threads=threads), step)
     else:
         made, details = _fp16(workdir, fp32, feeds, threads, step)
@@ -201,7 +212,7 @@ def _split(paths: Mapping[str, Path], ios: Mapping, shots: int, loader=None, **o
     return SplitRunner(loader(paths["encoder"], **options), loader(paths["head"], **options), contract)
 
 
-def _int8(workdir: Path, fp32, feeds, calib: GateData, ref_calib, gate, split, step):
+def _int8(workdir: Path, fp32, feeds, held_out: GateData, ref_held_out, gate, split, step):
     from .int8 import quantize_int8
 
     out = {g: workdir / p.name.replace(".onnx", ".int8.onnx") for g, p in fp32.items()}
@@ -214,7 +225,7 @@ def _int8(workdir: Path, fp32, feeds, calib: GateData, ref_calib, gate, split, s
             step(f"int8: quantizing encoder and head ({100 * tail:.0f}% of nodes at the output end kept float)")
             for g in ("encoder", "head"):
                 made[g] = quantize_int8(fp32[g], out[g], feeds[g], float_tail=tail, cache=caches[g])
-            report = gate(split(out), calib, ref_calib, f"int8 encoder -> head, float tail {tail:g}")
+            report = gate(split(out), held_out, ref_held_out, f"int8 encoder -> head, float tail {tail:g}")
             tried.append({"float_tail": tail, "agreement": report.mask.stats.agreement, "passed": report.passed,
                           "failures": report.failures})
             if report.passed:
@@ -222,7 +233,7 @@ def _int8(workdir: Path, fp32, feeds, calib: GateData, ref_calib, gate, split, s
                 break
         if chosen is None:
             chosen = INT8_FLOAT_TAILS[-1]
-            log.warning("int8: no float share up to %.0f%% passes the gate on the calibration episodes", 100 * chosen)
+            log.warning("int8: no float share up to %.0f%% passes the gate on the held-out episodes", 100 * chosen)
         if "episode" in fp32:
             step("int8: quantizing the episode graph")
             made["episode"] = quantize_int8(fp32["episode"], out["episode"], feeds["episode"], float_tail=chosen,
@@ -232,7 +243,7 @@ def _int8(workdir: Path, fp32, feeds, calib: GateData, ref_calib, gate, split, s
             c.unlink(missing_ok=True)
     details = {"float_tails_tried": tried, "float_tail": chosen, "graphs": {g: m.to_dict() for g, m in made.items()},
                "selection": (f"the first share whose encoder -> head masks pass the gate, with half its disagreement budget, "
-                  f"on the calibration episodes ({calib.label})")}
+                  f"on {held_out.label}")}
     return {g: m.path for g, m in made.items()}, details
 
 

@@ -129,6 +129,7 @@ class Segmenter:
         self._support: SupportSet | None = None
         self._encoder = None
         self._head = None
+        self._check_gate(manifest)
         if manifest.get("untrained"):
             log.warning("%s holds the UNTRAINED default weights (seeded random initialisation): masks are not "
                         "meaningful; export with --checkpoint for a real model", self.directory)
@@ -140,6 +141,22 @@ class Segmenter:
         self._encoder = self._load("encoder", recheck=False)  # read_manifest has just hashed it
 
     # ------------------------------------------------------------------ construction
+    def _check_gate(self, manifest: dict) -> None:
+        """bf16 is a contract too: refused where this export's bf16 gate failed, flagged where it never ran.
+
+        `lfm-export --precision bf16` measures OpenVINO bf16 against the eager model's masks
+        and records the verdict (docs/precision.md); int8 and fp16 exports are gated when made.
+        """
+        if self.precision != "bf16":
+            return
+        record = manifest.get("precision") if isinstance(manifest.get("precision"), dict) else {}
+        if record.get("name") != "bf16":
+            log.warning("%s was not gated for bf16: its masks under bf16 were never compared with the eager model's; "
+                        "check them with lfm-verify --backend ov-bf16, or export with --precision bf16", self.directory)
+        elif not (record.get("gate") or {}).get("passed"):
+            raise ManifestError(f"{self.directory}: OpenVINO bf16 failed this export's accuracy gate",
+                                api_hint="use precision='fp32'", cli_hint="use --precision fp32")
+
     def _wants_openvino(self, providers, allow_fallback: bool) -> bool:
         """Whether the graphs run on OpenVINO; checks that the precision suits the backend."""
         if not wants_openvino(providers):

@@ -64,6 +64,7 @@ __all__ = [
     "load_model_config",
     "triton_data_type",
     "validate_triton_repository",
+    "graphs_from_manifest",
     "write_triton_repository",
 ]
 
@@ -451,6 +452,18 @@ def _write_model(repo: Path, model: _Model, header: str) -> list[Path]:
 def _check_int(name: str, value, minimum: int, hint: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ExportError(f"{name} must be an integer >= {minimum}, got {value!r}; {hint}")
+
+
+def graphs_from_manifest(manifest: Mapping, directory: str | os.PathLike) -> dict[str, tuple]:
+    """The `graphs` argument of `write_triton_repository` from an export's manifest: every graph
+    it names, with its file under `directory` and its tensors from the graph contract."""
+    from ..contract import graph_io
+
+    out = {}
+    for name in (manifest.get("graphs") or {}):
+        io = graph_io(manifest, name)
+        out[name] = (Path(directory) / io.file, list(io.inputs), list(io.outputs))
+    return out
 
 
 def write_triton_repository(

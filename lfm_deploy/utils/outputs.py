@@ -23,6 +23,7 @@ Everything here is pure Python (no torch): the torch-free runtime uses it too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -38,6 +39,10 @@ from ..errors import OutputError
 
 #: The record a directory output keeps of the files it wrote.
 RECORD_NAME = ".lfm-deploy-outputs.json"
+#: Entries added to a record since it was last written whole, one JSON line per file (`OutputDir`):
+#: appending keeps a job of n files linear in n, where rewriting the record per file was n^2.
+JOURNAL_NAME = ".lfm-deploy-outputs.journal"
+_BOOKKEEPING = (RECORD_NAME, JOURNAL_NAME)
 #: The key that stamps a JSON output of this tool with its kind.
 STAMP_KEY = "lfm_deploy_output"
 
@@ -234,7 +239,7 @@ def _walk_files(directory: Path) -> list[str]:
     for root, dirs, files in os.walk(directory, followlinks=False):
         for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             rel = os.path.relpath(os.path.join(root, name), directory)
-            if rel != RECORD_NAME:
+            if rel not in _BOOKKEEPING:
                 found.append(rel)
     return sorted(found)
 
@@ -250,10 +255,31 @@ def read_record(directory: Path) -> dict | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str) or not isinstance(data.get("files"), dict):
         return None
-    files = {k: v for k, v in data["files"].items()
-             if isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("sha256"), str)
-             and isinstance(v.get("bytes"), int)}
+    files = {k: v for k, v in data["files"].items() if _valid_entry(k, v)}
+    files.update(_read_journal(Path(directory)))
     return {"kind": data["kind"], "files": files}
+
+
+def _valid_entry(rel, entry) -> bool:
+    return (isinstance(rel, str) and isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("bytes"), int))
+
+
+def _read_journal(directory: Path) -> dict:
+    """Entries appended since the record was last written whole; a torn last line is ignored."""
+    entries = {}
+    try:
+        with open(directory / JOURNAL_NAME, "rb") as f:
+            for line in f:
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(item, dict) and _valid_entry(item.get("file"), item.get("entry")):
+                    entries[item["file"]] = item["entry"]
+    except OSError:
+        pass
+    return entries
 
 
 def _matches(directory: Path, rel: str, entry: dict) -> bool:
@@ -305,7 +331,7 @@ def foreign_files(directory: Path, kind: str, legacy: Callable[[Path], set[str] 
 
 def _owned_by_nested_record(directory: Path, rel: str) -> bool:
     parts = Path(rel).parts
-    if parts[-1] == RECORD_NAME:
+    if parts[-1] in _BOOKKEEPING:
         return read_record(directory.joinpath(*parts[:-1])) is not None
     for depth in range(len(parts) - 1, 0, -1):
         sub = directory.joinpath(*parts[:depth])
@@ -557,6 +583,8 @@ class OutputDir:
                          cli_hint=f"choose another {flag or 'directory'}")
         self._files = dict(record["files"]) if record is not None else {}
         self._claimed: dict[str, str] = {}
+        self._recorded = record is not None  # the record file exists (journal entries go after it)
+        self._journalled = len(_read_journal(self.path)) if record is not None else 0
 
     def _ours(self, rel: str) -> bool:
         entry = self._files.get(rel)
@@ -577,7 +605,7 @@ class OutputDir:
         conflicts = []
         for rel, src in zip(names, sources):
             rel = os.path.normpath(rel)
-            if rel.startswith("..") or os.path.isabs(rel) or rel == RECORD_NAME:
+            if rel.startswith("..") or os.path.isabs(rel) or rel in _BOOKKEEPING:
                 raise _error(self.where, f"output name {rel!r} would leave {{where}}")
             if rel in self._claimed and self._claimed[rel] != src:
                 raise OutputError(f"{self._claimed[rel]} and {src} would both be written to {self.path / rel}")
@@ -606,19 +634,34 @@ class OutputDir:
             self.claim([rel])
         target = self.path / rel
         _write_creating(target, lambda: _atomic_with(target, writer))
-        with self._lock:
-            self._files[rel] = _entry(target)
-            _write_record(self.path, self.kind, self._files)
+        self._record(rel, _entry(target))
         return target
+
+    def _record(self, rel: str, entry: dict) -> None:
+        """Add one file to the record: a journal line, the whole record now and then.
+
+        The whole record is rewritten when the journal has grown as long as the record (so a
+        job of n files writes O(n) record bytes in all); a crash between leaves the journal,
+        which `read_record` merges.
+        """
+        with self._lock:
+            self._files[rel] = entry
+            if not self._recorded or self._journalled >= max(64, len(self._files) // 2):
+                _write_record(self.path, self.kind, self._files)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / JOURNAL_NAME)
+                self._recorded, self._journalled = True, 0
+                return
+            with open(self.path / JOURNAL_NAME, "ab") as f:
+                f.write((json.dumps({"file": rel, "entry": entry}) + "\n").encode())
+            self._journalled += 1
 
     def adopt(self, rel: str) -> Path:
         """Record a file a library wrote itself at a name claimed before (e.g. `onnx.save`)."""
         rel = os.path.normpath(rel)
         if rel not in self._claimed:
             raise OutputError(f"{rel} was not claimed in {self.path} before it was written")  # a bug, not the user's
-        with self._lock:
-            self._files[rel] = _entry(self.path / rel)
-            _write_record(self.path, self.kind, self._files)
+        self._record(rel, _entry(self.path / rel))
         return self.path / rel
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
@@ -786,6 +829,7 @@ __all__ = [
     "FILE_MODE",
     "OutputDir",
     "OutputFile",
+    "JOURNAL_NAME",
     "RECORD_NAME",
     "STAMP_KEY",
     "check_distinct",

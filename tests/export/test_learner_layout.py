@@ -43,6 +43,7 @@ def _features(image_size: int, batch: int = 2):
 
 
 @pytest.mark.parametrize("image_size", [160, 264])
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_layout_learner_equals_eager_learner(image_size):
     eager = _learner(image_size)
     twin = LayoutLearner.from_learner(eager)
@@ -72,6 +73,7 @@ def test_layout_learner_equals_eager_learner_at_400():
                                    rtol=0, atol=2e-5)
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_dense_and_transposed_support_convs_agree(monkeypatch):
     """Both forms of the stride-1 support-dims conv (dense 1x1 map, or transposes + conv2)."""
     eager = _learner(264)  # 2x2 support grid in the mixing blocks (as at 400)

@@ -46,6 +46,7 @@ def test_two_stage_group_norm_equals_group_norm(shape, dtype, tol):
     torch.testing.assert_close(twin(x), gn(x), rtol=0, atol=tol)
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_prepare_leaves_eager_model_unchanged():
     model = LFMHSNet(apm="m", acpa=True, image_size=160).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -63,6 +64,7 @@ def test_prepare_leaves_eager_model_unchanged():
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_prepared_model_computes_the_eager_function():
     torch.manual_seed(0)
     model = LFMHSNet(apm="m", acpa=True, image_size=160).eval()

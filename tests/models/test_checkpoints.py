@@ -104,6 +104,7 @@ def test_masker_round_trip_with_metadata(tmp_path, upstream_ckpt):
     assert info2.masker == str(path) and info2.masker_meta["domain"] == "deepglobe"
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_masker_on_other_base_weights_warns(tmp_path, caplog):
     model, info = build_model(apm="s", acpa=False)
     path = save_masker(model, tmp_path / "m.safetensors", domain="isic", weights=info)
@@ -208,6 +209,7 @@ def test_non_finite_weights(tmp_path, upstream_ckpt):
     assert _unchanged(model, before)
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_masker_file_passed_as_checkpoint_and_vice_versa(tmp_path, upstream_ckpt):
     model, info = build_model(apm="s", acpa=True)
     masker = save_masker(model, tmp_path / "m.safetensors", domain="isic", weights=info)
@@ -218,6 +220,7 @@ def test_masker_file_passed_as_checkpoint_and_vice_versa(tmp_path, upstream_ckpt
         build_model(apm="s", acpa=True, masker=ckpt)
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_masker_variant_mismatch(tmp_path):
     model, info = build_model(apm="s", acpa=True)
     path = save_masker(model, tmp_path / "m.safetensors", domain="isic", weights=info)
@@ -226,6 +229,7 @@ def test_masker_variant_mismatch(tmp_path):
     assert "--apm s --acpa" in err.value.cli_message()
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_default_weights_are_seeded_and_labelled():
     a, info = build_model(apm="s", acpa=True, seed=0)
     b, _ = build_model(apm="s", acpa=True, seed=0)

@@ -81,6 +81,7 @@ def test_learner_parameters_and_output_shape():
     assert sum(p.numel() for p in learner.parameters()) == 2_573_794
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_small_image_sizes_build_and_run():
     for size in (128, 160, 200):
         model = LFMHSNet(apm="m", acpa=True, image_size=size).eval()

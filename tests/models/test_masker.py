@@ -121,6 +121,7 @@ def test_variant_choice_and_state_dict_keys():
         LFMHSNet(apm="x")
 
 
+@pytest.mark.slow  # builds the full-size ResNet-50 model (seconds each)
 def test_masker_gets_gradients_backbone_does_not():
     model = LFMHSNet(apm="m", acpa=True, image_size=128)
     model.train()

@@ -327,3 +327,22 @@ def test_cli_predict_bf16(mixed, tmp_path):
     assert not (tmp_path / "out2").exists()
     mixed_up = CliRunner().invoke(main, args + ["--out", str(tmp_path / "out3"), "--providers", "openvino,cuda"])
     assert mixed_up.exit_code == 1 and "pick one: --providers openvino" in mixed_up.output
+
+
+def test_bf16_follows_the_exports_gate(exported, tmp_path, caplog):
+    """bf16 on an export whose bf16 gate failed is refused; on one never gated for it, flagged."""
+    from lfm_deploy.errors import ManifestError
+
+    src = exported(shots=1).out_dir
+
+    def failed(manifest):
+        manifest["precision"] = {"name": "bf16", "runtime": {"backend": "openvino", "precision": "bf16"},
+                                 "gate": {"passed": False, "runs": []}}
+
+    art = linked_copy(src, tmp_path / "failed", edit=failed)
+    with pytest.raises(ManifestError, match="bf16 failed this export's accuracy gate"):
+        Segmenter.from_artifacts(art, providers="openvino", precision="bf16", threads=1)
+    Segmenter.from_artifacts(art, providers="openvino", precision="fp32", threads=1)  # fp32 is unaffected
+    with caplog.at_level(logging.WARNING, logger="lfm_deploy"):
+        Segmenter.from_artifacts(src, providers="openvino", precision="bf16", threads=1)
+    assert "was not gated for bf16" in caplog.text

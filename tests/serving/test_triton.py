@@ -526,3 +526,17 @@ def test_triton_data_type():
     assert triton_data_type("float32") == "TYPE_FP32"
     assert triton_data_type("torch.uint8") == "TYPE_UINT8"
     assert triton_data_type("bool") == "TYPE_BOOL"
+
+
+def test_graphs_are_read_from_the_manifest(tmp_path):
+    """The repository takes each graph's file and tensors from the manifest's graph contract."""
+    from lfm_deploy.serving.triton import graphs_from_manifest
+
+    graphs = _graphs(tmp_path)
+    manifest = {"graphs": {g: {"file": path.name, "inputs": [t.to_dict() for t in ins],
+                               "outputs": [t.to_dict() for t in outs]} for g, (path, ins, outs) in graphs.items()}}
+    read = graphs_from_manifest(manifest, tmp_path / "onnx")
+    assert {g: (p, list(i), list(o)) for g, (p, i, o) in graphs.items()} == read
+    root = tmp_path / "triton"
+    write_triton_repository(root, read, domain="deepglobe", shots=K)
+    assert validate_triton_repository(root) == []

@@ -280,3 +280,31 @@ def test_failed_writes_leave_no_folder_they_created(tmp_path):
         with ArtifactDir(tmp_path / "d/e/export", flag="--out", kind="test output"):
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_record_grows_by_journal_and_stays_linear(tmp_path, monkeypatch):
+    """Thousands of files: the record is rewritten whole O(log n) times, the rest are journal
+    lines; a torn journal line (a crash mid-write) loses only that file's entry."""
+    from lfm_deploy.utils import outputs
+
+    calls = []
+    real = outputs._write_record
+    monkeypatch.setattr(outputs, "_write_record", lambda *a: (calls.append(1), real(*a))[1])
+    out = outputs.OutputDir(tmp_path / "many", flag="--out", kind="test output")
+    n = 1000
+    for i in range(n):
+        out.write_text(f"f{i:04d}.txt", str(i))
+    assert len(calls) < 20
+    record = outputs.read_record(tmp_path / "many")
+    assert record["kind"] == "test output" and len(record["files"]) == n
+    # A re-run recognises every file as its own (nothing foreign, nothing refused).
+    again = outputs.OutputDir(tmp_path / "many", flag="--out", kind="test output")
+    again.claim([f"f{i:04d}.txt" for i in range(n)])
+    assert outputs.foreign_files(tmp_path / "many", "test output") == []
+    # A torn last journal line is skipped; the file it named then counts as the user's.
+    journal = tmp_path / "many" / outputs.JOURNAL_NAME
+    if journal.exists():
+        lines = journal.read_bytes().splitlines(keepends=True)
+        journal.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+        record = outputs.read_record(tmp_path / "many")
+        assert len(record["files"]) == n - 1
