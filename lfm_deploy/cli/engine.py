@@ -11,8 +11,10 @@ from . import FiniteFloat, OutputFilePath, setup_logging, user_errors, verbose_o
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
-              help="fp32 (TF32 off, for parity) or fp16 (an fp16 graph with fp32 islands after a range check).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+              help="fp32 (TF32 off, for parity), fp16 (an fp16 graph with fp32 islands after a range check) or "
+                   "int8 (explicit quantization from the int8 QDQ graphs of an `lfm-export --precision int8` "
+                   "export, strongly typed, no calibrator).")
 @click.option("--workspace-gb", type=FiniteFloat(min=0, min_open=True), default=4.0, help="Workspace memory limit (GiB).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, help="Largest batch of the optimisation profile (min = opt = 1).")
 @click.option("--timing-cache", type=OutputFilePath(path_type=Path), default=None,
@@ -32,6 +34,9 @@ def main(artifact_dir, precision, workspace_gb, max_batch, timing_cache, graphs,
          overwrite, verbose):
     """Build TensorRT engines from the exported (matmul-lowered) graphs into ARTIFACT_DIR/engines.
 
+    fp32 and fp16 engines start from the float32 graphs; int8 engines from the export's gated
+    int8 QDQ graphs (Q/DQ nodes decide the precision: no INT8 flag, no calibration here).
+
     Each engine <graph>.<precision>.plan gets a sidecar <graph>.<precision>.plan.json with the
     TensorRT version, GPU, compute capability, precision, the ONNX file's sha256 and the
     profile; engines are only loaded where these match.
@@ -40,6 +45,7 @@ def main(artifact_dir, precision, workspace_gb, max_batch, timing_cache, graphs,
     Example:
       lfm-build-engine artifacts/deepglobe --precision fp16 --max-batch 8 --timing-cache trt.cache
       lfm-build-engine artifacts/deepglobe --precision fp16 --onnx-only   # no GPU needed
+      lfm-build-engine artifacts/deepglobe-int8 --precision int8          # after lfm-export --precision int8
     """
     from ..tensorrt.engines import ENGINE_DIR, build_engines
 

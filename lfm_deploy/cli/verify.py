@@ -10,7 +10,7 @@ from . import SEED, setup_logging, user_errors, verbose_option
 
 #: lfm_deploy.verify.ALL_BACKENDS, spelled here so that `--help` does not import the job.
 _BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-int8", "ov-fp32", "ov-bf16", "ov-int8",
-             "ort-cuda", "trt-fp32", "trt-fp16")
+             "ort-cuda", "trt-fp32", "trt-fp16", "trt-int8")
 
 
 
@@ -37,7 +37,7 @@ def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_o
 
     Backends: the eager model (float32), onnxruntime CPU (episode graph and the encoder -> head
     chain), an fp16 graph and the export's int8 graphs in onnxruntime CPU, OpenVINO fp32 / bf16 /
-    int8 (the openvino extra), onnxruntime CUDA, TensorRT fp32/fp16 engines. For every output:
+    int8 (the openvino extra), onnxruntime CUDA, TensorRT fp32/fp16/int8 engines. For every output:
     max/mean abs error, relative L2, cosine, error quantiles, mask agreement and IoU, and the mIoU
     difference against the episodes' ground truth. float32 backends are held to the export's
     parity tolerances, reduced precisions to the domain's accuracy gate (docs/precision.md). Exit

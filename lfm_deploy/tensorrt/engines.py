@@ -9,8 +9,9 @@ The build composes `polygraphy.backend.trt` loaders (`NetworkFromOnnxPath` -> [`
 -> `EngineBytesFromNetwork` with `CreateConfig`), which cover TensorRT 10 and 11; what differs
 between the two majors is decided here, in `plan_build`, before any loader runs:
 
-- **fp32**: the exported graph, TF32 off (TensorRT enables it for fp32 matmuls by default,
-  which breaks fp32 parity; `CreateConfig(tf32=False)` clears it).
+- **fp32**: the exported float32 graph (`manifest["reference_graphs"]` in a reduced-precision
+  export, whose `graphs` name the int8/fp16 files), TF32 off (TensorRT enables it for fp32
+  matmuls by default, which breaks fp32 parity; `CreateConfig(tf32=False)` clears it).
 - **fp16, strongly typed** (default, 10.x and 11.x): an fp16 ONNX graph with fp32 islands made
   by `lfm_deploy.tensorrt.fp16` after a range check on real activations; the graph's types are
   the precision (`strongly_typed=True`: required on 10.x, accepted and ignored on 11.x, where
@@ -18,6 +19,13 @@ between the two majors is decided here, in `plan_build`, before any loader runs:
 - **fp16, weakly typed** (`typing="weak"`, 10.x only; TensorRT 11 removed `BuilderFlag.FP16`
   and `OBEY_PRECISION_CONSTRAINTS`): the fp32 graph with `CreateConfig(fp16=True,
   precision_constraints="obey")`, the same islands pinned to fp32 by a `PostprocessNetwork` step.
+- **int8, explicit quantization** (10.x and 11.x): the export's gated int8 QDQ graphs
+  (`lfm-export --precision int8`: symmetric int8 Q/DQ around Conv/MatMul inputs, per-channel
+  weights, float masker). The Q/DQ nodes are the precision: a strongly typed network, TF32 off,
+  and no INT8 builder flag and no calibrator (TensorRT docs, "Explicit Quantization": "Use
+  explicit quantization with Strong Typing. Precision-control build flags are not required";
+  TensorRT 11 removed `BuilderFlag.INT8` and the calibrator). The export's accuracy gate has
+  already judged these graphs; `lfm-lint-trt` checks their Q/DQ nodes against TensorRT's rules.
 
 Every build has one optimisation profile over the batch dimension (min 1, opt 1, max N), a
 workspace limit, and optionally a persistent timing cache (loaded before, saved after). Next to
@@ -77,7 +85,7 @@ __all__ = [
 ]
 
 ENGINE_DIR = "engines"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 TYPINGS = ("auto", "strong", "weak")
 SIDECAR_SCHEMA = 1
 #: What `build_engines` writes into `<artifact_dir>/engines` (recorded there).
@@ -203,16 +211,19 @@ class BuildPlan:
     """How a precision is realised on a TensorRT version.
 
     Attributes:
-        precision: "fp32" or "fp16".
+        precision: "fp32", "fp16" or "int8".
         strongly_typed: create the network with the STRONGLY_TYPED flag (types from the graph).
         fp16_graph: build from an fp16 ONNX graph with fp32 islands (`lfm_deploy.tensorrt.fp16`).
         fp16_flag: set `BuilderFlag.FP16` (weak typing, 10.x only) and pin islands to fp32.
+        int8_graph: build from the export's int8 QDQ graph (explicit quantization: strongly
+            typed, no INT8 flag, no calibrator).
     """
 
     precision: str
     strongly_typed: bool
     fp16_graph: bool
     fp16_flag: bool
+    int8_graph: bool = False
 
     @property
     def typing(self) -> str:
@@ -224,15 +235,15 @@ def plan_build(version: Sequence[int], precision: str, typing: str = "auto") -> 
 
     Args:
         version: (major, minor, ...) of TensorRT.
-        precision: "fp32" or "fp16".
-        typing: "auto" (strongly typed), "strong", or "weak" (TensorRT 10.x only).
+        precision: "fp32", "fp16" or "int8" (explicit quantization from the int8 QDQ graphs).
+        typing: "auto" (strongly typed), "strong", or "weak" (TensorRT 10.x only; not int8).
 
     Returns:
         The `BuildPlan`.
 
     Raises:
         BackendUnavailable: TensorRT older than 10.
-        LFMError: an unknown precision/typing, or weak typing on TensorRT >= 11.
+        LFMError: an unknown precision/typing, weak typing on TensorRT >= 11, or weak int8.
     """
     if precision not in PRECISIONS:
         raise LFMError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -243,6 +254,13 @@ def plan_build(version: Sequence[int], precision: str, typing: str = "auto") -> 
         raise BackendUnavailable(f"TensorRT {'.'.join(map(str, version))} is too old; lfm-deploy needs TensorRT 10 or 11")
     if typing == "weak" and major >= 11:
         raise LFMError("TensorRT 11 removed weak typing (BuilderFlag.FP16); use --typing strong (the default)")
+    if precision == "int8":
+        # Explicit quantization: the graph's Q/DQ nodes are the precision. TensorRT's docs ask for
+        # strong typing and no precision flags; weak typing would need BuilderFlag.INT8 (gone in 11).
+        if typing == "weak":
+            raise LFMError("--precision int8 builds a strongly typed network from the int8 QDQ graphs (explicit "
+                           "quantization, no INT8 flag); drop --typing weak")
+        return BuildPlan(precision, strongly_typed=True, fp16_graph=False, fp16_flag=False, int8_graph=True)
     strong = typing != "weak"
     fp16 = precision == "fp16"
     return BuildPlan(precision, strongly_typed=strong, fp16_graph=fp16 and strong, fp16_flag=fp16 and not strong)
@@ -293,7 +311,8 @@ def _create_config(pg, trt, plan: BuildPlan, *, workspace_bytes: int, profile: M
                    timing_cache: BinaryIO | None):
     """The `CreateConfig` loader of a build: workspace limit, TF32 off, FP16 + obey precision
     constraints for weak fp16 only (both removed in TensorRT 11), the batch profile, and the
-    timing cache to start from (an open binary file, or None)."""
+    timing cache to start from (an open binary file, or None). Never `int8=True` or a
+    calibrator: int8 engines are explicitly quantized (Q/DQ nodes, strongly typed network)."""
     profiles = None  # static shapes: Polygraphy's default profile (the graph's own shapes)
     if profile:
         shapes = pg.Profile()
@@ -438,9 +457,11 @@ def build_engine(
     """Build one serialized TensorRT engine from an ONNX file and write its sidecar.
 
     Args:
-        onnx_path: the graph to parse (for strongly typed fp16: the fp16 graph).
+        onnx_path: the graph to parse (for strongly typed fp16: the fp16 graph; for int8: the
+            int8 QDQ graph).
         out: engine file to write (the sidecar goes to `<out>.json`).
-        precision: "fp32" or "fp16" (recorded; `typing` decides how it is realised).
+        precision: "fp32", "fp16" or "int8" (recorded; `typing` decides how fp16 is realised,
+            int8 is always explicit quantization in a strongly typed network).
         workspace_gb: workspace memory-pool limit in GiB.
         max_batch: max of the batch optimisation profile (min = opt = 1).
         timing_cache: file to load the timing cache from (if present) and save it to.
@@ -528,6 +549,7 @@ def build_engine(
         "engine_sha256": sha256_file(out),
         "precision": precision,
         "typing": plan.typing,
+        "quantization": "explicit (int8 Q/DQ graph)" if plan.int8_graph else None,
         "tf32": False,
         "tensorrt_version": str(trt.__version__),
         "gpu": gpu.to_dict(),
@@ -564,13 +586,17 @@ def build_engines(
 ) -> list[EngineBuild]:
     """Build engines for the graphs of an lfm-export directory into `<dir>/engines/`.
 
-    For fp16, each graph is first range-checked on `fp16_episodes` validation episodes and
-    converted to an fp16 graph with fp32 islands (`engines/<graph>.fp16.onnx` plus a JSON
-    report); strongly typed builds parse that graph, weakly typed ones pin the islands.
+    fp32 and fp16 engines start from the export's float32 graphs (`manifest["reference_graphs"]`
+    where the export also made reduced-precision graphs). For fp16, each graph is first
+    range-checked on `fp16_episodes` validation episodes and converted to an fp16 graph with
+    fp32 islands (`engines/<graph>.fp16.onnx` plus a JSON report); strongly typed builds parse
+    that graph, weakly typed ones pin the islands. int8 engines are built from the export's own
+    int8 QDQ graphs (`lfm-export --precision int8`, which gated them against the eager model),
+    as explicit quantization.
 
     Args:
         artifact_dir: the lfm-export output (manifest verified).
-        precision: "fp32" or "fp16".
+        precision: "fp32", "fp16" or "int8".
         graphs: which graphs (default: all in the manifest).
         workspace_gb, max_batch, timing_cache, typing: see `build_engine`.
         fp16_margin: fp16 safety margin of the range check (default `fp16.DEFAULT_MARGIN`).
@@ -586,6 +612,7 @@ def build_engines(
 
     Raises:
         ManifestError: not a valid export directory.
+        LFMError: int8 asked of an export without int8 graphs (checked before TensorRT).
         BackendUnavailable: no TensorRT or GPU (checked before any work).
         ExportError: a graph TensorRT cannot build (e.g. ONNX DFT before TensorRT 11.2).
     """
@@ -595,7 +622,14 @@ def build_engines(
         raise LFMError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if onnx_only and precision != "fp16":
         raise LFMError("--onnx-only only applies to --precision fp16 (it writes the fp16 graphs)")
+    exported_as = (manifest.get("precision") or {}).get("name", "fp32")
+    if precision == "int8" and exported_as != "int8":
+        raise LFMError(f"{artifact_dir} has no int8 graphs (exported with precision {exported_as}); int8 engines are "
+                       "built from the export's gated int8 QDQ graphs",
+                       api_hint="export with export_domain(..., precision='int8') first",
+                       cli_hint="export them with `lfm-export ... --precision int8` first")
     names = list(graphs) if graphs else list(manifest["graphs"])
+    float32 = {g: manifest.get("reference_graphs", {}).get(g, entry["file"]) for g, entry in manifest["graphs"].items()}
     unknown = [g for g in names if g not in manifest["graphs"]]
     if unknown:
         raise LFMError(f"{artifact_dir} has no graph {', '.join(unknown)} (it has: {', '.join(manifest['graphs'])})")
@@ -613,7 +647,8 @@ def build_engines(
         # Saved over after the build: never one of the export's own files.
         check_location(timing_cache, flag="--timing-cache", directory=False,
                        inputs={"ARTIFACT_DIR": [artifact_dir / MANIFEST_NAME]
-                               + [artifact_dir / g["file"] for g in manifest["graphs"].values()]})
+                               + [artifact_dir / g["file"] for g in manifest["graphs"].values()]
+                               + [artifact_dir / f for f in float32.values()]})
     plan = None
     if not onnx_only:
         trt = trt if trt is not None else import_tensorrt()
@@ -625,7 +660,8 @@ def build_engines(
                               "parse (DFT needs TensorRT >= 11.2); re-export with `lfm-export --lowering matmul`")
     builds = []
     for graph in names:
-        source = artifact_dir / manifest["graphs"][graph]["file"]
+        # int8: the export's int8 QDQ graph; fp32/fp16: the float32 graph, whatever the runtime loads.
+        source = artifact_dir / (manifest["graphs"][graph]["file"] if precision == "int8" else float32[graph])
         parse, islands = source, ()
         if precision == "fp16" and (onnx_only or plan.fp16_graph or plan.fp16_flag):
             from .fp16 import DEFAULT_MARGIN, graph_feeds, prepare_fp16_graph

@@ -616,7 +616,9 @@ def graph_feeds(artifact_dir: str | os.PathLike, graph: str, episodes: int = 2, 
     episodes, _ = parity_episodes(manifest, episodes, seed)
     encoder = None
     if graph == "head":
-        encoder = SessionFromOnnx(Path(artifact_dir) / ios["encoder"].file, threads=threads, what="encoder graph")
+        # The float32 encoder makes the features (an int8 export's manifest names its int8 graphs).
+        file = (manifest.get("reference_graphs") or {}).get("encoder", ios["encoder"].file)
+        encoder = SessionFromOnnx(Path(artifact_dir) / file, threads=threads, what="encoder graph")
     return graph_feeds_of(episodes, graph, ios, encoder)
 
 

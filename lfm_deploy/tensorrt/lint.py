@@ -5,8 +5,17 @@ whether its ONNX parser takes these graphs is checked from the graph alone, agai
 onnx-tensorrt operator support matrix for TensorRT 10.0 (`tensorrt-10.0-onnx-ops.csv`, package
 data): operators it does not import (ONNX `DFT` before 11.2), tensor types it has none of
 (float64, complex, ...) or that an op does not take (e.g. INT64 MatMul), op inputs the matrix
-requires to be build-time constants (`axes` of reductions, Slice, Squeeze, Unsqueeze), Q/DQ zero
-points, Resize modes, and tensors above rank 8 (the 4D-correlation path uses 6-D tensors).
+requires to be build-time constants (`axes` of reductions, Slice, Squeeze, Unsqueeze), Resize
+modes, and tensors above rank 8 (the 4D-correlation path uses 6-D tensors).
+
+Graphs with QuantizeLinear/DequantizeLinear (Q/DQ) nodes are built by TensorRT with explicit
+quantization, whose rules (TensorRT 10 and 11 docs: "Explicit Quantization", "Quantization
+Schemes", and the Quantize/Dequantize operator pages) are checked per Q/DQ node (`_qdq_findings`):
+the quantized type is int8, fp8 or int4 (not uint8, the asymmetric activations onnxruntime's
+quantizer writes by default, and not int32, the quantized biases it writes unless told not to);
+zero points are 0 (symmetric quantization only); scales and zero points are build-time constants;
+scales are positive and finite; per-channel (per-axis) scales only on weights (constant inputs),
+one scale per tensor on activations; and per-axis Q/DQ needs opset >= 13 (the `axis` attribute).
 """
 
 from __future__ import annotations
@@ -60,6 +69,11 @@ _INPUT_TYPOS = {"is_traning": "training_mode"}
 # "`x_zero_point` must be zero" / "must be 0". Input names are resolved with ONNX's op schemas.
 _CONSTANT_RULE = re.compile(r"`(\w+)` must be (?:an initializer|a constant tensor)")
 _ZERO_RULE = re.compile(r"`(\w+)` must be (?:zero|0)\b")
+# Q/DQ: the ops TensorRT's explicit quantization is read from (checked by `_qdq_findings`).
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: Per-axis (per-channel) QuantizeLinear/DequantizeLinear came with opset 13 (the `axis` attribute).
+_PER_AXIS_OPSET = 13
+_REQUANTIZE = "re-quantize with symmetric int8 (`lfm-export --precision int8`)"
 # Resize attribute values the matrix lists as supported (absent attributes take ONNX defaults,
 # which are all supported).
 _RESIZE_ALLOWED = {
@@ -109,7 +123,11 @@ class Finding:
             for tensors that no node produces); subgraph nodes are prefixed with their path.
         op: operator type, empty for graph-level tensors.
         code: category: ``unsupported-op``, ``unsupported-type``, ``non-constant-input``,
-            ``rank``, ``restriction``, ``shape-inference``.
+            ``rank``, ``restriction``, ``shape-inference``; for Q/DQ nodes (explicit
+            quantization) ``qdq-type`` (quantized type not int8/fp8/int4: uint8, int32 biases),
+            ``qdq-zero-point`` (non-zero: asymmetric), ``qdq-constant`` (scale or zero point
+            computed in the graph), ``qdq-scale`` (not positive and finite), ``qdq-axis``
+            (per-channel on an activation, blocked scales, per-axis below opset 13).
         problem: what is wrong and, where there is one, what to do about it.
         severity: ``error`` (TensorRT will refuse the graph) or ``warning`` (check by hand).
     """
@@ -261,6 +279,7 @@ class _Values:
         self.ranks: Dict[str, int] = {}
         self.weights: Dict[str, Union[TensorProto, AttributeProto]] = {}  # initializers, Constant values
         self.producers: Dict[str, Tuple[str, str]] = {}  # value -> (node display name, op)
+        self.nodes: Dict[str, onnx.NodeProto] = {}  # value -> the node producing it
         self.graph_inputs = {i.name for i in model.graph.input}
         graphs = [model.graph] + [g for _, node in _walk(model.graph) for _, g in _subgraphs(node)]
         for graph in graphs:
@@ -277,6 +296,7 @@ class _Values:
             for out in node.output:
                 if out:
                     self.producers.setdefault(out, (name, node.op_type))
+                    self.nodes.setdefault(out, node)
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output and node.attribute:
                 self.weights[node.output[0]] = node.attribute[0]  # value, value_float, value_ints, ...
 
@@ -332,7 +352,9 @@ def _node_findings(name: str, node: onnx.NodeProto, table: Dict[str, OpSupport],
                 else "; rewrite it with supported ops")
         yield Finding(name, op, "unsupported-op", f"{op} is not {where.format(v=version)}{hint}")
         return
-    if support.types:
+    if op in _QDQ_OPS:
+        yield from _qdq_findings(name, node, table, values, opset, base_dir)
+    if support.types and op != "DequantizeLinear":  # DQ input types: `_qdq_findings`, with the reason
         for value in _data_values(node):
             elem = values.types.get(value)
             if elem is None or elem in _NEVER_SUPPORTED:
@@ -348,7 +370,7 @@ def _node_findings(name: str, node: onnx.NodeProto, table: Dict[str, OpSupport],
             yield Finding(name, op, "non-constant-input",
                           f"`{what}` input {value!r} is computed in the graph but must be an initializer or "
                           "Constant; fold it (e.g. `polygraphy surgeon sanitize --fold-constants`)")
-    for what in support.zero_inputs:  # Q/DQ zero points
+    for what in () if op in _QDQ_OPS else support.zero_inputs:  # Q/DQ zero points: `_qdq_findings`
         index = _input_index(node, what, opset)
         value = node.input[index] if index is not None and index < len(node.input) else ""
         if not value:
@@ -366,6 +388,102 @@ def _node_findings(name: str, node: onnx.NodeProto, table: Dict[str, OpSupport],
             if allowed is not None and setting not in allowed:
                 yield Finding(name, op, "restriction", f"Resize {attr.name}={setting!r} is unsupported "
                               f"(TensorRT takes {', '.join(map(str, sorted(allowed, key=str)))})")
+
+
+def _is_weight(value: str, values: _Values) -> bool:
+    """Whether a Q/DQ data input is a weight: a constant, or a constant quantized by a
+    QuantizeLinear (the `Q(w) -> DQ` form of float weights), through Identity nodes."""
+    for _ in range(8):
+        if value in values.weights:
+            return True
+        node = values.nodes.get(value)
+        if node is None or node.op_type not in ("Identity", "QuantizeLinear") or not node.input:
+            return False
+        value = node.input[0]
+    return False
+
+
+def _qdq_findings(name: str, node: onnx.NodeProto, table: Dict[str, OpSupport], values: _Values, opset: int,
+                  base_dir: Optional[Path]) -> Iterator[Finding]:
+    """Explicit-quantization rules for one QuantizeLinear/DequantizeLinear node.
+
+    TensorRT quantizes symmetrically to int8, fp8 or int4 (the types of the matrix's
+    DequantizeLinear row) with build-time constant, positive scales; activations take one scale
+    per tensor, weights one per output channel (TensorRT docs, "Quantization Schemes" and the
+    Quantize/Dequantize operator pages).
+    """
+    op = node.op_type
+    quantize = op == "QuantizeLinear"
+    x = node.input[0] if node.input else ""
+    scale = node.input[1] if len(node.input) > 1 else ""
+    zero = node.input[2] if len(node.input) > 2 else ""
+    scale_name, zero_name = ("y_scale", "y_zero_point") if quantize else ("x_scale", "x_zero_point")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    # The quantized type: Q writes its zero point's type (ONNX default uint8 without one, unless
+    # opset-21 `output_dtype` says otherwise); DQ reads it from its input.
+    if quantize:
+        qtype = values.types.get(zero) if zero else (attrs.get("output_dtype") or TensorProto.UINT8)
+    else:
+        qtype = values.types.get(x) or (values.types.get(zero) if zero else None)
+    allowed = table.get("DequantizeLinear", OpSupport("DequantizeLinear", True)).types or {"INT8", "FP8", "INT4"}
+    type_name = _TYPE_NAMES.get(qtype, TensorProto.DataType.Name(qtype)) if qtype else None
+    type_ok = type_name is None or type_name in allowed
+    if not type_ok:
+        if qtype == TensorProto.UINT8:
+            how = ("with no zero point, the ONNX default" if quantize and not zero
+                   else "asymmetric activations, onnxruntime's QUInt8 default")
+            problem = (f"{x!r} is quantized to uint8 ({how}); TensorRT quantizes to signed int8 with zero point 0: "
+                       f"{_REQUANTIZE}")
+        elif qtype == TensorProto.INT32 and not quantize:
+            problem = (f"dequantizes int32 {x!r} (a quantized bias); TensorRT dequantizes "
+                       f"{', '.join(sorted(allowed)).lower()} only: keep biases float (`lfm-export --precision int8` "
+                       "does; onnxruntime: extra_options QuantizeBias=False)")
+        else:
+            problem = (f"{x!r} is quantized to {type_name.lower()}; TensorRT quantizes to "
+                       f"{', '.join(sorted(allowed)).lower()} only: {_REQUANTIZE}")
+        yield Finding(name, op, "qdq-type", problem)
+    for what, value in ((scale_name, scale), (zero_name, zero)):
+        if value and value not in values.weights:
+            yield Finding(name, op, "qdq-constant",
+                          f"`{what}` {value!r} is computed in the graph; TensorRT needs Q/DQ scales and zero points "
+                          "as build-time constants (initializers or Constant nodes): fold it "
+                          "(`polygraphy surgeon sanitize --fold-constants`) or re-quantize")
+    if zero and zero in values.weights and type_ok:
+        array = values.value(zero, base_dir)
+        if array is not None and np.any(array.astype(np.float64) != 0):
+            shown = np.unique(array)[:4].tolist()
+            yield Finding(name, op, "qdq-zero-point",
+                          f"`{zero_name}` {zero!r} is {shown} (asymmetric); TensorRT quantizes symmetrically, "
+                          f"zero point 0: {_REQUANTIZE}")
+    array = values.value(scale, base_dir) if scale in values.weights else None
+    if array is not None:
+        bad = ~np.isfinite(array.astype(np.float64)) | (array.astype(np.float64) <= 0)
+        if np.any(bad):
+            yield Finding(name, op, "qdq-scale",
+                          f"`{scale_name}` {scale!r} has {int(bad.sum())} of {array.size} values that are not "
+                          f"positive and finite (e.g. {array.reshape(-1)[np.argmax(bad.reshape(-1))]!r}); TensorRT "
+                          "needs positive finite scales: recalibrate")
+        rank, size = array.ndim, array.size
+    else:
+        rank, size = values.ranks.get(scale), None
+    if rank is None or rank == 0 or (rank == 1 and size == 1):
+        return  # per tensor (or unknown)
+    if rank >= 2:
+        yield Finding(name, op, "qdq-axis",
+                      f"`{scale_name}` {scale!r} has rank {rank} (blocked quantization), which TensorRT takes for "
+                      f"int4 weights only: {_REQUANTIZE}")
+        return
+    axis = attrs.get("axis", 1)
+    if opset < _PER_AXIS_OPSET:
+        yield Finding(name, op, "qdq-axis",
+                      f"per-channel {op} (a 1-D `{scale_name}`) needs opset >= {_PER_AXIS_OPSET} (the `axis` "
+                      f"attribute); the model imports opset {opset}: re-export with a newer opset")
+    if not _is_weight(x, values):
+        count = f"{size} scales" if size else "a 1-D scale"
+        yield Finding(name, op, "qdq-axis",
+                      f"per-channel quantization (axis={axis}, {count}) of activation {x!r}: TensorRT quantizes "
+                      "activations per tensor (one scalar scale) and weights (constant inputs) per channel: "
+                      f"{_REQUANTIZE}")
 
 
 def _tensor_findings(values: _Values) -> Iterator[Finding]:
@@ -407,9 +525,11 @@ def lint_onnx(model: Union[onnx.ModelProto, str, os.PathLike], trt_version: str 
     has none of (float64, complex, string, 16-bit and unsigned 32/64-bit integers), once per
     tensor; data types outside an op's supported list (e.g. INT64 MatMul); inputs the matrix
     requires as initializers or constants (`axes` of reductions, Slice, Pad, Squeeze,
-    Unsqueeze; CumSum's `axis`); non-zero or non-constant Q/DQ zero points; Resize modes; and
-    tensors of rank above 8. Types and ranks come from ONNX shape inference; values it cannot
-    infer are not judged.
+    Unsqueeze; CumSum's `axis`); Resize modes; tensors of rank above 8; and, for Q/DQ nodes
+    (explicit quantization), TensorRT's quantization rules: int8/fp8/int4 quantized types (no
+    uint8, no int32 biases), zero points 0, constant scales and zero points, positive finite
+    scales, per-channel scales on weights only, opset >= 13 for per-channel. Types and ranks
+    come from ONNX shape inference; values it cannot infer are not judged.
 
     Args:
         model: a loaded `onnx.ModelProto` or the path of a `.onnx` file (external weights are

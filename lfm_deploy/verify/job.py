@@ -43,7 +43,7 @@ __all__ = [
 REFERENCE = "eager-fp64"
 #: Every backend lfm-verify knows, in report order.
 ALL_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-int8", "ov-fp32", "ov-bf16",
-                "ov-int8", "ort-cuda", "trt-fp32", "trt-fp16")
+                "ov-int8", "ort-cuda", "trt-fp32", "trt-fp16", "trt-int8")
 DEFAULT_BACKENDS = ALL_BACKENDS
 
 
@@ -242,7 +242,10 @@ def _plan_backends(artifact_dir: Path, manifest: dict, names: Sequence[str], thr
                 continue
             out.append(_Backend(name, "fp32", "onnxruntime CUDAExecutionProvider, episode graph",
                                 lambda: ort_runner(episode, [CUDA, CPU], name="ort-cuda")))
-        elif name in ("trt-fp32", "trt-fp16"):
+        elif name == "trt-int8" and int8 is None:
+            out.append(_Backend(name, "int8", "", skip="the export has no int8 graphs; make them with "
+                                "`lfm-export ... --precision int8`"))
+        elif name in ("trt-fp32", "trt-fp16", "trt-int8"):
             out.append(_trt_backend(artifact_dir, name.split("-")[1]))
         else:
             raise LFMError(f"unknown backend {name!r}; choose from {', '.join(ALL_BACKENDS)}")

@@ -200,6 +200,19 @@ def tiny_onnx(tmp_path):
 def test_plan_build_branches_on_the_tensorrt_version(version, precision, typing, expected):
     plan = engine.plan_build(version, precision, typing)
     assert (plan.strongly_typed, plan.fp16_graph, plan.fp16_flag) == expected
+    assert plan.int8_graph is False
+
+
+@pytest.mark.parametrize("version", [(10, 0, 0), (10, 12, 0), (11, 0, 0)])
+def test_int8_is_explicit_quantization_on_10_and_11(version):
+    """Strongly typed from the int8 QDQ graph on every supported version: TensorRT's docs ask for
+    explicit quantization with strong typing and no precision flags (11 has no INT8 flag)."""
+    plan = engine.plan_build(version, "int8")
+    assert (plan.strongly_typed, plan.int8_graph, plan.fp16_graph, plan.fp16_flag) == (True, True, False, False)
+    assert plan.typing == "strong" and engine.plan_build(version, "int8", "strong") == plan
+    weak = "drop --typing weak" if version[0] == 10 else "TensorRT 11 removed weak typing"
+    with pytest.raises(LFMError, match=weak):
+        engine.plan_build(version, "int8", "weak")
 
 
 def test_plan_build_rejects_what_a_version_cannot_do():
@@ -208,7 +221,7 @@ def test_plan_build_rejects_what_a_version_cannot_do():
     with pytest.raises(BackendUnavailable, match="too old"):
         engine.plan_build((8, 6, 1), "fp32")
     with pytest.raises(LFMError, match="--precision"):
-        engine.plan_build((10, 0, 0), "int8")
+        engine.plan_build((10, 0, 0), "int4")
     with pytest.raises(LFMError, match="--typing"):
         engine.plan_build((10, 0, 0), "fp16", "loose")
 
@@ -240,6 +253,10 @@ def test_the_polygraphy_loaders_used_exist_with_these_arguments():
     }
     for name, args in used.items():
         assert args <= _accepted(getattr(polygraphy_trt, name)), name
+    # int8 builds leave CreateConfig's INT8 flag and calibrator at their defaults (off): explicit
+    # quantization takes its precision from the graph's Q/DQ nodes.
+    config = polygraphy_trt.CreateConfig(tf32=False)  # a lazy loader: builds nothing until called
+    assert config.int8 is False and config.calibrator is None and config.fp16 is False
     assert {"min", "opt", "max"} <= set(inspect.signature(polygraphy_trt.Profile.add).parameters)
 
 
@@ -300,6 +317,44 @@ def test_strong_fp16_on_11x_asks_for_nothing_11_removed(tiny_onnx, tmp_path, loa
     assert cfg["fp16"] is False and cfg["precision_constraints"] is None  # BuilderFlag.FP16 / OBEY are gone
     assert pg.calls["NetworkFromOnnxPath"]["strongly_typed"] is True and "PostprocessNetwork" not in pg.calls
     assert build.sidecar["typing"] == "strong"
+
+
+def _qdq_onnx(path):
+    """A tiny explicitly quantized graph: symmetric int8 Q/DQ on the input, int8 per-channel
+    weights, a Conv (what lfm-export's int8 graphs are made of)."""
+    from onnx import numpy_helper
+
+    w = (np.arange(4 * 3 * 3 * 3).reshape(4, 3, 3, 3) % 7 - 3).astype(np.int8)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "zp"),
+             numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_s"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "w_zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["query_img", "s", "zp"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], axis=0, name="dq_w"),
+             helper.make_node("Conv", ["xd", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("query_img", TensorProto.FLOAT, ["B", 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("version", ["10.12.0", "11.0.0"])
+def test_int8_build_is_strongly_typed_with_no_int8_flag_or_calibrator(tmp_path, loaders, version):
+    qdq = _qdq_onnx(tmp_path / "episode.int8.onnx")
+    assert lint_onnx(qdq).findings == []  # what TensorRT's explicit quantization takes
+    pg = loaders(fake_trt(version))
+    build = engine.build_engine(qdq, tmp_path / "engines" / "episode.int8.plan", precision="int8", graph="episode",
+                                trt=pg.trt, gpu=GPU)
+    assert set(pg.calls) == {"CreateConfig", "NetworkFromOnnxPath", "EngineBytesFromNetwork"}  # no island pinning
+    assert pg.calls["NetworkFromOnnxPath"] == {"path": str(qdq), "strongly_typed": True}
+    cfg = pg.calls["CreateConfig"]
+    assert cfg["tf32"] is False and cfg["fp16"] is False and cfg["precision_constraints"] is None
+    assert "int8" not in cfg and "calibrator" not in cfg  # Polygraphy defaults: no INT8 flag, no calibrator
+    side = build.sidecar
+    assert side["precision"] == "int8" and side["typing"] == "strong" and side["tf32"] is False
+    assert side["quantization"].startswith("explicit")
+    assert side["onnx"]["file"] == side["built_from"]["file"] == "episode.int8.onnx"
+    assert engine.find_engines(tmp_path, "int8") == {"episode": build.engine}
 
 
 def test_parse_build_and_cuda_failures(tmp_path, loaders):
@@ -438,6 +493,72 @@ def test_dft_exports_need_tensorrt_11_2(artifact_copy, tmp_path, loaders):
         engine.build_engines(dft, trt=loaders(fake_trt("11.1.0")).trt, gpu=GPU)
 
 
+@pytest.fixture(scope="module")
+def int8_artifacts(artifact_copy, tmp_path_factory):
+    """The 160 px export laid out as `lfm-export --precision int8` writes it: int8 QDQ graphs
+    (one calibration episode, masker float) named by `graphs`, the float32 graphs by
+    `reference_graphs`, `precision.name == "int8"` (the gate is not rerun: the builds are
+    what is tested here)."""
+    from lfm_deploy.manifest import MANIFEST_NAME, file_entry
+    from lfm_deploy.precision.int8 import quantize_int8
+    from lfm_deploy.tensorrt.fp16 import graph_feeds
+
+    art = tmp_path_factory.mktemp("int8-art") / "art"
+    shutil.copytree(artifact_copy, art, ignore=shutil.ignore_patterns("engines"))
+    manifest = json.loads((art / MANIFEST_NAME).read_text())
+    manifest["reference_graphs"] = {g: entry["file"] for g, entry in manifest["graphs"].items()}
+    feeds = {g: graph_feeds(art, g, episodes=1, seed=100) for g in manifest["graphs"]}
+    for g, entry in manifest["graphs"].items():
+        name = f"{g}.int8.onnx"
+        quantize_int8(art / entry["file"], art / name, feeds[g], float_tail=0.75)
+        entry["file"] = name
+        manifest["files"][name] = file_entry(art, name)
+    manifest["precision"] = {"name": "int8", "runtime": {"backend": "onnxruntime", "precision": "int8"}}
+    (art / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    return art
+
+
+def test_int8_engines_build_from_the_int8_graphs_fp32_from_the_float32_graphs(int8_artifacts, loaders):
+    art = int8_artifacts
+    pg = loaders(fake_trt("10.12.0"))
+    builds = engine.build_engines(art, precision="int8", graphs=["episode", "head"], max_batch=2, trt=pg.trt, gpu=GPU)
+    assert [b.engine.name for b in builds] == ["episode.int8.plan", "head.int8.plan"]
+    assert pg.calls["NetworkFromOnnxPath"] == {"path": str(art / "head.int8.onnx"), "strongly_typed": True}
+    assert "int8" not in pg.calls["CreateConfig"] and "calibrator" not in pg.calls["CreateConfig"]
+    assert [b.sidecar["onnx"]["file"] for b in builds] == ["episode.int8.onnx", "head.int8.onnx"]
+    assert all(b.sidecar["precision"] == "int8" and b.sidecar["typing"] == "strong" for b in builds)
+    assert builds[0].sidecar["profile"]["query_img"]["max"][0] == 2
+    for graph in ("episode", "head"):
+        assert lint_onnx(art / f"{graph}.int8.onnx").ok  # the graphs those engines parse
+    # fp32 engines in the same int8 export still come from the float32 graphs.
+    fp32 = engine.build_engines(art, precision="fp32", graphs=["episode"], trt=pg.trt, gpu=GPU)
+    assert pg.calls["NetworkFromOnnxPath"]["path"] == str(art / "episode.onnx")
+    assert fp32[0].sidecar["onnx"]["file"] == "episode.onnx"
+    assert engine.find_engines(art, "int8").keys() == {"episode", "head"}
+    assert engine.find_engines(art, "fp32") == {"episode": fp32[0].engine}
+    # Both load where they were built: the sidecar's ONNX file is the export's own.
+    for b in builds + fp32:
+        engine.EngineFromPlan(b.engine, trt=pg.trt, gpu=GPU).check()
+
+
+def test_int8_needs_an_int8_export(artifact_copy, loaders):
+    """Refused before TensorRT is even imported: the fix is an export, not a machine."""
+    with pytest.raises(LFMError, match="has no int8 graphs \\(exported with precision fp32\\)") as err:
+        engine.build_engines(artifact_copy, precision="int8", trt=loaders(fake_trt()).trt, gpu=GPU)
+    assert "precision='int8'" in str(err.value) and "lfm-export ... --precision int8" in err.value.cli_message()
+    assert not engine.find_engines(artifact_copy, "int8")
+
+
+def test_cli_refuses_int8_on_an_fp32_export_in_one_line(artifact_copy):
+    from lfm_deploy.cli.engine import main
+
+    result = CliRunner().invoke(main, [str(artifact_copy), "--precision", "int8"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert "has no int8 graphs" in result.output and "`lfm-export ... --precision int8`" in result.output
+    assert "TensorRT" not in result.output.split(";")[0]  # the export is the problem, not the machine
+
+
 def test_cli_without_tensorrt_and_fp16_onnx_only(artifact_copy, monkeypatch):
     from lfm_deploy.cli.engine import main
 
@@ -484,3 +605,29 @@ def test_real_fp32_engine_matches_onnxruntime(artifact_copy, tmp_path):
     results = Comparator.run(runners, data_loader=feeds)
     assert Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=1e-3, rtol=1e-3))
     assert np.isfinite(results[runners[0].name][0]["logits"]).all()
+
+
+@pytest.mark.needs_trt
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed (it only installs from NVIDIA's index, with a GPU)")
+def test_real_int8_engine_agrees_with_onnxruntime_on_the_int8_graph(int8_artifacts):
+    """The real explicit-quantization build of the int8 episode graph, run next to onnxruntime
+    running the same QDQ graph: finite logits and (nearly) the same masks."""
+    try:
+        engine.gpu_info()
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import TrtRunner
+    from polygraphy.comparator import Comparator
+
+    from lfm_deploy.tensorrt.fp16 import graph_feeds
+
+    builds = engine.build_engines(int8_artifacts, precision="int8", graphs=["episode"], max_batch=2)
+    assert builds[0].sidecar["onnx"]["file"] == "episode.int8.onnx"
+    feeds = graph_feeds(int8_artifacts, "episode", episodes=1)
+    runners = [TrtRunner(engine.EngineFromPlan(builds[0].engine), name="trt-int8"),
+               OnnxrtRunner(SessionFromOnnx(str(int8_artifacts / "episode.int8.onnx")), name="ort-int8")]
+    results = Comparator.run(runners, data_loader=feeds)
+    trt_out, ort_out = results["trt-int8"][0], results["ort-int8"][0]
+    assert np.isfinite(trt_out["logits"]).all()
+    assert (trt_out["mask"] == ort_out["mask"]).mean() > 0.98

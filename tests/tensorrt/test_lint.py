@@ -273,7 +273,7 @@ def test_subgraph_nodes_are_checked():
     assert report.node_count == 3
 
 
-@pytest.mark.parametrize("zero_point, expected", [(0, []), (3, [("dq", "restriction")])])
+@pytest.mark.parametrize("zero_point, expected", [(0, []), (3, [("dq", "qdq-zero-point")])])
 def test_dequantize_zero_point_must_be_zero(zero_point, expected):
     model = _model(
         [helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"], name="dq")],
@@ -282,7 +282,166 @@ def test_dequantize_zero_point_must_be_zero(zero_point, expected):
         [numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
          numpy_helper.from_array(np.array(zero_point, np.int8), "zp")],
     )
-    assert _where(lint_onnx(model)) == expected
+    report = lint_onnx(model)
+    assert _where(report) == expected
+    if expected:
+        assert "asymmetric" in report.findings[0].problem and "lfm-export --precision int8" in report.findings[0].problem
+
+
+# --- Q/DQ: TensorRT explicit quantization ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def head_int8(exported, tmp_path_factory):
+    """The 160 px head graph quantized by lfm-export's int8 path (every Conv/MatMul outside the
+    masker, one calibration episode): what `lfm-build-engine --precision int8` parses."""
+    from lfm_deploy.precision.int8 import quantize_int8
+    from lfm_deploy.tensorrt.fp16 import graph_feeds
+
+    art = exported(shots=1).out_dir
+    feeds = graph_feeds(art, "head", episodes=1, seed=100)
+    return quantize_int8(art / "head.onnx", tmp_path_factory.mktemp("int8") / "head.int8.onnx", feeds).path
+
+
+def test_int8_export_graph_lints_clean_for_tensorrt_10_and_11(head_int8):
+    model = onnx.load(str(head_int8))
+    ops = [n.op_type for n in model.graph.node]
+    weights = {i.name for i in model.graph.initializer}
+    per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
+                   and any(a.name == "axis" for a in n.attribute)]
+    assert ops.count("QuantizeLinear") > 20 and per_channel  # the rules below are exercised
+    for version in ("10.0", "11.0"):
+        report = lint_onnx(head_int8, trt_version=version)
+        assert report.ok and report.findings == [], report.to_markdown()
+
+
+def _f32(name, values):
+    return numpy_helper.from_array(np.asarray(values, np.float32), name)
+
+
+def _qdq(zero_point=None, scale=None, *, axis=None, extra=(), q_inputs=None, opset=20):
+    """x -> QuantizeLinear (q) -> DequantizeLinear (dq) -> y on a (1, 4, 8, 8) activation."""
+    zero_point = numpy_helper.from_array(np.array(0, np.int8), "zp") if zero_point is None else zero_point
+    scale = _f32("s", 0.05) if scale is None else scale
+    kw = {} if axis is None else {"axis": axis}
+    inputs = q_inputs or ["x", "s", "zp"]
+    nodes = [helper.make_node("QuantizeLinear", inputs, ["xq"], name="q", **kw),
+             helper.make_node("DequantizeLinear", ["xq"] + inputs[1:], ["y"], name="dq", **kw)]
+    inits = [i for i in (scale, zero_point) if i is not None and i.name in inputs] + list(extra)
+    return _model(nodes, [_vi("x", TensorProto.FLOAT, [1, 4, 8, 8])], [_vi("y", TensorProto.FLOAT, None)],
+                  inits, opset=opset)
+
+
+def test_symmetric_int8_qdq_passes():
+    assert lint_onnx(_qdq()).findings == []
+
+
+def test_asymmetric_uint8_activations_are_flagged_with_the_fix():
+    report = lint_onnx(_qdq(numpy_helper.from_array(np.array(128, np.uint8), "zp")))
+    assert _where(report) == [("q", "qdq-type"), ("dq", "qdq-type")]
+    assert not report.ok
+    for f in report.findings:
+        assert "uint8" in f.problem and "asymmetric" in f.problem
+        assert "re-quantize with symmetric int8 (`lfm-export --precision int8`)" in f.problem
+    # uint8 even with zero point 0 is not TensorRT's type; one finding per node, not two.
+    assert _where(lint_onnx(_qdq(numpy_helper.from_array(np.array(0, np.uint8), "zp")))) == [
+        ("q", "qdq-type"), ("dq", "qdq-type")]
+
+
+def test_quantize_without_zero_point_is_uint8():
+    report = lint_onnx(_qdq(q_inputs=["x", "s"]))
+    assert _where(report) == [("q", "qdq-type"), ("dq", "qdq-type")]
+    assert "ONNX default" in report.findings[0].problem
+
+
+def test_int32_bias_dequantize_is_flagged():
+    model = _model(
+        [helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], name="dq_bias"),
+         helper.make_node("Add", ["x", "b"], ["y"], name="add_bias")],
+        [_vi("x", TensorProto.FLOAT, [1, 4])], [_vi("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([10, -20, 30, 40], np.int32), "b_q"), _f32("b_s", 1e-4)],
+    )
+    report = lint_onnx(model)
+    assert _where(report) == [("dq_bias", "qdq-type")]
+    problem = report.findings[0].problem
+    assert "int32" in problem and "bias" in problem and "int8" in problem and "QuantizeBias=False" in problem
+
+
+def test_scale_and_zero_point_computed_in_the_graph_are_flagged():
+    model = _qdq(extra=[_f32("c127", 127.0)])
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "s"))
+    for node in reversed([helper.make_node("ReduceMax", ["x"], ["amax"], keepdims=0, name="amax"),
+                          helper.make_node("Div", ["amax", "c127"], ["s"], name="scale")]):
+        model.graph.node.insert(0, node)
+    report = lint_onnx(model)
+    assert _where(report) == [("q", "qdq-constant"), ("dq", "qdq-constant")]
+    assert "y_scale" in report.findings[0].problem and "x_scale" in report.findings[1].problem
+    assert "build-time constants" in report.findings[0].problem
+    # A zero point given as a graph input is not a constant either.
+    model = _qdq()
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "zp"))
+    model.graph.input.append(_vi("zp", TensorProto.INT8, []))
+    assert _where(lint_onnx(model)) == [("q", "qdq-constant"), ("dq", "qdq-constant")]
+
+
+def test_a_constant_node_scale_passes():
+    model = _qdq()
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "s"))
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["s"], value=_f32("v", 0.05)))
+    assert lint_onnx(model).findings == []
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, np.inf, np.nan])
+def test_scales_must_be_positive_and_finite(bad):
+    report = lint_onnx(_qdq(scale=_f32("s", bad)))
+    assert _where(report) == [("q", "qdq-scale"), ("dq", "qdq-scale")]
+    assert "positive and finite" in report.findings[0].problem
+
+
+def test_per_channel_activation_is_flagged_per_channel_weights_pass():
+    zp4 = numpy_helper.from_array(np.zeros(4, np.int8), "zp")
+    report = lint_onnx(_qdq(zp4, _f32("s", [0.1, 0.2, 0.3, 0.4]), axis=1))
+    assert _where(report) == [("q", "qdq-axis"), ("dq", "qdq-axis")]
+    assert "activation 'x'" in report.findings[0].problem and "per tensor" in report.findings[0].problem
+    # Weights: int8 initializers dequantized per output channel, and float weights quantized by
+    # Q -> DQ per channel, both feeding a Conv next to a per-tensor activation pair.
+    w = np.arange(4 * 4 * 3 * 3).reshape(4, 4, 3, 3) % 7 - 3
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], axis=0, name="dq_w"),
+             helper.make_node("Conv", ["xd", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("QuantizeLinear", ["wf", "w_s", "w_zp"], ["wf_q"], axis=0, name="q_wf"),
+             helper.make_node("DequantizeLinear", ["wf_q", "w_s", "w_zp"], ["wf_d"], axis=0, name="dq_wf"),
+             helper.make_node("Conv", ["c", "wf_d"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
+    inits = [_f32("s", 0.05), numpy_helper.from_array(np.array(0, np.int8), "zp"),
+             numpy_helper.from_array(w.astype(np.int8), "w_q"), _f32("w_s", [0.01, 0.02, 0.03, 0.04]),
+             numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"), _f32("wf", w * 0.01)]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, [1, 4, 8, 8])], [_vi("y", TensorProto.FLOAT, None)], inits)
+    assert lint_onnx(model).findings == []
+
+
+def test_per_channel_needs_opset_13():
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], name="dq_w"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    inits = [numpy_helper.from_array(np.ones((4, 4), np.int8), "w_q"), _f32("w_s", [0.1, 0.2, 0.3, 0.4]),
+             numpy_helper.from_array(np.zeros(4, np.int8), "w_zp")]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, [2, 4])], [_vi("y", TensorProto.FLOAT, None)], inits,
+                   opset=12)
+    report = lint_onnx(model)
+    assert [(f.node, f.code) for f in report.errors] == [("dq_w", "qdq-axis")]
+    assert "opset >= 13" in report.errors[0].problem and "opset 12" in report.errors[0].problem
+    model.opset_import[0].version = 13
+    assert lint_onnx(model).findings == []
+
+
+def test_blocked_scales_are_int4_only():
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], axis=0, block_size=2, name="dq_w"),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    inits = [numpy_helper.from_array(np.ones((4, 4), np.int8), "w_q"), _f32("w_s", np.full((2, 4), 0.1)),
+             numpy_helper.from_array(np.zeros((2, 4), np.int8), "w_zp")]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, [2, 4])], [_vi("y", TensorProto.FLOAT, None)], inits,
+                   opset=21)
+    assert [(f.node, f.code) for f in lint_onnx(model).errors] == [("dq_w", "qdq-axis")]
 
 
 def test_unsupported_resize_mode_is_flagged():
