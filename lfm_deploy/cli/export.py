@@ -39,11 +39,14 @@ from . import SEED, domain_choice_callback, setup_logging, user_errors, verbose_
                    "calibrate on; they also join the gate. Default: the domain's validation episodes.")
 @click.option("--gate-episodes", type=click.IntRange(min=1), default=6,
               help="Validation episodes the reduced-precision accuracy gate runs on (plus --calibration's images).")
+@click.option("--calibration-episodes", type=click.IntRange(min=1), default=8,
+              help="int8/fp16 without --calibration: validation episodes to calibrate on (int8 also chooses its "
+                   "float share on as many held-out ones).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @verbose_option
 @user_errors
 def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, split, triton, simplify, validate, seed, threads,
-         precision, calibration, gate_episodes, quiet, verbose):
+         precision, calibration, gate_episodes, calibration_episodes, quiet, verbose):
     """Export a domain's HSNet + frequency-masker model to ONNX and prove it matches PyTorch.
 
     Writes episode.onnx (and encoder.onnx / head.onnx), manifest.json and export_report.{json,md}
@@ -62,7 +65,7 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
         domain, out=out, checkpoint=checkpoint, masker=masker, apm=apm, acpa=acpa, shots=shots,
         lowering=lowering, opset=opset, split=split, triton=triton, simplify=simplify,
         validate=validate, seed=seed, threads=threads, progress=not quiet, precision=precision,
-        calibration=calibration, gate_episodes=gate_episodes,
+        calibration=calibration, gate_episodes=gate_episodes, calibration_episodes=calibration_episodes,
     )
     man = result.manifest
     click.echo(f"Exported {man['domain']} ({man['variant']}, {man['lowering']} lowering, {man['shots']}-shot) to {result.out_dir}")

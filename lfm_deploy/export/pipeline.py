@@ -137,6 +137,7 @@ def export_domain(
     precision: str = "fp32",
     calibration: str | os.PathLike | None = None,
     gate_episodes: int = 6,
+    calibration_episodes: int = 8,
 ) -> ExportResult:
     """Export a domain's model to ONNX, validate it against the eager model, write a manifest.
 
@@ -167,6 +168,8 @@ def export_domain(
             None: the domain's validation episodes.
         gate_episodes: validation episodes the reduced-precision gate runs on (besides the
             calibration images).
+        calibration_episodes: int8/fp16 without `calibration`: validation episodes to calibrate
+            on (int8 also picks its float share on as many held-out ones).
 
     Returns:
         `ExportResult` with the final directory, manifest and checks.
@@ -195,8 +198,9 @@ def export_domain(
         raise ExportError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision != "fp32" and not split:
         raise ExportError(f"--precision {precision} gates the encoder/head pair the runtime serves; drop --no-split")
-    if gate_episodes < 1:
-        raise ExportError(f"--gate-episodes must be at least 1, got {gate_episodes}")
+    if gate_episodes < 1 or calibration_episodes < 1:
+        raise ExportError(f"--gate-episodes and --calibration-episodes must be at least 1, got {gate_episodes} "
+                          f"and {calibration_episodes}")
     if calibration is not None and precision not in ("int8", "fp16"):
         raise ExportError("--calibration is used by --precision int8 and fp16 only",
                           api_hint="pass calibration=None, or precision='int8'",
@@ -283,7 +287,7 @@ def export_domain(
                 reduced = reduce_precision(
                     precision, tmp, {g: GRAPH_FILES[g] for g in graphs}, model, domain=dom.name, shots=shots,
                     tolerances=dom.precision_gates[precision], calibration=calibration, seed=seed, threads=threads,
-                    gate_episodes=gate_episodes, step=steps.start,
+                    gate_episodes=gate_episodes, calibration_episodes=calibration_episodes, step=steps.start,
                 )
                 steps.done()
 

@@ -91,7 +91,7 @@ class Segmenter:
     def __init__(self, directory: str | os.PathLike, manifest: dict, *, providers=None, allow_fallback: bool = False,
                  threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
                  release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
-                 precision: str | None = None):
+                 precision: str | None = None, spin_wait: bool = True):
         self.directory = Path(directory)
         self._manifest = manifest
         self._verify = bool(verify)
@@ -102,7 +102,8 @@ class Segmenter:
         self.shots = shots
         self.batch_size = _check_batch_size(batch_size)
         self.release_encoder = bool(release_encoder)
-        self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory)
+        self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory,
+                                    spin_wait=spin_wait)
         #: The precision the graphs run in: "fp32", or "bf16" (OpenVINO only).
         self.precision = check_precision(precision)
         openvino = self._wants_openvino(providers, allow_fallback)
@@ -176,7 +177,8 @@ class Segmenter:
     def from_artifacts(cls, path: str | os.PathLike, providers: str | Sequence[ProviderSpec] | None = None,
                        allow_fallback: bool = False, threads: int | None = None, graph_optimization: str = "all",
                        verify: bool = True, *, low_memory: bool = True, release_encoder: bool = True,
-                       batch_size: int = DEFAULT_BATCH_SIZE, precision: str | None = None) -> "Segmenter":
+                       batch_size: int = DEFAULT_BATCH_SIZE, precision: str | None = None,
+                       spin_wait: bool = True) -> "Segmenter":
         """Load an lfm-export directory.
 
         Args:
@@ -203,6 +205,8 @@ class Segmenter:
             precision: "fp32" (None) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
                 faster on CPUs with AVX512-BF16/AMX and moves the logits by ~0.7 % of their
                 span, flipping the mask where fp32's two logits are that close (docs/openvino.md).
+            spin_wait: onnxruntime's idle threads spin (its default); False when the process
+                shares its cores with busy neighbours (`SessionConfig.spin_wait`).
 
         Returns:
             A `Segmenter` without a support set (call `set_support`).
@@ -221,7 +225,7 @@ class Segmenter:
             log.info("%s: file hashes not verified (verify=False)", path)
         return cls(path, manifest, providers=providers, allow_fallback=allow_fallback, threads=threads,
                    graph_optimization=graph_optimization, low_memory=low_memory, release_encoder=release_encoder,
-                   batch_size=batch_size, verify=verify, precision=precision)
+                   batch_size=batch_size, verify=verify, precision=precision, spin_wait=spin_wait)
 
     def _graph_file(self, name: str) -> Path:
         graphs = self._manifest.get("graphs") or {}

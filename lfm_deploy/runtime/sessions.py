@@ -34,11 +34,16 @@ class SessionConfig:
         graph_optimization: "all", "extended", "basic" or "disable".
         low_memory: disable the memory-pattern planner (see module docstring): a smaller
             resident set at no measurable latency cost.
+        spin_wait: let idle intra-op threads spin between parallel sections (onnxruntime's
+            default, fastest on cores of its own); False for a process that shares its cores
+            with busy neighbours (a service next to its HTTP proxy and clients), where spinning
+            threads take CPU time from them.
     """
 
     threads: int | None = None
     graph_optimization: str = "all"
     low_memory: bool = True
+    spin_wait: bool = True
 
     def __post_init__(self):
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -61,6 +66,8 @@ class SessionConfig:
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[self.graph_optimization])
         if self.low_memory:
             opts.enable_mem_pattern = False
+        if not self.spin_wait:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3  # errors only: EP fallbacks are reported by check_session
         return opts
 

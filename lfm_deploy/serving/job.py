@@ -129,7 +129,8 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
 
 
 def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, threads: int | None = None,
-                  batch_size: int = 8, allow_empty: bool = False, precision: str | None = None):
+                  batch_size: int = 8, allow_empty: bool = False, precision: str | None = None,
+                  spin_wait: bool = True):
     """Inside a worker: load the artifacts and encode the job's support set (once).
 
     Returns:
@@ -138,7 +139,7 @@ def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, th
     from ..runtime import Segmenter
 
     seg = Segmenter.from_artifacts(job.artifact_dir, providers=providers, allow_fallback=allow_fallback,
-                                   threads=threads, batch_size=batch_size, precision=precision)
+                                   threads=threads, batch_size=batch_size, precision=precision, spin_wait=spin_wait)
     seg.set_support(list(job.support_images), list(job.support_masks), allow_empty=allow_empty)
     return seg
 

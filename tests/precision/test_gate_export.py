@@ -50,7 +50,8 @@ def test_cli_int8_export_passes_the_gate_and_the_runtime_serves_it(mixed_exporte
     register_domain(replace(original, image_size=TEST_IMAGE_SIZE), overwrite=True)
     try:
         res = CliRunner().invoke(main, ["--domain", "deepglobe", "--checkpoint", str(checkpoint), "--out", str(out),
-                                        "--precision", "int8", "--gate-episodes", "3", "--quiet"])
+                                        "--precision", "int8", "--gate-episodes", "3", "--calibration-episodes", "3",
+                                        "--quiet"])
     finally:
         register_domain(original, overwrite=True)
     assert res.exit_code == 0, res.output
@@ -101,7 +102,7 @@ def test_int8_without_its_float_islands_is_refused_and_kept_aside(mixed_exported
     out = tmp_path / "int8"
     with pytest.raises(PrecisionGateError, match="beyond their accuracy gate") as info:
         export_domain("deepglobe", out=out, checkpoint=checkpoint, image_size=TEST_IMAGE_SIZE, progress=False,
-                      precision="int8", gate_episodes=3)
+                      precision="int8", gate_episodes=2, calibration_episodes=2)
     assert "mask agreement" in str(info.value) and "FAIL" in str(info.value)
     assert not out.exists()
     failed = tmp_path / "int8.failed"
