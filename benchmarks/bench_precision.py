@@ -5,7 +5,9 @@ K = 1 and K = 5, with
 
 * speed: p50 ms per image at batch 1 and 8 of the serving path (support set encoded once, one
   head run per batch of queries) and its ratio to the eager K-shot episode at the same batch
-  ("x eager"; the eager model runs both backbones per query, as a research pipeline does);
+  ("x eager"; the eager model runs both backbones per query, as a research pipeline does).
+  Batch 1 rounds interleave every row and eager; larger batches time one row at a time (each
+  session keeps its batch's activations, ~3 GB at 400 px and batch 8), with an eager run per row;
 * masks: pixel agreement with the eager float32 model and the mIoU difference, over seeded
   validation episodes, through the same accuracy gate `lfm-export --precision` applies
   (`lfm_deploy.parity.gate`), so every row also says whether it passes that gate.
@@ -15,8 +17,11 @@ bf16 / int8 (the `openvino` extra), TensorRT fp32 / fp16 / int8 where TensorRT a
 present (otherwise listed as skipped with the reason). Timing rounds interleave the rows so
 they see the same machine load.
 
-Weights: a test checkpoint whose masks are mixed (`lfm_deploy.parity.testing.make_mixed_checkpoint`);
-with the untrained default every mask is one class and agreement would say nothing. The exports
+Weights: a test checkpoint whose masks are mixed; with the untrained default every mask is one
+class and agreement would say nothing. `--checkpoint trained` (default): the HSNet learner trained
+for 200 steps on synthetic episodes (`lfm_deploy.parity.testing.make_trained_checkpoint`), whose
+margins look like a trained model's; `--checkpoint mixed`: the untrained weights re-biased to mixed
+masks (`make_mixed_checkpoint`), whose margins crowd at zero (the hard case). The exports
 (`lfm-export --precision int8`, which keeps the float32 graphs too) are made once per K into
 `--work` and reused; the fp16 graphs are made next to them.
 
@@ -28,6 +33,7 @@ Writes `benchmarks/results/precision.{json,md,png}` (`--out PREFIX`).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -65,21 +71,36 @@ class Row:
     gate: dict | None = None
 
 
+def _checkpoint(args, shots: int) -> Path:
+    """The test checkpoint: trained on synthetic data (default), or the hard mixed-mask case."""
+    from lfm_deploy.parity.testing import make_mixed_checkpoint, make_trained_checkpoint
+
+    if args.checkpoint == "trained":
+        path = args.work / "trained-160.pt"
+        if not path.is_file():
+            log.info("training the test checkpoint's learner (200 steps at 160 px)")
+            info = make_trained_checkpoint(path, threads=args.threads,
+                                           progress=lambda step, loss: log.info("step %d: loss %.3f", step, loss))
+            log.info("test checkpoint %s: final loss %.3f", path, info["loss"])
+        return path
+    path = args.work / f"mixed-{args.size}-{shots}shot.pt"
+    if not path.is_file():
+        info = make_mixed_checkpoint(path, image_size=args.size, shots=shots)
+        log.info("test checkpoint %s: %.0f%% foreground, median |margin| %.2f", path, 100 * info["foreground"],
+                 info["margin_median"])
+    return path
+
+
 def _exports(args, shots: int) -> Path:
     """The int8 export (float32 graphs kept) of the test checkpoint for K = shots, made once."""
     from lfm_deploy.export.pipeline import export_domain
     from lfm_deploy.manifest import read_manifest
-    from lfm_deploy.parity.testing import make_mixed_checkpoint
 
-    out = args.work / f"deepglobe-{args.size}-{shots}shot-int8"
+    out = args.work / f"deepglobe-{args.size}-{shots}shot-{args.checkpoint}-int8"
     if (out / "manifest.json").is_file():
         return out
     args.work.mkdir(parents=True, exist_ok=True)
-    ckpt = args.work / f"mixed-{args.size}-{shots}shot.pt"
-    if not ckpt.is_file():
-        info = make_mixed_checkpoint(ckpt, image_size=args.size, shots=shots)
-        log.info("test checkpoint %s: %.0f%% foreground, median |margin| %.2f", ckpt, 100 * info["foreground"],
-                 info["margin_median"])
+    ckpt = _checkpoint(args, shots)
     log.info("exporting K=%d at %d px with --precision int8 into %s", shots, args.size, out)
     try:
         export_domain("deepglobe", out=out, checkpoint=ckpt, shots=shots, image_size=args.size, precision="int8",
@@ -123,10 +144,11 @@ def _rows(art: Path, manifest: dict, threads: int) -> list[Row]:
                 lambda: SplitRunner(SessionFromOnnx(paths["encoder"], threads=threads),
                                     SessionFromOnnx(paths["head"], threads=threads), manifest))
 
-    def ov(paths, precision):
-        return (lambda: SessionFromOpenVINO(paths["head"], precision, threads=threads)(),
-                lambda: SplitRunner(SessionFromOpenVINO(paths["encoder"], precision, threads=threads),
-                                    SessionFromOpenVINO(paths["head"], precision, threads=threads), manifest))
+    def ov(paths, precision, islands=None):
+        def load(g):
+            return SessionFromOpenVINO(paths[g], precision, threads=threads, f32_islands=islands)
+
+        return (lambda: load("head")(), lambda: SplitRunner(load("encoder"), load("head"), manifest))
 
     rows = [Row("onnxruntime", "fp32", "CPU EP, float32 encoder -> head", *ort(fp32))]
     no_int8 = "the export has no int8 graphs (lfm-export --precision int8)"
@@ -136,7 +158,9 @@ def _rows(art: Path, manifest: dict, threads: int) -> list[Row]:
                     *ort(fp16)))
     if openvino_available():
         rows.append(Row("OpenVINO", "fp32", "CPU, f32 inference precision", *ov(fp32, "fp32")))
-        rows.append(Row("OpenVINO", "bf16", "CPU, bf16 inference precision (GroupNorm f32)", *ov(fp32, "bf16")))
+        rows.append(Row("OpenVINO", "bf16", "CPU, bf16 inference precision, GroupNorm kept f32",
+                        *ov(fp32, "bf16", ("groupnorm",))))
+        rows.append(Row("OpenVINO", "bf16", "CPU, bf16 inference precision, no f32 islands", *ov(fp32, "bf16", ())))
         rows.append(Row("OpenVINO", "int8", "CPU, int8 QDQ graphs", *ov(int8, "fp32")) if int8 else
                     Row("OpenVINO", "int8", "", skip=no_int8))
     else:
@@ -210,7 +234,6 @@ def _bench_k(args, shots: int) -> dict:
     encoder = SessionFromOnnx(art / ref_graphs["encoder"], threads=args.threads)
     head_feed = graph_feeds_of(feeds[:1], "head", ios, encoder)[0]
     eio = ios["episode"]
-    sessions = {id(r): r.head() for r in rows if not r.skip}
     torch.set_num_threads(args.threads)
     batches = {}
     for b in args.batch_sizes:
@@ -218,22 +241,41 @@ def _bench_k(args, shots: int) -> dict:
         batches[b] = ({**head_feed, ios["head"].input("query"): q},
                       [torch.from_numpy(np.repeat(feeds[0][eio.input(r)], b, axis=0)) for r in ("query", "supports", "masks")])
     eager_times = {b: [] for b in args.batch_sizes}
-    for r in range(args.warmup + args.rounds):
-        for b in args.batch_sizes:
-            feed, eager_in = batches[b]
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                model.shot_logits(*eager_in)
-            if r >= args.warmup:
-                eager_times[b].append(time.perf_counter() - t0)
-            for row in rows:
-                if row.skip:
-                    continue
-                t0 = time.perf_counter()
-                sessions[id(row)].run(None, feed)
-                if r >= args.warmup:
-                    row.times.setdefault(b, []).append(time.perf_counter() - t0)
-        log.info("K=%d: timing round %d/%d done", shots, r + 1, args.warmup + args.rounds)
+    live = [r for r in rows if not r.skip]
+
+    def eager_run(b, keep):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.shot_logits(*batches[b][1])
+        if keep:
+            eager_times[b].append(time.perf_counter() - t0)
+
+    def row_run(row, session, b, keep):
+        t0 = time.perf_counter()
+        session.run(None, batches[b][0])
+        if keep:
+            row.times.setdefault(b, []).append(time.perf_counter() - t0)
+
+    for b in args.batch_sizes:
+        if b == 1:
+            # Batch 1: every row's session alive, rounds interleaved over the rows and eager.
+            sessions = {id(r): r.head() for r in live}
+            for r in range(args.warmup + args.rounds):
+                eager_run(b, r >= args.warmup)
+                for row in live:
+                    row_run(row, sessions[id(row)], b, r >= args.warmup)
+            del sessions
+        else:
+            # Larger batches: one session at a time (each keeps its batch's activations, ~3 GB at
+            # 400 px and batch 8), an eager run before each row's block.
+            for row in live:
+                session = row.head()
+                eager_run(b, True)
+                for r in range(args.warmup + args.rounds):
+                    row_run(row, session, b, r >= args.warmup)
+                del session
+                gc.collect()
+        log.info("K=%d: batch %d timed", shots, b)
     eager = {b: _stats(eager_times[b], b) for b in args.batch_sizes}
     out_rows = [{"backend": "eager (PyTorch)", "precision": "fp32", "what": "full K-shot episode per query",
                  "speed": {str(b): {**eager[b], "x_eager": 1.0} for b in args.batch_sizes},
@@ -257,7 +299,7 @@ def _markdown(result: dict) -> str:
     lines = [f"# Backends x precisions ({result['size']}x{result['size']}, {result['threads']} threads, "
              f"{result['machine'].get('cpu', '')})", "",
              f"Masks: agreement with the eager float32 model and mIoU difference over {result['episodes']} seeded "
-             "validation episodes of a mixed-mask test checkpoint; gate = the reduced-precision accuracy gate "
+             f"validation episodes, test checkpoint `{result['checkpoint']}` (see the script's docstring); gate = the reduced-precision accuracy gate "
              "(>= 99% agreement, |mIoU diff| <= 0.5 points, eager-margin bound). Speed: p50 ms per image of the "
              "serving path (support set cached, one head run per batch) and its ratio to the eager K-shot episode "
              "at the same batch.", ""]
@@ -275,13 +317,14 @@ def _markdown(result: dict) -> str:
                                for b in bs)
             gate = "-" if r["gate"] is None else ("n/a (fp32)" if r["precision"] == "fp32" else
                                                  ("pass" if r["gate"]["passed"] else "FAIL: " + "; ".join(r["gate"]["failures"])))
-            lines.append(f"| {r['backend']} | {r['precision']} | {speed} | {100 * r['agreement']:.2f}% | "
+            label = r["precision"] + (" (no islands)" if "no f32 islands" in (r["what"] or "") else "")
+            lines.append(f"| {r['backend']} | {label} | {speed} | {100 * r['agreement']:.2f}% | "
                          f"{r['miou_delta_points']:+.2f} | {gate} |")
         lines.append("")
     best = result.get("best")
     if best:
         lines += [f"Best reduced-precision path that passes the gate, K = 1, batch 1: **{best['backend']} "
-                  f"{best['precision']}** at {best['x_eager']:.2f}x eager (target <= {TARGET_RATIO}x), agreement "
+                  f"{best['precision']}** ({best['what']}) at {best['x_eager']:.2f}x eager (target <= {TARGET_RATIO}x), agreement "
                   f"{100 * best['agreement']:.2f}%.", ""]
     else:
         lines += ["No reduced-precision path passed the gate at K = 1.", ""]
@@ -325,6 +368,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--episodes", type=int, default=4, help="validation episodes for the mask figures")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (interleaved over the rows)")
+    parser.add_argument("--checkpoint", choices=("trained", "mixed"), default="trained",
+                        help="test checkpoint: 'trained' (learner trained on synthetic data: a trained model's "
+                             "margins) or 'mixed' (untrained, re-biased: margins crowd at zero, the hard case)")
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-precision",
                         help="where the test checkpoints and exports are made (reused)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "precision",
@@ -350,8 +396,9 @@ def main(argv=None) -> dict:
                 continue
             x = r["speed"][b]["x_eager"]
             if best is None or x < best["x_eager"]:
-                best = {"backend": r["backend"], "precision": r["precision"], "x_eager": x, "agreement": r["agreement"]}
-    result = {"size": args.size, "threads": args.threads, "batch_sizes": args.batch_sizes, "episodes": args.episodes,
+                best = {"backend": r["backend"], "precision": r["precision"], "what": r["what"], "x_eager": x,
+                        "agreement": r["agreement"]}
+    result = {"checkpoint": args.checkpoint, "size": args.size, "threads": args.threads, "batch_sizes": args.batch_sizes, "episodes": args.episodes,
               "rounds": args.rounds, "per_shots": per_shots, "best": best,
               "targets": {"ratio": TARGET_RATIO, "agreement": TARGET_AGREEMENT},
               "machine": {**machine(), **library_versions()}, "seconds": round(time.perf_counter() - t0, 1),

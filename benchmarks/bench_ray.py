@@ -377,7 +377,7 @@ def run_serve(args, body: bytes, support) -> dict:
     seg = _direct_segmenter(args.artifacts, support, args.threads, args.max_batch)
     t0 = time.perf_counter()
     app = build_app(args.artifacts, [support[0]], [support[1]], replicas=1, max_batch=args.max_batch,
-                    threads=args.threads)
+                    threads=args.threads, spin_wait=args.serve_spin_wait)
     url = start_service(app, host="127.0.0.1", port=_free_port())
     startup = time.perf_counter() - t0
     direct, levels, reference = None, [], None
@@ -425,6 +425,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-wait", type=FiniteFloat(min=0).argparse_type(), default=30.0,
                         help="longest wait for --max-busy, per cell")
     parser.add_argument("--max-batch", type=int, default=8, help="Serve's largest dynamic batch")
+    parser.add_argument("--serve-spin-wait", action=argparse.BooleanOptionalAction, default=False,
+                        help="onnxruntime thread spinning in the Serve replica (off: lfm-serve's default)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ray",
                         help="output prefix: <out>.json, <out>.md")
     parser.add_argument("--overwrite", action="store_true", help="replace result files not written by a benchmark")

@@ -222,7 +222,8 @@ def ort_runner(model, providers=None, *, threads: int | None = None, low_memory:
     return OnnxrtRunner(SessionFromOnnx(model, providers, config=config), name=name)
 
 
-def ov_runner(path, precision: str = "fp32", *, threads: int | None = None, name: str | None = None):
+def ov_runner(path, precision: str = "fp32", *, threads: int | None = None, name: str | None = None,
+              f32_islands=None):
     """Polygraphy's `OnnxrtRunner` on the OpenVINO loader (`SessionFromOpenVINO`).
 
     Args:
@@ -230,6 +231,7 @@ def ov_runner(path, precision: str = "fp32", *, threads: int | None = None, name
         precision: "fp32" or "bf16".
         threads: OpenVINO inference threads (None: its default).
         name: runner name (default: Polygraphy's "onnxrt-runner-N").
+        f32_islands: bf16: the islands kept in f32 (None: the runtime's default).
 
     Raises:
         InputError: an invalid precision (at once); BackendUnavailable: OpenVINO missing (on activate).
@@ -238,7 +240,7 @@ def ov_runner(path, precision: str = "fp32", *, threads: int | None = None, name
 
     from ..runtime.openvino import SessionFromOpenVINO
 
-    return OnnxrtRunner(SessionFromOpenVINO(path, precision, threads=threads), name=name)
+    return OnnxrtRunner(SessionFromOpenVINO(path, precision, threads=threads, f32_islands=f32_islands), name=name)
 
 
 def run_feeds(runner, feeds: Sequence[Mapping[str, np.ndarray]]) -> tuple[dict[str, list[np.ndarray]], float | None]:

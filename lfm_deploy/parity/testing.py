@@ -16,7 +16,7 @@ from ..models.checkpoints import DEFAULT_SEED, build_model
 from ..utils.outputs import atomic_write_bytes
 from .episodes import validation_episode
 
-__all__ = ["LOGITS_LAYER", "make_mixed_checkpoint"]
+__all__ = ["LOGITS_LAYER", "make_mixed_checkpoint", "make_trained_checkpoint"]
 
 
 #: The learner's last convolution: its 2 output channels are the background / foreground logits.
@@ -77,3 +77,79 @@ def make_mixed_checkpoint(path: str | os.PathLike, *, image_size: int = 400, dom
     path = atomic_write_bytes(Path(path), buffer.getvalue())
     return {"path": path, "foreground": float(vote_masks(votes, shots).float().mean()),
             "margin_median": float(margin.abs().median()), "margin_std": float(margin.std())}
+
+
+def make_trained_checkpoint(path: str | os.PathLike, *, train_size: int = 160, iterations: int = 200,
+                            lr: float = 1e-3, domain: str = "deepglobe", seed: int = DEFAULT_SEED,
+                            threads: int | None = None, progress=None) -> dict:
+    """Write a test checkpoint that segments like a trained model: its learner trained on synthetic data.
+
+    The seeded default backbone stays as it is (frozen, as in HSNet); the HSNet learner is
+    trained for `iterations` 1-shot steps (Adam, class-balanced cross-entropy) on synthetic
+    episodes in the domain's style (`lfm_deploy.data.synthetic`, seeds other than the validation
+    episodes'). Unlike `make_mixed_checkpoint`, its margins are those of a model that has
+    learned the task: large where it is sure, small only near object boundaries (at 160 px, 200
+    steps: foreground IoU ~0.5 on the validation episodes, median |logit margin| ~4.5, 2% of the
+    pixels within 0.1 of a tie). The weights do not depend on the image size; training at 160 px
+    takes about a minute on 2 cores.
+
+    Args:
+        path: where to write it (a `torch.save` state dict of backbone and learner).
+        train_size: image size of the training episodes.
+        iterations, lr: the schedule.
+        domain: whose image style and normalisation.
+        seed: the default weights' seed, and the training data's.
+        threads: torch threads while training.
+        progress: optional callable(step, loss) called every 20 steps.
+
+    Returns:
+        {"path", "loss" (mean over the last 20 steps)}.
+    """
+    import torch.nn.functional as F
+
+    from ..data.synthetic import synthetic_pair
+    from ..preprocess import normalize_image, prepare_mask
+
+    dom = get_domain(domain)
+    model, _ = build_model(image_size=train_size, seed=seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    learner = model.hpn_learner
+    for p in learner.parameters():
+        p.requires_grad_(True)
+    learner.train()
+    opt = torch.optim.Adam(learner.parameters(), lr=lr)
+    rng = np.random.default_rng([seed, 7919])
+    gray = dom.color == "grayscale"
+
+    def pair(data_seed: int, cls: int, index: int):
+        image, mask = synthetic_pair(train_size + 37, data_seed, cls, index, grayscale=gray)
+        return (torch.from_numpy(normalize_image(image, train_size, dom.mean, dom.std))[None],
+                torch.from_numpy(prepare_mask(mask, train_size).astype(np.float32))[None])
+
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    losses = []
+    try:
+        for step in range(iterations):
+            data_seed, cls = int(rng.integers(10_000, 10**9)), int(rng.integers(0, 6))
+            query, query_mask = pair(data_seed, cls, 0)
+            support, support_mask = pair(data_seed, cls, 1)
+            logits = model(query, support, support_mask)
+            fg = query_mask.mean().clamp(0.05, 0.95)
+            loss = F.cross_entropy(logits, query_mask.long(), weight=torch.stack([0.5 / (1 - fg), 0.5 / fg]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if progress is not None and step % 20 == 0:
+                progress(step, float(np.mean(losses[-20:])))
+    finally:
+        torch.set_num_threads(saved)
+    learner.eval()
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(("backbone.", "hpn_learner."))}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = atomic_write_bytes(Path(path), buffer.getvalue())
+    return {"path": path, "loss": float(np.mean(losses[-20:]))}

@@ -116,7 +116,10 @@ class Segmenter:
         #: The graphs' tensors, read from the manifest and addressed by role (the graph contract).
         self._io = {name: graph_io(manifest, name) for name in files}
         if openvino:
-            self._loaders = {name: SessionFromOpenVINO(files[name], self.precision, threads=threads,
+            # A bf16 export names the f32 islands its gate was measured with; others get the default.
+            islands = ((manifest.get("precision") or {}).get("runtime") or {}).get("f32_islands") \
+                if isinstance(manifest.get("precision"), dict) else None
+            self._loaders = {name: SessionFromOpenVINO(files[name], self.precision, threads=threads, f32_islands=islands,
                                                        what=f"{name} graph") for name in files}
         else:
             self._loaders = {

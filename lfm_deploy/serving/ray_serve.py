@@ -232,7 +232,8 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
               support_masks: Sequence[str | os.PathLike], *, replicas: int = 1, max_batch: int = DEFAULT_MAX_BATCH,
               batch_wait_s: float = DEFAULT_BATCH_WAIT_S, threads: int | None = None,
               cpus_per_replica: float = DEFAULT_REPLICA_CPUS, providers="cpu", allow_fallback: bool = False,
-              allow_empty: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, precision: str | None = None):
+              allow_empty: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, precision: str | None = None,
+              spin_wait: bool = False):
     """The Serve application: checks the artifacts and the support set here, in the driver.
 
     Args:
@@ -247,6 +248,11 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         providers, allow_fallback, allow_empty, precision: as `Segmenter` ("openvino" with
             precision "bf16" for OpenVINO bf16).
         max_body_bytes: request bodies above this get 413.
+        spin_wait: onnxruntime's idle threads spin in the replicas (`SessionConfig.spin_wait`).
+            Off by default: a replica shares the machine's cores with Serve's proxy and router,
+            and at 16 concurrent clients (400 px, 2 cores) spinning cost ~5% of the throughput
+            (0.90x vs 0.95x of the local Segmenter at batch 8), while one client's p50 went from
+            1.02x to 1.13x of a direct call (benchmarks/bench_ray.py, --serve-spin-wait).
 
     Returns:
         A bound Serve application for `serve.run`.
@@ -262,6 +268,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
                       allow_empty=allow_empty, precision=precision)
     threads = threads or max(1, (os.cpu_count() or 1) // replicas)
     options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads, "precision": precision,
+               "spin_wait": spin_wait,
                "batch_size": max_batch, "allow_empty": allow_empty}
     deployment = serve.deployment(
         SegmentService, name="segmenter", num_replicas=replicas,

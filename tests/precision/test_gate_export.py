@@ -126,7 +126,12 @@ def test_openvino_bf16_passes_the_gate(mixed_exported, tmp_path):
     pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'lfm-deploy[openvino]'")
     out, _ = _reduce(mixed_exported, tmp_path, "bf16", threads=2)
     assert out.passed, "\n".join(line for g in out.gates for line in g.lines())
-    assert out.runtime == {"backend": "openvino", "precision": "bf16"}
+    assert out.runtime["backend"] == "openvino" and out.runtime["precision"] == "bf16"
+    # The f32 islands were chosen on held-out episodes: the first set that passed (else the last
+    # candidate, GroupNorm) is recorded, and the gate ran with it.
+    tried = out.details["islands_tried"]
+    assert [t["f32_islands"] for t in tried] == [list(x) for x in precision_pipeline.BF16_ISLANDS][: len(tried)]
+    assert out.runtime["f32_islands"] == next((t["f32_islands"] for t in tried if t["passed"]), ["groupnorm"])
     assert out.graphs == {"episode": "episode.onnx", "encoder": "encoder.onnx", "head": "head.onnx"}
     assert [g.backend for g in out.gates] == ["OpenVINO CPU bf16, encoder -> head", "OpenVINO CPU bf16, episode graph"]
 
