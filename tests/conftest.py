@@ -67,16 +67,17 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mixed_exported(tmp_path_factory):
-    """A small (160 px) 1-shot deepglobe export of a checkpoint whose masks are mixed
-    (`lfm_deploy.parity.testing.make_mixed_checkpoint`): mask checks on it measure something.
+    """A small (160 px) 1-shot deepglobe export of a checkpoint whose masks are mixed: the HSNet
+    learner trained on synthetic episodes (`lfm_deploy.parity.testing.make_trained_checkpoint`,
+    ~30 s), so mask checks on it measure something and its margins look like a trained model's.
 
     Returns (ExportResult, checkpoint path). Tests must not modify the directory (copy it first).
     """
     from lfm_deploy.export.pipeline import export_domain
-    from lfm_deploy.parity.testing import make_mixed_checkpoint
+    from lfm_deploy.parity.testing import make_trained_checkpoint
 
     base = tmp_path_factory.mktemp("mixed")
-    checkpoint = make_mixed_checkpoint(base / "mixed.pt", image_size=TEST_IMAGE_SIZE)["path"]
+    checkpoint = make_trained_checkpoint(base / "trained.pt", train_size=TEST_IMAGE_SIZE, threads=2)["path"]
     result = export_domain("deepglobe", out=base / "export", checkpoint=checkpoint, image_size=TEST_IMAGE_SIZE,
                            progress=False)
     return result, checkpoint

@@ -185,6 +185,7 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
                 rows.append(row)
             bar.update(len(chunk))
     out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in rows))
+    out.flush()
     written = len(rows) - len(failed)
     renamed = [(f, stem) for f, stem in zip(files, stems) if stem != f.stem]
     for f, stem in renamed:

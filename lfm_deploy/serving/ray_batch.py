@@ -188,6 +188,7 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         # Also when interrupted: the table lists what was done (a re-run resumes from the files).
         ordered = [rows[i] for i in sorted(rows)]
         out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in ordered))
+        out.flush()
     failed = sum(r["status"] == "error" for r in ordered)
     return BatchReport(total=len(items), succeeded=len(ordered) - failed - skipped, skipped=skipped, failed=failed,
                        out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered,

@@ -43,6 +43,8 @@ RECORD_NAME = ".lfm-deploy-outputs.json"
 #: appending keeps a job of n files linear in n, where rewriting the record per file was n^2.
 JOURNAL_NAME = ".lfm-deploy-outputs.journal"
 _BOOKKEEPING = (RECORD_NAME, JOURNAL_NAME)
+#: Outputs of up to this many files keep their record in one file, rewritten per file.
+_WHOLE_RECORD_FILES = 64
 #: The key that stamps a JSON output of this tool with its kind.
 STAMP_KEY = "lfm_deploy_output"
 
@@ -637,16 +639,26 @@ class OutputDir:
         self._record(rel, _entry(target))
         return target
 
+    def flush(self) -> None:
+        """Fold the journal into the record (one bookkeeping file again); call when done writing."""
+        with self._lock:
+            if self._journalled:
+                _write_record(self.path, self.kind, self._files)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / JOURNAL_NAME)
+                self._journalled = 0
+
     def _record(self, rel: str, entry: dict) -> None:
         """Add one file to the record: a journal line, the whole record now and then.
 
-        The whole record is rewritten when the journal has grown as long as the record (so a
-        job of n files writes O(n) record bytes in all); a crash between leaves the journal,
-        which `read_record` merges.
+        Up to `_WHOLE_RECORD_FILES` files the record is simply rewritten (one bookkeeping file
+        next to small outputs); beyond, it is rewritten when the journal has grown to half the
+        record, so a job of n files writes O(n) record bytes in all. A crash between leaves the
+        journal, which `read_record` merges.
         """
         with self._lock:
             self._files[rel] = entry
-            if not self._recorded or self._journalled >= max(64, len(self._files) // 2):
+            if not self._recorded or len(self._files) <= _WHOLE_RECORD_FILES or self._journalled >= len(self._files) // 2:
                 _write_record(self.path, self.kind, self._files)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path / JOURNAL_NAME)
