@@ -170,3 +170,16 @@ def test_a_tighter_gate_refuses_what_the_default_passes(mixed_exported, tmp_path
     assert not out.passed
     failures = out.gates[0].failures
     assert any("mask agreement" in f for f in failures) and any("eager |margin| > 0.0001" in f for f in failures)
+
+
+def test_calibration_folder_calibrates_and_joins_the_gate(mixed_exported, tmp_path):
+    """`--calibration DIR`: the user's labelled pairs calibrate the ranges and are gated too."""
+    from lfm_deploy.data.synthetic import make_support_folder
+
+    folder = tmp_path / "mine"
+    make_support_folder(folder, count=3, size=TEST_IMAGE_SIZE + 20, seed=5)
+    out, _ = _reduce(mixed_exported, tmp_path, "fp16", calibration=folder)
+    assert out.calibration.startswith(f"your labelled images: {folder} (3 episodes)")
+    gate = out.gates[0]
+    assert gate.episodes == 3 + 3 and f"your labelled images: {folder}" in gate.data
+    assert out.passed, "\n".join(line for g in out.gates for line in g.lines())

@@ -346,3 +346,13 @@ def test_bf16_follows_the_exports_gate(exported, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="lfm_deploy"):
         Segmenter.from_artifacts(src, providers="openvino", precision="bf16", threads=1)
     assert "was not gated for bf16" in caplog.text
+
+
+def test_compiled_model_cache_is_opt_in_and_outside_the_artifacts(exported, tmp_path):
+    src = exported(shots=1).out_dir
+    cache = tmp_path / "ov-cache"
+    Segmenter.from_artifacts(src, providers="openvino", threads=1, openvino_cache=cache)
+    assert cache.is_dir() and any(cache.iterdir())  # the encoder's compiled model
+    with pytest.raises(InputError, match="inside the artifact directory"):
+        Segmenter.from_artifacts(src, providers="openvino", threads=1, openvino_cache=src / "cache")
+    assert not (src / "cache").exists()
