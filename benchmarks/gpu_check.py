@@ -252,7 +252,8 @@ def _export(ctx: Context, name: str, out: Path, precision: str) -> StepResult:
     result = StepResult(name)
     threads = max(1, (os.cpu_count() or 2) // 2)  # the two exports run side by side
     spec = dict(out=str(out), checkpoint=str(ctx.checkpoint), size=ctx.args.size, precision=precision,
-                gate_episodes=ctx.args.gate_episodes, threads=threads)
+                gate_episodes=ctx.args.gate_episodes, calibration_episodes=ctx.args.calibration_episodes,
+                threads=threads)
     shown = (f"export_domain('deepglobe', out={str(out)!r}, checkpoint={str(ctx.checkpoint)!r}, "
              f"image_size={ctx.args.size}, precision={precision!r}" +
              (f", gate_episodes={ctx.args.gate_episodes})" if precision != "fp32" else ")") +
@@ -747,7 +748,9 @@ def _work(spec: dict) -> None:
         from lfm_deploy.export.pipeline import export_domain
 
         torch.set_num_threads(int(spec["threads"]))
-        kwargs = {"gate_episodes": int(spec["gate_episodes"])} if spec["precision"] != "fp32" else {}
+        kwargs = ({"gate_episodes": int(spec["gate_episodes"]),
+                   "calibration_episodes": int(spec.get("calibration_episodes", 8))}
+                  if spec["precision"] != "fp32" else {})
         result = export_domain("deepglobe", out=spec["out"], checkpoint=spec["checkpoint"], image_size=int(spec["size"]),
                                precision=spec["precision"], threads=int(spec["threads"]), progress=False, **kwargs)
         print(json.dumps({"passed": bool(result.passed), "out": str(result.out_dir)}))
@@ -768,6 +771,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="seconds for the whole run")
     parser.add_argument("--episodes", type=int, default=3, help="lfm-verify episodes")
     parser.add_argument("--gate-episodes", type=int, default=3, help="int8 export: accuracy-gate episodes")
+    parser.add_argument("--calibration-episodes", type=int, default=8,
+                        help="int8 export: calibration (and held-out selection) episodes")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="bench batch sizes")
     parser.add_argument("--warmup", type=int, default=1, help="bench untimed runs per cell")
     parser.add_argument("--iters", type=int, default=5, help="bench timed runs per cell")

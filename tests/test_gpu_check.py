@@ -241,7 +241,8 @@ def test_real_dry_run_at_64_px(tmp_path):
     """The real path, as a user runs it: both exports at 64 px (about 90 s on 2 cores), then the
     stop at the CUDA step."""
     out = tmp_path / "gpu"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--size", "64", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--size", "64", "--calibration-episodes", "2",
+                           "--gate-episodes", "2", "--out", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "dry run stopped at step 'cuda'" in proc.stderr and "nvidia-smi" in proc.stderr
