@@ -23,7 +23,7 @@ for 200 steps on synthetic episodes (`lfm_deploy.parity.testing.make_trained_che
 margins look like a trained model's; `--checkpoint mixed`: the untrained weights re-biased to mixed
 masks (`make_mixed_checkpoint`), whose margins crowd at zero (the hard case). The exports
 (`lfm-export --precision int8`, which keeps the float32 graphs too) are made once per K into
-`--work` and reused; the fp16 graphs are made next to them.
+`--work` and reused; the fp16 graphs are made in a folder beside each export.
 
     python benchmarks/bench_precision.py --shots 1 5 --size 400 --threads 2 --rounds 5 --episodes 4
 
@@ -117,9 +117,12 @@ def _fp16_graphs(art: Path, manifest: dict, threads: int) -> dict[str, Path]:
     from lfm_deploy.tensorrt.fp16 import graph_feeds, prepare_fp16_graph
 
     ref = manifest.get("reference_graphs") or {g: e["file"] for g, e in manifest["graphs"].items()}
+    # Beside the export, not in it: an lfm-export directory holds only what lfm-export wrote.
+    work = art.with_name(art.name + "-fp16")
+    work.mkdir(exist_ok=True)
     out = {}
     for g in ("encoder", "head"):
-        path = art / f"{g}.fp16.onnx"
+        path = work / f"{g}.fp16.onnx"
         if not path.is_file():
             prepare_fp16_graph(art / ref[g], path, graph_feeds(art, g, episodes=2, seed=2000, threads=threads),
                                threads=threads)

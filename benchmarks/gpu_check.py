@@ -33,7 +33,7 @@ Steps, in order (each a function below, run as a subprocess with a timeout; logs
                 no int8 backend: verify-int8's mean ms is the int8 engine's figure)
 
 A step whose inputs failed is marked skipped (with the reason); independent steps still run.
-`gpu_report.md` and `gpu_report.json` under --out (default `results/gpu-<date>`) hold every
+`gpu_report.md` and `gpu_report.json` under --out (default `results/gpu-<date>-<time>, a new folder per run`) hold every
 step's status, time, command and key figures; they are rewritten after every step, so a run cut
 short still leaves a report. Progress lines go to stderr.
 
@@ -762,7 +762,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default results/gpu-<date>)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default results/gpu-<date>-<time>, a new folder per run)")
     parser.add_argument("--size", type=int, default=400, help="image size of the test exports (px)")
     parser.add_argument("--dry-run", action="store_true",
                         help="no pip installs; run the steps that need no GPU, stop at the first that does")
@@ -781,24 +781,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--engine-timeout", type=int, default=300)
     parser.add_argument("--verify-timeout", type=int, default=300)
     parser.add_argument("--bench-timeout", type=int, default=300)
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier gpu_check report folder")
     args = parser.parse_args(argv)
     if not args.worker:
         if args.size < 32 or args.budget < 30 or args.episodes < 1 or args.gate_episodes < 1 or args.iters < 1 \
-                or args.warmup < 0 or min(args.batch_sizes) < 1:
-            parser.error("--size must be >= 32, --budget >= 30, --episodes/--gate-episodes/--iters/batch sizes >= 1, "
-                         "--warmup >= 0")
+                or args.calibration_episodes < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
+            parser.error("--size must be >= 32, --budget >= 30, --episodes/--gate-episodes/--calibration-episodes/"
+                         "--iters/batch sizes >= 1, --warmup >= 0")
     return args
 
 
-def prepare_out(out: Path | None, overwrite: bool) -> Path:
-    out = out or ROOT / "results" / f"gpu-{_dt.date.today().isoformat()}"
+def prepare_out(out: Path | None) -> Path:
+    """The report folder: new or empty. Nothing in it is ever deleted (an earlier run's files
+    included): the default name carries the time, so each run gets its own."""
+    out = out or ROOT / "results" / f"gpu-{_dt.datetime.now().strftime('%Y-%m-%d-%H%M%S')}"
     out = out.resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite or not (out / REPORT_JSON).is_file():
-            raise SystemExit(f"gpu_check: error: --out {out} exists and is not empty; pass another --out"
-                             + ("" if not (out / REPORT_JSON).is_file() else ", or --overwrite to replace that report"))
-        shutil.rmtree(out)
+        raise SystemExit(f"gpu_check: error: --out {out} exists and is not empty; pass a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -808,7 +806,7 @@ def main(argv=None) -> int:
     if args.worker:
         worker(json.loads(args.worker))
         return 0
-    out = prepare_out(args.out, args.overwrite)
+    out = prepare_out(args.out)
     progress(f"{'dry run' if args.dry_run else 'GPU check'} at {args.size} px into {out}")
     return run(args, out)
 

@@ -226,11 +226,11 @@ def test_out_folder_is_never_clobbered(gpu_check, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
+    (taken / "gpu_report.json").write_text("{}")  # an earlier report, or a file of that name: kept either way
     with pytest.raises(SystemExit, match="exists and is not empty"):
-        gpu_check.prepare_out(taken, overwrite=True)  # not a gpu_check report: never removed
-    assert (taken / "notes.txt").is_file()
-    (taken / "gpu_report.json").write_text("{}")
-    assert gpu_check.prepare_out(taken, overwrite=True) == taken.resolve() and not any(taken.iterdir())
+        gpu_check.prepare_out(taken)
+    assert sorted(p.name for p in taken.iterdir()) == ["gpu_report.json", "notes.txt"]
+    assert gpu_check.prepare_out(tmp_path / "new") == (tmp_path / "new").resolve()
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--size", "8"])
 

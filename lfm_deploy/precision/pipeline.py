@@ -166,17 +166,17 @@ def reduce_precision(
     ios = {g: default_io(g, size, shots, model.feature_hw) for g in ("episode", "encoder", "head")}
     fp32 = {g: workdir / f for g, f in graphs.items()}
 
-    step("reading calibration data")
-    calib = _calibration_data(meta, calibration, seed, calibration_episodes)
+    step("reading the gate's episodes")
     gate_data = _gate_data(meta, calibration, seed, gate_episodes)
     held_out = None
-    if precision in ("int8", "bf16"):
+    if precision in ("int8", "bf16"):  # the choice of float parts is made on episodes of its own
         first = seed + SELECTION_SEED_OFFSET
         feeds, truths = parity_episodes(meta, calibration_episodes, first)
         held_out = GateData(feeds, truths, f"held-out validation episodes (synthetic, seeds {first}.."
                                            f"{first + calibration_episodes - 1})")
     step(f"eager float32 reference on {len(gate_data) + (len(held_out) if held_out else 0)} episodes")
     ref_gate = eager_reference(model, gate_data, shots, threads=threads)
+    ref_held_out = eager_reference(model, held_out, shots, threads=threads) if held_out else None
 
     def gate(runner, data, ref, backend, tol=tolerances) -> GateReport:
         return run_gate(ref, runner, data, tol, precision=precision, backend=backend, shots=shots, image_size=size)
@@ -184,13 +184,13 @@ def reduce_precision(
     selection = replace(tolerances, mask=Tolerance("agreement", 1 - SELECTION_SLACK * (1 - tolerances.mask.limit)),
                         miou=Tolerance("miou_delta", SELECTION_SLACK * tolerances.miou.limit))
     if precision == "bf16":
-        ref_held_out = eager_reference(model, held_out, shots, threads=threads)
         return _bf16(fp32, graphs, ios, shots, gate_data, ref_gate, gate, threads, step, held_out, ref_held_out,
                      selection)
+    step("reading calibration data")
+    calib = _calibration_data(meta, calibration, seed, calibration_episodes)
     encoder32 = SessionFromOnnx(fp32["encoder"], threads=threads, what="encoder graph")
     feeds = {g: graph_feeds_of(calib.feeds, g, ios, encoder32) for g in fp32}
     if precision == "int8":
-        ref_held_out = eager_reference(model, held_out, shots, threads=threads)
         made, details = _int8(workdir, fp32, feeds, held_out, ref_held_out, lambda *a: gate(*a, tol=selection),
                               lambda out: _split(out, ios, shots, threads=threads), step)
     else:
@@ -198,7 +198,8 @@ def reduce_precision(
     result = PrecisionResult(precision, {g: p.name for g, p in made.items()},
                              {"backend": "onnxruntime", "precision": precision}, calib.label, details=details)
     step(f"{precision} gate: encoder -> head on {len(gate_data)} episodes")
-    result.gates.append(gate(_split(made, ios, shots, threads=threads), gate_data, ref_gate, f"onnxruntime CPU, {precision} encoder -> head"))
+    result.gates.append(gate(_split(made, ios, shots, threads=threads), gate_data, ref_gate,
+                             f"onnxruntime CPU, {precision} encoder -> head"))
     if "episode" in made:
         from ..parity.runners import ort_runner
 
@@ -273,14 +274,12 @@ BF16_ISLANDS = ((), ("groupnorm",))
 
 def _bf16(fp32, graphs, ios, shots, gate_data, ref_gate, gate, threads, step, held_out=None, ref_held_out=None,
           selection=None):
-    from ..parity.runners import SplitRunner, ov_runner
+    from ..parity.runners import ov_runner
     from ..runtime.openvino import SessionFromOpenVINO
 
-    contract = {"shots": int(shots), "graphs": {g: io.to_dict() for g, io in ios.items()}}
-
     def split(islands):
-        return SplitRunner(*(SessionFromOpenVINO(fp32[g], "bf16", threads=threads, f32_islands=islands)
-                             for g in ("encoder", "head")), contract)
+        return _split(fp32, ios, shots, loader=SessionFromOpenVINO, precision="bf16", threads=threads,
+                      f32_islands=islands)
 
     tried, chosen = [], BF16_ISLANDS[-1]
     if held_out is not None:

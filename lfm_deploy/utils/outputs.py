@@ -236,12 +236,15 @@ def _refuse_cwd(target: Path, where: _Where, what: str) -> None:
 # -- records -------------------------------------------------------------------------------------
 
 def _walk_files(directory: Path) -> list[str]:
-    """Relative paths of every file (and link) below `directory`, the record excluded."""
+    """Relative paths of every file (and link) below `directory`, the record and its journal
+    excluded when they are ours (a readable record); a file that only bears one of their names
+    is listed like any other, so it is never taken for bookkeeping and lost."""
+    ours = read_record(directory) is not None
     found = []
     for root, dirs, files in os.walk(directory, followlinks=False):
         for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             rel = os.path.relpath(os.path.join(root, name), directory)
-            if rel not in _BOOKKEEPING:
+            if not (ours and rel in _BOOKKEEPING):
                 found.append(rel)
     return sorted(found)
 
@@ -583,6 +586,10 @@ class OutputDir:
             raise _error(self.where, f"{{where}} is an earlier {record['kind']}; writing {kind} files into it "
                          "would mix them with that output", api_hint="pass a directory of its own",
                          cli_hint=f"choose another {flag or 'directory'}")
+        if record is None and os.path.lexists(self.path / JOURNAL_NAME):
+            raise _error(self.where, f"{{where}} holds a file named {JOURNAL_NAME} that is not an lfm-deploy record; "
+                         "it is left as it is", api_hint="move it or pass another directory",
+                         cli_hint=f"move it or choose another {flag or 'directory'}")
         self._files = dict(record["files"]) if record is not None else {}
         self._claimed: dict[str, str] = {}
         self._recorded = record is not None  # the record file exists (journal entries go after it)

@@ -312,3 +312,21 @@ def test_record_grows_by_journal_and_stays_linear(tmp_path, monkeypatch):
     again.write_text("extra.txt", "x")
     again.flush()
     assert not journal.exists() and "extra.txt" in outputs.read_record(tmp_path / "many")["files"]
+
+
+def test_files_that_only_bear_the_bookkeeping_names_are_the_users(tmp_path):
+    """A user's file named like the journal (or an unreadable record) is never taken for ours."""
+    from lfm_deploy.errors import OutputError
+    from lfm_deploy.utils import outputs
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / outputs.JOURNAL_NAME).write_text("my notes\n")
+    with pytest.raises(OutputError, match="not an lfm-deploy record"):
+        outputs.OutputDir(mine, flag="--out", kind="test output")
+    assert outputs.foreign_files(mine, "test output") is None  # all of it is the user's
+    assert (mine / outputs.JOURNAL_NAME).read_text() == "my notes\n"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / outputs.RECORD_NAME).write_text("not json")
+    assert outputs.foreign_files(other, "test output") is None
