@@ -26,7 +26,7 @@ def _restore_rng():
 
 
 #: Fixtures that export or run the full model: a test using one belongs to the slow tier.
-SLOW_FIXTURES = {"exported", "mixed_exported"}
+SLOW_FIXTURES = {"exported", "trained_int8_export"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,19 +45,20 @@ TEST_IMAGE_SIZE = 160
 def exported(tmp_path_factory):
     """Factory for small (160 px) deepglobe exports, cached per (shots, lowering) for the session.
 
-    Usage: `exported(shots=1)` -> ExportResult whose `out_dir` holds episode/encoder/head.onnx.
+    Usage: `exported(shots=1)` -> ExportResult whose `out_dir` holds episode/encoder/head.onnx
+    (`split=False`: episode.onnx only).
     Tests must not modify the returned directory (copy it first).
     """
     cache = {}
 
-    def make(shots: int = 1, lowering: str = "matmul", triton: bool = False):
-        key = (shots, lowering, triton)
+    def make(shots: int = 1, lowering: str = "matmul", triton: bool = False, split: bool = True):
+        key = (shots, lowering, triton, split)
         if key not in cache:
             from lfm_deploy.export.pipeline import export_domain
 
             out = tmp_path_factory.mktemp("export") / f"deepglobe-{shots}shot-{lowering}"
             cache[key] = export_domain(
-                "deepglobe", out=out, shots=shots, lowering=lowering, triton=triton,
+                "deepglobe", out=out, shots=shots, lowering=lowering, triton=triton, split=split,
                 image_size=TEST_IMAGE_SIZE, progress=False,
             )
         return cache[key]
@@ -66,18 +67,49 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mixed_exported(tmp_path_factory):
-    """A small (160 px) 1-shot deepglobe export of a checkpoint whose masks are mixed: the HSNet
-    learner trained on synthetic episodes (`lfm_deploy.parity.testing.make_trained_checkpoint`,
-    ~30 s), so mask checks on it measure something and its margins look like a trained model's.
+def trained_int8_export(tmp_path_factory):
+    """`lfm-export --precision int8` (the real command, at 160 px) of a checkpoint whose masks are
+    mixed: the HSNet learner trained on synthetic episodes
+    (`lfm_deploy.parity.testing.make_trained_checkpoint`, ~30 s), so mask checks on it measure
+    something and its margins look like a trained model's. The export also keeps its validated
+    float32 graphs (`manifest["reference_graphs"]`), which the other reduced-precision tests start
+    from.
 
-    Returns (ExportResult, checkpoint path). Tests must not modify the directory (copy it first).
+    Returns (export directory, checkpoint path, the command's output). Tests must not modify the
+    directory (copy it first).
     """
-    from lfm_deploy.export.pipeline import export_domain
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from lfm_deploy.cli.export import main
+    from lfm_deploy.domains import get_domain, register_domain
     from lfm_deploy.parity.testing import make_trained_checkpoint
 
-    base = tmp_path_factory.mktemp("mixed")
+    base = tmp_path_factory.mktemp("trained")
     checkpoint = make_trained_checkpoint(base / "trained.pt", train_size=TEST_IMAGE_SIZE, threads=2)["path"]
-    result = export_domain("deepglobe", out=base / "export", checkpoint=checkpoint, image_size=TEST_IMAGE_SIZE,
-                           progress=False)
-    return result, checkpoint
+    out = base / "int8"
+    # The CLI has no image-size option: the domain entry is overridden for this export only.
+    original = get_domain("deepglobe")
+    register_domain(replace(original, image_size=TEST_IMAGE_SIZE), overwrite=True)
+    try:
+        res = CliRunner().invoke(main, ["--domain", "deepglobe", "--checkpoint", str(checkpoint), "--out", str(out),
+                                        "--precision", "int8", "--gate-episodes", "3", "--calibration-episodes", "3",
+                                        "--quiet"])
+    finally:
+        register_domain(original, overwrite=True)
+    assert res.exit_code == 0, res.output
+    return out, checkpoint, res.output
+
+
+def reuse_exports(monkeypatch, source):
+    """Make `export_domain` copy already-exported graphs from `source` instead of exporting them
+    (for tests about what happens around the export: output folders, validation, precision)."""
+    import shutil
+
+    from lfm_deploy.export import pipeline
+
+    def fake_export(module, example_inputs, path, inputs, outputs, **kwargs):
+        shutil.copyfile(source / path.name, path)
+
+    monkeypatch.setattr(pipeline, "export_onnx", fake_export)

@@ -1,16 +1,16 @@
-"""Reduced precision through the one accuracy gate, on a checkpoint whose masks are mixed:
-int8 and fp16 graphs and OpenVINO bf16 pass or are refused as designed."""
+"""Reduced precision through the one accuracy gate, on a checkpoint whose masks are mixed (the
+session fixture `trained_int8_export`): int8 and fp16 graphs and OpenVINO bf16 pass or are
+refused as designed."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from lfm_deploy.contract import graph_io
+from lfm_deploy.domains import get_domain
 from lfm_deploy.errors import PrecisionGateError
 from lfm_deploy.export.pipeline import export_domain
 from lfm_deploy.manifest import MANIFEST_NAME
@@ -18,50 +18,43 @@ from lfm_deploy.parity.runners import ModelFromManifest
 from lfm_deploy.precision import pipeline as precision_pipeline
 from lfm_deploy.precision.pipeline import reduce_precision
 
-from ..conftest import TEST_IMAGE_SIZE
+from ..conftest import TEST_IMAGE_SIZE, reuse_exports
 
 
-def _reduce(mixed_exported, tmp_path, precision, **kwargs):
-    """reduce_precision on a copy of the mixed export (what export_domain runs after validation)."""
-    result, _ = mixed_exported
+def _float32_copy(trained_int8_export, tmp_path):
+    """A copy of the trained int8 export, its manifest, the eager model, and its float32 graphs
+    (what `export_domain` hands `reduce_precision` after validation)."""
+    source, _, _ = trained_int8_export
     work = tmp_path / "work"
-    shutil.copytree(result.out_dir, work)
+    shutil.copytree(source, work)
     manifest = json.loads((work / MANIFEST_NAME).read_text())
     model = ModelFromManifest(manifest)()
-    dom = __import__("lfm_deploy.domains", fromlist=["get_domain"]).get_domain("deepglobe")
-    graphs = {g: manifest["graphs"][g]["file"] for g in manifest["graphs"]}
+    return work, manifest, model, dict(manifest["reference_graphs"])
+
+
+def _reduce(trained_int8_export, tmp_path, precision, **kwargs):
+    """reduce_precision on the float32 graphs of a copy of the trained export."""
+    work, _, model, graphs = _float32_copy(trained_int8_export, tmp_path)
+    dom = get_domain("deepglobe")
     out = reduce_precision(precision, work, graphs, model, domain="deepglobe", shots=1,
                            tolerances=dom.precision_gates[precision], gate_episodes=3, calibration_episodes=2,
                            **kwargs)
     return out, work
 
 
-def test_cli_int8_export_passes_the_gate_and_the_runtime_serves_it(mixed_exported, tmp_path):
-    from lfm_deploy.cli.export import main
+def test_cli_int8_export_passes_the_gate_and_the_runtime_serves_it(trained_int8_export):
+    """`lfm-export --precision int8` (run by the fixture, the real command at 160 px)."""
     from lfm_deploy.runtime import Segmenter
 
-    _, checkpoint = mixed_exported
-    out = tmp_path / "int8"
-    # image size: the CLI has no option for it; the domain entry is overridden for this test only.
-    from lfm_deploy.domains import get_domain, register_domain
-    from dataclasses import replace
-
-    original = get_domain("deepglobe")
-    register_domain(replace(original, image_size=TEST_IMAGE_SIZE), overwrite=True)
-    try:
-        res = CliRunner().invoke(main, ["--domain", "deepglobe", "--checkpoint", str(checkpoint), "--out", str(out),
-                                        "--precision", "int8", "--gate-episodes", "3", "--calibration-episodes", "3",
-                                        "--quiet"])
-    finally:
-        register_domain(original, overwrite=True)
-    assert res.exit_code == 0, res.output
-    assert "[ok] int8 gate" in res.output
+    out, _, output = trained_int8_export
+    assert "[ok] int8 gate" in output
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     precision = manifest["precision"]
     assert precision["name"] == "int8" and precision["gate"]["passed"]
     assert {g: e["file"] for g, e in manifest["graphs"].items()} == {
         "episode": "episode.int8.onnx", "encoder": "encoder.int8.onnx", "head": "head.int8.onnx"}
-    assert manifest["reference_graphs"]["head"] == "head.onnx" and "head.onnx" in manifest["files"]
+    assert manifest["reference_graphs"] == {"episode": "episode.onnx", "encoder": "encoder.onnx", "head": "head.onnx"}
+    assert all(f in manifest["files"] for f in manifest["reference_graphs"].values())
     runs = precision["gate"]["runs"]
     assert len(runs) == 2 and all(r["agreement"] >= 0.99 and not r["vacuous"] for r in runs)
     assert precision["calibration"].startswith("validation episodes (synthetic, seeds 1000")
@@ -96,11 +89,13 @@ def test_cli_int8_export_passes_the_gate_and_the_runtime_serves_it(mixed_exporte
     assert (got == eager).mean() >= 0.98
 
 
-def test_int8_quantized_badly_is_refused_and_kept_aside(mixed_exported, tmp_path, monkeypatch):
+def test_int8_quantized_badly_is_refused_and_kept_aside(trained_int8_export, tmp_path, monkeypatch):
     """A forced failure: the masker quantized too (no float islands), no float share to fall back
     on, and ranges calibrated on images a thousand times too faint: the masks move, the gate
-    refuses the export, and its files are kept aside."""
-    _, checkpoint = mixed_exported
+    refuses the export, and its files are kept aside. (The float32 graphs are copied from the
+    fixture's export of the same checkpoint, and validated again, instead of re-exported.)"""
+    source, checkpoint, _ = trained_int8_export
+    reuse_exports(monkeypatch, source)
     from lfm_deploy.parity import episodes
 
     real = episodes.graph_feeds_of
@@ -124,8 +119,8 @@ def test_int8_quantized_badly_is_refused_and_kept_aside(mixed_exported, tmp_path
     assert (failed / "head.int8.onnx").is_file()
 
 
-def test_fp16_graphs_pass_the_gate(mixed_exported, tmp_path):
-    out, work = _reduce(mixed_exported, tmp_path, "fp16")
+def test_fp16_graphs_pass_the_gate(trained_int8_export, tmp_path):
+    out, work = _reduce(trained_int8_export, tmp_path, "fp16")
     assert out.passed, "\n".join(line for g in out.gates for line in g.lines())
     assert out.graphs == {"episode": "episode.fp16.onnx", "encoder": "encoder.fp16.onnx", "head": "head.fp16.onnx"}
     assert all((work / f).is_file() for f in out.graphs.values())
@@ -134,9 +129,9 @@ def test_fp16_graphs_pass_the_gate(mixed_exported, tmp_path):
     assert conv["fp16_nodes"] > 0 and conv["fp32_nodes"] > 0
 
 
-def test_openvino_bf16_passes_the_gate(mixed_exported, tmp_path):
+def test_openvino_bf16_passes_the_gate(trained_int8_export, tmp_path):
     pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'lfm-deploy[openvino]'")
-    out, _ = _reduce(mixed_exported, tmp_path, "bf16", threads=2)
+    out, _ = _reduce(trained_int8_export, tmp_path, "bf16", threads=2)
     assert out.passed, "\n".join(line for g in out.gates for line in g.lines())
     assert out.runtime["backend"] == "openvino" and out.runtime["precision"] == "bf16"
     # The f32 islands were chosen on held-out episodes: the first set that passed (else the last
@@ -148,23 +143,17 @@ def test_openvino_bf16_passes_the_gate(mixed_exported, tmp_path):
     assert [g.backend for g in out.gates] == ["OpenVINO CPU bf16, encoder -> head", "OpenVINO CPU bf16, episode graph"]
 
 
-def test_a_tighter_gate_refuses_what_the_default_passes(mixed_exported, tmp_path):
+def test_a_tighter_gate_refuses_what_the_default_passes(trained_int8_export, tmp_path):
     """The thresholds come from the domain registry: the same bf16 path fails a stricter gate."""
     pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'lfm-deploy[openvino]'")
     from dataclasses import replace
 
     from lfm_deploy.parity.compare import Tolerance
 
-    result, _ = mixed_exported
-    work = tmp_path / "work"
-    shutil.copytree(result.out_dir, work)
-    manifest = json.loads((work / MANIFEST_NAME).read_text())
-    model = ModelFromManifest(manifest)()
-    from lfm_deploy.domains import get_domain
-
+    work, _, model, graphs = _float32_copy(trained_int8_export, tmp_path)
     strict = replace(get_domain("deepglobe").precision_gates["bf16"], mask=Tolerance("agreement", 0.99999),
                      tie_margin=1e-4)
-    out = reduce_precision("bf16", work, {g: manifest["graphs"][g]["file"] for g in manifest["graphs"]}, model,
+    out = reduce_precision("bf16", work, graphs, model,
                            domain="deepglobe", shots=1, tolerances=strict, gate_episodes=2, calibration_episodes=1,
                            threads=2)
     assert not out.passed
@@ -172,13 +161,13 @@ def test_a_tighter_gate_refuses_what_the_default_passes(mixed_exported, tmp_path
     assert any("mask agreement" in f for f in failures) and any("eager |margin| > 0.0001" in f for f in failures)
 
 
-def test_calibration_folder_calibrates_and_joins_the_gate(mixed_exported, tmp_path):
+def test_calibration_folder_calibrates_and_joins_the_gate(trained_int8_export, tmp_path):
     """`--calibration DIR`: the user's labelled pairs calibrate the ranges and are gated too."""
     from lfm_deploy.data.synthetic import make_support_folder
 
     folder = tmp_path / "mine"
     make_support_folder(folder, count=3, size=TEST_IMAGE_SIZE + 20, seed=5)
-    out, _ = _reduce(mixed_exported, tmp_path, "fp16", calibration=folder)
+    out, _ = _reduce(trained_int8_export, tmp_path, "fp16", calibration=folder)
     assert out.calibration.startswith(f"your labelled images: {folder} (3 episodes)")
     gate = out.gates[0]
     assert gate.episodes == 3 + 3 and f"your labelled images: {folder}" in gate.data
