@@ -54,7 +54,7 @@ def test_readme_blocks_are_found():
 
 @pytest.mark.slow
 def test_readme_examples_run_as_written(tmp_path):
-    """About 10 minutes on 2 cores: fine-tuning, evaluation and an export at 400x400."""
+    """About 2 minutes on 2 cores: fine-tuning, evaluation and an export at 400x400."""
     os.symlink(sys.prefix, tmp_path / ".venv")  # the README's `.venv/bin/...` is this environment
     env = {**os.environ, "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
