@@ -29,6 +29,7 @@ from ..parity.compare import OutputCheck, format_checks
 from ..parity.episodes import validation_episode
 from ..utils.outputs import ArtifactDir
 from ..utils.versions import library_versions
+from .finish import GraphFinisher
 from .onnx_export import DEFAULT_OPSET, export_onnx
 from .prepare import LOWERINGS, prepare_for_export
 from .report import REPORT_JSON, REPORT_MD, write_reports
@@ -251,13 +252,17 @@ def export_domain(
                 # torch.export specialises dims whose example size is 1: give the batch two rows.
                 examples = {g: _with_batch_two(g, ex) for g, ex in examples.items()}
             specs = {}
-            for name in graphs:
-                steps.start(f"exporting {name} graph")
-                module = modules[name].eval()
-                specs[name] = (module.inputs(size), module.outputs(size))
-                export_onnx(module, examples[name], tmp / GRAPH_FILES[name], *specs[name],
-                            opset=opset, dynamo=lowering == "dft", simplify=simplify)
-                steps.done()
+            # Each traced graph is simplified and saved in the background while the next is traced.
+            with GraphFinisher() as finisher:
+                for name in graphs:
+                    steps.start(f"exporting {name} graph")
+                    module = modules[name].eval()
+                    specs[name] = (module.inputs(size), module.outputs(size))
+                    export_onnx(module, examples[name], tmp / GRAPH_FILES[name], *specs[name],
+                                opset=opset, dynamo=lowering == "dft", simplify=simplify, finisher=finisher)
+                    if name == graphs[-1]:
+                        finisher.wait()  # the graphs still being simplified
+                    steps.done()
 
             checks: list[OutputCheck] = []
             sign_case = None
