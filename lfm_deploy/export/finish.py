@@ -152,7 +152,11 @@ class GraphFinisher:
             traced.unlink(missing_ok=True)
         name = traced.name[1 : -len(".traced")]
         if code == _USER_ERROR:  # an ExportError raised by finish_graph: its message, as JSON on the last line
-            raise ExportError(json.loads(message.splitlines()[-1]))
+            last = message.splitlines()[-1] if message else ""
+            try:
+                raise ExportError(str(json.loads(last)))
+            except json.JSONDecodeError:
+                raise ExportError(last or f"finishing {name} failed") from None
         if code != 0:
             raise ExportError(f"simplifying and checking {name} failed in its worker process (exit code {code}): "
                               f"{message[-1500:] or 'no output'}")
