@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -97,7 +98,7 @@ class GraphFinisher:
     temporary directory, which the caller removes.
 
     Each worker is a fresh `python -m lfm_deploy.export.finish` process that reads the traced
-    graph from a file beside its destination and deletes it: nothing is forked from a process
+    graph from a new temporary file beside its destination and deletes it: nothing is forked from a process
     holding torch's threads, and the caller's own script is never imported again (which
     multiprocessing's spawn start would do).
 
@@ -123,8 +124,8 @@ class GraphFinisher:
             for job in done:
                 self._running.remove(job)
                 self._reap(job)
-        traced = path.with_name(f".{path.name}.traced")
-        log_file = path.with_name(f".{path.name}.log")
+        # Fresh names (created here, never an existing file): the only files _reap/_stop delete.
+        traced, log_file = (_new_file(path, suffix) for suffix in (".traced", ".log"))
         traced.write_bytes(model.SerializeToString())
         job = json.dumps({"traced": str(traced), "path": str(path), "simplify": simplify,
                           "specs": [s.to_dict() for s in specs]})
@@ -150,7 +151,7 @@ class GraphFinisher:
         finally:
             log_file.unlink(missing_ok=True)
             traced.unlink(missing_ok=True)
-        name = traced.name[1 : -len(".traced")]
+        name = traced.name[1:].split(".onnx.", 1)[0] + ".onnx"
         if code == _USER_ERROR:  # an ExportError raised by finish_graph: its message, as JSON on the last line
             last = message.splitlines()[-1] if message else ""
             try:
@@ -185,6 +186,13 @@ class GraphFinisher:
 _USER_ERROR = 3
 #: The folder holding the lfm_deploy package, for the workers' import path.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _new_file(path: Path, suffix: str) -> Path:
+    """A new, empty, uniquely named file beside `path` (".<name>.<random><suffix>")."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def _worker(job: str) -> int:

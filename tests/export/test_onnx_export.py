@@ -54,11 +54,15 @@ def test_background_finisher_writes_the_same_bytes(tmp_path):
     the traced graphs handed to the workers are gone afterwards."""
     assert _tiny(tmp_path, "inline.onnx") is not None  # in-process: the written model
     inline = (tmp_path / "inline.onnx").read_bytes()
+    mine = {".bg0.onnx.traced": b"user's", ".bg0.onnx.log": b"user's too"}  # named like the workers' files
+    for name, data in mine.items():
+        (tmp_path / name).write_bytes(data)
     with GraphFinisher(workers=2) as finisher:
         for i in range(3):  # more graphs than workers: submit waits for a free one
             assert _tiny(tmp_path, f"bg{i}.onnx", finisher=finisher) is None
     assert all((tmp_path / f"bg{i}.onnx").read_bytes() == inline for i in range(3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bg0.onnx", "bg1.onnx", "bg2.onnx", "inline.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bg0.onnx", "bg1.onnx", "bg2.onnx", "inline.onnx", *mine])
+    assert all((tmp_path / name).read_bytes() == data for name, data in mine.items())
 
 
 def test_background_failure_is_an_export_error(tmp_path):
