@@ -205,7 +205,7 @@ def _bench_k(args, shots: int) -> dict:
     from lfm_deploy.domains import get_domain
     from lfm_deploy.manifest import read_manifest
     from lfm_deploy.parity.episodes import graph_feeds_of, parity_episodes
-    from lfm_deploy.parity.gate import GateData, eager_reference, run_gate
+    from lfm_deploy.parity.gate import informative_episodes, run_gate
     from lfm_deploy.parity.runners import ModelFromManifest
     from lfm_deploy.runtime.sessions import SessionFromOnnx
 
@@ -215,11 +215,15 @@ def _bench_k(args, shots: int) -> dict:
     model = ModelFromManifest(manifest)()
     gates = get_domain("deepglobe").precision_gates
 
-    # Masks: every row through the gate on the same episodes (seeds 0.., as lfm-export's gate).
-    feeds, truths = parity_episodes(manifest, args.episodes, seed=0)
-    data = GateData(feeds, truths, f"validation episodes (synthetic, seeds 0..{args.episodes - 1})")
-    log.info("K=%d: eager reference on %d episodes", shots, len(data))
-    ref = eager_reference(model, data, shots, threads=args.threads)
+    # Masks: every row through the gate on the same episodes (informative ones from seed 0, as
+    # lfm-export's gate draws them): no row is judged on eager masks that carry no information.
+    log.info("K=%d: eager reference, drawing %d informative episodes", shots, args.episodes)
+    data, ref = informative_episodes(model, lambda s: parity_episodes(manifest, 1, s), args.episodes, 0, shots,
+                                     gates["int8"], threads=args.threads)
+    feeds = data.feeds
+    evidence = ref.evidence(gates["int8"])
+    if not evidence.sufficient:
+        log.warning("K=%d: %s: every row below is VACUOUS and none is ranked", shots, evidence.missing())
     for row in rows:
         if row.skip:
             continue
@@ -294,7 +298,8 @@ def _bench_k(args, shots: int) -> dict:
             entry["miou_delta_points"] = row.gate["miou_delta_points"]
         out_rows.append(entry)
     return {"shots": shots, "artifacts": str(art), "manifest_precision": manifest.get("precision"),
-            "foreground": float(np.mean([m.mean() for m in ref.masks])), "rows": out_rows}
+            "foreground": float(np.mean([m.mean() for m in ref.masks])) if ref.masks else 0.0,
+            "episodes": data.label, "evidence": evidence.to_dict(), "rows": out_rows}
 
 
 def _markdown(result: dict) -> str:
@@ -307,7 +312,11 @@ def _markdown(result: dict) -> str:
              "serving path (support set cached, one head run per batch) and its ratio to the eager K-shot episode "
              "at the same batch.", ""]
     for k in result["per_shots"]:
+        ev = k["evidence"]
         lines += [f"## K = {k['shots']} (eager masks {100 * k['foreground']:.0f}% foreground)", "",
+                  f"Episodes: {k['episodes']}. Evidence: {ev['informative_episodes']} informative episodes, "
+                  f"{ev['decisive_pixels']['background']} background / {ev['decisive_pixels']['foreground']} foreground "
+                  f"pixels decided by the eager model ({'sufficient' if ev['sufficient'] else '**insufficient: every row is VACUOUS**'}).", "",
                   "| backend | precision | " + " | ".join(f"ms/image b{b} | x eager b{b}" for b in bs)
                   + " | agreement | mIoU diff (points) | gate |",
                   "|---|---|" + "---|---|" * len(bs) + "---|---|---|"]
@@ -318,8 +327,11 @@ def _markdown(result: dict) -> str:
                 continue
             speed = " | ".join(f"{r['speed'][str(b)]['ms_per_image']:.0f} | {r['speed'][str(b)]['x_eager']:.2f}x"
                                for b in bs)
-            gate = "-" if r["gate"] is None else ("n/a (fp32)" if r["precision"] == "fp32" else
-                                                 ("pass" if r["gate"]["passed"] else "FAIL: " + "; ".join(r["gate"]["failures"])))
+            if r["gate"] is not None and r["gate"]["vacuous"]:
+                gate = "**VACUOUS**: no evidence, not ranked"
+            else:
+                gate = "-" if r["gate"] is None else ("n/a (fp32)" if r["precision"] == "fp32" else
+                                                     ("pass" if r["gate"]["passed"] else "FAIL: " + "; ".join(r["gate"]["failures"])))
             label = r["precision"] + (" (no islands)" if "no f32 islands" in (r["what"] or "") else "")
             lines.append(f"| {r['backend']} | {label} | {speed} | {100 * r['agreement']:.2f}% | "
                          f"{r['miou_delta_points']:+.2f} | {gate} |")
@@ -395,7 +407,7 @@ def main(argv=None) -> dict:
             continue
         b = str(args.batch_sizes[0])
         for r in k["rows"]:
-            if r["skip"] or r["precision"] == "fp32" or not r["gate"] or not r["gate"]["passed"]:
+            if r["skip"] or r["precision"] == "fp32" or not r["gate"] or not r["gate"]["passed"] or r["gate"]["vacuous"]:
                 continue
             x = r["speed"][b]["x_eager"]
             if best is None or x < best["x_eager"]:
@@ -410,6 +422,10 @@ def main(argv=None) -> dict:
     out.write_text(names[".md"], _markdown(result))
     out.write(names[".png"], lambda tmp: _plot(result, tmp))
     print(_markdown(result))
+    if not any(k["evidence"]["sufficient"] for k in per_shots):
+        print("Error: every row is VACUOUS: the eager masks carry no evidence on any K, so no path was judged; "
+              "use a checkpoint whose masks are mixed (--checkpoint trained or mixed)", file=sys.stderr)
+        raise SystemExit(1)
     if args.max_ratio is not None and (best is None or best["x_eager"] > args.max_ratio):
         raise SystemExit(1)
     return result

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .errors import DomainError
-from .parity.compare import Tolerance, Tolerances
+from .parity.compare import EvidenceRule, Tolerance, Tolerances
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,7 +42,8 @@ REDUCED_PRECISIONS = ("fp16", "bf16", "int8")
 
 
 def reduced_precision_gates(agreement: float = 0.99, miou_points: float = 0.5,
-                            margins: Mapping[str, float] | None = None) -> dict[str, Tolerances]:
+                            margins: Mapping[str, float] | None = None,
+                            evidence: EvidenceRule | None = None) -> dict[str, Tolerances]:
     """The accuracy gate of each reduced precision against the eager float32 model.
 
     A reduced-precision path passes when, over the gate's episodes, its masks agree with the eager
@@ -53,12 +54,17 @@ def reduced_precision_gates(agreement: float = 0.99, miou_points: float = 0.5,
     moves them by design. Bounds per precision (docs/precision.md): fp16 keeps ~3 decimal digits
     and its logits move by ~1e-2, bf16 ~2 digits (~3e-2), int8 activations move the logits by up
     to a few tenths on the test checkpoints.
+
+    No verdict without evidence: the gate fails unless the eager masks are informative on enough
+    episodes (`evidence`, default `EvidenceRule()`: at least 2 episodes where each class holds
+    2% of the pixels decisively, and 2,000 decided pixels of each class).
     """
+    evidence = evidence or EvidenceRule()
     bounds = {"fp16": 0.1, "bf16": 0.25, "int8": 0.5, **(margins or {})}
     return {
         p: Tolerances(logits=Tolerance("rel_l2", None), features=Tolerance("rel_l2", None),
                       mask=Tolerance("agreement", agreement), tie_margin=float(bounds[p]),
-                      miou=Tolerance("miou_delta", miou_points / 100.0), stage_rel=1e-2)
+                      miou=Tolerance("miou_delta", miou_points / 100.0), evidence=evidence, stage_rel=1e-2)
         for p in REDUCED_PRECISIONS
     }
 

@@ -98,12 +98,19 @@ def _precision_section(precision: dict) -> list[str]:
             f"{run['differing_pixels']} of {run['pixels']} | {'-' if not run['differing_pixels'] else f'{largest:.3g}'} | "
             f"{run['miou']:.4f} ({run['miou_eager']:.4f}) | {run['miou_delta_points']:+.2f} | "
             f"{'pass' if run['passed'] else '**FAIL**: ' + '; '.join(run['failures'])} |")
+    evidence = [run["evidence"] for run in gate["runs"] if run.get("evidence")]
+    if evidence:
+        ev = evidence[0]
+        lines += ["", f"Evidence: {ev['informative_episodes']} of {ev['episodes']} episodes have informative eager "
+                  f"masks; {ev['decisive_pixels']['background']} background and {ev['decisive_pixels']['foreground']} "
+                  f"foreground pixels decided by the eager model (needed: {ev['rule']['min_episodes']} episodes, "
+                  f"{ev['rule']['min_decisive_pixels']} pixels of each class). Episodes: {gate['runs'][0]['data']}."]
     if any(run["vacuous"] for run in gate["runs"]):
-        lines += ["", "**The gate's mask figures are vacuous**: the eager masks are a single class (untrained "
-                  "weights?), so agreement says little. Gate a trained checkpoint."]
+        lines += ["", "**No evidence**: the eager masks carry too little information for a verdict, so the gate "
+                  "fails. Gate on labelled images of your domain (`--calibration DIR`) with weights that segment them."]
     tried = precision.get("details", {}).get("float_tails_tried")
     if tried:
-        lines += ["", "int8 float share (Conv/MatMul nodes at the output end kept float), chosen on the calibration "
+        lines += ["", "int8 float share (Conv/MatMul nodes at the output end kept float), chosen on held-out "
                   "episodes: " + ", ".join(f"{100 * t['float_tail']:.0f}% -> agreement {t['agreement']:.4%}"
                                            f"{' (chosen)' if t['passed'] else ''}" for t in tried)]
     return lines

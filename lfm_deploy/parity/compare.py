@@ -23,6 +23,8 @@ __all__ = [
     "MARGIN_BINS",
     "QUANTILES",
     "ErrorStats",
+    "Evidence",
+    "EvidenceRule",
     "MaskStats",
     "OutputCheck",
     "Tolerance",
@@ -31,6 +33,7 @@ __all__ = [
     "compare_output",
     "decision_margins",
     "error_stats",
+    "evidence_of",
     "foreground_iou",
     "format_checks",
     "mask_stats",
@@ -285,6 +288,119 @@ class Tolerance:
         return f"{self.statistic} {'>=' if self.lower_bound else '<='} {self.limit:g}"
 
 
+@dataclass(frozen=True)
+class EvidenceRule:
+    """What a reduced-precision verdict must rest on: masks of the eager model that carry
+    information. Agreement with a mask that is a single class (or nearly: the untrained default
+    weights, a checkpoint judged on images unlike its domain) says nothing about the fast path,
+    so a gate without enough evidence fails; it never passes.
+
+    An episode is *informative* when each class (background, foreground) of the eager mask
+    covers at least `min_class_share` of its pixels with pixels the eager model decided
+    (|logit margin| above the precision's tie margin). The verdict needs at least
+    `min_episodes` informative episodes and, over them, at least `min_decisive_pixels` decided
+    pixels of each class.
+
+    Attributes:
+        min_class_share: per informative episode, the smallest share of the pixels each class
+            must decisively hold (0.02: 512 pixels of a 160 px episode, 3,200 at 400 px).
+        min_episodes: informative episodes needed.
+        min_decisive_pixels: decided pixels needed per class over the informative episodes.
+    """
+
+    min_class_share: float = 0.02
+    min_episodes: int = 2
+    min_decisive_pixels: int = 2000
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The class names evidence is counted by (mask value 0 and 1).
+CLASSES = ("background", "foreground")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How much evidence the eager model's masks give a verdict (`evidence_of`).
+
+    Attributes:
+        episodes: episodes looked at.
+        informative: per episode, whether it is informative (`EvidenceRule`).
+        decisive: decided pixels of each class over the informative episodes {"background": n,
+            "foreground": n}.
+        rule: the rule applied.
+        tie_margin: the |logit margin| above which a pixel counts as decided (None: margins
+            unknown, every pixel counts).
+    """
+
+    episodes: int
+    informative: tuple
+    decisive: Mapping[str, int]
+    rule: EvidenceRule
+    tie_margin: float | None
+
+    @property
+    def informative_episodes(self) -> int:
+        return int(sum(self.informative))
+
+    @property
+    def sufficient(self) -> bool:
+        return (self.informative_episodes >= self.rule.min_episodes
+                and all(self.decisive[c] >= self.rule.min_decisive_pixels for c in CLASSES))
+
+    def missing(self) -> str:
+        """What is missing, in words (empty when sufficient)."""
+        if self.sufficient:
+            return ""
+        decided = f" decided by an eager |margin| > {self.tie_margin:g}" if self.tie_margin is not None else ""
+        parts = []
+        if self.informative_episodes < self.rule.min_episodes:
+            parts.append(f"{self.informative_episodes} of {self.episodes} episodes have both classes in the eager "
+                         f"mask (each on >= {self.rule.min_class_share:.0%} of the pixels{decided}); "
+                         f"{self.rule.min_episodes} are needed")
+        short = [c for c in CLASSES if self.decisive[c] < self.rule.min_decisive_pixels]
+        if short:
+            parts.append(", ".join(f"{self.decisive[c]} {c} pixels" for c in short)
+                         + f" decided over them; {self.rule.min_decisive_pixels} of each are needed")
+        return "no evidence: " + "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"sufficient": self.sufficient, "episodes": self.episodes,
+                "informative_episodes": self.informative_episodes, "decisive_pixels": dict(self.decisive),
+                "tie_margin": self.tie_margin, "rule": self.rule.to_dict()}
+
+
+def episode_informative(mask: np.ndarray, margin: np.ndarray | None, tie_margin: float | None,
+                        rule: EvidenceRule) -> tuple[bool, dict]:
+    """Whether one episode's eager mask is informative, and its decided pixels per class."""
+    mask = np.asarray(mask) != 0
+    decided = np.ones(mask.shape, bool) if margin is None or tie_margin is None else \
+        np.broadcast_to(np.asarray(margin), mask.shape) > tie_margin
+    counts = {"background": int(np.count_nonzero(decided & ~mask)), "foreground": int(np.count_nonzero(decided & mask))}
+    return min(counts.values()) >= rule.min_class_share * mask.size, counts
+
+
+def evidence_of(masks, margins, tie_margin: float | None, rule: EvidenceRule | None = None) -> Evidence:
+    """The evidence the eager model's masks give a verdict.
+
+    Args:
+        masks: the eager masks, one array per episode.
+        margins: the eager |logit margins| per episode (`decision_margins`), or None.
+        tie_margin: the precision's bound (`Tolerances.tie_margin`).
+        rule: the `EvidenceRule` (default: `EvidenceRule()`).
+    """
+    rule = rule or EvidenceRule()
+    flags, totals = [], dict.fromkeys(CLASSES, 0)
+    for i, mask in enumerate(masks):
+        ok, counts = episode_informative(mask, None if margins is None else margins[i], tie_margin, rule)
+        flags.append(ok)
+        if ok:
+            for c in CLASSES:
+                totals[c] += counts[c]
+    return Evidence(len(flags), tuple(flags), totals, rule, tie_margin if margins is not None else None)
+
+
 #: Output kinds a tolerance is chosen by (the graph contract's roles: logits, encoder features, masks).
 KINDS = ("logits", "features", "mask")
 
@@ -302,6 +418,8 @@ class Tolerances:
             its |logit margin| exceeds this (None: agreement only). With twice the logits bound,
             a pixel beyond it cannot flip unless the logits are out of tolerance.
         miou: bound on |mIoU(backend) - mIoU(eager float32)| on the sample episodes.
+        evidence: what the verdict must rest on (`EvidenceRule`; reduced-precision gates). None
+            for float32 parity, which checks identity wherever the eager model is decisive.
         stage_rel: bound on max_rel_to_peak for the intermediate stages (layerwise mode).
         outputs: per-output overrides {output name: Tolerance}.
     """
@@ -311,6 +429,7 @@ class Tolerances:
     mask: Tolerance = Tolerance("agreement", 0.999)
     tie_margin: float | None = 2e-3
     miou: Tolerance = Tolerance("miou_delta", 0.01)
+    evidence: EvidenceRule | None = None
     stage_rel: float = 1e-4
     outputs: Mapping[str, Tolerance] = field(default_factory=dict)
 
@@ -325,6 +444,7 @@ class Tolerances:
     def to_dict(self) -> dict:
         return {"logits": asdict(self.logits), "features": asdict(self.features), "mask": asdict(self.mask),
                 "tie_margin": self.tie_margin, "miou": asdict(self.miou), "stage_rel": self.stage_rel,
+                "evidence": self.evidence.to_dict() if self.evidence is not None else None,
                 "outputs": {k: asdict(v) for k, v in self.outputs.items()}}
 
     @classmethod

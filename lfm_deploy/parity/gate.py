@@ -12,8 +12,11 @@ One gate for fp16 graphs, OpenVINO bf16 and int8 QDQ graphs (export, lfm-verify,
   truth within the bound of the eager model's. Logits (K = 1) are reported, not gated.
 
 The report gives every figure the verdict rests on, including how sure the eager model was on
-each differing pixel (`MaskStats.flipped_margins`); a single-class eager mask makes the mask
-figures vacuous and the report says so (docs/precision.md).
+each differing pixel (`MaskStats.flipped_margins`) and how much evidence the eager masks give
+(`lfm_deploy.parity.compare.Evidence`): no evidence, no pass. Eager masks that are a single
+class (the untrained default, a checkpoint judged on images unlike its domain) make the gate
+fail with what is missing and how to supply it (docs/precision.md). Where the gate draws its own
+synthetic episodes, `informative_episodes` keeps those whose eager masks carry information.
 """
 
 from __future__ import annotations
@@ -21,17 +24,24 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..contract import default_io
-from .compare import OutputCheck, Tolerances, compare_output, decision_margins, foreground_iou
+from .compare import Evidence, OutputCheck, Tolerances, compare_output, decision_margins, episode_informative, \
+    evidence_of, foreground_iou
 from .runners import run_feeds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EagerReference", "GateData", "GateReport", "eager_reference", "gate_runs", "run_gate"]
+__all__ = ["EVIDENCE_HINT", "EagerReference", "GateData", "GateReport", "eager_reference", "gate_runs",
+           "informative_episodes", "run_gate"]
+
+#: How a user supplies evidence, appended to every "no evidence" failure.
+EVIDENCE_HINT = ("gate on labelled images of your domain (lfm-export --calibration DIR: <stem>.jpg + <stem>_mask.png "
+                 "pairs, at least K + 1 per class) with weights that segment them; the untrained default weights "
+                 "predict one class and can never pass")
 
 
 @dataclass
@@ -63,6 +73,16 @@ class EagerReference:
     margins: list
     logits: list | None
     ms: float
+
+    def evidence(self, tolerances: Tolerances) -> Evidence:
+        """The evidence these masks give a verdict under `tolerances` (its rule and tie margin)."""
+        return evidence_of(self.masks, self.margins, tolerances.tie_margin, tolerances.evidence)
+
+    def __add__(self, other: "EagerReference") -> "EagerReference":
+        n, m = len(self.masks), len(other.masks)
+        logits = self.logits + other.logits if self.logits is not None and other.logits is not None else None
+        return EagerReference(self.masks + other.masks, self.margins + other.margins, logits,
+                              (self.ms * n + other.ms * m) / max(n + m, 1))
 
 
 def eager_reference(model, data: GateData, shots: int, *, threads: int | None = None) -> EagerReference:
@@ -128,6 +148,7 @@ class GateReport:
     eager_ms: float | None = None
     candidate_ms: float | None = None
     notes: list = field(default_factory=list)
+    evidence: Evidence | None = None
 
     @property
     def miou_delta(self) -> float:
@@ -139,15 +160,20 @@ class GateReport:
 
     @property
     def vacuous(self) -> bool:
+        """The eager masks give the verdict no evidence (`Evidence.sufficient` is False)."""
+        if self.evidence is not None:
+            return not self.evidence.sufficient
         return bool(self.mask.stats is not None and self.mask.stats.vacuous)
 
     @property
     def failures(self) -> list[str]:
-        """One phrase per failed threshold (empty when the gate passes)."""
+        """One phrase per failed threshold, the missing evidence first (empty when the gate passes)."""
         out = []
         st, tol = self.mask.stats, self.tolerances
+        if self.evidence is not None and not self.evidence.sufficient:
+            out.append(self.evidence.missing())
         if st is None:
-            return ["no mask output"]
+            return out + ["no mask output"]
         if not tol.mask.passes(st.agreement):
             out.append(f"mask agreement {st.agreement:.4%} < {tol.mask.limit:.2%}")
         if st.decisive:
@@ -176,6 +202,7 @@ class GateReport:
             "thresholds": {"agreement": self.tolerances.mask.limit, "max_eager_margin": self.tolerances.tie_margin,
                            "miou_points": 100 * self.tolerances.miou.limit},
             "eager_ms": self.eager_ms, "candidate_ms": self.candidate_ms, "notes": list(self.notes),
+            "evidence": self.evidence.to_dict() if self.evidence is not None else None,
         }
 
     def lines(self) -> list[str]:
@@ -197,9 +224,13 @@ class GateReport:
             ls = self.logits.stats
             lines.append(f"    logits (reported): max |error| {ls.max_abs:.3g}, rel L2 {ls.rel_l2:.3g}, "
                          f"peak |logit| {ls.ref_peak:.3g}")
+        if self.evidence is not None:
+            ev = self.evidence
+            lines.append(f"    evidence: {ev.informative_episodes} of {ev.episodes} episodes informative, decided "
+                         f"pixels {ev.decisive['background']} background / {ev.decisive['foreground']} foreground "
+                         f"(need {ev.rule.min_episodes} episodes, {ev.rule.min_decisive_pixels} of each)")
         if self.vacuous:
-            lines.append("    VACUOUS: the eager masks are a single class (untrained weights?): agreement says "
-                         "little; gate a real checkpoint")
+            lines.append(f"    NO EVIDENCE: the eager masks carry too little information for a verdict; {EVIDENCE_HINT}")
         lines.extend(f"    {n}" for n in self.notes)
         if not self.passed:
             lines.append("    failed: " + "; ".join(self.failures))
@@ -235,7 +266,7 @@ def run_gate(reference: EagerReference, candidate, data: GateData, tolerances: T
     miou_eager = float(np.mean([foreground_iou(m, t) for m, t in zip(reference.masks, data.truths)]))
     miou = float(np.mean([foreground_iou(m, t) for m, t in zip(masks, data.truths)]))
     report = GateReport(precision, backend, data.label, len(data), tolerances, mask, logits, miou_eager, miou,
-                        reference.ms, ms)
+                        reference.ms, ms, evidence=reference.evidence(tolerances))
     for line in report.lines():  # a failure is the caller's to report (the int8 search expects some)
         log.info("%s", line)
     return report
@@ -245,3 +276,51 @@ def gate_runs(reports: Sequence[GateReport]) -> dict:
     """The manifest's record of several gate runs (e.g. the split path and the episode graph)."""
     return {"passed": all(r.passed for r in reports), "runs": [r.to_dict() for r in reports]}
 
+
+
+def informative_episodes(model, draw: Callable[[int], tuple[list, list]], n: int, first_seed: int, shots: int,
+                         tolerances: Tolerances, *, max_draws: int | None = None, label: str = "validation episodes",
+                         threads: int | None = None) -> tuple[GateData, EagerReference]:
+    """Draw seeded synthetic episodes until `n` of them are informative for the eager model.
+
+    An episode whose eager mask is (nearly) one class is no evidence (`EvidenceRule`), so the
+    gate does not spend its budget on it: episodes are drawn under seeds `first_seed`,
+    `first_seed + 1`, ... and kept when informative, up to `max_draws` draws (default 3n). The
+    label says how many were drawn and kept; the caller checks the evidence of what was kept.
+
+    Args:
+        model: the eager float32 model.
+        draw: seed -> ([feed], [truth]) for one episode (`parity_episodes(meta, 1, seed)`).
+        n: informative episodes wanted.
+        first_seed: the first seed drawn.
+        shots: K.
+        tolerances: the precision's gate (its evidence rule and tie margin).
+        max_draws: the most episodes drawn (None: 3n).
+        label: what the episodes are, for reports.
+        threads: torch threads.
+
+    Returns:
+        (GateData of the kept episodes, their `EagerReference`). Fewer than `n` are kept when the
+        model's masks are uninformative on every draw.
+    """
+    rule = tolerances.evidence
+    max_draws = max(n, 3 * n if max_draws is None else int(max_draws))
+    feeds, truths, seeds = [], [], []
+    ref = EagerReference([], [], [] if shots == 1 else None, 0.0)
+    drawn = 0
+    for seed in range(first_seed, first_seed + max_draws):
+        if len(feeds) >= n:
+            break
+        f, t = draw(seed)
+        one = eager_reference(model, GateData(f, t, label), shots, threads=threads)
+        drawn += 1
+        if rule is None or episode_informative(one.masks[0], one.margins[0], tolerances.tie_margin, rule)[0]:
+            feeds += f
+            truths += t
+            seeds.append(seed)
+            ref = ref + one
+    kept = ", ".join(map(str, seeds)) if seeds else "none"
+    text = (f"{label} (synthetic, seeds {first_seed}..{first_seed + drawn - 1}: {drawn} drawn, {len(seeds)} with "
+            f"informative eager masks kept: {kept})")
+    log.info("%s", text)
+    return GateData(feeds, truths, text), ref

@@ -17,6 +17,13 @@ path (the encoder -> head pair the runtime serves, and the episode graph) on the
 (the domain's validation episodes plus the user's labelled images when given) with the domain's
 thresholds for that precision. The caller writes the figures into the manifest and refuses the
 export (kept in `<out>.failed/`) when the gate fails.
+
+No evidence, no pass: `plan_gate` draws the gate's episodes and runs the eager model on them
+before anything is exported, keeping synthetic episodes whose eager masks are informative
+(`lfm_deploy.parity.gate.informative_episodes`), and refuses the precision at once when the
+eager masks still carry too little information (`lfm_deploy.parity.compare.EvidenceRule`):
+the untrained default weights, or a checkpoint judged on images unlike its domain, are refused
+with what is missing and how to supply it (`--calibration DIR`), never passed.
 """
 
 from __future__ import annotations
@@ -28,15 +35,17 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..contract import default_io
-from ..errors import ExportError
+from ..errors import ExportError, PrecisionGateError
 from ..parity.compare import Tolerance, Tolerances
 from ..parity.episodes import graph_feeds_of, labelled_episodes, parity_episodes
-from ..parity.gate import GateData, GateReport, eager_reference, run_gate
+from ..parity.gate import EVIDENCE_HINT, EagerReference, GateData, GateReport, eager_reference, \
+    informative_episodes, run_gate
 from ..runtime.sessions import SessionFromOnnx
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATION_SEED_OFFSET", "INT8_FLOAT_TAILS", "PRECISIONS", "PrecisionResult", "reduce_precision"]
+__all__ = ["CALIBRATION_SEED_OFFSET", "INT8_FLOAT_TAILS", "PRECISIONS", "GatePlan", "PrecisionResult", "plan_gate",
+           "reduce_precision"]
 
 #: Precisions `lfm-export --precision` makes ("fp32": the validated float32 graphs only).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -91,7 +100,11 @@ class PrecisionResult:
             "name": self.precision, "runtime": self.runtime, "calibration": self.calibration,
             "gate": {"passed": self.passed, "thresholds": {
                 "agreement": tolerances.mask.limit, "max_eager_margin": tolerances.tie_margin,
-                "miou_points": 100 * tolerances.miou.limit}, "runs": [g.to_dict() for g in self.gates]},
+                "miou_points": 100 * tolerances.miou.limit},
+                # what the verdict rests on: the gate's episodes and how informative the eager masks were
+                "evidence": self.gates[0].evidence.to_dict() if self.gates and self.gates[0].evidence else None,
+                "episodes": self.gates[0].data if self.gates else None,
+                "runs": [g.to_dict() for g in self.gates]},
             "graphs": dict(self.graphs), "details": self.details,
         }
 
@@ -105,13 +118,66 @@ def _calibration_data(domain_manifest: Mapping, calibration, seed: int, episodes
     return GateData(feeds, truths, f"validation episodes (synthetic, seeds {first}..{first + episodes - 1})")
 
 
-def _gate_data(domain_manifest: Mapping, gate_data, seed: int, episodes: int) -> GateData:
-    feeds, truths = parity_episodes(domain_manifest, episodes, seed)
-    data = GateData(feeds, truths, f"validation episodes (synthetic, seeds {seed}..{seed + episodes - 1})")
-    if gate_data is not None:
-        feeds, truths = labelled_episodes(gate_data, domain_manifest, limit=MAX_LABELLED)
-        data = data + GateData(feeds, truths, f"your labelled images: {gate_data} ({len(feeds)} episodes)")
-    return data
+@dataclass
+class GatePlan:
+    """The episodes a reduced-precision gate runs on, with the eager model's results, drawn
+    before any graph is made (`plan_gate`).
+
+    Attributes:
+        gate: the gate's episodes (informative synthetic ones, then the user's labelled ones).
+        reference: the eager float32 model's results on them.
+        held_out: int8 / bf16 only: the episodes the float share or islands are chosen on.
+        held_out_reference: the eager results on those.
+    """
+
+    gate: GateData
+    reference: EagerReference
+    held_out: GateData | None = None
+    held_out_reference: EagerReference | None = None
+
+
+def plan_gate(precision: str, model, *, domain: str, shots: int, tolerances: Tolerances,
+              calibration: str | os.PathLike | None = None, seed: int = 0, gate_episodes: int = GATE_EPISODES,
+              calibration_episodes: int = CALIBRATION_EPISODES, threads: int | None = 2,
+              step: Callable[[str], None] | None = None) -> GatePlan:
+    """Draw the gate's episodes, run the eager model on them, and check they are evidence.
+
+    Synthetic episodes are drawn under seeds `seed`, `seed + 1`, ... until `gate_episodes` of
+    them give informative eager masks (at most 3x as many are drawn); the user's labelled images
+    (`calibration`) all join. int8 and bf16 also get held-out episodes (seeds from
+    `seed + SELECTION_SEED_OFFSET`) for choosing their float parts, drawn the same way.
+
+    Raises:
+        PrecisionGateError: the eager masks on the gate's episodes carry too little information
+            for a verdict (`EvidenceRule`): the message says what is missing and how to supply it.
+        DataError: an unreadable calibration folder.
+    """
+    step = step or (lambda what: None)
+    size = int(model.image_size)
+    meta = {"domain": domain, "shots": int(shots), "image_size": size}
+
+    def draw(s: int):
+        return parity_episodes(meta, 1, s)
+
+    step(f"eager float32 reference on the gate's episodes (drawing {gate_episodes} informative ones)")
+    data, ref = informative_episodes(model, draw, gate_episodes, seed, shots, tolerances, threads=threads)
+    if calibration is not None:
+        feeds, truths = labelled_episodes(calibration, meta, limit=MAX_LABELLED)
+        mine = GateData(feeds, truths, f"your labelled images: {calibration} ({len(feeds)} episodes)")
+        data, ref = data + mine, ref + eager_reference(model, mine, shots, threads=threads)
+    evidence = ref.evidence(tolerances)
+    if not evidence.sufficient:
+        raise PrecisionGateError(
+            f"--precision {precision} cannot be gated: {evidence.missing()} (on {data.label}); nothing was exported",
+            api_hint=EVIDENCE_HINT.replace("lfm-export --calibration DIR", "calibration=DIR"),
+            cli_hint=EVIDENCE_HINT)
+    plan = GatePlan(data, ref)
+    if precision in ("int8", "bf16"):  # the choice of float parts is made on episodes of its own
+        step(f"eager float32 reference on {calibration_episodes} held-out episodes")
+        plan.held_out, plan.held_out_reference = informative_episodes(
+            model, draw, calibration_episodes, seed + SELECTION_SEED_OFFSET, shots, tolerances,
+            label="held-out validation episodes", threads=threads)
+    return plan
 
 
 def reduce_precision(
@@ -129,6 +195,7 @@ def reduce_precision(
     calibration_episodes: int = CALIBRATION_EPISODES,
     threads: int | None = 2,
     step: Callable[[str], None] | None = None,
+    plan: GatePlan | None = None,
 ) -> PrecisionResult:
     """Make the reduced-precision graphs of an export and run the accuracy gate on them.
 
@@ -146,12 +213,15 @@ def reduce_precision(
         gate_episodes, calibration_episodes: how many synthetic episodes each.
         threads: onnxruntime / OpenVINO / torch threads.
         step: progress callback, called with a description before each stage.
+        plan: the gate's episodes and eager results (`plan_gate`, which `export_domain` calls
+            before exporting); None: drawn here.
 
     Returns:
         `PrecisionResult` (check `.passed`).
 
     Raises:
         ExportError: unknown precision, or an export without the encoder/head pair.
+        PrecisionGateError: no evidence for a verdict (`plan_gate`).
         DataError: an unreadable calibration folder.
         BackendUnavailable: bf16 without OpenVINO installed.
     """
@@ -166,17 +236,12 @@ def reduce_precision(
     ios = {g: default_io(g, size, shots, model.feature_hw) for g in ("episode", "encoder", "head")}
     fp32 = {g: workdir / f for g, f in graphs.items()}
 
-    step("reading the gate's episodes")
-    gate_data = _gate_data(meta, calibration, seed, gate_episodes)
-    held_out = None
-    if precision in ("int8", "bf16"):  # the choice of float parts is made on episodes of its own
-        first = seed + SELECTION_SEED_OFFSET
-        feeds, truths = parity_episodes(meta, calibration_episodes, first)
-        held_out = GateData(feeds, truths, f"held-out validation episodes (synthetic, seeds {first}.."
-                                           f"{first + calibration_episodes - 1})")
-    step(f"eager float32 reference on {len(gate_data) + (len(held_out) if held_out else 0)} episodes")
-    ref_gate = eager_reference(model, gate_data, shots, threads=threads)
-    ref_held_out = eager_reference(model, held_out, shots, threads=threads) if held_out else None
+    if plan is None:
+        plan = plan_gate(precision, model, domain=domain, shots=shots, tolerances=tolerances, calibration=calibration,
+                         seed=seed, gate_episodes=gate_episodes, calibration_episodes=calibration_episodes,
+                         threads=threads, step=step)
+    gate_data, ref_gate = plan.gate, plan.reference
+    held_out, ref_held_out = plan.held_out, plan.held_out_reference
 
     def gate(runner, data, ref, backend, tol=tolerances) -> GateReport:
         return run_gate(ref, runner, data, tol, precision=precision, backend=backend, shots=shots, image_size=size)

@@ -26,7 +26,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, LFMError
-from ..parity.compare import OutputCheck, Tolerance, Tolerances, compare_output, decision_margins, foreground_iou
+from ..parity.compare import OutputCheck, Tolerance, Tolerances, compare_output, decision_margins, evidence_of, \
+    foreground_iou
+from ..parity.gate import EVIDENCE_HINT
 from ..parity.episodes import parity_episodes
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ class BackendResult:
         miou_delta: miou minus the eager float32 model's.
         miou_check: the mIoU tolerance verdict.
         mean_ms: mean inference time per episode.
+        evidence: reduced precisions: how much evidence the reference masks give the verdict
+            (`lfm_deploy.parity.compare.Evidence.to_dict`); without enough, the backend fails.
     """
 
     name: str
@@ -74,6 +78,7 @@ class BackendResult:
     miou_passed: bool | None = None
     miou_tolerance: Tolerance | None = None
     mean_ms: float | None = None
+    evidence: dict | None = None
 
     @property
     def ran(self) -> bool:
@@ -85,6 +90,7 @@ class BackendResult:
             "outputs": [o.to_dict() for o in self.outputs], "miou": self.miou, "miou_delta": self.miou_delta,
             "miou_passed": self.miou_passed,
             "miou_tolerance": asdict(self.miou_tolerance) if self.miou_tolerance else None, "mean_ms": self.mean_ms,
+            "evidence": self.evidence,
         }
 
 
@@ -419,6 +425,11 @@ def verify_artifacts(
                    if not o.passed]
             if r.miou_passed is False:
                 bad.append(f"mIoU delta {r.miou_delta:+.4f} ({tol.miou.describe()})")
+            if tol.evidence is not None and "mask" in reference:  # reduced precision: no evidence, no pass
+                evidence = evidence_of(reference["mask"], margins, tol.tie_margin, tol.evidence)
+                r.evidence = evidence.to_dict()
+                if not evidence.sufficient:
+                    bad.insert(0, f"{evidence.missing()} ({EVIDENCE_HINT})")
             if bad:
                 r.status, r.reason = "failed", "; ".join(bad)
             results.append(r)
