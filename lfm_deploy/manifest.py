@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import ManifestError
+from .utils.files import MAX_TEXT_BYTES, regular_file
 from .utils.outputs import sha256_file
 
 MANIFEST_NAME = "manifest.json"
@@ -371,7 +372,8 @@ def read_manifest(directory: str | os.PathLike, verify_files: bool = True) -> di
 
     Raises:
         ManifestError: missing or unreadable manifest, incompatible schema, a malformed field
-            (named), missing or modified files.
+            (named), missing or modified files; a manifest or listed file that is not a regular
+            file (a FIFO, device or socket, also behind a link) is refused without being read.
     """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
@@ -381,8 +383,10 @@ def read_manifest(directory: str | os.PathLike, verify_files: bool = True) -> di
         raise ManifestError(f"artifact directory not found: {directory}; run lfm-export first")
     if path.is_dir():
         raise ManifestError(f"{path} is a directory, not a manifest file; re-run lfm-export")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ManifestError(f"{directory} has no {MANIFEST_NAME}; it is not a complete lfm-export output (re-run lfm-export)")
+    # A FIFO, a device or a socket (also behind a link) is refused, never read (a FIFO would block).
+    regular_file(path, "manifest", MAX_TEXT_BYTES, error=ManifestError, hint="re-run lfm-export")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8, huge integers
@@ -404,7 +408,7 @@ def read_manifest(directory: str | os.PathLike, verify_files: bool = True) -> di
 
 def file_entry(directory: str | os.PathLike, relpath: str) -> dict:
     """A manifest entry for a file: path relative to the directory, size and sha256."""
-    full = Path(directory) / relpath
+    full = regular_file(Path(directory) / relpath, "file", error=ManifestError, hint="re-run lfm-export")
     return {"path": relpath, "bytes": full.stat().st_size, "sha256": sha256_file(full)}
 
 
@@ -420,8 +424,11 @@ def verify_file(directory: str | os.PathLike, entry: dict) -> Path:
     if problems:
         raise ManifestError("; ".join(problems), **_HINTS)
     full = Path(directory) / entry["path"]
-    if not full.is_file():
+    if not os.path.exists(full):  # (a dangling link too)
         raise ManifestError(f"{full} is listed in the manifest but missing; re-run lfm-export")
+    # A FIFO or a device (also behind a link) is refused before it is hashed: a FIFO would block,
+    # a device never ends. The size is checked against the manifest's below.
+    regular_file(full, "listed file", error=ManifestError, hint="re-run lfm-export")
     if full.stat().st_size != entry["bytes"]:
         raise ManifestError(
             f"{full} has {full.stat().st_size} bytes, the manifest says {entry['bytes']}: the file is truncated "

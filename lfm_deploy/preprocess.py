@@ -27,21 +27,35 @@ masks: v >= 32768). Arrays may also be label masks: a bool, integer or float arr
 holds 8-bit values, which must lie in [0, 255]. `decode_mask` also reports what it read, for
 the warnings of `mask_warnings` (a non-binary, colour or photograph-like mask) and the
 explanation of `empty_mask_hint` (an empty mask that held labels or a 0/1 file).
+
+Images as people see them (`displayed`, one rule for files, encoded bytes and PIL images,
+images and masks alike): the EXIF orientation is applied, so a phone photo stored sideways is
+segmented upright and a mask drawn on the upright photo fits it; a multi-frame file (animated
+GIF/PNG/WebP, multi-page TIFF) is read as its first frame, with a warning naming the file and
+its frame count. Numpy arrays carry no orientation and one frame. Files are opened only when
+they are regular files of at most `MAX_IMAGE_BYTES` (`lfm_deploy.utils.files.regular_file`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import InputError
+from .utils.files import MAX_IMAGE_BYTES, regular_file
 
 ImageLike = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+log = logging.getLogger(__name__)
+
+#: EXIF tag 0x0112: how the stored pixels must be turned to be shown upright (1 = as stored).
+_EXIF_ORIENTATION = 0x0112
 
 #: Largest accepted input side, in pixels (guards against decompression bombs and typos).
 MAX_IMAGE_SIDE = 16384
@@ -68,25 +82,28 @@ def _type_error(value, what: str, kind: str) -> InputError:
 
 
 def _open(path: str | os.PathLike, kind: str) -> Image.Image:
-    """Open and decode an image file (`kind`: "image" or "mask"), every failure an InputError."""
+    """Open and decode an image file (`kind`: "image" or "mask"), every failure an InputError.
+
+    The path must name a regular file of at most `MAX_IMAGE_BYTES` (`utils.files.regular_file`:
+    a FIFO or a device is refused before it is opened). The result is as `displayed` makes it.
+    """
     path = Path(path)
     try:
-        is_dir, is_file, exists = path.is_dir(), path.is_file(), path.exists()
+        is_dir = path.is_dir()
     except (OSError, ValueError) as exc:  # a name too long, an embedded NUL byte
         raise InputError(f"cannot access {kind} path {path}: {exc}", api_hint="check the path") from None
     if is_dir:
         raise InputError(f"{kind} path {path} is a directory, not an image file",
                          api_hint=f"pass the path of one {kind} file")
-    if not is_file:
-        if exists:
-            raise InputError(f"{kind} path {path} is not a regular file", api_hint="pass a PNG/JPEG file")
-        raise InputError(f"{kind} file not found: {path}", api_hint="check the path")
+    hint = "check the path" if not os.path.lexists(path) else "pass a PNG/JPEG file"
+    regular_file(path, f"{kind} file", MAX_IMAGE_BYTES, hint=hint)
     try:
         with Image.open(path) as img:
             # Check the header's size before decoding: a huge image is refused without
             # allocating it.
             _check_size(img.width, img.height, f"{kind} {path}")
             img.load()
+            img = displayed(img, f"{kind} {path}")  # while the file is open: frames are counted in it
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -139,14 +156,68 @@ def scale_16bit(values: np.ndarray) -> np.ndarray:
 
 
 def _loaded(img: Image.Image, what: str) -> Image.Image:
-    """Check a caller's PIL image's size, then decode it if `Image.open` left it lazy."""
+    """Check a caller's PIL image's size, decode it if `Image.open` left it lazy, and return it
+    as displayed (`displayed`: EXIF orientation applied, the first frame of a multi-frame file)."""
     _check_size(img.width, img.height, what)
     try:
         img.load()
     except Exception as exc:  # noqa: BLE001 - a closed image, a truncated or corrupt file
         raise InputError(f"cannot decode {what}: {exc or type(exc).__name__}",
                          api_hint="pass a loaded, valid PIL image") from None
-    return img
+    return displayed(img, what)
+
+
+def frame_count(img: Image.Image) -> int:
+    """The frames of a multi-frame file (animated GIF/PNG/WebP, multi-page TIFF), else 1.
+
+    MPO files (JPEGs from phone cameras that carry a preview or depth image after the photo)
+    count as one frame: their first frame is the photo itself.
+    """
+    if getattr(img, "format", None) == "MPO":
+        return 1
+    return int(getattr(img, "n_frames", 1) or 1)
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1..8; 1 when absent or unreadable), read from the header only."""
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block is ignored, as viewers do
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as viewers show it: swapped for EXIF orientations 5..8."""
+    w, h = img.size
+    return (h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)
+
+
+def displayed(img: Image.Image, what: str) -> Image.Image:
+    """An image or mask as people see it: the one rule for files, bytes and PIL images alike.
+
+    - EXIF orientation: applied (`PIL.ImageOps.exif_transpose`), so a phone photo stored
+      sideways with orientation 6 is segmented, and its mask returned, upright, and a mask
+      drawn on the upright photo matches it. The result carries no orientation tag, so
+      applying this twice changes nothing.
+    - Multi-frame files (animated GIF/PNG/WebP, multi-page TIFF): the first frame is used and
+      a warning names the file and its frame count (the rule everywhere: never refused,
+      never silent). MPO phone photos are single images (`frame_count`).
+
+    Raises:
+        InputError: an orientation that cannot be applied (a corrupt file).
+    """
+    frames = frame_count(img)
+    if frames > 1:
+        log.warning("%s has %d frames (an animation or a multi-page file); only the first frame is used", what, frames)
+        img = img.copy()  # one frame: a second look at it does not warn again
+    if exif_orientation(img) == 1:
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - PIL raises several types for a corrupt file
+        raise InputError(f"cannot apply the EXIF orientation of {what}: {exc or type(exc).__name__}",
+                         api_hint="pass a valid PNG/JPEG file") from None
 
 
 def _is_16bit_pil(img: Image.Image) -> bool:
@@ -220,7 +291,7 @@ def _image_array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
 
 
 def _image_pil_to_8bit(img: Image.Image, what: str, from_file: bool) -> Image.Image:
-    _loaded(img, what)
+    img = _loaded(img, what)
     if _is_16bit_pil(img):
         return Image.fromarray(scale_16bit(_pil_array(img, what)))
     if img.mode in ("I", "F") or img.mode.startswith("I;"):
@@ -320,7 +391,7 @@ def _thresholded(levels: np.ndarray, depth: str, raw: np.ndarray, color_share: f
 
 
 def _decode_pil_mask(img: Image.Image, what: str, from_file: bool) -> DecodedMask:
-    _loaded(img, what)
+    img = _loaded(img, what)
     if _is_16bit_pil(img):
         raw = _pil_array(img, what)
         return _thresholded(scale_16bit(raw), "16-bit", raw)

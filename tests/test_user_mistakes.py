@@ -329,6 +329,21 @@ def _exists(*rels: str):
     return check
 
 
+def _fifo_link(ws: Path, name: str) -> None:
+    """`ws/name` -> a named pipe beside the user's folder (nothing ever writes to it)."""
+    fifo = ws.parent / f"{name}.fifo"
+    os.mkfifo(fifo)
+    os.symlink(fifo, ws / name)
+
+
+def _copy(src: str, dst: str):
+    def setup(ws: Path) -> None:
+        (ws / dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ws / src, ws / dst)
+
+    return setup
+
+
 CASES = [
     # ---------------------------------------------------------------- lfm-export
     Case("export/checkpoint-is-a-photo", "lfm-export", ["--domain", "deepglobe", "--checkpoint", "photo.jpg"], 1,
@@ -587,6 +602,34 @@ CASES = [
          r"--timing-cache", art=True),
     Case("engine/user-file-in-engines", "lfm-build-engine", ["art"], 1, r"episode\.fp32\.plan.*move them out", art=True,
          setup=_write("art/engines/episode.fp32.plan", b"my engine")),
+    # ---------------------------------------------------------------- faults of the machine (issue 19)
+    # Inputs that are not regular files: /dev/zero never ends, a FIFO blocks a read forever (the
+    # FIFO lies beside the user's folder: reading it to snapshot the folder would block too).
+    Case("lint/graph-is-dev-zero", "lfm-lint-trt", ["zero.onnx"], 1, r"zero\.onnx is a link to /dev/zero, a character "
+         r"device, not a regular file", setup=_link("zero.onnx", "/dev/zero")),
+    Case("lint/graph-is-a-fifo", "lfm-lint-trt", ["pipe.onnx"], 1, r"pipe\.onnx is a link to .*named pipe \(FIFO\)",
+         setup=lambda ws: _fifo_link(ws, "pipe.onnx")),
+    Case("export/checkpoint-is-dev-zero", "lfm-export", ["--domain", "deepglobe", "--checkpoint", "zero.pt"], 1,
+         r"checkpoint zero\.pt is a link to /dev/zero, a character device", setup=_link("zero.pt", "/dev/zero")),
+    Case("export/masker-is-a-fifo", "lfm-export", ["--domain", "deepglobe", "--masker", "pipe.safetensors"], 1,
+         r"masker file pipe\.safetensors is a link to .*named pipe",
+         setup=lambda ws: _fifo_link(ws, "pipe.safetensors")),
+    Case("eval/masker-is-dev-zero", "lfm-eval", [*EVAL, "--masker", "zero.safetensors"], 1, r"character device",
+         setup=_link("zero.safetensors", "/dev/zero")),
+    # Numbers the machine cannot honour, refused at once.
+    Case("make-data/size-a-million", "lfm-make-data", ["--domain", "deepglobe", "--out", "big", "--size", "1000000"], 2,
+         r"--size"),
+    Case("predict/threads-five-thousand", "lfm-predict", [*PREDICT, "--out", "pred", "--threads", "5000"], 2,
+         r"--threads"),
+    Case("finetune/iterations-a-billion", "lfm-finetune", [*FINETUNE, "--iterations", "1000000000"], 2,
+         r"--iterations"),
+    # Options checked before the model is built or traced.
+    Case("export/opset-99", "lfm-export", ["--domain", "deepglobe", "--opset", "99", "--out", "exp"], 1,
+         r"--opset 99 is newer than the installed torch .* pass --opset 20"),
+    Case("export/calibration-without-masks", "lfm-export",
+         ["--domain", "deepglobe", "--precision", "int8", "--calibration", "unlabelled", "--out", "exp"], 1,
+         r"unlabelled/q1\.jpg has no mask",
+         setup=_steps(_copy("photo.jpg", "unlabelled/q1.jpg"), _copy("photo.jpg", "unlabelled/q2.jpg"))),
 ]
 
 

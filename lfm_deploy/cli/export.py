@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import SEED, domain_choice_callback, setup_logging, user_errors, verbose_option
+from . import COUNT, SEED, SHOTS, THREADS, domain_choice_callback, setup_logging, user_errors, verbose_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -18,7 +18,7 @@ from . import SEED, domain_choice_callback, setup_logging, user_errors, verbose_
 @click.option("--apm", type=click.Choice(["auto", "m", "s", "none"]), default="auto",
               help="APM variant; auto = the masker file's, else m.")
 @click.option("--acpa/--no-acpa", default=None, help="ACPA on/off. Default: the masker file's, else on.")
-@click.option("--shots", type=click.IntRange(min=1), default=None, help="K of the exported graphs. Default: the domain's.")
+@click.option("--shots", type=SHOTS, default=None, help="K of the exported graphs. Default: the domain's.")
 @click.option("--lowering", type=click.Choice(["matmul", "dft"]), default="matmul",
               help="FFT lowering: matmul (real matrix products, TensorRT-ready) or dft (ONNX DFT).")
 @click.option("--opset", type=click.IntRange(min=17), default=20, help="ONNX opset.")
@@ -28,7 +28,8 @@ from . import SEED, domain_choice_callback, setup_logging, user_errors, verbose_
 @click.option("--simplify/--no-simplify", default=True, help="Simplify graphs with onnxslim.")
 @click.option("--validate/--no-validate", default=True, help="Check every graph against the eager model in onnxruntime.")
 @click.option("--seed", type=SEED, default=0, help="Seed of the validation episodes.")
-@click.option("--threads", type=click.IntRange(min=1), default=2, help="onnxruntime threads for validation.")
+@click.option("--threads", type=THREADS, default=2,
+              help="onnxruntime threads for validation, at most the CPU cores (more are capped).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32",
               help="fp32: the validated float32 graphs. int8: QDQ graphs (onnxruntime, OpenVINO, TensorRT); fp16: "
                    "fp16 graphs with float32 islands; bf16: OpenVINO bf16 on the float32 graphs (needs the openvino "
@@ -37,9 +38,9 @@ from . import SEED, domain_choice_callback, setup_logging, user_errors, verbose_
 @click.option("--calibration", type=click.Path(exists=False), default=None,
               help="int8/fp16: labelled images (a folder of <stem>.jpg + <stem>_mask.png, or an index file) to "
                    "calibrate on; they also join the gate. Default: the domain's validation episodes.")
-@click.option("--gate-episodes", type=click.IntRange(min=1), default=6,
+@click.option("--gate-episodes", type=COUNT, default=6,
               help="Validation episodes the reduced-precision accuracy gate runs on (plus --calibration's images).")
-@click.option("--calibration-episodes", type=click.IntRange(min=1), default=8,
+@click.option("--calibration-episodes", type=COUNT, default=8,
               help="int8/fp16 without --calibration: validation episodes to calibrate on (int8 also chooses its "
                    "float share on as many held-out ones).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -12,7 +12,22 @@ from pathlib import Path
 
 import click
 
-from . import SEED, FiniteFloat, OutputFilePath, domain_choice_callback, setup_logging, user_errors, verbose_option
+from ..preprocess import MAX_IMAGE_SIDE
+from . import (
+    COUNT,
+    SEED,
+    SHOTS,
+    STEPS,
+    FiniteFloat,
+    OutputFilePath,
+    domain_choice_callback,
+    setup_logging,
+    user_errors,
+    verbose_option,
+)
+
+#: Peak memory of writing one synthetic image per pixel (float64 textures; 98 measured, with margin).
+_SYNTHETIC_BYTES_PER_PIXEL = 112
 
 _DOMAIN_HELP = "Target domain: deepglobe, isic, chest_xray or fss1000 (aliases accepted)."
 
@@ -53,12 +68,12 @@ def _untrained_note(untrained: bool) -> None:
 )
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Base HSNet-ResNet50 checkpoint. Without it the UNTRAINED seeded default is used.")
-@click.option("--shots", type=click.IntRange(min=1), default=None,
+@click.option("--shots", type=SHOTS, default=None,
               help="Support images per class. Default: the domain's default (1) with --data-root, all with --support.")
 @click.option("--apm", type=click.Choice(["m", "s", "none"]), default="m", callback=_apm_value,
               help="Amplitude-Phase Masker: m (per channel, 692k parameters), s (shared, 338) or none.")
 @click.option("--acpa/--no-acpa", default=True, help="Adaptive Channel Phase Attention.")
-@click.option("--iterations", type=click.IntRange(min=0), default=None,
+@click.option("--iterations", type=STEPS, default=None,
               help="Optimizer steps. Default: the domain's schedule (60).")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Learning rate. Default: the domain's (Deepglobe/ISIC 0.01, Chest X-ray 0.1, FSS-1000 1e-5).")
@@ -68,9 +83,9 @@ def _untrained_note(untrained: bool) -> None:
 @click.option("--out", type=OutputFilePath(path_type=Path), default=None,
               help="Masker file to write; a <name>.finetune.json log goes next to it. "
               "[default: masker-<domain>.safetensors]")
-@click.option("--pairs-per-iteration", type=click.IntRange(min=1), default=None,
+@click.option("--pairs-per-iteration", type=click.IntRange(1, 256), default=None,
               help="(query, support) pairs per step. Default: number of support images, at most 8.")
-@click.option("--image-size", type=click.IntRange(min=32), default=None, hidden=True,
+@click.option("--image-size", type=click.IntRange(32, 2048), default=None, hidden=True,
               help="Model input side (default: the domain's, 400). For tests and experiments only.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --out file (or its log) that is not an earlier lfm-finetune output.")
@@ -117,7 +132,7 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
 @click.option("--domain", "domain", required=True, callback=domain_choice_callback, help=_DOMAIN_HELP)
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Benchmark dataset root (the folder holding Deepglobe/, ISIC/, ...).")
-@click.option("--shots", type=click.IntRange(min=1), default=None,
+@click.option("--shots", type=SHOTS, default=None,
               help="Supports per episode (the benchmark reports 1 and 5). Default: the domain's (1).")
 @click.option("--masker", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Masker file from lfm-finetune (sets --apm/--acpa from its metadata).")
@@ -126,22 +141,22 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
 @click.option("--protocol", type=click.Choice(["per-domain", "per-episode"]), default="per-domain",
               help="per-domain: one fixed masker for all episodes. per-episode (the paper's): reset and "
               "re-tune the masker on each episode's supports before predicting its query.")
-@click.option("--episodes", type=click.IntRange(min=1), default=None,
+@click.option("--episodes", type=COUNT, default=None,
               help="Number of episodes. Default: the benchmark's (600; FSS-1000 one per test image).")
 @click.option("--seed", type=SEED, default=0, help="Episode seed (0 reproduces the benchmark's episodes).")
 @click.option("--apm", type=click.Choice(["m", "s", "none"]), default="m", callback=_apm_value,
               help="Model variant when no --masker is given.")
 @click.option("--acpa/--no-acpa", default=True, help="Model variant when no --masker is given.")
-@click.option("--iterations", type=click.IntRange(min=0), default=None,
+@click.option("--iterations", type=STEPS, default=None,
               help="per-episode protocol: fine-tuning steps per episode. Default: the domain's (60).")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None,
               help="per-episode protocol: learning rate. Default: the domain's.")
 @click.option("--overlays", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write overlay PNGs (support | query | ground truth | prediction) of the first episodes here.")
-@click.option("--overlay-count", type=click.IntRange(min=0), default=4, help="Number of overlay PNGs.")
+@click.option("--overlay-count", type=click.IntRange(0, 10**4), default=4, help="Number of overlay PNGs.")
 @click.option("--report", type=OutputFilePath(path_type=Path), default=None,
               help="Write the JSON report here.")
-@click.option("--image-size", type=click.IntRange(min=32), default=None, hidden=True,
+@click.option("--image-size", type=click.IntRange(32, 2048), default=None, hidden=True,
               help="Model input side (default: the domain's, 400). For tests and experiments only.")
 @click.option("--overwrite", is_flag=True,
               help="Replace existing --report / --overlays files that lfm-eval did not write.")
@@ -185,10 +200,11 @@ def eval_main(domain, data_root, shots, masker, checkpoint, protocol, episodes, 
 @click.option("--domain", "domain", required=True, callback=domain_choice_callback, help=_DOMAIN_HELP)
 @click.option("--out", "root", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Dataset root to write; the domain's folder (e.g. Deepglobe/) is created inside.")
-@click.option("--per-class", type=click.IntRange(min=2), default=None,
+@click.option("--per-class", type=click.IntRange(2, 10**4), default=None,
               help="Images per class. [default: 10 for FSS-1000, else 6]")
-@click.option("--size", type=click.IntRange(min=8), default=96, help="Image side in pixels (readers resize to 400).")
-@click.option("--classes", type=click.IntRange(min=1), default=None,
+@click.option("--size", type=click.IntRange(8, MAX_IMAGE_SIDE), default=96,
+              help="Image side in pixels (readers resize to 400; they read at most 16384).")
+@click.option("--classes", type=click.IntRange(1, 10**4), default=None,
               help="FSS-1000 only: number of classes. [default: 4]")
 @click.option("--seed", type=SEED, default=0, help="Seed; the same seed writes the same files.")
 @verbose_option
@@ -207,7 +223,11 @@ def make_data_main(domain, root, per_class, size, classes, seed, verbose):
     """
     setup_logging(verbose)
     from ..data import make_synthetic_dataset, open_dataset
+    from ..utils.limits import check_memory
 
+    # Refused before any array exists (a MemoryError traceback, or the OOM killer, otherwise).
+    check_memory(_SYNTHETIC_BYTES_PER_PIXEL * size * size, f"--size {size} ({size}x{size} images)",
+                 hint="pass a smaller size", cli_hint="pass a smaller --size (the readers resize images to 400 anyway)")
     base = make_synthetic_dataset(domain, root, per_class=per_class, size=size, seed=seed, classes=classes)
     dataset = open_dataset(domain, base.parent)  # where it was written ('~' expanded, links resolved)
     click.echo(f"wrote {len(dataset)} images in {dataset.num_classes} classes ({size}x{size}) under {base}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import FiniteFloat, setup_logging, user_errors, verbose_option
+from . import BATCH_SIZE, THREADS, WORKERS, FiniteFloat, setup_logging, user_errors, verbose_option
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _overlay(image_path: Path, mask):
               help="A support image and its mask (repeat for K-shot artifacts; exactly K pairs).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm-predict did not write.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Queries per inference run.")
+@click.option("--batch-size", type=BATCH_SIZE, default=8, help="Queries per inference run.")
 @click.option("--providers", default="cpu",
               help="Execution providers, best first: cpu, cuda, tensorrt (comma-separated); or openvino alone "
                    "(the OpenVINO CPU runtime, needs the openvino extra).")
@@ -82,8 +82,9 @@ def _overlay(image_path: Path, mask):
                    "masks slightly where the two logits are close (compare with an fp32 run; measured in "
                    "docs/openvino.md).")
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU when a requested accelerator is unavailable.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="onnxruntime intra-op (or OpenVINO inference) threads. Default: all cores.")
+@click.option("--threads", type=THREADS, default=None,
+              help="onnxruntime intra-op (or OpenVINO inference) threads, at most the CPU cores (more are capped). "
+                   "Default: all cores.")
 @click.option("--overlay/--no-overlay", default=True, help="Also write <stem>_overlay.png (mask tinted over the image).")
 @click.option("--allow-empty-mask", is_flag=True, help="Accept support masks without foreground (a warning instead of an error).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -92,7 +93,7 @@ def _overlay(image_path: Path, mask):
                    "adds results.jsonl; resumable).")
 @click.option("--address", default=None, help="--engine ray: join this Ray cluster (ray start --head prints it). "
                                                "Default: start a local one for the job.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, help="--engine ray: worker actors.")
+@click.option("--workers", type=WORKERS, default=1, help="--engine ray: worker actors.")
 @click.option("--cpus-per-worker", type=FiniteFloat(min=0, min_open=True), default=0.5,
               help="--engine ray: CPUs each worker reserves in Ray's scheduler (fractional keeps a core for reads).")
 @verbose_option
@@ -156,34 +157,47 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
     from PIL import Image
 
     rows, failed = [], []
-    with tqdm(total=len(files), desc="lfm-predict", unit="img", disable=quiet or len(files) < 2) as bar:
-        for start in range(0, len(files), batch_size):
-            chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
-            try:
-                masks = seg.predict([str(f) for f, _ in chunk])
-            except InputError:  # find which query failed: the others are still segmented
-                masks = []
-                for path, _ in chunk:
-                    try:
-                        masks.append(seg.predict(str(path)))
-                    except InputError as exc:
-                        masks.append(exc)
-            for (path, stem), mask in zip(chunk, masks):
-                row = {"input": str(path), "mask": None, "overlay": None, "width": None, "height": None,
-                       "foreground": None, "status": "ok", "error": None}
-                if isinstance(mask, InputError):
-                    row.update(status="error", error=mask.cli_message())
-                    failed.append(row)
-                else:
-                    png = Image.fromarray(mask * np.uint8(255))
-                    row["mask"] = str(out.write(names[stem][0], lambda tmp: png.save(tmp, format="PNG")))
-                    if overlay:
-                        tinted = _overlay(path, mask)
-                        row["overlay"] = str(out.write(names[stem][1], lambda tmp: tinted.save(tmp, format="PNG")))
-                    row.update(height=int(mask.shape[0]), width=int(mask.shape[1]),
-                               foreground=round(float(mask.mean()), 6))
-                rows.append(row)
-            bar.update(len(chunk))
+    try:
+        with tqdm(total=len(files), desc="lfm-predict", unit="img", disable=quiet or len(files) < 2) as bar:
+            for start in range(0, len(files), batch_size):
+                chunk = list(zip(files[start:start + batch_size], stems[start:start + batch_size]))
+                try:
+                    masks = seg.predict([str(f) for f, _ in chunk])
+                except InputError:  # find which query failed: the others are still segmented
+                    masks = []
+                    for path, _ in chunk:
+                        try:
+                            masks.append(seg.predict(str(path)))
+                        except InputError as exc:
+                            masks.append(exc)
+                for (path, stem), mask in zip(chunk, masks):
+                    row = {"input": str(path), "mask": None, "overlay": None, "width": None, "height": None,
+                           "foreground": None, "status": "ok", "error": None}
+                    if isinstance(mask, InputError):
+                        row.update(status="error", error=mask.cli_message())
+                        failed.append(row)
+                    else:
+                        png = Image.fromarray(mask * np.uint8(255))
+                        row["mask"] = str(out.write(names[stem][0], lambda tmp: png.save(tmp, format="PNG")))
+                        if overlay:
+                            tinted = _overlay(path, mask)
+                            row["overlay"] = str(out.write(names[stem][1],
+                                                           lambda tmp: tinted.save(tmp, format="PNG")))
+                        row.update(height=int(mask.shape[0]), width=int(mask.shape[1]),
+                                   foreground=round(float(mask.mean()), 6))
+                    rows.append(row)
+                bar.update(len(chunk))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: what was written is complete, and the table says what it is
+        if out.written:
+            done, written = {r["input"] for r in rows}, set(out.written)
+            for f, stem in zip(files, stems):
+                if str(f) not in done:
+                    mask, tint = (str(out.path / n) if n in written else None for n in (names[stem] + [None])[:2])
+                    rows.append({"input": str(f), "mask": mask, "overlay": tint, "width": None, "height": None,
+                                 "foreground": None, "status": "interrupted", "error": None})
+            out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in rows))
+            out.flush()
+        raise
     out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in rows))
     out.flush()
     written = len(rows) - len(failed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 import click
@@ -10,11 +11,29 @@ from . import FiniteFloat, setup_logging, user_errors, verbose_option
 from .predict import _parse_support
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (systemd, Docker, Kubernetes): stop like Ctrl-C (a KeyboardInterrupt, so
+    that no `except Exception` on the way swallows it)."""
+
+    signum = signal.SIGTERM
+
+
+def _signal_name(exc: BaseException) -> str:
+    """'SIGTERM' for this module's (or any) KeyboardInterrupt that carries `signum` SIGTERM."""
+    return "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "Ctrl-C"
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--support", "supports", multiple=True, required=True, callback=_parse_support, metavar="IMAGE:MASK",
               help="A support image and its mask (repeat for K-shot artifacts; exactly K pairs).")
-@click.option("--host", default="127.0.0.1", help="Address Serve's HTTP proxy binds (0.0.0.0: every interface).")
+@click.option("--host", default="127.0.0.1",
+              help="Address the HTTP port binds (0.0.0.0: every interface). A local cluster's own ports "
+                   "always listen on 127.0.0.1.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, help="HTTP port.")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, help="Replicas (each one model in memory).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, help="Largest dynamic batch per replica.")
@@ -25,7 +44,21 @@ from .predict import _parse_support
               help="CPUs each replica reserves in Ray's scheduler.")
 @click.option("--max-body-mb", type=FiniteFloat(min=0, min_open=True), default=32.0,
               help="Largest request body; larger ones get 413.")
-@click.option("--address", default=None, help="Join this Ray cluster (ray start --head prints it). Default: a local one.")
+@click.option("--body-timeout-s", type=FiniteFloat(min=0, min_open=True), default=30.0,
+              help="A request body not received within this time gets 408.")
+@click.option("--max-megapixels", type=FiniteFloat(min=0, min_open=True), default=40.0,
+              help="Largest image (width x height, from its header, before decoding); larger ones get 413.")
+@click.option("--replica-megapixels", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Decoded pixels a replica holds at once; requests beyond wait, then get 503. "
+                   "Default: 3 x --max-megapixels.")
+@click.option("--token", envvar="LFM_SERVE_TOKEN", default=None, show_envvar=True, show_default=False,
+              help="Bearer token every endpoint but /healthz requires ('Authorization: Bearer TOKEN'). "
+                   "Prefer the environment variable: a command line is visible to other users.")
+@click.option("--drain-timeout-s", type=FiniteFloat(min=0), default=30.0,
+              help="On Ctrl-C or SIGTERM, how long requests in flight may take to finish.")
+@click.option("--address", default=None,
+              help="Join this Ray cluster (ray start --head prints it). Default: a private local one "
+                   "(RAY_ADDRESS is not used unless passed here).")
 @click.option("--providers", default="cpu",
               help="Execution providers, best first: cpu, cuda, tensorrt (comma-separated); or openvino alone.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
@@ -35,14 +68,19 @@ from .predict import _parse_support
 @verbose_option
 @user_errors
 def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms, threads, cpus_per_replica,
-         max_body_mb, address, providers, precision, allow_fallback, allow_empty_mask, verbose):
-    """Serve an lfm-export directory over HTTP with a fixed support set, until Ctrl-C.
+         max_body_mb, body_timeout_s, max_megapixels, replica_megapixels, token, drain_timeout_s, address,
+         providers, precision, allow_fallback, allow_empty_mask, verbose):
+    """Serve an lfm-export directory over HTTP with a fixed support set, until Ctrl-C or SIGTERM.
 
     \b
     POST /predict             image bytes -> mask PNG (0/255, the image's size)
     POST /predict?format=json -> {"foreground", "width", "height", "rle"}
-    GET  /healthz             200 once the support set is encoded, 503 before
+    GET  /healthz             200 once the support set is encoded, 503 before (no token)
     GET  /metadata            domain, shots, variant, precision, untrained, artifact hashes
+    GET  /docs                the API (OpenAPI)
+
+    Ctrl-C or SIGTERM: requests in flight finish (up to --drain-timeout-s), every process the
+    command started stops, exit 0.
 
     \b
     Example:
@@ -52,28 +90,55 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
     from ..serving.cluster import import_ray, ray_cluster
 
     setup_logging(verbose)
+    # SIGTERM stops the command the way Ctrl-C does, from here on (ray.init installs its own
+    # handler, which aborts: ours is put back once the cluster is up).
+    signal.signal(signal.SIGTERM, _on_sigterm)
     import_ray()
-    from ..serving.ray_serve import build_app, start_service, stop_service
+    from ..serving.ray_serve import build_app, drain_service, start_service, stop_service
 
     # The artifacts and the support set are checked before any cluster starts.
     app = build_app(artifact_dir, [img for img, _ in supports], [mask for _, mask in supports], replicas=replicas,
                     max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000.0, threads=threads,
                     cpus_per_replica=cpus_per_replica, providers=providers, allow_fallback=allow_fallback,
-                    allow_empty=allow_empty_mask, max_body_bytes=int(max_body_mb * (1 << 20)), precision=precision)
-    with ray_cluster(address, verbose=verbose):
-        try:
-            url = start_service(app, host=host, port=port)
-            click.echo(f"Serving {artifact_dir} at {url} ({replicas} replica(s), batches of up to {max_batch}): "
-                       f"POST {url}/predict, GET {url}/healthz, GET {url}/metadata. Ctrl-C stops.")
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:  # the way to stop a service: a clean exit, not an error
-            click.echo("Stopping the service.", err=True)
-        finally:
+                    allow_empty=allow_empty_mask, max_body_bytes=int(max_body_mb * (1 << 20)), precision=precision,
+                    body_timeout_s=body_timeout_s, max_pixels=int(max_megapixels * 1e6),
+                    replica_pixels=int(replica_megapixels * 1e6) if replica_megapixels else None, token=token)
+    why, drained, started = None, 0, False
+    try:
+        with ray_cluster(address, verbose=verbose):
+            signal.signal(signal.SIGTERM, _on_sigterm)
             try:
-                stop_service()
-            except Exception:  # the cluster is going away anyway
-                pass
+                url = start_service(app, host=host, port=port)
+                started = True
+                auth = " (token required)" if token else ""
+                click.echo(f"Serving {artifact_dir} at {url}{auth} ({replicas} replica(s), batches of up to "
+                           f"{max_batch}): POST {url}/predict, GET {url}/healthz, GET {url}/metadata, GET {url}/docs. "
+                           "Ctrl-C stops.")
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt as exc:  # the way to stop a service: a clean exit, not an error
+                why = _signal_name(exc)
+            finally:
+                # A second signal while stopping must not cut the cleanup (and the cluster's
+                # shutdown, when the `with` block ends) short.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                try:
+                    if started:
+                        drained = drain_service(drain_timeout_s)
+                    stop_service()
+                except Exception:  # the cluster is going away anyway
+                    pass
+    except KeyboardInterrupt as exc:  # SIGTERM or Ctrl-C while the cluster started: it was shut down
+        why = why or _signal_name(exc)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if why is None:  # pragma: no cover - the loop above only ends by a signal or an error
+        return
+    where = f"the cluster at {address} keeps running" if address else "the local Ray cluster is shut down"
+    served = f"{drained} request(s) in flight finished; " if started else "before the service was up; "
+    click.echo(f"Stopped ({why}): {served}{where}.", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

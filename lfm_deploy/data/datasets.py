@@ -27,7 +27,15 @@ from PIL import Image, UnidentifiedImageError
 
 from ..domains import Domain, get_domain, list_domains
 from ..errors import DataError, DomainError, InputError
-from ..preprocess import binarize_mask, normalize_image, prepare_mask, resize_mask_nearest
+from ..preprocess import (
+    binarize_mask,
+    displayed,
+    displayed_size,
+    normalize_image,
+    prepare_mask,
+    resize_mask_nearest,
+)
+from ..utils.files import MAX_IMAGE_BYTES, MAX_TEXT_BYTES, regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +184,11 @@ class SegmentationDataset:
 
 
 def open_image(path: PathLike, what: str = "image") -> Image.Image:
-    """Open and decode an image file, turning every failure into a `DataError`.
+    """Open and decode an image file as displayed, turning every failure into a `DataError`.
+
+    The file must be a regular file (`_readable`); the EXIF orientation is applied and a
+    multi-frame file gives its first frame with a warning (`preprocess.displayed`, the rule of
+    the runtime too).
 
     Args:
         path: the file.
@@ -186,28 +198,37 @@ def open_image(path: PathLike, what: str = "image") -> Image.Image:
         the decoded PIL image (file closed).
 
     Raises:
-        DataError: the file is missing or cannot be decoded.
+        DataError: the file is missing, not a regular file, or cannot be decoded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file {path} does not exist; restore it or remove its pair")
+    path = _readable(path, what)
     try:
         with Image.open(path) as img:
             img.load()
+            return displayed(img, f"{what} {path}")
+    except InputError as exc:
+        raise DataError(exc.message, api_hint=exc.api_hint, cli_hint=exc.cli_hint) from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise DataError(
             f"cannot read {what} {path} ({exc}); replace it with a valid PNG/JPEG file "
             "or remove it and its pair"
         ) from None
-    return img
+
+
+def _readable(path: PathLike, what: str) -> Path:
+    """`path` when it is a regular image file (`utils.files.regular_file`), else a DataError."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise DataError(f"{what} file {path} does not exist; restore it or remove its pair")
+    return regular_file(path, f"{what} file", MAX_IMAGE_BYTES, error=DataError,
+                        hint="replace it with a PNG/JPEG file or remove it and its pair")
 
 
 def _header_size(path: Path, what: str) -> tuple[int, int]:
-    if not path.is_file():
-        raise DataError(f"{what} file {path} does not exist; restore it or remove its pair")
+    """(width, height) as displayed (EXIF orientation applied), from the header only."""
+    path = _readable(path, what)
     try:
         with Image.open(path) as img:
-            return img.size
+            return displayed_size(img)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise DataError(
             f"cannot read {what} {path} ({exc}); replace it with a valid PNG/JPEG file "
@@ -376,7 +397,9 @@ def _read_fss1000(domain: Domain, base: Path) -> SegmentationDataset:
     line) it is used the same way, otherwise every class folder is a test class (sorted).
     """
     split_file = base / "test.txt"
-    if split_file.is_file():
+    if os.path.lexists(split_file):
+        regular_file(split_file, "class list", MAX_TEXT_BYTES, error=DataError,
+                     hint="make it a text file of class names, one a line, or remove it")
         names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         classes = sorted(set(names))
         for name in classes:
@@ -405,7 +428,7 @@ def _read_fss1000(domain: Domain, base: Path) -> SegmentationDataset:
 @register_reader("support")
 def _read_support(domain: Domain, base: Path) -> SegmentationDataset:
     """A user's support set: a folder of image/mask pairs or an index file (see `open_support`)."""
-    if base.is_file():
+    if base.is_file() or (os.path.lexists(base) and not base.is_dir()):  # a FIFO or device: refused there
         return _read_support_index(domain, base)
     _require_dir(
         base, "pass a folder of <stem>.jpg/.png images with <stem>_mask.png masks, or an index file"
@@ -452,6 +475,8 @@ def _read_support(domain: Domain, base: Path) -> SegmentationDataset:
 
 
 def _index_rows(index: Path) -> list[dict]:
+    regular_file(index, "support set", MAX_TEXT_BYTES, error=DataError,
+                 hint="pass a folder of <stem>.jpg images with <stem>_mask.png masks, or a .csv/.jsonl index file")
     if index.suffix.lower() not in (".csv", ".jsonl", ".json"):
         raise DataError(
             f"support set {index} is a file but neither .csv nor .jsonl (an index); pass a folder of "
@@ -502,14 +527,16 @@ def _read_support_index(domain: Domain, index: Path) -> SegmentationDataset:
             raise DataError(f"index {index} entry {i} lacks an image or mask path; fill in both")
         image = index.parent / str(row["image"])
         mask = index.parent / str(row["mask"])
-        if not image.is_file():
+        if not os.path.lexists(image):
             raise DataError(
                 f"image {image} (index {index}, entry {i}) does not exist; fix the path"
             )
-        if not mask.is_file():
+        if not os.path.lexists(mask):
             raise DataError(
                 f"image {image} has no mask at {mask} (index {index}, entry {i}); fix the path"
             )
+        for path, what in ((image, "image"), (mask, "mask")):
+            regular_file(path, what, MAX_IMAGE_BYTES, error=DataError, hint=f"fix entry {i} of index {index}")
         grouped.setdefault(str(row.get("class") or index.stem), []).append(Pair(image, mask))
     if not grouped:
         raise DataError(f"index {index} lists no image/mask pairs; add entries")

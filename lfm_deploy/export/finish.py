@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ import onnx
 
 from ..contract import TensorSpec
 from ..errors import ExportError
+from ..utils.outputs import disk_fault
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,9 @@ class GraphFinisher:
     Each worker is a fresh `python -m lfm_deploy.export.finish` process that reads the traced
     graph from a new temporary file beside its destination and deletes it: nothing is forked from a process
     holding torch's threads, and the caller's own script is never imported again (which
-    multiprocessing's spawn start would do).
+    multiprocessing's spawn start would do). A SIGINT or SIGTERM of the caller stops the workers
+    on leaving the block; a worker whose caller was killed outright exits by itself within
+    half a second. A worker that cannot write (a full disk) is reported as that `OSError`.
 
     Args:
         workers: background processes at a time; 0 finishes each graph inside `submit`.
@@ -128,7 +132,7 @@ class GraphFinisher:
         traced, log_file = (_new_file(path, suffix) for suffix in (".traced", ".log"))
         traced.write_bytes(model.SerializeToString())
         job = json.dumps({"traced": str(traced), "path": str(path), "simplify": simplify,
-                          "specs": [s.to_dict() for s in specs]})
+                          "specs": [s.to_dict() for s in specs], "parent": os.getpid()})
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
         with open(log_file, "wb") as err:
             proc = subprocess.Popen([sys.executable, "-m", __name__, job], stdin=subprocess.DEVNULL,
@@ -152,6 +156,15 @@ class GraphFinisher:
             log_file.unlink(missing_ok=True)
             traced.unlink(missing_ok=True)
         name = traced.name[1:].split(".onnx.", 1)[0] + ".onnx"
+        if code == _OS_ERROR:  # e.g. no space left: raised here as the OSError it was (the caller reports it)
+            try:
+                number, text, filename = json.loads(message.splitlines()[-1])
+            except (ValueError, IndexError, TypeError):
+                number, text, filename = None, message[-500:], None
+            error = OSError(number, text, filename)
+            if disk_fault(error):
+                raise error
+            raise ExportError(f"writing {name} failed in its worker process: {text} ({filename})")
         if code == _USER_ERROR:  # an ExportError raised by finish_graph: its message, as JSON on the last line
             last = message.splitlines()[-1] if message else ""
             try:
@@ -184,6 +197,10 @@ class GraphFinisher:
 
 #: Exit code of a worker whose graph failed with an ExportError (its message is the last line).
 _USER_ERROR = 3
+#: Exit code of a worker that could not write (the OSError's [errno, strerror, filename] is the last line).
+_OS_ERROR = 4
+#: How often a worker checks that the process that started it is still alive (seconds).
+_PARENT_CHECK = 0.5
 #: The folder holding the lfm_deploy package, for the workers' import path.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -195,17 +212,34 @@ def _new_file(path: Path, suffix: str) -> Path:
     return Path(name)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Stop this worker when the process that started it is gone (killed outright: SIGKILL, the
+    OOM killer), so no worker writes on into a folder nobody owns any more."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="lfm-parent-watch").start()
+
+
 def _worker(job: str) -> int:
     spec = json.loads(job)
-    traced = Path(spec["traced"])
-    model = onnx.load_model(str(traced))
-    traced.unlink()
-    specs = [TensorSpec.from_dict(s) for s in spec["specs"]]
+    if spec.get("parent"):
+        _exit_with_parent(int(spec["parent"]))
     try:
+        traced = Path(spec["traced"])
+        model = onnx.load_model(str(traced))
+        traced.unlink()
+        specs = [TensorSpec.from_dict(s) for s in spec["specs"]]
         finish_graph(model, spec["path"], specs, simplify=spec["simplify"])
     except ExportError as exc:
         print(json.dumps(str(exc)), file=sys.stderr)
         return _USER_ERROR
+    except OSError as exc:
+        print(json.dumps([exc.errno, exc.strerror or str(exc), exc.filename]), file=sys.stderr)
+        return _OS_ERROR
     return 0
 
 

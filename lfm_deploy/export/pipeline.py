@@ -23,10 +23,11 @@ from ..domains import Domain, get_domain
 from ..errors import ExportError, ParityError, PrecisionGateError
 from ..manifest import SCHEMA_VERSION, file_entry, write_manifest
 from ..models import build_model, read_masker
-from ..models.checkpoints import UNTRAINED_LABEL, masker_variant
+from ..models.checkpoints import UNTRAINED_LABEL, check_masker_domain, masker_variant
 from ..models.graphs import EncoderGraph, EpisodeGraph, HeadGraph
 from ..parity.compare import OutputCheck, format_checks
 from ..parity.episodes import validation_episode
+from ..utils.limits import cap_threads
 from ..utils.outputs import ArtifactDir
 from ..utils.versions import library_versions
 from .finish import GraphFinisher
@@ -94,6 +95,53 @@ def _resolve_variant(apm, acpa, masker):
     if apm not in ("m", "s", None):
         raise ExportError(f"--apm must be m, s or none, got {apm!r}")
     return apm, True if acpa is None else bool(acpa)
+
+
+def _max_opset(lowering: str) -> int | None:
+    """The newest opset the installed exporter writes for `lowering` (None: unknown).
+
+    matmul traces with the TorchScript exporter, dft with torch.export (dynamo); both are
+    bounded by what the installed onnx package defines.
+    """
+    try:
+        import onnx
+        from torch.onnx import _constants
+
+        exporter = _constants.ONNX_MAX_OPSET if lowering == "dft" else _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+        return min(int(exporter), int(onnx.defs.onnx_opset_version()))
+    except (ImportError, AttributeError, TypeError, ValueError):  # private constants moved: no check
+        return None
+
+
+def _check_opset(opset: int, lowering: str) -> None:
+    """Refuse an opset newer than the installed torch / onnx export, before any tracing."""
+    newest = _max_opset(lowering)
+    if newest is not None and opset > newest:
+        import onnx
+
+        default, span = min(DEFAULT_OPSET, newest), f"17..{newest}"
+        raise ExportError(f"--opset {opset} is newer than the installed torch {torch.__version__} and onnx "
+                          f"{onnx.__version__} export with the {lowering} lowering (at most {newest})",
+                          api_hint=f"pass opset={default} (the default) or another in {span}",
+                          cli_hint=f"pass --opset {default} (the default) or another in {span}")
+
+
+def _check_calibration(calibration, dom: Domain, shots: int) -> None:
+    """Check --calibration before any work: labelled pairs (a mask for every image), readable
+    regular files (headers only), and a class with shots + 1 images (one query, K supports).
+
+    Raises:
+        DataError: what `labelled_episodes` would refuse after the model is built.
+    """
+    from ..data.datasets import open_support
+    from ..errors import DataError
+
+    dataset = open_support(calibration, dom)
+    dataset.check_files()
+    if not any(len(pairs) > shots for pairs in dataset.items):
+        raise DataError(f"calibration data {calibration} has no class with {shots + 1} labelled images (one query "
+                        f"and {shots} supports)", api_hint="add images or export with fewer shots",
+                        cli_hint="add images or export with fewer --shots")
 
 
 def _earlier_export(directory: Path) -> set[str] | None:
@@ -193,6 +241,7 @@ def export_domain(
         raise ExportError(f"the dft lowering needs ONNX DFT, i.e. --opset 17 or later (got {opset})")
     if opset < 14:
         raise ExportError(f"--opset {opset} is too old; use 17 or later")
+    _check_opset(opset, lowering)  # before any tracing: the exporter would refuse it only after it
     from ..precision.pipeline import PRECISIONS
 
     if precision not in PRECISIONS:
@@ -210,6 +259,11 @@ def export_domain(
         raise ExportError(f"calibration data {calibration} does not exist",
                           cli_hint="pass --calibration with a folder of <stem>.jpg + <stem>_mask.png pairs or an index file",
                           api_hint="pass a folder of <stem>.jpg + <stem>_mask.png pairs or an index file")
+    if calibration is not None:
+        _check_calibration(calibration, dom, shots)
+    if masker is not None:  # the masker file is read (and checked) now, and its domain compared with ours
+        check_masker_domain(masker, read_masker(masker)[1], dom.name, "exporting it for")
+    threads = cap_threads(threads, "threads") if isinstance(threads, int) and threads > 0 else threads
     if precision == "bf16":
         from ..runtime.openvino import import_openvino
 
@@ -225,12 +279,26 @@ def export_domain(
     t0 = time.perf_counter()
 
     graphs = ["episode"] + (["encoder", "head"] if split else [])
-    steps = _Steps(total=2 + len(graphs) * (2 if validate else 1) + 2 + int(triton) + int(precision != "fp32"),
+    steps = _Steps(total=2 + len(graphs) * (2 if validate else 1) + 2 + int(triton) + 2 * int(precision != "fp32"),
                    enabled=progress)
     try:
         steps.start("building the eager model")
         model, weights = build_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size)
+        # Room for the graphs, checked before tracing (a rough estimate: the episode graph holds
+        # every weight, the encoder and head together about as much again; Triton links them).
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        copies = (2 if split else 1) * (1.5 if precision != "fp32" else 1)
+        target.require_space(int(weight_bytes * copies * 1.1), "the export")
         steps.done()
+        plan = None
+        if precision != "fp32":  # no evidence, no export: the gate's episodes are checked before any tracing
+            from ..precision.pipeline import plan_gate
+
+            steps.start(f"{precision}: drawing the accuracy gate's episodes")
+            plan = plan_gate(precision, model, domain=dom.name, shots=shots, tolerances=dom.precision_gates[precision],
+                             calibration=calibration, seed=seed, gate_episodes=gate_episodes,
+                             calibration_episodes=calibration_episodes, threads=threads)
+            steps.done()
         steps.start(f"preparing for export ({lowering} lowering)")
         prepared = prepare_for_export(model, lowering)
         steps.done()
@@ -293,6 +361,7 @@ def export_domain(
                     precision, tmp, {g: GRAPH_FILES[g] for g in graphs}, model, domain=dom.name, shots=shots,
                     tolerances=dom.precision_gates[precision], calibration=calibration, seed=seed, threads=threads,
                     gate_episodes=gate_episodes, calibration_episodes=calibration_episodes, step=steps.start,
+                    plan=plan,
                 )
                 steps.done()
 

@@ -29,7 +29,7 @@ from ..data import load_episode, make_episodes, open_dataset
 from ..domains import Domain, get_domain
 from ..errors import CheckpointError
 from ..models import build_model
-from ..models.checkpoints import masker_state, masker_variant, read_masker
+from ..models.checkpoints import check_masker_domain, masker_state, masker_variant, read_masker
 from .metrics import SegmentationMeter, intersection_union
 from ..utils.outputs import OutputDir, OutputFile, check_distinct
 from .trainer import environment, finetune_masker, init_masker
@@ -205,10 +205,7 @@ def evaluate(
                 f"masker {masker} was fine-tuned at {trained_at}x{trained_at} but {domain.name} is "
                 f"evaluated at {size}x{size}; fine-tune a masker at this size"
             )
-        if masker_meta.get("domain") not in (None, domain.name):
-            log.warning(
-                "masker %s was fine-tuned for %r, evaluating it on %r", masker, masker_meta.get("domain"), domain.name
-            )
+        check_masker_domain(masker, masker_meta, domain.name, "evaluating it on")
     model, weights = build_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size)
     per_episode = protocol == "per-episode"
     schedule = domain.finetune

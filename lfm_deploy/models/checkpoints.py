@@ -19,6 +19,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..manifest import sha256_file
+from ..utils.files import MAX_CHECKPOINT_BYTES, MAX_MASKER_BYTES, regular_file
 from ..utils.outputs import atomic_write_bytes, safetensors_metadata
 from .hsnet import LFMHSNet
 from .masker import official_to_spatial_shift
@@ -67,19 +68,11 @@ def _listing(keys, limit: int = _MAX_LISTED) -> str:
 
 
 def _existing_file(path: str | os.PathLike, what: str, hint: str) -> Path:
-    """`path` as a Path when it is a regular file; else one CheckpointError saying what it is
-    (an empty path, a directory and a missing file are different mistakes)."""
-    text = os.fspath(path)
-    if text.strip() == "":
-        raise CheckpointError(f"the {what} path is empty; {hint}")
-    path = Path(text)
-    if path.is_dir():
-        raise CheckpointError(f"{what} {path} is a directory, not a file; {hint}")
-    if not path.exists():
-        raise CheckpointError(f"{what} not found: {path}; {hint}")
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} is not a regular file (a device, pipe or socket); {hint}")
-    return path
+    """`path` as a Path when it is a regular file of a plausible size (`utils.files.regular_file`);
+    else one CheckpointError saying what it is (an empty path, a directory, a missing file, a
+    FIFO or device, also behind a link, and a file too large are different mistakes)."""
+    limit = MAX_MASKER_BYTES if what.startswith("masker") else MAX_CHECKPOINT_BYTES
+    return regular_file(path, what, limit, error=CheckpointError, hint=hint)
 
 
 def _looks_like(path: Path) -> str | None:
@@ -330,6 +323,29 @@ def masker_variant(meta: dict[str, str]) -> tuple[str | None, bool]:
     """(apm, acpa) of a masker file's metadata."""
     apm = meta.get("apm", "none")
     return (None if apm == "none" else apm), meta.get("acpa") == "true"
+
+
+def check_masker_domain(path, meta: Mapping[str, str], domain: str, use: str = "using it on") -> bool:
+    """Warn when a masker file was fine-tuned for another domain than the one it is used on.
+
+    The one check of lfm-eval and lfm-export: a masker learns its domain's spectrum, so
+    another domain's is allowed (an experiment) but said. Maskers without a recorded domain
+    pass silently.
+
+    Args:
+        path: the masker file, for the message.
+        meta: its metadata (`read_masker`).
+        domain: the domain it is used on.
+        use: what is done with it ("evaluating it on", "exporting it for").
+
+    Returns:
+        whether the domains match (or the file records none).
+    """
+    trained_for = meta.get("domain")
+    if trained_for in (None, domain):
+        return True
+    log.warning("masker %s was fine-tuned for %r, %s %r", path, trained_for, use, domain)
+    return False
 
 
 def _check_masker_size(path, meta: dict, image_size: int) -> None:

@@ -35,6 +35,7 @@ from ..errors import InputError, ManifestError
 from ..manifest import read_manifest, verify_file
 from ..contract import graph_io
 from ..preprocess import ImageLike, resize_mask_nearest
+from ..utils.limits import cap_threads
 from .inputs import Preprocessing, describe
 from .openvino import INSTALL_HINT, SessionFromOpenVINO, check_precision, openvino_available
 from .providers import ProviderSpec, check_available, resolve_providers, wants_openvino
@@ -88,6 +89,9 @@ class Segmenter:
         batch_size, verify, precision: see `from_artifacts`.
     """
 
+    #: Set by `close`; from then on every method that does work refuses.
+    _closed = False
+
     def __init__(self, directory: str | os.PathLike, manifest: dict, *, providers=None, allow_fallback: bool = False,
                  threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
                  release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
@@ -102,6 +106,8 @@ class Segmenter:
         self.shots = shots
         self.batch_size = _check_batch_size(batch_size)
         self.release_encoder = bool(release_encoder)
+        if isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads > 0:
+            threads = cap_threads(int(threads))  # more threads than cores: minutes instead of seconds
         self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory,
                                     spin_wait=spin_wait)
         #: The precision the graphs run in: "fp32", or "bf16" (OpenVINO only).
@@ -198,7 +204,8 @@ class Segmenter:
                 what onnxruntime activated instead of raising (OpenVINO not installed:
                 onnxruntime's CPU provider, in fp32).
             threads: intra-op threads per session (None: onnxruntime's default; OpenVINO's
-                `INFERENCE_NUM_THREADS`).
+                `INFERENCE_NUM_THREADS`); more than the CPU cores this process may use is
+                capped at that count, with a warning.
             graph_optimization: "all", "extended", "basic" or "disable" (onnxruntime only).
             verify: check every file's size and sha256 against the manifest (refuses tampered
                 or truncated models), and re-check a graph before each later session creation
@@ -335,12 +342,26 @@ class Segmenter:
         session = self._head or self._encoder
         return list(session.get_providers()) if session is not None else []
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` has been called (then `set_support` and `predict` refuse to run)."""
+        return self._closed
+
     def close(self) -> None:
-        """Free the sessions and the support set (the Segmenter cannot be used afterwards)."""
+        """Free the sessions and the support set. The Segmenter cannot be used afterwards:
+        `set_support`, `predict` and `predict_proba` raise an `InputError` saying it is closed.
+        Closing twice is harmless."""
         with self._lock:
+            self._closed = True
             self._encoder = None
             self._head = None
             self._support = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InputError(f"this Segmenter ({self.directory}) is closed: close() (or the end of its with block) "
+                             "freed its sessions and support set",
+                             api_hint="create a new one with Segmenter.from_artifacts(...)")
 
     def __enter__(self) -> "Segmenter":
         return self
@@ -372,9 +393,10 @@ class Segmenter:
                 warning is logged.
 
         Raises:
-            InputError: the wrong number of pairs, unreadable or invalid images/masks, a mask
+            InputError: the Segmenter is closed, the wrong number of pairs, unreadable or invalid images/masks, a mask
                 whose size differs from its image, a non-binary float mask or an empty mask.
         """
+        self._check_open()
         images = _as_list(images)
         masks = _as_list(masks)
         if len(images) != len(masks):
@@ -394,6 +416,7 @@ class Segmenter:
             )
         pairs = [self.preprocessing.support(img, mask, i, allow_empty) for i, (img, mask) in enumerate(zip(images, masks))]
         with self._lock:
+            self._check_open()  # closed while the pairs were read
             encoder = self._encoder if self._encoder is not None else self._load("encoder")
             self._encoder = encoder
             # One shot per run: the rows are independent and this keeps the peak at one image.
@@ -424,12 +447,14 @@ class Segmenter:
         head = self._head
         if head is None:
             with self._lock:
+                self._check_open()
                 if self._head is None:
                     self._head = self._load("head")
                 head = self._head
         return head
 
     def _snapshot(self) -> SupportSet:
+        self._check_open()
         support = self._support
         if support is None:
             raise InputError("no support set", api_hint="call set_support(images, masks) before predict",
@@ -452,7 +477,8 @@ class Segmenter:
             for a list input.
 
         Raises:
-            InputError: no support set yet, or an invalid image (the message names which).
+            InputError: the Segmenter is closed, no support set yet, or an invalid image (the
+                message names which).
         """
         return self._run(images, batch_size, original_size, proba=False)
 
@@ -474,7 +500,7 @@ class Segmenter:
             float32 (H, W) in [0, 1], or a list of them for a list input.
 
         Raises:
-            InputError: no support set yet, or an invalid image.
+            InputError: the Segmenter is closed, no support set yet, or an invalid image.
         """
         return self._run(images, batch_size, original_size, proba=True)
 

@@ -113,10 +113,13 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         inputs: images, folders, globs, list files or URIs (see `collection.expand_inputs`).
         out_dir: the output folder: `<stem>_mask.png` (0/255, the image's size),
             `<stem>_overlay.png` with `overlay`, and `results.jsonl`.
-        address: join this Ray cluster; None starts a local one for the job (an already
-            connected cluster is used as it is).
+        address: join this Ray cluster; None starts a private local one for the job, also
+            when RAY_ADDRESS is set (an already connected cluster is used as it is; see
+            `cluster.ray_cluster`).
         workers: actors in the pool (each holds one `Segmenter`: at 400 px 0.65 GB
-            resident at batch 1, ~2.9 GB at batch 8).
+            resident at batch 1, ~2.9 GB at batch 8; each declares its memory to Ray,
+            `resources.segmenter_memory_bytes`, and a job whose workers the cluster cannot
+            hold is refused before it starts).
         batch_size: queries per worker call and head run.
         threads: onnxruntime threads per worker (default: this machine's CPUs / `workers`).
         cpus_per_worker: CPUs each actor reserves in Ray's scheduler. Fractional by default: an
@@ -136,10 +139,12 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
 
     Raises:
         InputError: no inputs, a missing input spec, bad support files or options.
-        OutputError: an unusable output folder, or output names taken by files lfm-predict did
-            not write (checked before any model is loaded or any cluster started).
+        OutputError: an unusable output folder, one of the run's inputs, or output names taken
+            by files lfm-predict did not write (checked before any model is loaded or any
+            cluster started).
         ManifestError, BackendUnavailable: see `Segmenter.from_artifacts`.
-        ClusterError: Ray missing or the cluster unreachable.
+        ClusterError: Ray missing, the cluster unreachable, or its memory too small for
+            `workers` workers.
     """
     from ..utils.outputs import OutputDir
     from .cluster import import_ray
@@ -150,7 +155,15 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     if not cpus_per_worker > 0:
         raise InputError(f"cpus_per_worker must be positive, got {cpus_per_worker}")
-    out = OutputDir(out_dir, flag="--out", kind=PREDICT_KIND, overwrite=overwrite)
+    # The local engine's check: no output may be one of the run's inputs (the query folders,
+    # list files and files, the artifacts, a support file), even with `overwrite`.
+    from .collection import is_uri
+
+    out = OutputDir(out_dir, flag="--out", kind=PREDICT_KIND, overwrite=overwrite,
+                    inputs={"ARTIFACT_DIR": artifact_dir,
+                            "QUERY": [os.fspath(q) for q in inputs if not is_uri(os.fspath(q))],
+                            "--support": [os.fspath(p) for p in (*support_images, *support_masks)
+                                          if not is_uri(os.fspath(p))]})
     import_ray()  # a missing extra is said before any input is listed or hashed
     items = expand_inputs(inputs)
     if not items:
@@ -264,10 +277,15 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
 
     from .cluster import ray_cluster
 
+    from .resources import check_fits, segmenter_memory_bytes
+
+    # Told to Ray's scheduler, so that it never starts more workers than the nodes hold.
+    memory = segmenter_memory_bytes(int(job.manifest.get("image_size") or 400), batch_size)
     t0 = time.perf_counter()
     with ray_cluster(address, verbose=verbose) as ray:
         import ray.data
 
+        check_fits(memory, workers, "worker(s)", "--workers")
         _quiet_ray_data(verbose)
         job_ref = ray.put(job)
         records = [{"index": i, "input": items[i]} for i in todo]
@@ -284,6 +302,7 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
                                    "overlay": overlay},
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus_per_worker,
+            memory=memory,
             batch_size=batch_size,
             batch_format="numpy",
         )

@@ -1,23 +1,33 @@
 """An HTTP segmentation service on Ray Serve (`lfm-serve`).
 
-Endpoints (one `SegmentService` per replica, each with its own `Segmenter`):
+Endpoints (the HTTP layer is `api.build_api`, a FastAPI app; `GET /docs` shows them):
 
     POST /predict            body: the image file's bytes -> the mask as PNG (0/255, image size)
     POST /predict?format=json -> {"width", "height", "foreground", "rle": COCO uncompressed RLE}
-    GET  /healthz            200 once the support set is encoded, 503 before
+    GET  /healthz            200 once the support set is encoded, 503 before (never needs a token)
     GET  /metadata           domain, shots, variant, precision, untrained, artifact hashes
 
-Requests are batched dynamically (`serve.batch`): concurrent requests to a replica run as one
-head-graph batch of up to `max_batch` queries. Each request's image is decoded and checked on
-its own first, so a bad request is answered alone with a 4xx JSON error
-({"error": CODE, "message": ...}) and never fails a batch or a replica: undecodable image 400,
-body or image over the size limit 413, wrong method 405, unknown path 404.
+Two deployments, the Ray Serve convention for an HTTP model service:
+
+- `Ingress` (one replica, `serve.ingress`): the FastAPI app. It reads and bounds every request
+  body (deadline, bytes, pixels from the header), checks the token, answers the errors, and
+  calls the model through a `DeploymentHandle` with the body's bytes. It only awaits I/O, so it
+  takes `INGRESS_MAX_ONGOING` requests at once: slow clients wait here and never hold a slot of
+  the model's pool.
+- `SegmentModel` (`replicas` replicas, one `Segmenter` each): decodes within a per-replica
+  budget of decoded pixels (`resources.PixelBudget`), batches dynamically (`serve.batch`: up to
+  `max_batch` queries per head run) and encodes the answer. A bad image is answered alone (4xx)
+  and never fails a batch or a replica. Each replica declares its memory to Ray's scheduler
+  (`resources.segmenter_memory_bytes`).
+
+Errors are `{"error": CODE, "message": ...}`: undecodable image 400, body or image over a limit
+413, body too slow 408, missing token 401, wrong method 405, unknown path 404, not ready or
+busy 503 (with Retry-After).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import threading
@@ -25,64 +35,64 @@ import time
 from typing import Sequence
 
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from ..errors import InputError
-from ..preprocess import MAX_IMAGE_SIDE
+from .api import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, ApiSettings, ServiceError,
+                  build_api, check_image_size, image_size)
 from .job import Job, predict_isolated, prepare_job, segmenter_for
+from .resources import PixelBudget, segmenter_memory_bytes
 
 log = logging.getLogger(__name__)
 
-#: Largest request body accepted by default (a 16384 px PNG can be larger: raise --max-body-mb).
-DEFAULT_MAX_BODY_BYTES = 32 << 20
 #: Largest dynamic batch and how long a replica waits to fill one.
 DEFAULT_MAX_BATCH = 8
 DEFAULT_BATCH_WAIT_S = 0.005
 #: CPUs each replica reserves in Ray's scheduler (fractional: see ray_batch.DEFAULT_WORKER_CPUS).
 DEFAULT_REPLICA_CPUS = 0.5
+#: Decoded pixels a model replica holds at once (3 images at the default per-request limit).
+DEFAULT_REPLICA_PIXELS = 3 * DEFAULT_MAX_PIXELS
+#: Requests the ingress takes at once: each is a coroutine awaiting its client or the model.
+INGRESS_MAX_ONGOING = 1000
+#: How long `lfm-serve` waits for the requests in flight when it is stopped.
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
 APP_NAME = "lfm"
+MODEL_NAME = "segmenter"
+INGRESS_NAME = "ingress"
 
-_ROUTES = {"/predict": ("POST",), "/healthz": ("GET", "HEAD"), "/metadata": ("GET", "HEAD")}
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+__all__ = ["SegmentModel", "Ingress", "build_app", "start_service", "stop_service", "drain_service",
+           "DEFAULT_MAX_BODY_BYTES", "ServiceError"]
 
 
-def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
-
-
-class SegmentService:
-    """The request handler of one replica (a plain class: Serve deploys it, tests can call it).
+class SegmentModel:
+    """One model replica: a `Segmenter`, the pixel budget, dynamic batches (a plain class: Serve
+    deploys it, tests can call it).
 
     The support set is encoded in a background thread started by the constructor, so the
-    replica is up and answers `/healthz` with 503 while it works (and `/predict` with 503 and
-    `Retry-After`), then 200.
+    replica is up at once and says 503 `not_ready` until it is done.
 
     Args:
         job: the checked job (`prepare_job`): artifact path, support bytes, metadata.
         options: `segmenter_for` keyword arguments (providers, threads, batch_size, ...).
         max_batch: largest dynamic batch.
         batch_wait_s: how long to wait for a batch to fill.
-        max_body_bytes: larger request bodies get 413.
+        max_pixels: an image's pixel limit (checked again here: the model never trusts its caller).
+        replica_pixels: decoded pixels in flight at most (`PixelBudget`).
         encode: start encoding the support set now (False: call `start()`).
     """
 
     def __init__(self, job: Job, options: dict, *, max_batch: int = DEFAULT_MAX_BATCH,
-                 batch_wait_s: float = DEFAULT_BATCH_WAIT_S, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 encode: bool = True):
+                 batch_wait_s: float = DEFAULT_BATCH_WAIT_S, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 replica_pixels: int = DEFAULT_REPLICA_PIXELS, encode: bool = True):
         self._job = job
         self._options = dict(options)
-        self._metadata = job.metadata()
-        self._max_body = int(max_body_bytes)
+        self._max_pixels = int(max_pixels)
+        self._budget = PixelBudget(replica_pixels)
         self._seg = None
         self._failure: BaseException | None = None
         self._ready = threading.Event()
         self._replica, self._in_serve = _replica_id()
+        if self._in_serve:
+            _loopback_replica_grpc()
         self._segment.set_max_batch_size(int(max_batch))
         self._segment.set_batch_wait_timeout_s(float(batch_wait_s))
         if encode:
@@ -113,88 +123,66 @@ class SegmentService:
         if self._failure is not None:
             raise RuntimeError(f"encoding the support set failed: {self._failure}")
 
-    async def __call__(self, request: Request) -> Response:
+    def status(self) -> dict:
+        """{"ready", "failure" (text or None), "replica"}: what /healthz reports."""
+        return {"ready": self.ready, "failure": None if self._failure is None else str(self._failure),
+                "replica": self._replica}
+
+    async def predict(self, body: bytes, fmt: str = "png"):
+        """The answer to one image file's bytes.
+
+        Returns:
+            {"png": bytes, "foreground": float} or {"json": {...}}; or the `ServiceError` to
+            answer (returned, not raised: it crosses the process boundary as a value).
+        """
         try:
-            return await self._route(request)
-        except _HTTPError as exc:
-            return _error(exc.status, exc.code, exc.message, exc.headers)
-        except Exception:  # a bug: logged with its traceback, answered, and the replica lives on
-            log.exception("request %s %s failed", request.method, request.url.path)
-            return _error(500, "internal_error", "the server failed on this request; see the replica's log")
+            return await self._predict(body, fmt)
+        except ServiceError as exc:
+            return exc
 
-    async def _route(self, request: Request) -> Response:
-        path = request.url.path
-        root = request.scope.get("root_path") or ""
-        if root and path.startswith(root):
-            path = path[len(root):]
-        path = "/" + path.strip("/")
-        if path not in _ROUTES:
-            raise _HTTPError(404, "not_found", f"no endpoint {path}; use POST /predict, GET /healthz or GET /metadata")
-        allowed = _ROUTES[path]
-        if request.method not in allowed:
-            raise _HTTPError(405, "method_not_allowed", f"{request.method} is not allowed on {path}; use "
-                             f"{' or '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
-        if path == "/healthz":
-            if self._failure is not None:
-                return _error(503, "support_failed", f"encoding the support set failed: {self._failure}",
-                              headers={"X-Replica": self._replica})
-            if not self.ready:
-                return _error(503, "not_ready", "the support set is being encoded; retry shortly",
-                              headers={"X-Replica": self._replica, "Retry-After": "1"})
-            return JSONResponse({"status": "ok", "domain": self._metadata["domain"], "shots": self._metadata["shots"],
-                                 "replica": self._replica})
-        if path == "/metadata":
-            return JSONResponse(self._metadata)
-        return await self._predict(request)
-
-    async def _predict(self, request: Request) -> Response:
-        fmt = request.query_params.get("format", "png").lower()
-        if fmt not in ("png", "json"):
-            raise _HTTPError(400, "bad_format", f"format={fmt!r} is not supported; use format=png (default) or json")
+    async def _predict(self, body: bytes, fmt: str):
         if not self.ready:
-            raise _HTTPError(503, "not_ready", "the support set is being encoded; retry shortly",
-                             headers={"Retry-After": "1"})
-        body = await self._read_body(request)
-        image = await asyncio.to_thread(_decode, body)
-        if self._in_serve:
-            mask = await self._segment(image)
-        else:  # serve.batch needs a Serve replica; elsewhere (tests, another ASGI server) one at a time
-            mask = (await asyncio.to_thread(predict_isolated, self._seg, [image]))[0]
-        if isinstance(mask, InputError):
-            raise _HTTPError(400, "invalid_image", str(mask))
-        foreground = float(mask.mean())
-        if fmt == "json":
-            from .codec import rle_encode
-
-            return JSONResponse({"width": int(mask.shape[1]), "height": int(mask.shape[0]), "foreground": foreground,
-                                 "rle": rle_encode(mask)})
-        from .codec import mask_png
-
-        return Response(await asyncio.to_thread(mask_png, mask), media_type="image/png",
-                        headers={"X-Foreground-Fraction": f"{foreground:.6f}"})
-
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self._max_body
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _HTTPError(413, "payload_too_large", f"the body is {int(declared)} bytes, over the {limit}-byte limit; "
-                             "send a smaller image (or start lfm-serve with a larger --max-body-mb)")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _HTTPError(413, "payload_too_large", f"the body is over the {limit}-byte limit; send a smaller "
-                                 "image (or start lfm-serve with a larger --max-body-mb)")
-            chunks.append(chunk)
-        if not size:
-            raise _HTTPError(400, "empty_body", "the request body is empty; POST the image file's bytes "
-                             "(e.g. curl --data-binary @image.jpg)")
-        return b"".join(chunks)
+            raise ServiceError(503, "not_ready", "the support set is being encoded; retry shortly",
+                               headers={"Retry-After": "1"})
+        pixels = check_image_size(image_size(body), self._max_pixels)
+        held = await self._budget.acquire(max(pixels, 1))
+        try:
+            image = await asyncio.to_thread(_decode, body)
+            if self._in_serve:
+                mask = await self._segment(image)
+            else:  # serve.batch needs a Serve replica; elsewhere one at a time
+                mask = (await asyncio.to_thread(predict_isolated, self._seg, [image]))[0]
+            del image
+            if isinstance(mask, InputError):
+                raise ServiceError(400, "invalid_image", str(mask))
+            return await asyncio.to_thread(_encode_answer, mask, fmt)
+        finally:
+            await self._budget.release(held)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _segment(self, images: list) -> list:
-        # One head-graph run for the whole batch, off the event loop (healthz stays responsive).
+        # One head-graph run for the whole batch, off the event loop (status stays responsive).
         return await asyncio.to_thread(predict_isolated, self._seg, list(images))
+
+
+def _encode_answer(mask, fmt: str) -> dict:
+    from .codec import mask_png, rle_encode
+
+    foreground = float(mask.mean())
+    if fmt == "json":
+        return {"json": {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "foreground": foreground,
+                         "rle": rle_encode(mask)}}
+    return {"png": mask_png(mask), "foreground": foreground}
+
+
+def _decode(body: bytes):
+    """The runtime's own decoding of a request body (400 when it cannot)."""
+    from ..preprocess import to_pil_rgb
+
+    try:
+        return to_pil_rgb(body, "request image")
+    except InputError as exc:
+        raise ServiceError(400, "undecodable_image", str(exc)) from None
 
 
 def _replica_id() -> tuple[str, bool]:
@@ -205,27 +193,79 @@ def _replica_id() -> tuple[str, bool]:
         return f"pid-{os.getpid()}", False
 
 
-def _decode(body: bytes):
-    """The runtime's own decoding of a request body; the size limits first (413), then 400."""
-    from PIL import Image
+def _loopback_replica_grpc() -> None:
+    """On a loopback-only cluster (`cluster.ray_cluster(local_only=True)`), bind this replica's
+    inter-deployment gRPC server to 127.0.0.1 as well.
 
-    from ..preprocess import to_pil_rgb
+    Ray Serve 2.60 binds it to "[::]:0" whatever the node's address (ray/serve/_private/replica.py,
+    `_on_initialized`, which runs after this constructor); every other port of such a cluster
+    follows the node address. Nothing changes on other clusters, or if Serve's code moved.
+    """
+    try:
+        import ray
+        from ray.serve._private import replica as replica_module
 
-    try:
-        with Image.open(io.BytesIO(body)) as probe:  # reads the header only
-            width, height = probe.size
-    except Image.DecompressionBombError as exc:
-        raise _HTTPError(413, "image_too_large", f"the image is too large to decode safely ({exc}); downscale it "
-                         f"(at most {MAX_IMAGE_SIDE} px a side)") from None
-    except Exception:  # not an image: to_pil_rgb below names the problem
-        width = height = 0
-    if max(width, height) > MAX_IMAGE_SIDE:
-        raise _HTTPError(413, "image_too_large", f"the image is {width}x{height}, larger than the {MAX_IMAGE_SIDE} px "
-                         "limit; downscale it first")
-    try:
-        return to_pil_rgb(body, "request image")
-    except InputError as exc:
-        raise _HTTPError(400, "undecodable_image", str(exc)) from None
+        if ray.util.get_node_ip_address() not in ("127.0.0.1", "::1"):
+            return
+        original = getattr(replica_module, "add_port_to_grpc_server", None)
+        if original is None or getattr(original, "_lfm_loopback", False):
+            return
+
+        def add_port(server, address: str):
+            if isinstance(address, str) and address.startswith("[::]:"):
+                address = "127.0.0.1:" + address[len("[::]:"):]
+            return original(server, address)
+
+        add_port._lfm_loopback = True
+        replica_module.add_port_to_grpc_server = add_port
+    except Exception:  # best effort: the sockets test names what still listens elsewhere
+        log.debug("could not bind the replica's gRPC server to loopback", exc_info=True)
+
+
+class HandleModel:
+    """The model interface (`api.build_api`) over a Serve `DeploymentHandle` to `SegmentModel`."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def status(self) -> dict:
+        return await self.handle.status.remote()
+
+    async def predict(self, body: bytes, fmt: str):
+        from ray.exceptions import RayError
+
+        try:
+            return await self.handle.predict.remote(body, fmt)
+        except RayError as exc:  # a replica died or is being replaced: the client may retry
+            log.warning("the model failed on a request: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            return ServiceError(503, "unavailable", "the model replica failed on this request; retry shortly",
+                                headers={"Retry-After": "1"})
+
+
+@serve.ingress()
+class Ingress:
+    """The HTTP ingress: builds `api.build_api` in its replica (`__serve_build_asgi_app__`).
+
+    Args:
+        model: the `SegmentModel` deployment (Serve passes a `DeploymentHandle`).
+        settings: the limits and the token.
+        metadata: GET /metadata's answer.
+    """
+
+    def __init__(self, model, settings: ApiSettings, metadata: dict):
+        _loopback_replica_grpc()
+        self._model = HandleModel(model)
+        self._settings = settings
+        self._metadata = metadata
+        self._app = None
+
+    def __serve_build_asgi_app__(self):
+        self._app = build_api(self._model, self._settings, metadata=self._metadata)
+        return self._app
+
+    async def drain(self, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> int:
+        """Refuse new predictions, wait for those in flight; returns how many there were."""
+        return await self._app.state.gate.drain(timeout_s)
 
 
 def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
@@ -233,14 +273,15 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
               batch_wait_s: float = DEFAULT_BATCH_WAIT_S, threads: int | None = None,
               cpus_per_replica: float = DEFAULT_REPLICA_CPUS, providers="cpu", allow_fallback: bool = False,
               allow_empty: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, precision: str | None = None,
-              spin_wait: bool = False):
+              spin_wait: bool = False, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+              max_pixels: int = DEFAULT_MAX_PIXELS, replica_pixels: int | None = None, token: str | None = None):
     """The Serve application: checks the artifacts and the support set here, in the driver.
 
     Args:
         artifact_dir: an lfm-export directory (readable at this path by every replica's node).
         support_images, support_masks: the K support pairs (read here, shipped to the replicas).
-        replicas: replicas of the deployment (each one `Segmenter`: at 400 px 0.65 GB resident at
-            batch 1, ~2.9 GB at batch 8).
+        replicas: replicas of the model deployment (each one `Segmenter`; its memory, declared
+            to Ray, is `resources.segmenter_memory_bytes`).
         max_batch: largest dynamic batch per replica.
         batch_wait_s: how long a replica waits to fill a batch.
         threads: onnxruntime threads per replica (default: this machine's CPUs / `replicas`).
@@ -253,6 +294,10 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
             and at 16 concurrent clients (400 px, 2 cores) spinning cost ~5% of the throughput
             (0.90x vs 0.95x of the local Segmenter at batch 8), while one client's p50 went from
             1.02x to 1.13x of a direct call (benchmarks/bench_ray.py, --serve-spin-wait).
+        body_timeout_s: a body not received within this many seconds gets 408.
+        max_pixels: an image with more pixels gets 413 (read from its header, before decoding).
+        replica_pixels: decoded pixels a replica holds at once (default 3 x `max_pixels`).
+        token: the bearer token every endpoint but /healthz requires (None: none).
 
     Returns:
         A bound Serve application for `serve.run`.
@@ -262,27 +307,46 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
     """
     if replicas < 1 or max_batch < 1:
         raise InputError(f"replicas ({replicas}) and max_batch ({max_batch}) must be at least 1")
-    if not cpus_per_replica > 0 or not max_body_bytes > 0:
-        raise InputError("cpus_per_replica and max_body_bytes must be positive")
+    if not cpus_per_replica > 0 or not max_body_bytes > 0 or not body_timeout_s > 0 or not max_pixels > 0:
+        raise InputError("cpus_per_replica, max_body_bytes, body_timeout_s and max_pixels must be positive")
+    replica_pixels = int(replica_pixels or 3 * max_pixels)
+    if replica_pixels < max_pixels:
+        raise InputError(f"replica_pixels ({replica_pixels}) must be at least max_pixels ({max_pixels}): a replica "
+                         "could never decode the largest image accepted")
+    if token is not None and not token.strip():
+        raise InputError("the token is empty", cli_hint="pass a non-empty --token (or unset LFM_SERVE_TOKEN)")
     job = prepare_job(artifact_dir, support_images, support_masks, providers=providers, allow_fallback=allow_fallback,
                       allow_empty=allow_empty, precision=precision)
     threads = threads or max(1, (os.cpu_count() or 1) // replicas)
     options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads, "precision": precision,
-               "spin_wait": spin_wait,
-               "batch_size": max_batch, "allow_empty": allow_empty}
-    deployment = serve.deployment(
-        SegmentService, name="segmenter", num_replicas=replicas,
-        ray_actor_options={"num_cpus": cpus_per_replica},
-        # Enough requests in flight per replica to fill a batch while the previous one runs.
+               "spin_wait": spin_wait, "batch_size": max_batch, "allow_empty": allow_empty}
+    memory = segmenter_memory_bytes(int(job.manifest.get("image_size") or 400), max_batch,
+                                    decoded_pixels=replica_pixels)
+    model = serve.deployment(
+        SegmentModel, name=MODEL_NAME, num_replicas=replicas,
+        ray_actor_options={"num_cpus": cpus_per_replica, "memory": memory},
+        # Enough requests in flight per replica to fill a batch while the previous one runs; the
+        # pixel budget bounds what they hold.
         max_ongoing_requests=max(32, 4 * max_batch),
         health_check_period_s=10,
+    ).bind(job, options, max_batch=max_batch, batch_wait_s=batch_wait_s, max_pixels=max_pixels,
+           replica_pixels=replica_pixels)
+    settings = ApiSettings(max_body_bytes=int(max_body_bytes), body_timeout_s=float(body_timeout_s),
+                           max_pixels=int(max_pixels), buffer_bytes=16 * int(max_body_bytes), token=token)
+    ingress = serve.deployment(
+        Ingress, name=INGRESS_NAME, num_replicas=1,
+        # It awaits I/O only; its memory is the request bytes it may buffer (bounded by the API).
+        ray_actor_options={"num_cpus": 0, "memory": int(0.3 * (1 << 30)) + settings.buffer_bytes},
+        max_ongoing_requests=INGRESS_MAX_ONGOING,
+        graceful_shutdown_timeout_s=DEFAULT_DRAIN_TIMEOUT_S,
     )
-    return deployment.bind(job, options, max_batch=max_batch, batch_wait_s=batch_wait_s,
-                           max_body_bytes=max_body_bytes)
+    app = ingress.bind(model, settings, job.metadata())
+    app.lfm_model_memory = (memory, replicas)  # checked against the cluster by start_service
+    return app
 
 
 def start_service(app, *, host: str = "127.0.0.1", port: int = 8000, ready_timeout_s: float = 300.0) -> str:
-    """Run the application on the connected cluster and wait until every replica is ready.
+    """Run the application on the connected cluster and wait until every model replica is ready.
 
     Args:
         app: from `build_app`.
@@ -293,25 +357,32 @@ def start_service(app, *, host: str = "127.0.0.1", port: int = 8000, ready_timeo
         The service's base URL.
 
     Raises:
-        ClusterError: the service did not become ready in time.
+        ClusterError: the cluster cannot hold the model replicas (their declared memory), or
+            the service did not become ready in time.
     """
     import json
     import urllib.error
     import urllib.request
 
     from ..errors import ClusterError
+    from .resources import check_fits
 
+    memory, replicas = getattr(app, "lfm_model_memory", (0, 0))
+    if memory:
+        check_fits(memory, replicas, "replica(s)", "--replicas")
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/")
-    url = f"http://{host}:{port}"
+    shown = f"[{host}]" if ":" in host else host
+    local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, shown)
+    url = f"http://{shown}:{port}"
     wanted = _replica_count()
     ready: set = set()
     deadline = time.monotonic() + ready_timeout_s
-    # /healthz names the replica that answered; requests are spread over the replicas, so
+    # /healthz names the model replica that answered; calls are spread over the replicas, so
     # polling reaches every one of them (each encodes the support set on its own).
     while len(ready) < wanted:
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=10) as resp:
+            with urllib.request.urlopen(f"http://{local}:{port}/healthz", timeout=10) as resp:
                 if resp.status == 200:
                     ready.add(json.loads(resp.read()).get("replica"))
         except (urllib.error.URLError, OSError, ValueError):
@@ -326,10 +397,24 @@ def start_service(app, *, host: str = "127.0.0.1", port: int = 8000, ready_timeo
 
 def _replica_count() -> int:
     try:
-        deployment = serve.status().applications[APP_NAME].deployments["segmenter"]
+        deployment = serve.status().applications[APP_NAME].deployments[MODEL_NAME]
         return max(1, sum(deployment.replica_states.values()))
     except (KeyError, AttributeError):
         return 1
+
+
+def drain_service(timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> int:
+    """Stop taking predictions and wait (up to `timeout_s`) for those in flight.
+
+    Returns:
+        How many requests were in flight when draining started (0 if the service is not up).
+    """
+    try:
+        handle = serve.get_deployment_handle(INGRESS_NAME, app_name=APP_NAME)
+        return int(handle.drain.remote(timeout_s).result(timeout_s=timeout_s + 10))
+    except Exception as exc:  # not deployed, or already going away: nothing to wait for
+        log.info("no requests drained: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return 0
 
 
 def stop_service() -> None:

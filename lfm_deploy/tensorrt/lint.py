@@ -34,6 +34,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from lfm_deploy.errors import ExportError
+from lfm_deploy.utils.files import MAX_GRAPH_BYTES, regular_file
 
 __all__ = [
     "Finding",
@@ -506,6 +507,11 @@ def _load(model: Union[onnx.ModelProto, str, os.PathLike]) -> Tuple[onnx.ModelPr
     if isinstance(model, onnx.ModelProto):
         return model, model.graph.name or "<in-memory model>", None
     path = Path(model)
+    if not os.path.lexists(path):
+        raise ExportError(f"cannot read ONNX model {str(path)!r}: no such file",
+                          api_hint="pass the path of a .onnx file")
+    # A FIFO would block the read forever and /dev/zero never end: only regular files are read.
+    regular_file(path, "ONNX model", MAX_GRAPH_BYTES, error=ExportError, hint="pass the path of a .onnx file")
     try:
         # Weights are not needed (small constants are read on demand), and a missing
         # `.onnx.data` file must not stop a lint.

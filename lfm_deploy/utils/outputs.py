@@ -18,6 +18,17 @@ record (`.lfm-deploy-outputs.json`: the kind, and each file's size and sha256 wh
 single files carry a stamp in their own format (a JSON key, safetensors metadata). A file the
 user changed after it was written no longer matches its record and is treated as the user's.
 
+Faults of the machine and of time (`locks`, `signals`):
+
+- one writer per output: each shape takes an OS-level lock beside its target (`.<name>.lock`)
+  when it is made; a second process writing the same path is refused, naming the first;
+- every temporary is a marked, locked folder beside its target (`.<name>.partial-*`); the
+  leftovers of a run killed outright are removed by the next run that writes there;
+- a full disk, an exceeded quota, a read-only filesystem or an I/O error while writing is a
+  `WriteError` naming the path and the cause, and what the run wrote is removed;
+- `command_run` scopes one command: its locks are released at the end, a `WriteError` removes the
+  files the run created, and `kept` says what an interrupted run left.
+
 Everything here is pure Python (no torch): the torch-free runtime uses it too.
 """
 
@@ -25,17 +36,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from ..errors import OutputError
+from .locks import Busy, Foreign, OutputLock, Partial, clean_leftovers, describe_holder
 
 #: The record a directory output keeps of the files it wrote.
 RECORD_NAME = ".lfm-deploy-outputs.json"
@@ -55,6 +70,9 @@ FILE_MODE = 0o666 & ~_UMASK
 DIR_MODE = 0o777 & ~_UMASK
 
 Recogniser = Callable[[Path], bool]
+
+#: Free space every output needs when it is made (a disk with less is full for practical purposes).
+MIN_FREE_BYTES = 8 << 20
 
 
 # -- hashing ------------------------------------------------------------------------------------
@@ -90,6 +108,7 @@ class _Where:
     def __init__(self, flag: str | None, path, arg: str | None = None):
         self.flag = flag
         self.arg = arg or (_api_name(flag) if flag else None)
+        self.given = _show(path)
         self.cli = f"{flag} {_show(path)}" if flag else _show(path)
         self.api = f"{self.arg}={os.fspath(path)!r}" if self.arg else _show(path)
 
@@ -233,6 +252,183 @@ def _refuse_cwd(target: Path, where: _Where, what: str) -> None:
         )
 
 
+# -- machine faults: full disks, locks, interruptions -------------------------------------------
+
+class WriteError(OutputError):
+    """A write that failed for the machine's reasons (no space, quota, read-only filesystem, I/O
+    error); what the run wrote has been removed. `errno` and `filename` are the OSError's."""
+
+    def __init__(self, *args, errno: int | None = None, filename: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.errno = errno
+        self.filename = filename
+
+
+#: The faults a write meets on a sound command line: {errno: (cause, what to do)}.
+_DISK_FAULTS = {
+    errno.ENOSPC: ("no space left on device", "free space on that disk or choose another {flag}"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota or choose another {flag}"),
+    errno.EROFS: ("the filesystem is read-only", "choose another {flag}"),
+    errno.EIO: ("an input/output error (a failing disk or a lost network mount)",
+                "check the disk or choose another {flag}"),
+}
+
+
+def disk_fault(exc: BaseException) -> bool:
+    """Whether `exc` is one of the machine's write faults (an OSError or a `WriteError`)."""
+    return isinstance(exc, (OSError, WriteError)) and getattr(exc, "errno", None) in _DISK_FAULTS
+
+
+def write_error(exc: BaseException, shown: str, flag: str | None = None) -> WriteError:
+    """The `WriteError` for a machine fault met while writing `shown` (the path as the user knows it)."""
+    cause, hint = _DISK_FAULTS[exc.errno]
+    return WriteError(f"{cause} while writing {shown}", api_hint=hint.format(flag="output path"),
+                      cli_hint=hint.format(flag=flag or "output path"), errno=exc.errno,
+                      filename=getattr(exc, "filename", None))
+
+
+def _shown(where: _Where, root: Path | None, exc: BaseException) -> str:
+    """The failing file as the user knows it: the output as given, joined with the file's path
+    inside `root` (the output's temporary folder); where the error does not name the file (a
+    failed `write()`), the newest file there."""
+    if root is None:
+        return where.given
+    root = Path(os.path.realpath(root))
+    name = getattr(exc, "filename", None)
+    if not name:
+        with contextlib.suppress(OSError, ValueError):
+            name = max((os.path.join(d, f) for d, _, files in os.walk(root) for f in files), key=os.path.getmtime)
+    if name:
+        try:
+            rel = Path(os.path.realpath(name)).relative_to(root)
+            return os.path.join(where.given, str(rel)) if str(rel) != "." else where.given
+        except ValueError:
+            pass
+    return where.given
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _check_space(directory: Path, need: int, where: _Where, flag: str | None, what: str, *,
+                 floor: bool = False) -> None:
+    """Refuse, before the work, a disk without `need` bytes free (`directory` or its nearest
+    existing ancestor). `floor`: `need` is the least any output needs, not an estimate of `what`."""
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if free < need:
+        needed = (f"at least {_fmt_bytes(need)} are needed before writing here" if floor
+                  else f"{what} needs about {_fmt_bytes(need)}")
+        raise _error(where, f"{{where}}: only {_fmt_bytes(free)} free on its disk, and {needed}",
+                     api_hint="free space on that disk or pass another path",
+                     cli_hint=f"free space on that disk or choose another {flag or 'output path'}")
+
+
+class _Hold:
+    """The lock of one output (`.<name>.lock` beside `target`) and the parent folders made for it.
+
+    `take()` creates the missing parents, takes the lock and removes leftovers of killed runs;
+    `release()` gives the lock back and removes the parents it made while they are empty. Both
+    may be called again (an output writes again after an interrupt was handled).
+    """
+
+    def __init__(self, where: _Where, target: Path, flag: str | None, leftovers: Callable[[], object]):
+        self.where, self.target, self.flag, self.leftovers = where, target, flag, leftovers
+        self.lock: OutputLock | None = None
+        self.created: list[Path] = []
+
+    def take(self) -> None:
+        if self.lock is not None or self.target.name == "":
+            return
+        self.created = _mkdirs(self.target.parent) + self.created
+        path = self.target.parent / f".{self.target.name}.lock"
+        try:
+            self.lock = OutputLock.acquire(path)
+        except Busy as busy:
+            self.release()
+            raise _error(self.where, f"{{where}} is being written by another lfm-deploy command, "
+                         f"{describe_holder(busy.info)}", api_hint="wait for it to finish or pass another path",
+                         cli_hint=f"wait for it to finish or choose another {self.flag or 'output path'}") from None
+        except Foreign:
+            self.release()
+            raise _error(self.where, f"{{where}} cannot be locked against other runs: {path} is a file lfm-deploy "
+                         "did not write; it is left as it is", api_hint="move it or pass another path",
+                         cli_hint=f"move it or choose another {self.flag or 'output path'}") from None
+        except OSError as exc:  # a folder that takes no new files: the writes will say so
+            logging.getLogger(__name__).debug("no lock for %s: %s", self.target, exc)
+            return
+        self.leftovers()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        _remove_created(self.created)
+        self.created = [d for d in self.created if os.path.isdir(d)]
+
+
+def _hold(owner, where: _Where, target: Path, flag: str | None, leftovers: Callable[[], object]) -> _Hold:
+    """Take the lock of `owner`'s output; released by the owner, by `command_run`, or when the
+    owner is garbage-collected or the process exits (`leftovers` must not refer to `owner`)."""
+    hold = _Hold(where, target, flag, leftovers)
+    hold.take()
+    weakref.finalize(owner, hold.release)
+    if _RUN is not None:
+        _RUN.outputs.append(owner)
+    return hold
+
+
+class _Run:
+    """The outputs made by one command (`command_run`)."""
+
+    def __init__(self):
+        self.outputs: list = []
+        self.kept = "nothing was written"
+
+    def close(self) -> None:
+        kept = [k for out in self.outputs for k in out._kept()]
+        self.kept = ("kept " + ", ".join(kept)) if kept else "nothing was written"
+        for out in reversed(self.outputs):
+            out._hold.release()
+
+
+_RUN: _Run | None = None
+
+
+@contextlib.contextmanager
+def command_run():
+    """One command's use of its outputs (the CLI wraps every command in it).
+
+    On leaving, every output's lock is released (and parent folders made for it and left empty
+    are removed). When a machine fault ends the command (`disk_fault`), the files it created are
+    removed first, so a full disk leaves the user's folders as they were. Yields the `_Run`, whose
+    `kept` says afterwards what the command left (for an interrupted command's last line).
+    """
+    global _RUN
+    outer, run = _RUN, _Run()
+    _RUN = run
+    try:
+        yield run
+    except BaseException as exc:
+        if disk_fault(exc):
+            for out in reversed(run.outputs):
+                out._rollback()
+        raise
+    finally:
+        _RUN = outer
+        run.close()
+
+
 # -- records -------------------------------------------------------------------------------------
 
 def _walk_files(directory: Path) -> list[str]:
@@ -353,43 +549,36 @@ def _owned_by_nested_record(directory: Path, rel: str) -> bool:
 # -- atomic writes ------------------------------------------------------------------------------
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file and a rename (ordinary permissions)."""
+    """Write `data` to `path` through a temporary file and a rename (ordinary permissions).
+
+    Leftovers of an earlier write of `path` that was killed outright are removed first.
+    """
     path = Path(path)
+    clean_leftovers(path.parent, path.name)
     _atomic_bytes(path, data)
     return path
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(Path(tmp))
-        raise
+    _atomic_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _atomic_with(path: Path, writer: Callable[[Path], None]) -> None:
-    """Let `writer(tmp)` write a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    """Let `writer(tmp)` write a temporary file, then rename it into place.
+
+    The temporary file has the target's name, inside a marked folder beside it
+    (`.<name>.partial-*`, `locks.Partial`) that is removed whatever happens; if the process is
+    killed outright, the next run writing there recognises and removes it.
+    """
+    part = Partial(path.parent, path.name)
     try:
+        tmp = part.path / path.name
+        tmp.touch(mode=0o600)
         writer(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+    finally:
+        part.remove()
 
 
 def _json_bytes(data) -> bytes:
@@ -425,14 +614,19 @@ def _remove_created(created: list[Path]) -> None:
             return
 
 
-def _write_creating(target: Path, write: Callable[[], None]) -> None:
-    """Create `target`'s parents, run `write()`; on any failure remove the parents it created."""
+def _write_creating(target: Path, write: Callable[[], None]) -> list[Path]:
+    """Create `target`'s parents, run `write()`; on any failure remove the parents it created.
+
+    Returns:
+        the directories it created.
+    """
     created = _mkdirs(target.parent)
     try:
         write()
     except BaseException:
         _remove_created(created)
         raise
+    return created
 
 
 # -- the three output shapes --------------------------------------------------------------------
@@ -478,8 +672,23 @@ class ArtifactDir:
         if self.path.exists():
             # Swapping in needs the parent writable too.
             _probe_writable(self.path.parent, self.where)
-        self._check_owned()
         self.tmp: Path | None = None
+        self._part: Partial | None = None
+        self._done: Path | None = None  # where the content went (commit, keep_as)
+        # One writer at a time (a lock beside the target), then the leftovers of killed runs.
+        self._hold = _hold(self, self.where, self.path, self.flag,
+                           functools.partial(clean_leftovers, self.path.parent, self.path.name))
+        try:
+            _check_space(self.path.parent, MIN_FREE_BYTES, self.where, self.flag, kind, floor=True)
+            self._check_owned()
+        except BaseException:
+            self._hold.release()
+            raise
+
+    def require_space(self, nbytes: int, what: str) -> None:
+        """Refuse, before the work, a disk with less than `nbytes` free (a rough estimate of
+        what `what` will write)."""
+        _check_space(self.path.parent, int(nbytes), self.where, self.flag, what)
 
     def _check_owned(self) -> None:
         if not self.path.exists():
@@ -498,24 +707,38 @@ class ArtifactDir:
                 cli_hint=f"move them out first or choose another {self.flag or 'output directory'}")
 
     def __enter__(self) -> "ArtifactDir":
-        self._created = _mkdirs(self.path.parent)
-        self._done = False
+        self._hold.take()
+        self._done = None
         try:
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+            self._part = Partial(self.path.parent, self.path.name)
+            self.tmp = self._part.path / self.path.name
+            self.tmp.mkdir(mode=DIR_MODE)
             os.chmod(self.tmp, DIR_MODE)
-        except OSError as exc:
-            _remove_created(self._created)
-            raise _error(self.where, f"cannot write {{where}} ({exc.strerror or exc})",
-                         api_hint="choose a writable location",
-                         cli_hint=f"choose a writable {self.flag or 'location'}") from None
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, None)
+            if isinstance(exc, OSError) and not disk_fault(exc):
+                raise _error(self.where, f"cannot write {{where}} ({exc.strerror or exc})",
+                             api_hint="choose a writable location",
+                             cli_hint=f"choose a writable {self.flag or 'location'}") from None
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.tmp is not None and self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)  # only ever our own temporary directory
+        if exc is not None and disk_fault(exc):
+            shown = _shown(self.where, self.tmp, exc)
+        if self._part is not None:
+            self._part.remove()  # only ever our own temporary directory
+            self._part = None
         self.tmp = None
-        if not self._done:  # and the parent folders made for it, so a failure leaves nothing
-            _remove_created(self._created)
+        self._hold.release()  # and the parent folders made for it, so a failure leaves nothing
+        if exc is not None and disk_fault(exc):
+            raise write_error(exc, shown, self.flag) from None
+
+    def _rollback(self) -> None:
+        """Nothing to remove: an unfinished directory never leaves its temporary folder."""
+
+    def _kept(self) -> list[str]:
+        return [str(self._done)] if self._done else []
 
     def commit(self) -> Path:
         """Record the files written and swap the directory in. Returns the final path."""
@@ -524,7 +747,7 @@ class ArtifactDir:
         self._check_owned()  # again: the user may have added files while the work ran
         _swap_in(self.tmp, self.path)
         self.tmp = None
-        self._done = True
+        self._done = self.path
         return self.path
 
     def keep_as(self, other: "ArtifactDir") -> Path:
@@ -534,19 +757,26 @@ class ArtifactDir:
         other._check_owned()
         _swap_in(self.tmp, other.path)
         self.tmp = None
-        self._done = True
+        self._done = other.path
         return other.path
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target`; an earlier output there waits in a marked folder
+    (`.<name>.old-*`) until the swap is done, and is put back if it fails."""
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
-        os.replace(target, old)
-    os.replace(tmp, target)
+        old = Partial(target.parent, target.name, tag="old")
+        os.replace(target, old.path / target.name)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:  # (if even this fails, the next run puts it back: `clean_leftovers`)
+            os.replace(old.path / target.name, target)
+            old.remove()
+        raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)  # the earlier output, checked to hold only our files
+        old.remove()  # the earlier output, checked to hold only our files
 
 
 class OutputDir:
@@ -593,7 +823,18 @@ class OutputDir:
         self._files = dict(record["files"]) if record is not None else {}
         self._claimed: dict[str, str] = {}
         self._recorded = record is not None  # the record file exists (journal entries go after it)
+        self._had_record = record is not None
         self._journalled = len(_read_journal(self.path)) if record is not None else 0
+        self._written: list[str] = []  # by this object: the files, and which of them are new
+        self._new: list[str] = []
+        self._made: list[Path] = []  # folders the writes created
+        # One writer at a time (a lock beside the directory), then the leftovers of killed runs.
+        self._hold = _hold(self, self.where, self.path, flag, functools.partial(clean_leftovers, self.path))
+        try:
+            _check_space(self.path, MIN_FREE_BYTES, self.where, flag, kind, floor=True)
+        except BaseException:
+            self._hold.release()
+            raise
 
     def _ours(self, rel: str) -> bool:
         entry = self._files.get(rel)
@@ -642,9 +883,66 @@ class OutputDir:
         if rel not in self._claimed:
             self.claim([rel])
         target = self.path / rel
-        _write_creating(target, lambda: _atomic_with(target, writer))
-        self._record(rel, _entry(target))
+        self._hold.take()
+        new = not os.path.lexists(target)
+        try:
+            self._made += _write_creating(target, lambda: _atomic_with(target, writer))
+            self._record(rel, _entry(target))
+        except BaseException as exc:
+            if disk_fault(exc):
+                self._rollback()
+                self._hold.release()
+                raise write_error(exc, os.path.join(self.where.given, rel), self.flag) from None
+            if not isinstance(exc, Exception):  # interrupted: the folders made for it go too
+                self._hold.release()
+            raise
+        with self._lock:
+            self._written.append(rel)
+            if new:
+                self._new.append(rel)
         return target
+
+    @property
+    def written(self) -> list[str]:
+        """The names this object has written (complete and recorded), in order."""
+        with self._lock:
+            return list(self._written)
+
+    def require_space(self, nbytes: int, what: str) -> None:
+        """Refuse, before the work, a disk with less than `nbytes` free (a rough estimate of
+        what `what` will write)."""
+        _check_space(self.path, int(nbytes), self.where, self.flag, what)
+
+    def close(self) -> None:
+        """Fold the journal into the record and release the lock; a later write takes it again."""
+        self.flush()
+        self._hold.release()
+
+    def _rollback(self) -> None:
+        """Remove the files this object created (unchanged since), and the folders it made: after
+        a machine fault the directory is as the run found it. Files it replaced stay replaced."""
+        with self._lock:
+            for rel in self._new:
+                entry = self._files.get(rel)
+                if entry is not None and _matches(self.path, rel, entry):
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path / rel)
+                    del self._files[rel]
+            self._new, self._written = [], [r for r in self._written if r in self._files]
+            with contextlib.suppress(OSError):
+                if self._had_record:
+                    _write_record(self.path, self.kind, self._files)
+                else:
+                    for name in _BOOKKEEPING:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(self.path / name)
+                self._recorded, self._journalled = self._had_record, 0
+            _remove_created(sorted(set(self._made), key=lambda p: len(p.parts)))
+            self._made = []
+
+    def _kept(self) -> list[str]:
+        n = len(set(self._written))
+        return [f"{n} complete file{'s' if n != 1 else ''} in {self.where.given}"] if n else []
 
     def flush(self) -> None:
         """Fold the journal into the record (one bookkeeping file again); call when done writing."""
@@ -721,6 +1019,7 @@ class OutputFile:
                  inputs: Inputs | None = None, hint_flag: str | None = None):
         self.where = _Where(flag, path, arg)
         self.kind = kind
+        self.flag = flag or hint_flag
         self.path = check_location(path, flag=flag, directory=False, arg=arg, inputs=inputs)
         recognise = recognise or json_stamped(kind)
         if self.path.exists() and not overwrite and not recognise(self.path):
@@ -728,15 +1027,49 @@ class OutputFile:
                     + (f" or pass {overwrite_flag} to replace it" if overwrite_flag else ""))
             raise _error(self.where, f"{{where}} already exists and is not an earlier {kind}; it is left as it is",
                          cli_hint=hint, api_hint="pass another path" + (" or overwrite=True" if overwrite_flag else ""))
+        self._wrote: dict | None = None  # the entry of the file this object created (for `_rollback`)
+        self._replaced = False
+        # One writer at a time (a lock beside the file), then the leftovers of killed runs; the
+        # check that the folder has room happens here, before the work.
+        self._hold = _hold(self, self.where, self.path, self.flag,
+                           functools.partial(clean_leftovers, self.path.parent, self.path.name))
+        try:
+            _check_space(self.path.parent, MIN_FREE_BYTES, self.where, self.flag, kind, floor=True)
+        except BaseException:
+            self._hold.release()
+            raise
 
     def write(self, writer: Callable[[Path], None]) -> Path:
-        """Write the file through `writer(tmp_path)`, atomically."""
-        _write_creating(self.path, lambda: _atomic_with(self.path, writer))
+        """Write the file through `writer(tmp_path)`, atomically. The lock is released after."""
+        self._hold.take()
+        existed = os.path.lexists(self.path)
+        try:
+            _write_creating(self.path, lambda: _atomic_with(self.path, writer))
+        except BaseException as exc:
+            if disk_fault(exc):
+                raise write_error(exc, self.where.given, self.flag) from None
+            raise
+        finally:
+            self._hold.release()
+        if existed:
+            self._replaced = True
+        else:
+            self._wrote = _entry(self.path)
         return self.path
 
     def write_bytes(self, data: bytes) -> Path:
-        _write_creating(self.path, lambda: _atomic_bytes(self.path, data))
-        return self.path
+        return self.write(lambda tmp: tmp.write_bytes(data))
+
+    def _rollback(self) -> None:
+        """Remove the file when this object created it and it is unchanged (a later write of the
+        same run failed for the machine's reasons); a file it replaced stays."""
+        if self._wrote is not None and _matches(self.path.parent, self.path.name, self._wrote):
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self._wrote = None
+
+    def _kept(self) -> list[str]:
+        return [str(self.where.given)] if self._wrote is not None or self._replaced else []
 
     def write_text(self, text: str) -> Path:
         return self.write_bytes(text.encode("utf-8"))

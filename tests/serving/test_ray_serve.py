@@ -138,28 +138,25 @@ def test_burst_of_bad_and_good_requests(service, reference, queries):
 
 
 def test_healthz_503_until_support_encoded(exported, support_files, reference, queries):
-    """The handler itself (no cluster): 503 before the support set is encoded, then 200 and masks."""
+    """The HTTP app and a model in this process (no cluster): 503 before the support set is
+    encoded, then 200 and masks."""
     import asyncio
 
-    from starlette.requests import Request
-
+    from lfm_deploy.serving.api import ApiSettings, LocalModel, build_api
     from lfm_deploy.serving.job import prepare_job
-    from lfm_deploy.serving.ray_serve import SegmentService
+    from lfm_deploy.serving.ray_serve import SegmentModel
 
     job = prepare_job(exported(shots=1).out_dir, [support_files[0]], [support_files[1]])
-    svc = SegmentService(job, {"threads": 1}, max_batch=2, encode=False)
-
-    async def asgi(scope, receive, send):
-        response = await svc(Request(scope, receive))
-        await response(scope, receive, send)
+    model = SegmentModel(job, {"threads": 1}, max_batch=2, encode=False)
+    app = build_api(LocalModel(model), ApiSettings(), metadata=job.metadata())
 
     async def scenario():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://svc") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as client:
             resp = await client.get("/healthz")
             assert resp.status_code == 503 and resp.json()["error"] == "not_ready"
             assert (await client.post("/predict", content=queries[0])).status_code == 503
-            svc.start()
-            assert await asyncio.to_thread(svc._ready.wait, 120)
+            model.start()
+            assert await asyncio.to_thread(model._ready.wait, 120)
             assert (await client.get("/healthz")).status_code == 200
             return (await client.post("/predict", content=queries[2])).content
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -330,3 +331,154 @@ def test_files_that_only_bear_the_bookkeeping_names_are_the_users(tmp_path):
     other.mkdir()
     (other / outputs.RECORD_NAME).write_text("not json")
     assert outputs.foreign_files(other, "test output") is None
+
+
+# -- machine faults: full disks, interruptions, two writers ---------------------------------------
+
+def _enospc_after(n: int):
+    """A writer that works `n` times, then meets a full disk."""
+    calls = {"n": 0}
+
+    def writer(tmp):
+        calls["n"] += 1
+        if calls["n"] > n:
+            tmp.write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+        tmp.write_bytes(b"mask %d" % calls["n"])
+
+    return writer
+
+
+def test_a_full_disk_removes_what_the_run_wrote_and_keeps_the_rest(tmp_path):
+    from lfm_deploy.utils.outputs import WriteError
+
+    out = tmp_path / "masks"
+    OutputDir(out, flag="--out", kind="test masks").write_bytes("earlier.png", b"an earlier run")
+    (out / "mine.txt").write_text("the user's")
+    before = snapshot(tmp_path)
+    again = OutputDir(out, flag="--out", kind="test masks")
+    writer = _enospc_after(2)
+    again.write("a.png", writer)
+    again.write("sub/b.png", writer)
+    with pytest.raises(WriteError) as err:
+        again.write("c.png", writer)
+    assert err.value.cli_message() == (f"no space left on device while writing {out}/c.png; free space on that disk "
+                                       "or choose another --out")
+    assert snapshot(tmp_path) == before  # a.png, sub/ and the record's new entries are gone
+    # A directory the run created goes as a whole.
+    fresh = OutputDir(tmp_path / "new" / "masks", flag="--out", kind="test masks")
+    with pytest.raises(WriteError):
+        for name in ("a.png", "b.png", "c.png"):
+            fresh.write(name, _enospc_after(1) if name == "a.png" else writer)
+    assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_inside_an_artifact_dir_names_the_file(tmp_path):
+    from lfm_deploy.utils.outputs import WriteError
+
+    with pytest.raises(WriteError, match=r"no space left on device while writing .*/out/graphs/g\.onnx"):
+        with ArtifactDir(tmp_path / "out", flag="--out", kind="test output") as target:
+            (target.tmp / "graphs").mkdir()
+            raise OSError(28, "No space left on device", str(target.tmp / "graphs" / "g.onnx"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_little_free_space_is_refused_before_work(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from lfm_deploy.utils import outputs
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
+    for make in (lambda: OutputFile(tmp_path / "m.safetensors", flag="--out", kind="test masker"),
+                 lambda: OutputDir(tmp_path / "masks", flag="--out", kind="test masks"),
+                 lambda: ArtifactDir(tmp_path / "a" / "out", flag="--out", kind="test output")):
+        with pytest.raises(OutputError) as err:
+            make()
+        assert re.search(r"^--out .*: only 1\.0 MB free on its disk, and at least 8\.4 MB are needed before "
+                         r"writing here; free space on that disk or choose another --out$", err.value.cli_message())
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(10 << 30, 9 << 30, 100 << 20))
+    target = ArtifactDir(tmp_path / "out", flag="--out", kind="test output")
+    with pytest.raises(OutputError, match=r"only 104\.9 MB free.*the export needs about 300\.0 MB"):
+        target.require_space(300_000_000, "the export")
+
+
+def test_an_interrupted_run_says_what_it_kept_and_releases_its_locks(tmp_path):
+    from lfm_deploy.utils.outputs import command_run
+
+    with pytest.raises(KeyboardInterrupt):
+        with command_run() as run:
+            out = OutputDir(tmp_path / "masks", flag="--out", kind="test masks")
+            out.write_bytes("a.png", b"a")
+            out.write_bytes("b.png", b"b")
+            OutputFile(tmp_path / "r.json", flag="--report", kind="test report")
+            raise KeyboardInterrupt
+    assert run.kept == f"kept 2 complete files in {tmp_path / 'masks'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"]  # no lock file left
+    with command_run() as run:
+        pass
+    assert run.kept == "nothing was written"
+
+
+def test_one_writer_per_output_across_processes(tmp_path):
+    """A lock held by another live process refuses the output, naming that process; within one
+    process the lock is shared; it goes when the holder releases it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "masks"
+    first = OutputDir(out, flag="--out", kind="test masks")
+    OutputDir(out, flag="--out", kind="test masks").write_bytes("a.png", b"a")  # the same process: shared
+    code = ("import sys; from lfm_deploy.utils.outputs import OutputDir; from lfm_deploy.errors import OutputError\n"
+            "try:\n    OutputDir(sys.argv[1], flag='--out', kind='test masks')\n"
+            "except OutputError as e:\n    print(e.cli_message()); sys.exit(1)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res.stderr
+    assert res.stdout.startswith(f"--out {out} is being written by another lfm-deploy command, PID {os.getpid()} (")
+    first.close()
+    res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"]
+
+
+def test_leftovers_are_recognised_by_their_marker_and_lock(tmp_path, caplog):
+    from lfm_deploy.utils.locks import MARKER_NAME, Partial, clean_leftovers
+
+    live = Partial(tmp_path, "out")
+    (live.path / "graph.onnx").write_text("in progress")
+    dead = Partial(tmp_path, "out")
+    (dead.path / "out").mkdir()
+    (dead.path / "out" / "graph.onnx").write_text("half")
+    os.close(dead.fd)  # its process died: the marker stays, its lock is gone
+    mine = tmp_path / ".out.partial-mine"  # the user's folder with the name, no marker
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    other = tmp_path / ".out.partial-copied"  # a marker naming another target: not a leftover of 'out'
+    other.mkdir()
+    (other / MARKER_NAME).write_text('{"lfm_deploy_partial": "elsewhere"}')
+    assert clean_leftovers(tmp_path, "out") == [dead.path]
+    assert not dead.path.exists() and live.path.exists() and mine.exists() and other.exists()
+    assert "left by an lfm-deploy run that was killed: PID" in caplog.text
+    live.remove()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial-copied", ".out.partial-mine"]
+
+
+def test_an_earlier_output_caught_mid_swap_is_put_back(tmp_path):
+    """Killed between moving the earlier output aside and swapping the new one in: the next run
+    restores the earlier output instead of deleting it."""
+    import os as _os
+
+    from lfm_deploy.utils.locks import Partial
+
+    out = tmp_path / "out"
+    with ArtifactDir(out, flag="--out", kind="test output") as target:
+        (target.tmp / "model.onnx").write_text("earlier")
+        target.commit()
+    old = Partial(tmp_path, "out", tag="old")
+    _os.replace(out, old.path / "out")
+    _os.close(old.fd)  # killed here
+    with ArtifactDir(out, flag="--out", kind="test output"):
+        pass
+    assert (out / "model.onnx").read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

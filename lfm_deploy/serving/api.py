@@ -1,0 +1,350 @@
+"""The HTTP layer of `lfm-serve`: a FastAPI application, independent of Ray.
+
+`build_api(model, settings)` returns the ASGI app that Serve's ingress deployment runs
+(`ray_serve.Ingress`); tests run it directly with an in-process model. It owns everything a
+client can abuse, so that none of it reaches the pool that runs the model:
+
+- request bodies are read here, incrementally, with a deadline (`body_timeout_s`: 408) and a
+  size limit (`max_body_bytes`: 413, also for chunked bodies, which are drained up to a bound
+  so that the client reads the answer instead of a connection reset), and the bytes buffered by
+  all requests together are bounded (`buffer_bytes`: 503 with Retry-After);
+- the image header is checked before anything is decoded (`max_pixels`, `MAX_IMAGE_SIDE`: 413);
+- an optional bearer token (`token`: every endpoint but /healthz answers 401 without it);
+- every error, FastAPI's own included (unknown path 404, wrong method 405, validation),
+  is one JSON object `{"error": CODE, "message": TEXT}` (`ServiceError` and its handlers);
+- `draining` (set by `lfm-serve` on SIGTERM): /healthz says 503 and new predictions are
+  refused, while the requests in flight finish (`Gate.drain`).
+
+The model is any object with two coroutines, `status() -> dict` and
+`predict(body: bytes, fmt: str) -> dict | ServiceError` (a Serve `DeploymentHandle` to
+`ray_serve.SegmentModel` through `HandleModel`, or `LocalModel` in-process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+# FastAPI reads the route functions' annotations by name from this module's globals.
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+#: Defaults shared by the CLI and `ray_serve.build_app`.
+DEFAULT_MAX_BODY_BYTES = 32 << 20
+DEFAULT_BODY_TIMEOUT_S = 30.0
+#: Largest image accepted, in pixels (a 12-megapixel phone photo is 12e6; 12000x12000 is 144e6
+#: and decodes to 430 MB of RGB, so it is refused unless the operator raises the limit).
+DEFAULT_MAX_PIXELS = 40_000_000
+#: How long the model may take to say whether it is ready (/healthz answers 503 after that).
+STATUS_TIMEOUT_S = 5.0
+
+
+class ServiceError(Exception):
+    """An HTTP error answered as `{"error": code, "message": message}` (picklable: replicas
+    return it as a value)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(status, code, message, headers)
+        self.status, self.code, self.message, self.headers = status, code, message, dict(headers or {})
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+    def response(self):
+        """The JSON response."""
+        return JSONResponse({"error": self.code, "message": self.message}, status_code=self.status,
+                            headers=self.headers)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What the HTTP layer enforces (see the module docstring).
+
+    Attributes:
+        max_body_bytes: larger bodies get 413.
+        body_timeout_s: a body not received completely within this many seconds gets 408.
+        max_pixels: images with more pixels (width x height, read from the header) get 413.
+        buffer_bytes: request bytes held by all requests together; beyond it 503.
+        token: the bearer token every endpoint but /healthz requires (None: no token).
+    """
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    buffer_bytes: int = 16 * DEFAULT_MAX_BODY_BYTES
+    token: str | None = None
+
+    def __repr__(self) -> str:  # the token never reaches a log
+        return (f"ApiSettings(max_body_bytes={self.max_body_bytes}, body_timeout_s={self.body_timeout_s}, "
+                f"max_pixels={self.max_pixels}, buffer_bytes={self.buffer_bytes}, "
+                f"token={'set' if self.token else None})")
+
+
+class Gate:
+    """Requests in flight, the body bytes they hold, and the draining switch (one per app)."""
+
+    def __init__(self, buffer_bytes: int):
+        self.buffer_bytes = int(buffer_bytes)
+        self.buffered = 0
+        self.in_flight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        if self.draining:
+            raise ServiceError(503, "shutting_down", "the service is shutting down; retry on another instance",
+                               headers={"Retry-After": "5", "Connection": "close"})
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self._idle.set()
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new predictions and wait (up to `timeout_s`) for those in flight; returns how
+        many were in flight when draining started."""
+        self.draining = True
+        pending = self.in_flight
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("%d request(s) still in flight after %.0f s of draining", self.in_flight, timeout_s)
+        return pending
+
+
+def _too_large(limit: int, size: int | None = None) -> ServiceError:
+    size_text = f"{size} bytes, over" if size is not None else "over"
+    return ServiceError(413, "payload_too_large", f"the body is {size_text} the {limit}-byte limit; send a "
+                        "smaller image (or start lfm-serve with a larger --max-body-mb)", headers={"Connection": "close"})
+
+
+async def read_body(request, settings: ApiSettings, gate: Gate) -> bytes:
+    """The request body, read incrementally within `settings.body_timeout_s` and size limits.
+
+    Raises:
+        ServiceError: 408 (too slow), 413 (too large, declared or streamed), 400 (empty), 503
+            (the service holds too many request bytes already).
+    """
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _too_large(limit, int(declared))
+    chunks: list[bytes] = []
+    state = {"size": 0, "held": 0, "over": False}
+    # Past the limit the rest is read and dropped (up to this much more), so that the client,
+    # still sending, reads the 413 instead of a reset connection.
+    drain_limit = limit + max(limit, 1 << 20) * 3
+
+    async def receive_all() -> None:
+        async for chunk in request.stream():
+            state["size"] += len(chunk)
+            if state["size"] > limit:
+                if not state["over"]:
+                    state["over"] = True
+                    chunks.clear()
+                    gate.buffered -= state["held"]
+                    state["held"] = 0
+                if state["size"] > drain_limit:
+                    return
+                continue
+            if gate.buffered + len(chunk) > gate.buffer_bytes:
+                raise ServiceError(503, "busy", "the service is receiving too many uploads at once; retry shortly",
+                                   headers={"Retry-After": "2"})
+            gate.buffered += len(chunk)
+            state["held"] += len(chunk)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive_all(), settings.body_timeout_s)
+    except asyncio.TimeoutError:
+        if state["over"]:
+            raise _too_large(limit) from None
+        raise ServiceError(408, "request_timeout", f"the body did not arrive within {settings.body_timeout_s:g} s "
+                           f"({state['size']} bytes received); send it faster or in one piece",
+                           headers={"Connection": "close"}) from None
+    finally:
+        gate.buffered -= state["held"]
+    if state["over"]:
+        raise _too_large(limit)
+    if not state["size"]:
+        raise ServiceError(400, "empty_body", "the request body is empty; POST the image file's bytes "
+                           "(e.g. curl --data-binary @image.jpg)")
+    return b"".join(chunks)
+
+
+def image_size(body: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header (nothing is decoded), or None if it is not an image.
+
+    Raises:
+        ServiceError: 413 when PIL refuses the header as a decompression bomb.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(body)) as probe:  # lazy: reads the header only
+            return probe.size
+    except Image.DecompressionBombError as exc:
+        raise ServiceError(413, "image_too_large", f"the image is too large to decode safely ({exc}); "
+                           "downscale it") from None
+    except Exception:  # not an image: the decoder names the problem (400)
+        return None
+
+
+def check_image_size(size: tuple[int, int] | None, max_pixels: int) -> int:
+    """The image's pixel count, or 413 when a side or the count is over its limit."""
+    from ..preprocess import MAX_IMAGE_SIDE
+
+    if size is None:
+        return 0
+    width, height = size
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ServiceError(413, "image_too_large", f"the image is {width}x{height}, larger than the "
+                           f"{MAX_IMAGE_SIDE} px limit; downscale it first")
+    if width * height > max_pixels:
+        raise ServiceError(413, "image_too_large", f"the image is {width}x{height} = {width * height / 1e6:.1f} "
+                           f"megapixels, over this service's {max_pixels / 1e6:g}-megapixel limit; downscale it "
+                           "(or start lfm-serve with a larger --max-megapixels)")
+    return width * height
+
+
+def _http_code(status: int) -> str:
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+            405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+            415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable"}.get(status, "http_error")
+
+
+def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None):
+    """The FastAPI application of the service.
+
+    Args:
+        model: the object that runs the model (see the module docstring).
+        settings: the limits and the token.
+        metadata: what GET /metadata answers (the model's, from `Job.metadata()`).
+
+    Returns:
+        A FastAPI app whose `state.gate` is its `Gate`.
+    """
+    gate = Gate(settings.buffer_bytes)
+    bearer = HTTPBearer(auto_error=False, description="lfm-serve --token (or LFM_SERVE_TOKEN)")
+
+    async def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if settings.token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not given or not hmac.compare_digest(given.encode(), settings.token.encode()):
+            raise ServiceError(401, "unauthorized", "this service needs its token: send the header "
+                               "'Authorization: Bearer TOKEN'" if not given else "the token is not this service's",
+                               headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorized)]
+    # The docs are generated by FastAPI; they are served by routes that take the token.
+    app = FastAPI(title="lfm-serve", description="Few-shot segmentation with a fixed support set.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gate = gate
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError):
+        return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no endpoint {request.url.path}; use POST /predict, GET /healthz, GET /metadata or GET /docs"
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; use {allow.replace(', ', ' or ')}"
+        return ServiceError(exc.status_code, _http_code(exc.status_code), message, dict(exc.headers or {})).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        parts = ["{}: {}".format(".".join(str(p) for p in e.get("loc", ())), e.get("msg")) for e in exc.errors()]
+        return ServiceError(400, "bad_request", "the request is malformed: " + "; ".join(parts)).response()
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):  # logged with its traceback, answered, the app lives on
+        log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
+        return ServiceError(500, "internal_error", "the server failed on this request; see the service's log").response()
+
+    @app.head("/healthz", include_in_schema=False)
+    @app.get("/healthz", summary="Ready to serve (no token needed)")
+    async def healthz():
+        if gate.draining:
+            return ServiceError(503, "draining", "the service is shutting down").response()
+        try:
+            status = await asyncio.wait_for(model.status(), STATUS_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return ServiceError(503, "not_ready", "the model did not answer in time; retry shortly",
+                                headers={"Retry-After": "1"}).response()
+        if status.get("failure"):
+            return ServiceError(503, "support_failed", f"encoding the support set failed: {status['failure']}",
+                                headers={"X-Replica": status.get("replica", "")}).response()
+        if not status.get("ready"):
+            return ServiceError(503, "not_ready", "the support set is being encoded; retry shortly",
+                                headers={"X-Replica": status.get("replica", ""), "Retry-After": "1"}).response()
+        return {"status": "ok", "domain": (metadata or {}).get("domain"), "shots": (metadata or {}).get("shots"),
+                "replica": status.get("replica")}
+
+    @app.head("/metadata", dependencies=guarded, include_in_schema=False)
+    @app.get("/metadata", dependencies=guarded,
+             summary="The model: domain, shots, precision, untrained flag, artifact hashes")
+    async def get_metadata():
+        return metadata or {}
+
+    @app.post("/predict", dependencies=guarded, response_class=Response,
+              summary="The mask of the image in the body (PNG 0/255, or format=json: RLE)",
+              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+    async def predict(request: Request, format: str = "png"):
+        fmt = format.lower()
+        if fmt not in ("png", "json"):
+            raise ServiceError(400, "bad_format", f"format={format!r} is not supported; use format=png (default) "
+                               "or json")
+        gate.enter()
+        try:
+            body = await read_body(request, settings, gate)
+            check_image_size(image_size(body), settings.max_pixels)
+            result = await model.predict(body, fmt)
+        finally:
+            gate.leave()
+        if isinstance(result, ServiceError):
+            raise result
+        if fmt == "json":
+            return JSONResponse(result["json"])
+        return Response(result["png"], media_type="image/png",
+                        headers={"X-Foreground-Fraction": f"{result['foreground']:.6f}"})
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    async def openapi():
+        return app.openapi()
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="openapi.json", title="lfm-serve API")
+
+    return app
+
+
+class LocalModel:
+    """The model interface over a `ray_serve.SegmentModel` in this process (tests, other servers)."""
+
+    def __init__(self, segment_model):
+        self.inner = segment_model
+
+    async def status(self) -> dict:
+        return self.inner.status()
+
+    async def predict(self, body: bytes, fmt: str):
+        return await self.inner.predict(body, fmt)

@@ -1,0 +1,176 @@
+"""What one model worker costs in memory, told to Ray's scheduler, and a per-replica budget of
+decoded pixels.
+
+Ray places an actor only where its declared resources fit; without `memory=` it counts 0
+bytes, so it would start as many Segmenters as there are CPUs to spare and let the kernel's
+OOM killer sort it out. Every Serve replica and Ray Data worker of this package declares
+`segmenter_memory_bytes(...)` instead, and `check_fits` refuses a job or service whose workers
+cannot all be placed (instead of waiting forever for resources that will never come).
+
+Where the figures come from (peak resident set of one fresh process that loads the graphs,
+encodes a 1-shot support set and segments three batches; onnxruntime CPU, fp32, 2 threads;
+`measure`, or `python -m lfm_deploy.serving.resources ARTIFACT_DIR`, repeats it):
+
+| image size | batch 1 | batch 8 |
+|---|---|---|
+| 400 px | 0.65 GB | 2.91 GB |
+| 160 px | 0.35 GB | 0.41 GB |
+
+(400 px agrees with `benchmarks/bench_runtime.py` / `bench_ray.py`, README "Scale out with
+Ray".) So a fixed ~0.34 GB (weights, sessions, arena) plus, per image of the batch, 0.32 GB at
+400 px and 0.009 GB at 160 px: the 4D hypercorrelation of HSNet grows with the square of the
+feature-map area, i.e. with size^4 ((400/160)^4 = 39; measured 35). On top:
+
+- a Ray worker process (core worker, imports): ~0.1 GB (README); `RAY_WORKER_BYTES` rounds up;
+- `HEADROOM`: batch workers were seen at 3.2-3.5 GB at batch 8 and 400 px (issue 19) where the
+  model gives 2.9 + 0.1;
+- decoded request images: `BYTES_PER_PIXEL` per pixel in flight (RGB 3 B, the full-size mask
+  1 B, its 0/255 copy for the PNG 1 B, and the resampling buffers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+log = logging.getLogger(__name__)
+
+GB = 1 << 30
+#: A Segmenter's fixed memory (weights, sessions, onnxruntime's arena), and its memory per image of
+#: the batch at 400 px, which scales with size^4 (see the module docstring).
+_FIXED = 0.34 * GB
+_PER_IMAGE_400 = 0.32 * GB
+#: A Ray worker process (core worker, imports) beside the Segmenter.
+RAY_WORKER_BYTES = int(0.15 * GB)
+#: Declared = modelled x HEADROOM (batch workers measured 3.2-3.5 GB where 2.9 + 0.1 was modelled).
+HEADROOM = 1.15
+#: Memory per decoded pixel in flight (see the module docstring).
+BYTES_PER_PIXEL = 8
+
+
+def segmenter_memory_bytes(image_size: int, batch_size: int, *, decoded_pixels: int = 0) -> int:
+    """Memory to declare for one Ray actor holding one `Segmenter`.
+
+    Args:
+        image_size: the export's input size (`manifest["image_size"]`).
+        batch_size: the largest batch it runs.
+        decoded_pixels: decoded image pixels it may hold at once (the replica's pixel budget).
+
+    Returns:
+        Bytes, with `HEADROOM`.
+    """
+    per_image = _PER_IMAGE_400 * (float(image_size) / 400.0) ** 4
+    fixed = _FIXED
+    total = fixed + per_image * max(1, int(batch_size)) + RAY_WORKER_BYTES + BYTES_PER_PIXEL * int(decoded_pixels)
+    return int(math.ceil(total * HEADROOM))
+
+
+def check_fits(per_actor: int, count: int, what: str, flag: str) -> None:
+    """Refuse `count` actors of `per_actor` bytes each that the connected cluster cannot hold.
+
+    Args:
+        per_actor: declared bytes per actor.
+        count: how many.
+        what: what they are, for the message ("replica(s)", "worker(s)").
+        flag: the option that sets `count`, named in the hint.
+
+    Raises:
+        ClusterError: the cluster's `memory` resource (what Ray may hand out to tasks and
+            actors) holds fewer of them, or no node can hold one.
+    """
+    import ray
+
+    from ..errors import ClusterError
+
+    nodes = [n.get("Resources", {}).get("memory", 0.0) for n in ray.nodes() if n.get("Alive")]
+    if not nodes:
+        return
+    fit = sum(int(m // per_actor) for m in nodes)
+    if fit < count:
+        raise ClusterError(
+            f"{count} {what} need {count * per_actor / GB:.1f} GB ({per_actor / GB:.2f} GB each, measured: "
+            f"lfm_deploy.serving.resources) but the Ray cluster can place {fit} (memory for tasks and actors: "
+            f"{', '.join(f'{m / GB:.1f} GB' for m in nodes)} per node); pass {flag} {max(fit, 1)} or a smaller "
+            "batch, or add memory or nodes")
+
+
+class PixelBudget:
+    """Decoded pixels a replica holds at once: a request waits for its share, or gets 503.
+
+    Used from one event loop (a Serve replica's); not thread-safe.
+
+    Args:
+        total: pixels in flight at most (images larger than this are refused by the API first).
+        wait_s: how long a request may wait for room before it is answered 503.
+    """
+
+    def __init__(self, total: int, wait_s: float = 10.0):
+        self.total, self.wait_s = int(total), float(wait_s)
+        self.used = 0
+        self._changed = None
+
+    def _condition(self):
+        import asyncio
+
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def acquire(self, pixels: int) -> int:
+        """Wait until `pixels` fit; returns what to pass to `release`.
+
+        Raises:
+            ServiceError: 503 with Retry-After when no room came within `wait_s`.
+        """
+        import asyncio
+
+        from .api import ServiceError
+
+        pixels = min(int(pixels), self.total)
+        cond = self._condition()
+        async with cond:
+            try:
+                await asyncio.wait_for(cond.wait_for(lambda: self.used + pixels <= self.total), self.wait_s)
+            except asyncio.TimeoutError:
+                raise ServiceError(503, "busy", f"this replica is decoding {self.used / 1e6:.0f} megapixels already "
+                                   f"(its budget is {self.total / 1e6:.0f}); retry shortly",
+                                   headers={"Retry-After": "2"}) from None
+            self.used += pixels
+        return pixels
+
+    async def release(self, pixels: int) -> None:
+        """Give back what `acquire` returned."""
+        cond = self._condition()
+        async with cond:
+            self.used -= pixels
+            cond.notify_all()
+
+
+def measure(artifact_dir: str, batch_size: int) -> float:  # pragma: no cover - a measuring tool
+    """Peak resident GB of a fresh process that loads `artifact_dir`, encodes a support set and
+    segments three batches of `batch_size` (Linux: VmHWM)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np
+from PIL import Image
+from lfm_deploy.runtime import Segmenter
+seg = Segmenter.from_artifacts({artifact_dir!r}, threads=2, batch_size={batch_size})
+rng = np.random.default_rng(0)
+img = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+mask = np.zeros((300, 400), np.uint8); mask[100:200, 100:300] = 255
+seg.set_support([img], [Image.fromarray(mask)])
+for _ in range(3):
+    seg.predict([img] * {batch_size})
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(out.strip().splitlines()[-1]) / (1 << 20)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    for b in (1, 8):
+        print(f"{sys.argv[1]} batch {b}: peak {measure(sys.argv[1], b):.2f} GB")
