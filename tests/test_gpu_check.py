@@ -254,6 +254,8 @@ def test_real_dry_run_at_64_px(tmp_path):
     int8 = steps["export-int8"]
     if int8["status"] == "ok":
         assert int8["figures"]["precision"] == "int8" and int8["figures"]["graphs"]["episode"] == "episode.int8.onnx"
-    else:  # at 64 px the int8 gate is marginal (a few hundred pixels per episode): a refusal is reported
-        assert int8["message"].startswith("exit code 1: Error: the int8 graphs move the masks beyond their accuracy gate")
+    else:  # at 64 px the int8 gate is marginal (a few hundred pixels per episode): a refusal is reported,
+        # for the masks moving, or for too little evidence in the few episodes drawn
+        assert int8["message"].startswith(("exit code 1: Error: the int8 graphs move the masks beyond their accuracy gate",
+                                           "exit code 1: Error: --precision int8 cannot be gated: no evidence"))
         assert "before it, FAILED: export-int8" in proc.stderr

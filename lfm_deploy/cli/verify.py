@@ -56,7 +56,10 @@ def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_o
     from ..verify import REPORT_FILES, REPORT_KIND, verify_artifacts, write_report
     from ..utils.outputs import OutputDir
 
+    from ..manifest import read_manifest
+
     setup_logging(verbose)
+    read_manifest(artifact_dir, verify_files=False)  # the input first: a wrong ARTIFACT_DIR makes no report folder
     # The report directory and every name in it are checked before any backend runs.
     target = OutputDir(out or artifact_dir / "verify", flag="--out", kind=REPORT_KIND, overwrite=overwrite,
                        inputs={"ARTIFACT_DIR": artifact_dir})

@@ -285,8 +285,10 @@ def informative_episodes(model, draw: Callable[[int], tuple[list, list]], n: int
 
     An episode whose eager mask is (nearly) one class is no evidence (`EvidenceRule`), so the
     gate does not spend its budget on it: episodes are drawn under seeds `first_seed`,
-    `first_seed + 1`, ... and kept when informative, up to `max_draws` draws (default 3n). The
-    label says how many were drawn and kept; the caller checks the evidence of what was kept.
+    `first_seed + 1`, ... and kept when informative, until `n` are kept and they hold enough
+    decided pixels of each class (small images need more episodes for that), up to `max_draws`
+    draws (default 3n). The label says how many were drawn and kept; the caller checks the
+    evidence of what was kept.
 
     Args:
         model: the eager float32 model.
@@ -301,7 +303,7 @@ def informative_episodes(model, draw: Callable[[int], tuple[list, list]], n: int
 
     Returns:
         (GateData of the kept episodes, their `EagerReference`). Fewer than `n` are kept when the
-        model's masks are uninformative on every draw.
+        model's masks are uninformative on every draw; more when `n` hold too few decided pixels.
     """
     rule = tolerances.evidence
     max_draws = max(n, 3 * n if max_draws is None else int(max_draws))
@@ -309,7 +311,7 @@ def informative_episodes(model, draw: Callable[[int], tuple[list, list]], n: int
     ref = EagerReference([], [], [] if shots == 1 else None, 0.0)
     drawn = 0
     for seed in range(first_seed, first_seed + max_draws):
-        if len(feeds) >= n:
+        if len(feeds) >= n and (rule is None or ref.evidence(tolerances).sufficient):
             break
         f, t = draw(seed)
         one = eager_reference(model, GateData(f, t, label), shots, threads=threads)
