@@ -58,15 +58,17 @@ def _decode(png: bytes) -> np.ndarray:
 # ------------------------------------------------------------------ the service
 
 TOKEN = "page-test-token"
+SHOTS = 2
 
 
 @pytest.fixture(scope="module")
 def page_url(ray_cluster, exported):
     """A real lfm-serve (Ray Serve, one replica) without a default set and with a token: the
-    page must ask for the token and register its own set."""
+    page must ask for the token and register its own set. A 2-shot export: the page shows one
+    slot per support pair (K = the export's shots)."""
     from lfm_deploy.serving.ray_serve import build_app, start_service, stop_service
 
-    app = build_app(exported(shots=1).out_dir, [], [], replicas=1, max_batch=4, threads=2, token=TOKEN)
+    app = build_app(exported(shots=SHOTS).out_dir, [], [], replicas=1, max_batch=4, threads=2, token=TOKEN)
     url = start_service(app, host="127.0.0.1", port=_free_port(), ready_timeout_s=240)
     try:
         yield url.rstrip("/") + "/"
@@ -114,8 +116,10 @@ def files(tmp_path_factory):
     from tests.runtime import synthetic_queries, synthetic_support
 
     root = tmp_path_factory.mktemp("page-files")
-    images, _ = synthetic_support(1, 160)
+    images, masks = synthetic_support(2, 160)
     images[0].save(root / "support.jpg", quality=95)
+    images[1].save(root / "support2.jpg", quality=95)  # the second pair: its mask is loaded from a file
+    masks[1].save(root / "support2_mask.png")
     queries = synthetic_queries(2, 140)
     queries[0].save(root / "query-a.jpg", quality=90)
     queries[1].resize((180, 120)).save(root / "query-b.png")
@@ -291,11 +295,24 @@ def test_paint_register_segment_matches_segmenter(browser, page_url, files, expo
     assert float(size.get_attribute("value")) < 20
     _shot(d, artifacts, "02-mask-painted")
 
-    # Register, then one query through the file input.
+    # The second support pair: its image, and its mask loaded from a file instead of painted.
+    slots = d.find_elements(*_by("slot"))
+    assert len(slots) == SHOTS and "(empty)" in slots[1].text
+    slots[1].click()
+    assert not d.find_element(*_by("mask-canvas")).is_displayed()
+    d.find_element(*_by("support-image")).send_keys(str(files / "support2.jpg"))
+    _wait(d, lambda d: d.find_element(*_by("mask-canvas")).is_displayed(), what="the second support image")
+    d.find_element(*_by("support-mask")).send_keys(str(files / "support2_mask.png"))
+    mask2 = (np.asarray(Image.open(files / "support2_mask.png").convert("L")) >= 128).astype(np.uint8)
+    _wait(d, lambda d: np.array_equal(_painted(d), mask2), what="the second mask, loaded")
+    d.find_elements(*_by("slot"))[0].click()  # back to the first: its strokes are still there
+    np.testing.assert_array_equal(_painted(d), both)
+
+    # Register, then two queries through the file input.
     painted_png = mask_png(both)
     d.find_element(*_by("register")).click()
     _wait(d, lambda d: d.find_element(*_by("set-info")).get_attribute("data-set-id"), what="the registered set")
-    assert "Registered set" in d.find_element(*_by("set-info")).text
+    assert "Registered set" in d.find_element(*_by("set-info")).text and "2 shots" in d.find_element(*_by("set-info")).text
     d.find_element(*_by("query-input")).send_keys(str(files / "query-a.jpg") + "\n" + str(files / "query-b.png"))
     _wait(d, lambda d: len(d.find_elements(*_by("result"))) == 2 and all(
         r.get_attribute("data-status") == "done" for r in d.find_elements(*_by("result"))), what="two results")
@@ -304,8 +321,9 @@ def test_paint_register_segment_matches_segmenter(browser, page_url, files, expo
     if os.environ.get("LFM_UPDATE_SCREENSHOT"):  # the README's picture, refreshed on request only
         _docs_screenshot(shot)
 
-    seg = Segmenter.from_artifacts(exported(shots=1).out_dir, threads=2)
-    seg.set_support([(files / "support.jpg").read_bytes()], [painted_png])
+    seg = Segmenter.from_artifacts(exported(shots=SHOTS).out_dir, threads=2)
+    seg.set_support([(files / "support.jpg").read_bytes(), (files / "support2.jpg").read_bytes()],
+                    [painted_png, mask_png(mask2)])
     results = {r.find_element("css selector", ".name").text: r for r in d.find_elements(*_by("result"))}
     for name in ("query-a.jpg", "query-b.png"):
         card = results[name]
@@ -359,9 +377,16 @@ def test_errors_are_shown_in_words(browser, page_url, files, artifacts, tmp_path
     _wait(d, lambda d: error.is_displayed(), what="the mask size error")
     assert "50×40" in error.text and "160×160" in error.text
 
-    # An empty mask is refused before anything is sent.
+    # A missing pair and an empty mask are refused before anything is sent.
     d.find_element(*_by("register")).click()
-    assert "empty" in error.text
+    assert "Support 2 has no image" in error.text
+    d.find_elements(*_by("slot"))[1].click()
+    d.find_element(*_by("support-image")).send_keys(str(files / "support2.jpg"))
+    d.find_element(*_by("support-mask")).send_keys(str(files / "support2_mask.png"))
+    _wait(d, lambda d: _painted(d).sum() > 0, what="the second mask")
+    d.find_element(*_by("register")).click()
+    assert "mask of support 1 is empty" in error.text
+    d.find_elements(*_by("slot"))[0].click()
 
     # A mask file that fits: loaded, registered; then a text file as a query: the service's 400 in words.
     mask = Image.new("L", (160, 160), 0)

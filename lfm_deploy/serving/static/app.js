@@ -184,7 +184,8 @@
     $("redo").disabled = !has || !s.redo.length;
     $("clear").disabled = !has;
     $("download-mask").disabled = !has;
-    $("register").disabled = !state.slots.every((x) => x.img);
+    // Enabled as soon as one pair exists: a click on an incomplete set says, in words, what is missing.
+    $("register").disabled = !state.slots.some((x) => x.img);
     const status = $("support-status");
     if (has) {
       const fg = countMask(s);
@@ -653,6 +654,11 @@
       : "or drop them here (register a support set first).";
   }
 
+  function percent(f) {
+    const p = 100 * f;
+    return (p > 0 && p < 1 ? p.toFixed(2) : p.toFixed(1)) + "%";
+  }
+
   function formatBytes(n) {
     return n > 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MB" : Math.max(1, Math.round(n / 1024)) + " kB";
   }
@@ -689,7 +695,7 @@
       card.dataset.foreground = String(fraction);
       card.dataset.ms = ms.toFixed(1);
       card.querySelector(".stat").textContent =
-        `${isFinite(fraction) ? (100 * fraction).toFixed(1) + "% foreground" : "foreground unknown"} · ${ms.toFixed(0)} ms · ${formatBytes(file.size)}`;
+        `${isFinite(fraction) ? percent(fraction) + " foreground" : "foreground unknown"} · ${ms.toFixed(0)} ms · ${formatBytes(file.size)}`;
       const a = card.querySelector("a.download");
       a.href = maskUrl;
       a.download = (file.name || "query").replace(/\.[^.]*$/, "") + "_mask.png";
