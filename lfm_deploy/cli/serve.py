@@ -29,8 +29,9 @@ def _on_sigterm(signum, frame):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--support", "supports", multiple=True, required=True, callback=_parse_support, metavar="IMAGE:MASK",
-              help="A support image and its mask (repeat for K-shot artifacts; exactly K pairs).")
+@click.option("--support", "supports", multiple=True, callback=_parse_support, metavar="IMAGE:MASK",
+              help="The default support set: a support image and its mask (repeat for K-shot artifacts; exactly K "
+                   "pairs). Optional: clients register sets with POST /support-sets.")
 @click.option("--host", default="127.0.0.1",
               help="Address the HTTP port binds (0.0.0.0: every interface). A local cluster's own ports "
                    "always listen on 127.0.0.1.")
@@ -54,6 +55,14 @@ def _on_sigterm(signum, frame):
 @click.option("--token", envvar="LFM_SERVE_TOKEN", default=None, show_envvar=True, show_default=False,
               help="Bearer token every endpoint but /healthz requires ('Authorization: Bearer TOKEN'). "
                    "Prefer the environment variable: a command line is visible to other users.")
+@click.option("--max-support-sets", type=click.IntRange(min=1), default=64,
+              help="Support sets clients may register; beyond, POST /support-sets answers 507.")
+@click.option("--support-cache-mb", type=FiniteFloat(min=0, min_open=True), default=512.0,
+              help="Encoded support features each replica caches (least recently used out first; 400 px: ~40 MB "
+                   "per shot).")
+@click.option("--store", "store", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Keep registered support sets in DIR (one file per set, named by its id) and reload them at "
+                   "start. Default: in memory, for the life of the service.")
 @click.option("--drain-timeout-s", type=FiniteFloat(min=0), default=30.0,
               help="On Ctrl-C or SIGTERM, how long requests in flight may take to finish.")
 @click.option("--address", default=None,
@@ -68,13 +77,17 @@ def _on_sigterm(signum, frame):
 @verbose_option
 @user_errors
 def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms, threads, cpus_per_replica,
-         max_body_mb, body_timeout_s, max_megapixels, replica_megapixels, token, drain_timeout_s, address,
+         max_body_mb, body_timeout_s, max_megapixels, replica_megapixels, token, max_support_sets, support_cache_mb,
+         store, drain_timeout_s, address,
          providers, precision, allow_fallback, allow_empty_mask, verbose):
-    """Serve an lfm-export directory over HTTP with a fixed support set, until Ctrl-C or SIGTERM.
+    """Serve an lfm-export directory over HTTP, until Ctrl-C or SIGTERM.
 
     \b
-    POST /predict             image bytes -> mask PNG (0/255, the image's size)
-    POST /predict?format=json -> {"foreground", "width", "height", "rle"}
+    POST /predict             image bytes -> mask PNG (0/255, the image's size), default set
+    POST /predict?support=ID  the same for a registered set; format=json -> {"foreground", "rle", ...}
+    POST /support-sets        multipart: -F image=@s.jpg -F mask=@s_mask.png (K of each) -> {"id", ...}
+    GET|DELETE /support-sets/ID   a set's metadata / forget it
+    GET  /                    a page to draw support masks and segment images
     GET  /healthz             200 once the support set is encoded, 503 before (no token)
     GET  /metadata            domain, shots, variant, precision, untrained, artifact hashes
     GET  /docs                the API (OpenAPI)
@@ -102,7 +115,8 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
                     cpus_per_replica=cpus_per_replica, providers=providers, allow_fallback=allow_fallback,
                     allow_empty=allow_empty_mask, max_body_bytes=int(max_body_mb * (1 << 20)), precision=precision,
                     body_timeout_s=body_timeout_s, max_pixels=int(max_megapixels * 1e6),
-                    replica_pixels=int(replica_megapixels * 1e6) if replica_megapixels else None, token=token)
+                    replica_pixels=int(replica_megapixels * 1e6) if replica_megapixels else None, token=token,
+                    max_support_sets=max_support_sets, support_cache_mb=support_cache_mb, store=store)
     why, drained, started = None, 0, False
     try:
         with ray_cluster(address, verbose=verbose):
@@ -112,7 +126,8 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
                 started = True
                 auth = " (token required)" if token else ""
                 click.echo(f"Serving {artifact_dir} at {url}{auth} ({replicas} replica(s), batches of up to "
-                           f"{max_batch}): POST {url}/predict, GET {url}/healthz, GET {url}/metadata, GET {url}/docs. "
+                           f"{max_batch}): page {url}/, POST {url}/support-sets, POST {url}/predict, GET {url}/healthz, "
+                           f"GET {url}/metadata, GET {url}/docs. "
                            "Ctrl-C stops.")
                 while True:
                     time.sleep(3600)

@@ -396,6 +396,22 @@ class Segmenter:
             InputError: the Segmenter is closed, the wrong number of pairs, unreadable or invalid images/masks, a mask
                 whose size differs from its image, a non-binary float mask or an empty mask.
         """
+        support = self.encode_support(images, masks, allow_empty=allow_empty, release_encoder=self.release_encoder)
+        with self._lock:
+            self._check_open()
+            self._support = support
+
+    def encode_support(self, images: ImageLike | Sequence[ImageLike], masks: ImageLike | Sequence[ImageLike], *,
+                       allow_empty: bool = False, release_encoder: bool = False) -> SupportSet:
+        """Encode a support set without making it this Segmenter's own: pass the result to
+        `predict(..., support=...)` (a service holding several sets encodes each once).
+
+        Same arguments, checks and errors as `set_support`; the encoder stays loaded unless
+        `release_encoder`.
+
+        Returns:
+            The immutable `SupportSet` (features and each mask's foreground share).
+        """
         self._check_open()
         images = _as_list(images)
         masks = _as_list(masks)
@@ -430,13 +446,14 @@ class Segmenter:
                 features[head.input(role)] = arr
             del per_shot
             foreground = tuple(float(mask.mean()) for _, mask in pairs)
-            self._support = SupportSet(features=features, foreground=foreground)
-            if self.release_encoder:
+            support = SupportSet(features=features, foreground=foreground)
+            if release_encoder:
                 self._encoder = None
                 del encoder
             log.info("support set encoded: %d shot(s), foreground %s", self.shots,
                      ", ".join(f"{f:.1%}" for f in foreground))
         self._ensure_head()
+        return support
 
     def clear_support(self) -> None:
         """Forget the support set (predictions need a new `set_support`)."""
@@ -463,7 +480,7 @@ class Segmenter:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int | None = None,
-                original_size: bool = True) -> np.ndarray | list[np.ndarray]:
+                original_size: bool = True, support: SupportSet | None = None) -> np.ndarray | list[np.ndarray]:
         """Segment query images against the cached support set.
 
         Args:
@@ -471,6 +488,7 @@ class Segmenter:
             batch_size: queries per head run (default: the Segmenter's, 8).
             original_size: resize each mask back to its image's size (nearest); False returns
                 the S x S model-resolution mask.
+            support: a set from `encode_support` to use instead of the one `set_support` made.
 
         Returns:
             uint8 (H, W) mask in {0, 1} (K > 1: HSNet's vote over the shots), or a list of them
@@ -480,10 +498,10 @@ class Segmenter:
             InputError: the Segmenter is closed, no support set yet, or an invalid image (the
                 message names which).
         """
-        return self._run(images, batch_size, original_size, proba=False)
+        return self._run(images, batch_size, original_size, proba=False, support=support)
 
     def predict_proba(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int | None = None,
-                      original_size: bool = True) -> np.ndarray | list[np.ndarray]:
+                      original_size: bool = True, support: SupportSet | None = None) -> np.ndarray | list[np.ndarray]:
         """Foreground probability of each pixel.
 
         The softmax of the two logits; for K > 1 the mean of the K per-shot probabilities
@@ -495,6 +513,7 @@ class Segmenter:
             images: one image or a list/tuple of them (see `predict`).
             batch_size: queries per head run.
             original_size: resize back to each image's size (nearest), else S x S.
+            support: a set from `encode_support` (default: the one `set_support` made).
 
         Returns:
             float32 (H, W) in [0, 1], or a list of them for a list input.
@@ -502,7 +521,7 @@ class Segmenter:
         Raises:
             InputError: the Segmenter is closed, no support set yet, or an invalid image.
         """
-        return self._run(images, batch_size, original_size, proba=True)
+        return self._run(images, batch_size, original_size, proba=True, support=support)
 
     def _run_head(self, head, outputs, batch, support) -> np.ndarray:
         try:
@@ -520,12 +539,17 @@ class Segmenter:
                             self.directory, len(batch), str(exc).splitlines()[0][:200])
             return out
 
-    def _run(self, images, batch_size, original_size: bool, proba: bool):
+    def _run(self, images, batch_size, original_size: bool, proba: bool, support: SupportSet | None = None):
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
         batch_size = min(batch_size, self._batch_limit)
-        support = self._snapshot()
+        if support is None:
+            support = self._snapshot()
+        elif not isinstance(support, SupportSet):
+            raise InputError(f"support must be a SupportSet from encode_support, not {type(support).__name__}")
+        else:
+            self._check_open()
         head = self._ensure_head()
         outputs = [self._io["head"].output("per_shot" if proba else "mask")]
         results: list[np.ndarray] = []

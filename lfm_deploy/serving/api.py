@@ -15,8 +15,16 @@ client can abuse, so that none of it reaches the pool that runs the model:
 - `draining` (set by `lfm-serve` on SIGTERM): /healthz says 503 and new predictions are
   refused, while the requests in flight finish (`Gate.drain`).
 
-The model is any object with two coroutines, `status() -> dict` and
-`predict(body: bytes, fmt: str) -> dict | ServiceError` (a Serve `DeploymentHandle` to
+Support sets are resources (`support_sets.SupportRegistry`, owned by this app): `POST
+/support-sets` (multipart: `image` and `mask`, K of each, in order) checks the upload's sizes
+here, has the model encode it with the runtime's own checks (so a bad set is a 4xx naming the
+pair), and registers it under an id derived from its content and the artifact; `POST
+/predict?support=ID` uses it, `/predict` alone the startup set. `GET /` and `/static/*` serve the
+page in `static/` (no token: the page asks for it and sends it with each API call).
+
+The model is any object with the coroutines `status() -> dict`,
+`predict(body, fmt, set_id, payload) -> dict | ServiceError` and
+`encode(set_id, images, masks) -> dict | ServiceError` (a Serve `DeploymentHandle` to
 `ray_serve.SegmentModel` through `HandleModel`, or `LocalModel` in-process).
 """
 
@@ -27,13 +35,14 @@ import hmac
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # FastAPI reads the route functions' annotations by name from this module's globals.
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
@@ -47,6 +56,10 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_MAX_PIXELS = 40_000_000
 #: How long the model may take to say whether it is ready (/healthz answers 503 after that).
 STATUS_TIMEOUT_S = 5.0
+#: The page's files, shipped inside the package.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: Text fields a support-set form may carry besides its files (none are used today).
+_FORM_FIELDS = ("image", "mask")
 
 
 class ServiceError(Exception):
@@ -226,17 +239,82 @@ def _http_code(status: int) -> str:
             415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable"}.get(status, "http_error")
 
 
-def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None):
+async def read_support_form(request, body: bytes, shots: int) -> tuple[list[bytes], list[bytes]]:
+    """The K images and K masks of a support-set upload (multipart/form-data, fields `image`
+    and `mask`, each repeated K times, in order).
+
+    Raises:
+        ServiceError: 415 (not multipart), 400 (malformed, a missing or extra part, not K pairs).
+    """
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise ServiceError(415, "unsupported_media_type", f"a support set is sent as multipart/form-data with {shots} "
+                           "'image' and 'mask' file field(s), not as " + (ctype or "a body without Content-Type")
+                           + " (curl -F image=@support.jpg -F mask=@support_mask.png URL/support-sets)")
+
+    async def stream():
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=2 * shots + 2, max_fields=4)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ServiceError(400, "bad_form", f"the multipart form cannot be read: {exc.message}; send {shots} 'image' and "
+                           f"{shots} 'mask' file field(s)") from None
+    try:
+        unknown = sorted({key for key in form.keys() if key not in _FORM_FIELDS})
+        if unknown:
+            raise ServiceError(400, "bad_form", f"unknown form field(s) {', '.join(map(repr, unknown))}; a support set "
+                               f"has {shots} 'image' and {shots} 'mask' file field(s)")
+        parts = {}
+        for name in _FORM_FIELDS:
+            values = form.getlist(name)
+            if any(isinstance(v, str) for v in values):
+                raise ServiceError(400, "bad_form", f"the field {name!r} holds text, not a file; send the file "
+                                   f"(curl -F {name}=@FILE)")
+            parts[name] = [await v.read() for v in values]
+    finally:
+        await form.close()
+    images, masks = parts["image"], parts["mask"]
+    if len(images) != shots or len(masks) != shots:
+        raise ServiceError(400, "wrong_shots", f"got {len(images)} image(s) and {len(masks)} mask(s); this model is "
+                           f"{shots}-shot: send exactly {shots} 'image' and {shots} 'mask' file field(s), in order")
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        for data, what in ((image, f"support image {i}"), (mask, f"support mask {i}")):
+            if not data:
+                raise ServiceError(400, "invalid_support", f"{what} is an empty file")
+    return images, masks
+
+
+def _checked_size(data: bytes, what: str, max_pixels: int) -> tuple[int, int] | None:
+    """An upload's (width, height) from its header, or None; 413 named after `what` when too large."""
+    try:
+        size = image_size(data)
+        check_image_size(size, max_pixels)
+    except ServiceError as exc:
+        raise ServiceError(exc.status, exc.code, f"{what}: {exc.message}", exc.headers) from None
+    return size
+
+
+def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None, registry=None):
     """The FastAPI application of the service.
 
     Args:
         model: the object that runs the model (see the module docstring).
         settings: the limits and the token.
         metadata: what GET /metadata answers (the model's, from `Job.metadata()`).
+        registry: the `support_sets.SupportRegistry` (default: an empty one for the artifact
+            that `metadata` describes, without a default set).
 
     Returns:
-        A FastAPI app whose `state.gate` is its `Gate`.
+        A FastAPI app whose `state.gate` is its `Gate` and `state.registry` its registry.
     """
+    from .support_sets import SupportRegistry, artifact_key, content_id
+
+    if registry is None:
+        registry = SupportRegistry(artifact_key(metadata or {}), int((metadata or {}).get("shots") or 1))
     gate = Gate(settings.buffer_bytes)
     bearer = HTTPBearer(auto_error=False, description="lfm-serve --token (or LFM_SERVE_TOKEN)")
 
@@ -251,9 +329,10 @@ def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None
 
     guarded = [Depends(authorized)]
     # The docs are generated by FastAPI; they are served by routes that take the token.
-    app = FastAPI(title="lfm-serve", description="Few-shot segmentation with a fixed support set.",
+    app = FastAPI(title="lfm-serve", description="Few-shot segmentation: register support sets, segment images.",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gate = gate
+    app.state.registry = registry
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
@@ -263,7 +342,8 @@ def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None
     async def _http_error(request: Request, exc: HTTPException):
         message = str(exc.detail)
         if exc.status_code == 404:
-            message = f"no endpoint {request.url.path}; use POST /predict, GET /healthz, GET /metadata or GET /docs"
+            message = f"no endpoint {request.url.path}; use POST /predict, POST /support-sets, GET /healthz, " \
+                      "GET /metadata or GET /docs"
         elif exc.status_code == 405:
             allow = (exc.headers or {}).get("Allow", "")
             message = f"{request.method} is not allowed on {request.url.path}; use {allow.replace(', ', ' or ')}"
@@ -300,31 +380,130 @@ def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None
 
     @app.head("/metadata", dependencies=guarded, include_in_schema=False)
     @app.get("/metadata", dependencies=guarded,
-             summary="The model: domain, shots, precision, untrained flag, artifact hashes")
+             summary="The model (domain, shots, precision, untrained flag, image size, artifact hashes), the "
+                     "default support set and the limits")
     async def get_metadata():
-        return metadata or {}
+        return {**(metadata or {}), "default_support": registry.default_id, "support_sets": registry.registered,
+                "limits": {"max_body_mb": settings.max_body_bytes / (1 << 20),
+                           "max_megapixels": settings.max_pixels / 1e6, "max_support_sets": registry.max_sets}}
+
+    def support_entry(support: str | None):
+        if support is None or support == "":
+            if registry.default_id is None:
+                raise ServiceError(400, "no_support_set", "this service has no default support set: register one "
+                                   "with POST /support-sets (multipart: 'image' and 'mask' files, "
+                                   f"{registry.shots} of each) and pass its id as /predict?support=ID")
+            return registry.get(registry.default_id)
+        entry = registry.get(support)
+        if entry is None:
+            raise ServiceError(404, "unknown_support_set", f"no support set {support!r} on this service (deleted, or "
+                               "registered with another model or service); register it with POST /support-sets")
+        return entry
 
     @app.post("/predict", dependencies=guarded, response_class=Response,
-              summary="The mask of the image in the body (PNG 0/255, or format=json: RLE)",
+              summary="The mask of the image in the body (PNG 0/255, or format=json: RLE), for the support set "
+                      "`support` (default: the startup set)",
               responses={200: {"content": {"image/png": {}, "application/json": {}}}})
-    async def predict(request: Request, format: str = "png"):
+    async def predict(request: Request, format: str = "png", support: str | None = None):
         fmt = format.lower()
         if fmt not in ("png", "json"):
             raise ServiceError(400, "bad_format", f"format={format!r} is not supported; use format=png (default) "
                                "or json")
+        entry = support_entry(support)
         gate.enter()
         try:
             body = await read_body(request, settings, gate)
             check_image_size(image_size(body), settings.max_pixels)
-            result = await model.predict(body, fmt)
+            result = await model.predict(body, fmt, entry.id, entry.payload)
         finally:
             gate.leave()
         if isinstance(result, ServiceError):
             raise result
+        headers = {"X-Support-Set": entry.id, "X-Replica": str(result.get("replica", ""))}
         if fmt == "json":
-            return JSONResponse(result["json"])
+            return JSONResponse(result["json"], headers=headers)
         return Response(result["png"], media_type="image/png",
-                        headers={"X-Foreground-Fraction": f"{result['foreground']:.6f}"})
+                        headers={"X-Foreground-Fraction": f"{result['foreground']:.6f}", **headers})
+
+    form_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["image", "mask"],
+        "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                 "description": "K support images, in order"},
+                       "mask": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                "description": "K masks (0/255 PNG at the image's size), in the images' order"}}}}}}}
+
+    @app.post("/support-sets", dependencies=guarded, status_code=201, openapi_extra=form_schema,
+              summary="Register a support set (multipart: K 'image' and K 'mask' files): 201, or 200 when "
+                      "the same set was registered before")
+    async def register_support(request: Request):
+        gate.enter()
+        try:
+            body = await read_body(request, settings, gate)
+            images, masks = await read_support_form(request, body, registry.shots)
+            del body
+            sizes = []
+            for i, (image, mask) in enumerate(zip(images, masks)):
+                size = _checked_size(image, f"support image {i}", settings.max_pixels)
+                _checked_size(mask, f"support mask {i}", settings.max_pixels)
+                sizes.append(size or (0, 0))
+            set_id = content_id(registry.key, images, masks)
+            existing = registry.get(set_id)
+            if existing is not None:
+                return JSONResponse(existing.describe(), status_code=200)
+            if registry.full:
+                raise ServiceError(507, "too_many_support_sets", f"this service holds {registry.registered} support "
+                                   f"sets, its limit (--max-support-sets {registry.max_sets}); DELETE "
+                                   "/support-sets/ID one that is no longer needed, or raise the limit")
+            result = await model.encode(set_id, images, masks)
+        finally:
+            gate.leave()
+        if isinstance(result, ServiceError):
+            raise result
+        if registry.get(set_id) is None:  # not registered meanwhile by a concurrent identical upload
+            from ..errors import LFMError
+
+            try:
+                await asyncio.to_thread(registry.add, set_id, images, masks, result["foreground"], sizes) \
+                    if registry.store is not None else registry.add(set_id, images, masks, result["foreground"], sizes)
+            except LFMError as exc:
+                log.error("storing support set %s failed: %s", set_id, exc)
+                raise ServiceError(507, "store_failed", f"the support set could not be stored: {exc}") from None
+        entry = registry.get(set_id)
+        return JSONResponse(entry.describe(), status_code=201, headers={"Location": f"/support-sets/{set_id}"})
+
+    @app.get("/support-sets/{set_id}", dependencies=guarded, summary="A registered support set's metadata")
+    async def get_support(set_id: str):
+        entry = registry.get(set_id)
+        if entry is None:
+            raise ServiceError(404, "unknown_support_set", f"no support set {set_id!r} on this service")
+        return entry.describe()
+
+    @app.delete("/support-sets/{set_id}", dependencies=guarded, status_code=204, response_class=Response,
+                summary="Forget a registered support set (and remove it from --store)")
+    async def delete_support(set_id: str):
+        entry = registry.get(set_id)
+        if entry is None:
+            raise ServiceError(404, "unknown_support_set", f"no support set {set_id!r} on this service")
+        if entry.default:
+            raise ServiceError(409, "default_support_set", "the startup support set (--support) cannot be deleted; "
+                               "restart lfm-serve without it")
+        if registry.store is not None:
+            await asyncio.to_thread(registry.delete, set_id)
+        else:
+            registry.delete(set_id)
+        return Response(status_code=204)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        page = STATIC_DIR / "index.html"
+        if not page.is_file():
+            raise ServiceError(404, "not_found", "this installation has no page (lfm_deploy/serving/static/index.html)")
+        return FileResponse(page, media_type="text/html")
+
+    from starlette.staticfiles import StaticFiles
+
+    # The page's own files (no token: a browser loads them without headers; they hold no data).
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
 
     @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
     async def openapi():
@@ -346,5 +525,8 @@ class LocalModel:
     async def status(self) -> dict:
         return self.inner.status()
 
-    async def predict(self, body: bytes, fmt: str):
-        return await self.inner.predict(body, fmt)
+    async def predict(self, body: bytes, fmt: str, set_id: str | None = None, payload=None):
+        return await self.inner.predict(body, fmt, set_id, payload)
+
+    async def encode(self, set_id: str, images: list, masks: list):
+        return await self.inner.encode(set_id, images, masks)

@@ -63,7 +63,7 @@ def _precision_name(entry) -> str:
 
 def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
                 support_masks: Sequence[str | os.PathLike], *, providers="cpu", allow_fallback: bool = False,
-                allow_empty: bool = False, precision: str | None = None) -> Job:
+                allow_empty: bool = False, precision: str | None = None, support_required: bool = True) -> Job:
     """Verify the artifacts and the support set, and read the support files.
 
     Nothing heavy runs: the manifest's hashes are checked and the support pairs go through the
@@ -76,6 +76,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
             machine's onnxruntime offers, or OpenVINO for "openvino").
         allow_empty: accept support masks without foreground.
         precision: as `Segmenter.from_artifacts` (None or "fp32"; "bf16" with providers "openvino").
+        support_required: False: no pairs at all is accepted too (`lfm-serve` without --support).
 
     Returns:
         The `Job`.
@@ -108,7 +109,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     shots = manifest.get("shots")
     if len(images) != len(masks):
         raise InputError(f"got {len(images)} support images but {len(masks)} masks; pass one mask per image")
-    if len(images) != shots:
+    if len(images) != shots and (images or support_required):
         raise InputError(f"got {len(images)} support pairs but the artifacts in {artifact_dir} were exported for "
                          f"{shots}-shot; pass exactly {shots} (or export with --shots {len(images)})")
     pre = Preprocessing.from_manifest(manifest)
@@ -144,8 +145,10 @@ def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, th
     return seg
 
 
-def predict_isolated(seg, images: list) -> list:
+def predict_isolated(seg, images: list, support=None) -> list:
     """Masks for decoded images in one batched run; an image the runtime refuses fails alone.
+
+    `support`: a `SupportSet` from `Segmenter.encode_support` (default: the Segmenter's own).
 
     Returns:
         One entry per image: the uint8 mask, or the `InputError` that image raised.
@@ -153,12 +156,12 @@ def predict_isolated(seg, images: list) -> list:
     if not images:
         return []
     try:
-        return seg.predict(list(images))
+        return seg.predict(list(images), support=support)
     except InputError:
         out = []
         for image in images:
             try:
-                out.append(seg.predict(image))
+                out.append(seg.predict(image, support=support))
             except InputError as exc:
                 out.append(exc)
         return out

@@ -4,6 +4,10 @@ Endpoints (the HTTP layer is `api.build_api`, a FastAPI app; `GET /docs` shows t
 
     POST /predict            body: the image file's bytes -> the mask as PNG (0/255, image size)
     POST /predict?format=json -> {"width", "height", "foreground", "rle": COCO uncompressed RLE}
+    POST /predict?support=ID  the same, for a registered support set (default: the startup set)
+    POST /support-sets       multipart 'image' x K, 'mask' x K -> 201 {"id", "shots", "foreground"}
+    GET/DELETE /support-sets/ID   a set's metadata / forget it
+    GET  /                   the page to draw support sets (static/)
     GET  /healthz            200 once the support set is encoded, 503 before (never needs a token)
     GET  /metadata           domain, shots, variant, precision, untrained, artifact hashes
 
@@ -39,8 +43,9 @@ from ray import serve
 from ..errors import InputError
 from .api import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, ApiSettings, ServiceError,
                   build_api, check_image_size, image_size)
-from .job import Job, predict_isolated, prepare_job, segmenter_for
+from .job import Job, predict_isolated, prepare_job
 from .resources import PixelBudget, segmenter_memory_bytes
+from .support_sets import DEFAULT_CACHE_MB, DEFAULT_MAX_SETS, FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -64,32 +69,44 @@ __all__ = ["SegmentModel", "Ingress", "build_app", "start_service", "stop_servic
 
 
 class SegmentModel:
-    """One model replica: a `Segmenter`, the pixel budget, dynamic batches (a plain class: Serve
-    deploys it, tests can call it).
+    """One model replica: a `Segmenter`, a cache of encoded support sets, the pixel budget,
+    dynamic batches (a plain class: Serve deploys it, tests can call it).
 
-    The support set is encoded in a background thread started by the constructor, so the
-    replica is up at once and says 503 `not_ready` until it is done.
+    The artifacts are loaded (and the startup set, if any, encoded) in a background thread
+    started by the constructor, so the replica is up at once and says 503 `not_ready` until it
+    is done. Sets registered through the API are encoded on first use from the bytes passed with
+    the request (`payload`: in Ray's object store under Serve) and cached per replica
+    (`support_sets.FeatureCache`, LRU within `cache_bytes`), so any replica, a restarted one
+    included, serves any registered set.
 
     Args:
-        job: the checked job (`prepare_job`): artifact path, support bytes, metadata.
-        options: `segmenter_for` keyword arguments (providers, threads, batch_size, ...).
+        job: the checked job (`prepare_job`): artifact path, support bytes (or none), metadata.
+        options: `Segmenter.from_artifacts` keyword arguments (providers, threads, batch_size,
+            ...) and `allow_empty`.
         max_batch: largest dynamic batch.
         batch_wait_s: how long to wait for a batch to fill.
         max_pixels: an image's pixel limit (checked again here: the model never trusts its caller).
         replica_pixels: decoded pixels in flight at most (`PixelBudget`).
-        encode: start encoding the support set now (False: call `start()`).
+        default_id: the startup set's id (`support_sets.content_id`), None without one.
+        cache_bytes: encoded support features this replica keeps (the startup set is pinned).
+        encode: start loading now (False: call `start()`).
     """
 
     def __init__(self, job: Job, options: dict, *, max_batch: int = DEFAULT_MAX_BATCH,
                  batch_wait_s: float = DEFAULT_BATCH_WAIT_S, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 replica_pixels: int = DEFAULT_REPLICA_PIXELS, encode: bool = True):
+                 replica_pixels: int = DEFAULT_REPLICA_PIXELS, default_id: str | None = None,
+                 cache_bytes: int = int(DEFAULT_CACHE_MB * (1 << 20)), encode: bool = True):
         self._job = job
         self._options = dict(options)
+        self._allow_empty = bool(self._options.pop("allow_empty", False))
         self._max_pixels = int(max_pixels)
         self._budget = PixelBudget(replica_pixels)
         self._seg = None
         self._failure: BaseException | None = None
         self._ready = threading.Event()
+        self._default_id = default_id
+        self._cache = FeatureCache(cache_bytes)
+        self._encoding: dict[str, asyncio.Future] = {}
         self._replica, self._in_serve = _replica_id()
         if self._in_serve:
             _loopback_replica_grpc()
@@ -99,23 +116,33 @@ class SegmentModel:
             self.start()
 
     def start(self) -> None:
-        """Load the artifacts and encode the support set in a background thread."""
+        """Load the artifacts and encode the startup set in a background thread."""
         threading.Thread(target=self._encode, name="lfm-encode-support", daemon=True).start()
 
     def _encode(self) -> None:
+        from ..runtime import Segmenter
+
         t0 = time.perf_counter()
         try:
-            self._seg = segmenter_for(self._job, **self._options)
+            seg = Segmenter.from_artifacts(self._job.artifact_dir, release_encoder=False, **self._options)
+            if self._job.support_images:
+                support = seg.encode_support(list(self._job.support_images), list(self._job.support_masks),
+                                             allow_empty=self._allow_empty)
+                self._cache.put(self._default_id or "default", support, pin=True)
+            else:
+                seg._ensure_head()  # loaded now, not on the first request
+            self._seg = seg
         except BaseException as exc:  # reported by check_health: Serve replaces the replica
             self._failure = exc
-            log.exception("encoding the support set failed")
+            log.exception("loading the model or encoding the support set failed")
             return
         self._ready.set()
-        log.info("support set encoded in %.1f s; ready", time.perf_counter() - t0)
+        log.info("model loaded%s in %.1f s; ready", " and support set encoded" if self._job.support_images else "",
+                 time.perf_counter() - t0)
 
     @property
     def ready(self) -> bool:
-        """Whether the support set is encoded (requests are served)."""
+        """Whether the model is loaded and the startup set encoded (requests are served)."""
         return self._ready.is_set()
 
     def check_health(self) -> None:
@@ -124,45 +151,127 @@ class SegmentModel:
             raise RuntimeError(f"encoding the support set failed: {self._failure}")
 
     def status(self) -> dict:
-        """{"ready", "failure" (text or None), "replica"}: what /healthz reports."""
+        """{"ready", "failure" (text or None), "replica", "cached_sets"}: what /healthz reports."""
         return {"ready": self.ready, "failure": None if self._failure is None else str(self._failure),
-                "replica": self._replica}
+                "replica": self._replica, "cached_sets": len(self._cache)}
 
-    async def predict(self, body: bytes, fmt: str = "png"):
-        """The answer to one image file's bytes.
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise ServiceError(503, "not_ready", "the model is loading; retry shortly", headers={"Retry-After": "1"})
+
+    async def encode(self, set_id: str, images: list, masks: list):
+        """Check and encode a posted set with the runtime's own checks, and cache it.
 
         Returns:
-            {"png": bytes, "foreground": float} or {"json": {...}}; or the `ServiceError` to
-            answer (returned, not raised: it crosses the process boundary as a value).
+            {"foreground": [fraction per mask], "replica"}; or the `ServiceError` to answer
+            (400 `invalid_support`, naming the pair).
         """
         try:
-            return await self._predict(body, fmt)
+            self._check_ready()
+            support = await self._features(set_id, (tuple(images), tuple(masks)))
+            return {"foreground": list(support.foreground), "replica": self._replica}
         except ServiceError as exc:
             return exc
 
-    async def _predict(self, body: bytes, fmt: str):
-        if not self.ready:
-            raise ServiceError(503, "not_ready", "the support set is being encoded; retry shortly",
-                               headers={"Retry-After": "1"})
+    async def forget(self, set_id: str) -> bool:
+        """Drop a set's features from this replica's cache (DELETE /support-sets/{id})."""
+        present = set_id in self._cache
+        self._cache.evict(set_id)
+        return present
+
+    async def _features(self, set_id: str, payload):
+        """The encoded set `set_id` (cached, or encoded now from `payload`)."""
+        support = self._cache.get(set_id)
+        if support is not None:
+            return support
+        pending = self._encoding.get(set_id)
+        if pending is not None:  # another request is encoding it: share its result
+            return await asyncio.shield(pending)
+        if payload is None:
+            raise ServiceError(404, "unknown_support_set", f"no support set {set_id} on this replica")
+        future = asyncio.get_running_loop().create_future()
+        self._encoding[set_id] = future
+        try:
+            if isinstance(payload, list):  # [ObjectRef]: the registry's copy in Ray's object store
+                payload = await payload[0]
+            images, masks = payload
+            try:
+                support = await asyncio.to_thread(self._seg.encode_support, list(images), list(masks),
+                                                  allow_empty=self._allow_empty)
+            except InputError as exc:
+                raise ServiceError(400, "invalid_support", _api_text(exc)) from None
+            self._cache.put(set_id, support, pin=set_id == self._default_id)
+            future.set_result(support)
+            return support
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            self._encoding.pop(set_id, None)
+
+    async def predict(self, body: bytes, fmt: str = "png", set_id: str | None = None, payload=None):
+        """The answer to one image file's bytes, for the set `set_id` (None: the startup set).
+
+        Returns:
+            {"png": bytes, "foreground": float, "replica"} or {"json": {...}, "replica"}; or the
+            `ServiceError` to answer (returned, not raised: it crosses the process boundary as a
+            value).
+        """
+        try:
+            return await self._predict(body, fmt, set_id, payload)
+        except ServiceError as exc:
+            return exc
+
+    async def _predict(self, body: bytes, fmt: str, set_id: str | None, payload):
+        self._check_ready()
+        set_id = set_id or self._default_id or "default"
         pixels = check_image_size(image_size(body), self._max_pixels)
+        support = await self._features(set_id, payload)
         held = await self._budget.acquire(max(pixels, 1))
         try:
             image = await asyncio.to_thread(_decode, body)
             if self._in_serve:
-                mask = await self._segment(image)
+                mask = await self._segment((image, set_id, support))
             else:  # serve.batch needs a Serve replica; elsewhere one at a time
-                mask = (await asyncio.to_thread(predict_isolated, self._seg, [image]))[0]
+                mask = (await asyncio.to_thread(predict_isolated, self._seg, [image], support))[0]
             del image
             if isinstance(mask, InputError):
                 raise ServiceError(400, "invalid_image", str(mask))
-            return await asyncio.to_thread(_encode_answer, mask, fmt)
+            answer = await asyncio.to_thread(_encode_answer, mask, fmt)
+            answer["replica"] = self._replica
+            return answer
         finally:
             await self._budget.release(held)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def _segment(self, images: list) -> list:
-        # One head-graph run for the whole batch, off the event loop (status stays responsive).
-        return await asyncio.to_thread(predict_isolated, self._seg, list(images))
+    async def _segment(self, items: list) -> list:
+        # One head-graph run per support set in the batch, off the event loop (status stays responsive).
+        return await asyncio.to_thread(predict_grouped, self._seg, list(items))
+
+
+def predict_grouped(seg, items: list) -> list:
+    """Masks for (image, set id, SupportSet) items: one batched head run per set among them."""
+    out: list = [None] * len(items)
+    groups: dict = {}
+    for i, (_, set_id, support) in enumerate(items):
+        groups.setdefault(set_id, (support, []))[1].append(i)
+    for support, indices in groups.values():
+        for i, mask in zip(indices, predict_isolated(seg, [items[i][0] for i in indices], support)):
+            out[i] = mask
+    return out
+
+
+def _api_text(exc: Exception) -> str:
+    """An `LFMError`'s message for an API client (its command-line hint names the server's
+    flags: --allow-empty-mask is the operator's choice, so it is named as such)."""
+    message = getattr(exc, "message", None)
+    if message is None:
+        return str(exc)
+    hint = getattr(exc, "cli_hint", None) or ""
+    if "--allow-empty-mask" in hint:
+        return f"{message}; send a mask that marks the object (or start lfm-serve with --allow-empty-mask)"
+    return message
 
 
 def _encode_answer(mask, fmt: str) -> dict:
@@ -231,11 +340,17 @@ class HandleModel:
     async def status(self) -> dict:
         return await self.handle.status.remote()
 
-    async def predict(self, body: bytes, fmt: str):
+    async def predict(self, body: bytes, fmt: str, set_id: str | None = None, payload=None):
+        return await self._call("predict", body, fmt, set_id, payload)
+
+    async def encode(self, set_id: str, images: list, masks: list):
+        return await self._call("encode", set_id, images, masks)
+
+    async def _call(self, method: str, *args):
         from ray.exceptions import RayError
 
         try:
-            return await self.handle.predict.remote(body, fmt)
+            return await getattr(self.handle, method).remote(*args)
         except RayError as exc:  # a replica died or is being replaced: the client may retry
             log.warning("the model failed on a request: %s", str(exc).splitlines()[0] if str(exc) else exc)
             return ServiceError(503, "unavailable", "the model replica failed on this request; retry shortly",
@@ -246,26 +361,66 @@ class HandleModel:
 class Ingress:
     """The HTTP ingress: builds `api.build_api` in its replica (`__serve_build_asgi_app__`).
 
+    The ingress owns the support-set registry: each set's bytes go to Ray's object store
+    (`ray.put`, owned by this replica) and travel by reference with every request for it, so any
+    model replica can encode it on a cache miss.
+
     Args:
         model: the `SegmentModel` deployment (Serve passes a `DeploymentHandle`).
         settings: the limits and the token.
         metadata: GET /metadata's answer.
+        job: the checked job (its startup set, if any, is the default set).
+        max_sets: `--max-support-sets`.
+        store: `--store DIR` (None: sets live as long as the service).
     """
 
-    def __init__(self, model, settings: ApiSettings, metadata: dict):
+    def __init__(self, model, settings: ApiSettings, metadata: dict, job: Job | None = None,
+                 max_sets: int = DEFAULT_MAX_SETS, store: str | None = None):
+        import ray
+
         _loopback_replica_grpc()
         self._model = HandleModel(model)
         self._settings = settings
         self._metadata = metadata
+        self._registry = make_registry(job, max_sets=max_sets, store=store, put=lambda value: [ray.put(value)]) \
+            if job is not None else None
         self._app = None
 
     def __serve_build_asgi_app__(self):
-        self._app = build_api(self._model, self._settings, metadata=self._metadata)
+        self._app = build_api(self._model, self._settings, metadata=self._metadata, registry=self._registry)
         return self._app
 
     async def drain(self, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> int:
         """Refuse new predictions, wait for those in flight; returns how many there were."""
         return await self._app.state.gate.drain(timeout_s)
+
+
+def make_registry(job: Job, *, max_sets: int = DEFAULT_MAX_SETS, store: str | os.PathLike | None = None, put=None):
+    """The support-set registry of a service for `job`: its startup set as the default, the sets
+    of `store` reloaded."""
+    from ..runtime.inputs import Preprocessing
+    from .support_sets import SupportRegistry, SupportStore, artifact_key
+
+    registry = SupportRegistry(artifact_key(job.manifest), int(job.manifest.get("shots") or 1), max_sets=max_sets,
+                               put=put, store=SupportStore(store) if store is not None else None)
+    if job.support_images:
+        images, masks = list(job.support_images), list(job.support_masks)
+        sizes = [image_size(x) or (0, 0) for x in images]
+        registry.set_default(images, masks, sizes)
+        pre = Preprocessing.from_manifest(job.manifest)
+        entry = registry.get(registry.default_id)
+        entry.foreground = [float(pre.support(img, mask, i, True)[1].mean())
+                            for i, (img, mask) in enumerate(zip(images, masks))]
+    return registry
+
+
+def default_set_id(job: Job) -> str | None:
+    """The id of `job`'s startup set (what the registry and the replicas call it), or None."""
+    from .support_sets import artifact_key, content_id
+
+    if not job.support_images:
+        return None
+    return content_id(artifact_key(job.manifest), list(job.support_images), list(job.support_masks))
 
 
 def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
@@ -274,12 +429,15 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
               cpus_per_replica: float = DEFAULT_REPLICA_CPUS, providers="cpu", allow_fallback: bool = False,
               allow_empty: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, precision: str | None = None,
               spin_wait: bool = False, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-              max_pixels: int = DEFAULT_MAX_PIXELS, replica_pixels: int | None = None, token: str | None = None):
+              max_pixels: int = DEFAULT_MAX_PIXELS, replica_pixels: int | None = None, token: str | None = None,
+              max_support_sets: int = DEFAULT_MAX_SETS, support_cache_mb: float = DEFAULT_CACHE_MB,
+              store: str | os.PathLike | None = None):
     """The Serve application: checks the artifacts and the support set here, in the driver.
 
     Args:
         artifact_dir: an lfm-export directory (readable at this path by every replica's node).
-        support_images, support_masks: the K support pairs (read here, shipped to the replicas).
+        support_images, support_masks: the K support pairs (read here, shipped to the replicas):
+            the default set; none: clients register sets (POST /support-sets) and name them.
         replicas: replicas of the model deployment (each one `Segmenter`; its memory, declared
             to Ray, is `resources.segmenter_memory_bytes`).
         max_batch: largest dynamic batch per replica.
@@ -298,6 +456,10 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         max_pixels: an image with more pixels gets 413 (read from its header, before decoding).
         replica_pixels: decoded pixels a replica holds at once (default 3 x `max_pixels`).
         token: the bearer token every endpoint but /healthz requires (None: none).
+        max_support_sets: sets the service registers at most (then 507).
+        support_cache_mb: encoded support features each replica caches (least recently used
+            out first; declared to Ray with the replica's memory).
+        store: a folder where registered sets persist across restarts (None: in memory only).
 
     Returns:
         A bound Serve application for `serve.run`.
@@ -315,13 +477,21 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
                          "could never decode the largest image accepted")
     if token is not None and not token.strip():
         raise InputError("the token is empty", cli_hint="pass a non-empty --token (or unset LFM_SERVE_TOKEN)")
+    if max_support_sets < 1 or not support_cache_mb > 0:
+        raise InputError("max_support_sets must be at least 1 and support_cache_mb positive")
     job = prepare_job(artifact_dir, support_images, support_masks, providers=providers, allow_fallback=allow_fallback,
-                      allow_empty=allow_empty, precision=precision)
+                      allow_empty=allow_empty, precision=precision, support_required=False)
+    if store is not None:  # checked (and locked, then released) here: the ingress replica owns it
+        from .support_sets import SupportStore
+
+        SupportStore(store).close()
+        store = os.path.abspath(store)
     threads = threads or max(1, (os.cpu_count() or 1) // replicas)
     options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads, "precision": precision,
                "spin_wait": spin_wait, "batch_size": max_batch, "allow_empty": allow_empty}
+    cache_bytes = int(support_cache_mb * (1 << 20))
     memory = segmenter_memory_bytes(int(job.manifest.get("image_size") or 400), max_batch,
-                                    decoded_pixels=replica_pixels)
+                                    decoded_pixels=replica_pixels) + cache_bytes
     model = serve.deployment(
         SegmentModel, name=MODEL_NAME, num_replicas=replicas,
         ray_actor_options={"num_cpus": cpus_per_replica, "memory": memory},
@@ -330,7 +500,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         max_ongoing_requests=max(32, 4 * max_batch),
         health_check_period_s=10,
     ).bind(job, options, max_batch=max_batch, batch_wait_s=batch_wait_s, max_pixels=max_pixels,
-           replica_pixels=replica_pixels)
+           replica_pixels=replica_pixels, default_id=default_set_id(job), cache_bytes=cache_bytes)
     settings = ApiSettings(max_body_bytes=int(max_body_bytes), body_timeout_s=float(body_timeout_s),
                            max_pixels=int(max_pixels), buffer_bytes=16 * int(max_body_bytes), token=token)
     ingress = serve.deployment(
@@ -340,7 +510,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         max_ongoing_requests=INGRESS_MAX_ONGOING,
         graceful_shutdown_timeout_s=DEFAULT_DRAIN_TIMEOUT_S,
     )
-    app = ingress.bind(model, settings, job.metadata())
+    app = ingress.bind(model, settings, job.metadata(), job, max_support_sets, store)
     app.lfm_model_memory = (memory, replicas)  # checked against the cluster by start_service
     return app
 

@@ -973,6 +973,31 @@ class OutputDir:
                 f.write((json.dumps({"file": rel, "entry": entry}) + "\n").encode())
             self._journalled += 1
 
+    def remove(self, rel: str) -> bool:
+        """Delete a file this tool wrote here and that is unchanged since, and drop it from the
+        record (a file the user wrote or changed is left as it is).
+
+        Returns:
+            Whether it was removed.
+        """
+        rel = os.path.normpath(rel)
+        if rel.startswith("..") or os.path.isabs(rel) or rel in _BOOKKEEPING:
+            raise _error(self.where, f"output name {rel!r} would leave {{where}}")
+        self._hold.take()
+        with self._lock:
+            if not self._ours(rel):
+                return False
+            os.unlink(self.path / rel)
+            del self._files[rel]
+            self._claimed.pop(rel, None)
+            _write_record(self.path, self.kind, self._files)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / JOURNAL_NAME)
+            self._recorded, self._journalled = True, 0
+            self._written = [r for r in self._written if r != rel]
+            self._new = [r for r in self._new if r != rel]
+        return True
+
     def adopt(self, rel: str) -> Path:
         """Record a file a library wrote itself at a name claimed before (e.g. `onnx.save`)."""
         rel = os.path.normpath(rel)

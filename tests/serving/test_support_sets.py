@@ -1,0 +1,153 @@
+"""Support sets on a real service: the real `lfm-serve` command (its own local Ray cluster,
+`--replicas 2`, no `--support`, `--store DIR`), a real HTTP client.
+
+A set registered through one request is served by both model replicas (each encodes it from the
+ingress's copy in Ray's object store on its first request), with the masks `Segmenter` computes
+for the same support and queries, pixel for pixel; after a full restart the stored set is still
+there under the same id."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+pytest.importorskip("python_multipart")
+
+from lfm_deploy.serving.codec import mask_png  # noqa: E402
+
+pytestmark = pytest.mark.slow  # one real service (two starts), about 3 minutes on 2 cores
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Service:
+    def __init__(self, artifact_dir: str, store: Path, log_path: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env.pop("RAY_ADDRESS", None)
+        self._log = open(log_path, "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lfm_deploy.cli.serve", artifact_dir, "--port", str(self.port), "--replicas", "2",
+             "--threads", "1", "--max-batch", "4", "--store", str(store), "--support-cache-mb", "64"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while "Serving" not in self.log():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log()[-3000:]
+            time.sleep(0.5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                assert self.proc.wait(timeout=120) == 0, self.log()[-3000:]
+            finally:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait(timeout=60)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def data():
+    from tests.runtime import synthetic_queries, synthetic_support
+
+    images, masks = synthetic_support(1, 112, seed=5)
+    queries = synthetic_queries(4, 96)
+    return {"image": _png(images[0]), "mask": _png(masks[0]),
+            "queries": [_png(q) for q in queries[:3]] + [_png(queries[3].resize((150, 90)))]}
+
+
+@pytest.fixture(scope="module")
+def expected(exported, data):
+    from lfm_deploy.runtime import Segmenter
+
+    seg = Segmenter.from_artifacts(exported(shots=1).out_dir, threads=1)
+    seg.set_support([data["image"]], [data["mask"]])
+    return [mask_png(seg.predict(q)) for q in data["queries"]]
+
+
+@pytest.fixture(scope="module")
+def service(exported, tmp_path_factory):
+    root = tmp_path_factory.mktemp("support-sets")
+    svc = Service(str(exported(shots=1).out_dir), root / "store", root / "serve.log")
+    svc.store = root / "store"
+    svc.artifact_dir = str(exported(shots=1).out_dir)
+    svc.root = root
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _register(client, data):
+    return client.post("/support-sets", files=[("image", ("s.png", data["image"], "image/png")),
+                                                ("mask", ("s_mask.png", data["mask"], "image/png"))])
+
+
+def test_registered_set_served_by_every_replica(service, data, expected):
+    with httpx.Client(base_url=service.url, timeout=120) as client:
+        meta = client.get("/metadata").json()
+        assert meta["default_support"] is None
+        assert client.post("/predict", content=data["queries"][0]).status_code == 400
+        resp = _register(client, data)
+        assert resp.status_code == 201, resp.text
+        set_id = resp.json()["id"]
+        assert _register(client, data).status_code == 200
+
+        def one(i):
+            r = client.post(f"/predict?support={set_id}", content=data["queries"][i % len(data["queries"])])
+            return i, r.status_code, r.headers.get("x-replica"), r.content
+
+        replicas = set()
+        with ThreadPoolExecutor(8) as pool:
+            for i, status, replica, content in pool.map(one, range(48)):
+                assert status == 200, content[:300]
+                assert content == expected[i % len(expected)], f"request {i} (replica {replica})"
+                replicas.add(replica)
+        assert len(replicas) == 2, replicas  # both replicas served the set registered through one
+        assert client.get("/healthz").status_code == 200
+
+
+def test_store_survives_a_full_restart(service, data, expected):
+    with httpx.Client(base_url=service.url, timeout=120) as client:
+        set_id = _register(client, data).json()["id"]
+    service.stop()
+    assert any(p.name.startswith(set_id) for p in service.store.iterdir())
+    again = Service(service.artifact_dir, service.store, service.root / "serve2.log")
+    try:
+        with httpx.Client(base_url=again.url, timeout=120) as client:
+            info = client.get(f"/support-sets/{set_id}")
+            assert info.status_code == 200 and info.json()["id"] == set_id
+            for query, want in zip(data["queries"], expected):
+                assert client.post(f"/predict?support={set_id}", content=query).content == want
+            assert _register(client, data).status_code == 200  # the same content: the same id, known
+    finally:
+        again.stop()
