@@ -52,6 +52,18 @@ def test_readme_blocks_are_found():
     assert any(lang == "python" and "Segmenter" in code for lang, code, _ in run)
 
 
+def test_quick_start_installs_what_ci_installs():
+    """One extra names everything the tests cover, so the README and CI cannot drift apart."""
+    install = next(code for _, code, _ in readme_blocks() if "pip install" in code)
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert '-e ".[all]"' in install and '-e ".[all]"' in ci
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    named = extras["all"][0].split("[", 1)[1].rstrip("]").split(",")
+    assert set(named) == set(extras) - {"all", "gpu", "tensorrt"}  # every CPU extra; GPU ones need NVIDIA's machines
+
+
 @pytest.mark.slow
 def test_readme_examples_run_as_written(tmp_path):
     """About 2 minutes on 2 cores: fine-tuning, evaluation and an export at 400x400."""

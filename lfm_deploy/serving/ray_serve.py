@@ -588,5 +588,13 @@ def drain_service(timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> int:
 
 
 def stop_service() -> None:
-    """Delete the application (other applications on a shared cluster keep running)."""
+    """Delete the application; when no other application is left, stop Serve too (its HTTP proxy
+    keeps the host and port it was started with, so a later `start_service` on another port would
+    otherwise listen on the old one). Other applications on a shared cluster keep running."""
     serve.delete(APP_NAME)
+    try:
+        others = [name for name in serve.status().applications if name != APP_NAME]
+    except Exception:  # Serve already gone
+        return
+    if not others:
+        serve.shutdown()

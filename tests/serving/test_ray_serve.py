@@ -144,11 +144,11 @@ def test_healthz_503_until_support_encoded(exported, support_files, reference, q
 
     from lfm_deploy.serving.api import ApiSettings, LocalModel, build_api
     from lfm_deploy.serving.job import prepare_job
-    from lfm_deploy.serving.ray_serve import SegmentModel
+    from lfm_deploy.serving.ray_serve import SegmentModel, default_set_id, make_registry
 
     job = prepare_job(exported(shots=1).out_dir, [support_files[0]], [support_files[1]])
-    model = SegmentModel(job, {"threads": 1}, max_batch=2, encode=False)
-    app = build_api(LocalModel(model), ApiSettings(), metadata=job.metadata())
+    model = SegmentModel(job, {"threads": 1}, max_batch=2, encode=False, default_id=default_set_id(job))
+    app = build_api(LocalModel(model), ApiSettings(), metadata=job.metadata(), registry=make_registry(job))
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc") as client:

@@ -304,9 +304,10 @@ def test_memory_declared_to_ray_from_the_measured_model(exported, support_files)
     assert segmenter_memory_bytes(400, 1) < segmenter_memory_bytes(400, 8)
     assert segmenter_memory_bytes(160, 8) < 0.7 * GB
     app = build_app(exported(shots=1).out_dir, [support_files[0]], [support_files[1]], max_batch=2,
-                    max_pixels=10**6, replica_pixels=3 * 10**6)
+                    max_pixels=10**6, replica_pixels=3 * 10**6, support_cache_mb=64)
     memory, replicas = app.lfm_model_memory
-    assert memory == segmenter_memory_bytes(160, 2, decoded_pixels=3 * 10**6) and replicas == 1
+    # the model, its batch and decoded-pixel budget, and the support-feature cache it may fill
+    assert memory == segmenter_memory_bytes(160, 2, decoded_pixels=3 * 10**6) + 64 * (1 << 20) and replicas == 1
 
 
 def test_ray_engine_refuses_an_output_that_is_an_input(exported, support_files, tmp_path):

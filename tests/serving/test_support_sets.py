@@ -136,6 +136,49 @@ def test_registered_set_served_by_every_replica(service, data, expected):
         assert client.get("/healthz").status_code == 200
 
 
+def _model_replicas(service) -> list:
+    """The OS processes of the service's model replicas (Ray names them after the deployment)."""
+    import psutil
+
+    from lfm_deploy.serving.ray_serve import MODEL_NAME
+
+    found = []
+    for proc in psutil.Process(service.proc.pid).children(recursive=True):
+        try:
+            if "ServeReplica:" in " ".join(proc.cmdline()) and MODEL_NAME in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_registered_set_survives_a_model_replica_restart(service, data, expected):
+    """A replica killed outright (SIGKILL) is restarted by Serve; the new one has never seen the
+    set, and still serves it (encoded from the ingress's copy) with the same masks."""
+    with httpx.Client(base_url=service.url, timeout=120) as client:
+        set_id = _register(client, data).json()["id"]
+        before = _model_replicas(service)
+        assert len(before) == 2, [p.cmdline() for p in before]
+        before[0].kill()
+        deadline, replicas = time.monotonic() + 240, set()
+        while time.monotonic() < deadline:
+            now = {p.pid for p in _model_replicas(service)}
+            if len(now) == 2 and before[0].pid not in now:
+                break
+            time.sleep(1)
+        assert len(now) == 2 and before[0].pid not in now, "Serve did not restart the killed replica"
+        ok = 0
+        while time.monotonic() < deadline and ok < 12:
+            r = client.post(f"/predict?support={set_id}", content=data["queries"][ok % len(data["queries"])])
+            if r.status_code != 200:  # the restarted replica may still be starting
+                time.sleep(1)
+                continue
+            assert r.content == expected[ok % len(expected)]
+            replicas.add(r.headers.get("x-replica"))
+            ok += 1
+        assert ok == 12, "the set was not served after the restart"
+
+
 def test_store_survives_a_full_restart(service, data, expected):
     with httpx.Client(base_url=service.url, timeout=120) as client:
         set_id = _register(client, data).json()["id"]
