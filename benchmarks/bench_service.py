@@ -275,12 +275,10 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lfm_deploy").setLevel(logging.WARNING)
     from lfm_deploy.errors import LFMError
-    from lfm_deploy.utils.outputs import OutputDir
+    from lfm_deploy.utils.outputs import results_dir
 
     try:  # the result files are checked before the benchmark runs
-        out = OutputDir(args.out.parent, flag="--out", kind="lfm-deploy benchmark results", overwrite=args.overwrite)
-        names = {s: args.out.name + s for s in (".json", ".md")}
-        out.claim(names.values())
+        out, names = results_dir(args.out, (".json", ".md"), overwrite=args.overwrite)
     except LFMError as exc:
         parser.error(exc.cli_message())
     t0 = time.perf_counter()

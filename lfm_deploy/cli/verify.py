@@ -30,9 +30,10 @@ _BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-
               help="Make an fp16 episode graph with fp32 islands (range check on real activations) when "
                    "ARTIFACT_DIR/engines has none, and check it in onnxruntime CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm-verify did not write.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @verbose_option
 @user_errors
-def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, verbose):
+def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, quiet, verbose):
     """Run the same seeded episodes through every backend and compare them with PyTorch float64.
 
     Backends: the eager model (float32), onnxruntime CPU (episode graph and the encoder -> head
@@ -68,7 +69,8 @@ def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_o
     with tempfile.TemporaryDirectory(prefix="lfm-verify-") as work:
         report = verify_artifacts(artifact_dir, backends=list(backends) or None, episodes=episodes, seed=seed,
                                   threads=threads, layerwise=layerwise,
-                                  workdir=work if (layerwise or fp16_onnx) else None, fp16_onnx=fp16_onnx)
+                                  workdir=work if (layerwise or fp16_onnx) else None, fp16_onnx=fp16_onnx,
+                                  progress=not quiet)
         for made in sorted(Path(work).rglob("*")):  # debug graphs made on the way
             if made.is_file():
                 target.write(str(made.relative_to(work)), lambda tmp, src=made: shutil.copyfile(src, tmp))

@@ -316,6 +316,7 @@ def verify_artifacts(
     fp16_onnx: bool | str | os.PathLike = False,
     tolerances: Mapping[str, Tolerances] | None = None,
     model_modifier: Callable | None = None,
+    progress: bool = False,
 ) -> VerifyReport:
     """Run seeded episodes through every backend and compare them with the float64 eager model.
 
@@ -339,6 +340,7 @@ def verify_artifacts(
             tolerances; fp16, bf16, int8: the domain registry's accuracy gates).
         model_modifier: applied to every eager model built (tests inject faults with it; the
             ONNX side is never affected).
+        progress: show a progress bar on stderr, one step per backend (and the layerwise pass).
 
     Returns:
         `VerifyReport` (see `lfm_deploy.verify.report.write_report` for JSON/Markdown/PNG).
@@ -382,8 +384,13 @@ def verify_artifacts(
         fp16_path = _fp16_graph(artifact_dir, manifest, fp16_onnx, workdir, seed) if "ort-cpu-fp16" in names else None
         plan = _plan_backends(artifact_dir, manifest, names, threads, fp16_path, model_loader)
 
+        from tqdm import tqdm
+
+        bar = tqdm(total=1 + len(plan) + int(layerwise), desc="lfm-verify", unit="backend", disable=not progress,
+                   leave=False)
         results: list[BackendResult] = []
         log.info("running the float64 eager reference on %d episode(s)", episodes)
+        bar.set_postfix_str(f"{REFERENCE} ({episodes} episodes)")
         reference, ref_ms = run_feeds(EagerRunner(model_loader("float64"), "episode", shots=int(manifest["shots"]),
                                              dtype="float64", threads=threads, name=REFERENCE), feeds)
         # The float64 reference's |logit margin| per pixel (K = 1): masks must be identical where it is decisive.
@@ -394,7 +401,10 @@ def verify_artifacts(
         ref_result.miou = _miou(reference["mask"], truths)
         results.append(ref_result)
         eager32_miou = None
+        bar.update()
         for b in plan:
+            bar.set_postfix_str(b.name)
+            bar.update()
             if b.skip:
                 log.warning("skipping %s: %s", b.name, b.skip)
                 results.append(BackendResult(b.name, "skipped", reason=b.skip))
@@ -436,9 +446,12 @@ def verify_artifacts(
 
         lw = None
         if layerwise:
+            bar.set_postfix_str("layerwise")
+            bar.update()
             lw = _layerwise(artifact_dir, manifest, feeds[0], model_loader, workdir, threads, tols["fp32"].stage_rel,
                             layerwise_backend)
         model = {k: manifest.get(k) for k in ("domain", "variant", "lowering", "shots", "image_size", "opset", "untrained")}
+        bar.close()
         report = VerifyReport(str(artifact_dir), model, episodes, seed, REFERENCE, results, lw, _environment(),
                               time.perf_counter() - t0)
         for line in report.summary_lines():

@@ -28,6 +28,19 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def readable_time(ms: float | None) -> str:
+    """A duration for people: '412 ms', '6.4 s', '1 min 04 s' (never '6.416e+04')."""
+    if ms is None or not math.isfinite(ms):
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f} ms" if ms >= 10 else f"{ms:.2g} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
 def markdown(report: VerifyReport) -> str:
     """The report as Markdown: backends (skipped ones with reasons), per-output statistics,
     mIoU, and the layer-wise stages."""
@@ -40,18 +53,18 @@ def markdown(report: VerifyReport) -> str:
         f"- {report.episodes} seeded episode(s) from seed {report.seed}; reference: `{report.reference}`",
         f"- result: **{'PASS' if report.passed else 'FAIL'}**"
         + (f" ({', '.join(b.name for b in report.failures)} outside tolerance)" if report.failures else ""),
-        f"- time: {report.seconds:.1f} s",
+        f"- time: {readable_time(1000 * report.seconds)}",
         "",
         "## Backends",
         "",
-        "| backend | status | what ran / reason | mean ms |",
+        "| backend | status | what ran / reason | mean time per episode |",
         "|---|---|---|---|",
     ]
     for b in report.backends:
         what = b.description if b.ran else b.reason
         if b.status in ("failed", "error"):
             what = f"{b.description}: {b.reason}" if b.description else b.reason
-        lines.append(f"| {b.name} | {b.status} | {what.replace('|', '/')} | {_fmt(b.mean_ms, 4)} |")
+        lines.append(f"| {b.name} | {b.status} | {what.replace('|', '/')} | {readable_time(b.mean_ms)} |")
     lines += [
         "",
         f"## Outputs against `{report.reference}`",

@@ -13,7 +13,6 @@ import base64
 import io
 import os
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from PIL import Image
 
 from lfm_deploy.serving.codec import mask_png
+from tests.serving import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -37,18 +37,6 @@ def _chromium() -> str | None:
         if path:
             return path
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _decode(png: bytes) -> np.ndarray:
@@ -69,7 +57,7 @@ def page_url(ray_cluster, exported):
     from lfm_deploy.serving.ray_serve import build_app, start_service, stop_service
 
     app = build_app(exported(shots=SHOTS).out_dir, [], [], replicas=1, max_batch=4, threads=2, token=TOKEN)
-    url = start_service(app, host="127.0.0.1", port=_free_port(), ready_timeout_s=240)
+    url = start_service(app, host="127.0.0.1", port=free_port(), ready_timeout_s=240)
     try:
         yield url.rstrip("/") + "/"
     finally:

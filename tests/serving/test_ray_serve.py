@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,20 +13,9 @@ from PIL import Image
 
 from lfm_deploy.manifest import MANIFEST_NAME
 from lfm_deploy.serving.codec import mask_png, rle_decode
+from tests.serving import free_port, png_bytes  # noqa: E402
 
 MAX_BODY = 300_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +26,7 @@ def queries():
     q = synthetic_queries(3, 96)
     jpg = io.BytesIO()
     q[0].save(jpg, format="JPEG", quality=90)
-    return [jpg.getvalue(), _png(q[1].resize((130, 75))), _png(q[2].convert("L"))]
+    return [jpg.getvalue(), png_bytes(q[1].resize((130, 75))), png_bytes(q[2].convert("L"))]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +35,7 @@ def service(ray_cluster, exported, support_files):
 
     app = build_app(exported(shots=1).out_dir, [support_files[0]], [support_files[1]], replicas=1, max_batch=4,
                     threads=2, max_body_bytes=MAX_BODY)
-    url = start_service(app, host="127.0.0.1", port=_free_port(), ready_timeout_s=240)
+    url = start_service(app, host="127.0.0.1", port=free_port(), ready_timeout_s=240)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
             yield client
@@ -82,7 +70,7 @@ def test_healthz_and_metadata(service, exported):
 
 
 def _bad_requests(queries):
-    huge = _png(Image.new("L", (17000, 4)))  # a small file whose image is over the 16384 px limit
+    huge = png_bytes(Image.new("L", (17000, 4)))  # a small file whose image is over the 16384 px limit
     return [
         ("post", "/predict", {"content": b"not an image at all"}, 400, "undecodable_image"),
         ("post", "/predict", {"content": queries[1][: len(queries[1]) // 2]}, 400, "undecodable_image"),
@@ -174,7 +162,7 @@ def test_lfm_serve_command(exported, support_files, reference, queries, tmp_path
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "serve.log", "w+")

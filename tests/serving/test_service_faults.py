@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from tests.serving import free_port, png_bytes  # noqa: E402
 
 psutil = pytest.importorskip("psutil")
 
@@ -35,18 +36,6 @@ MAX_BODY = 250_000
 BODY_TIMEOUT_S = 5.0
 BOGUS_RAY_ADDRESS = "127.0.0.1:9"
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -111,13 +100,13 @@ def _request_head(length: int | None = None, path: str = "/predict", extra: str 
 def query():
     from tests.runtime import synthetic_queries
 
-    return _png(synthetic_queries(1, 96)[0])
+    return png_bytes(synthetic_queries(1, 96)[0])
 
 
 @pytest.fixture(scope="module")
 def service(exported, support_files, tmp_path_factory):
     """`lfm-serve` as an orchestrator starts it: a token from the environment, RAY_ADDRESS set."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "LFM_SERVE_TOKEN": TOKEN, "RAY_ADDRESS": BOGUS_RAY_ADDRESS}
@@ -237,7 +226,7 @@ def test_pixel_bombs_refused_from_the_header(service):
     # A header claiming 20000x20000 (400 megapixels) with a few bytes of data; and a real, small
     # PNG file whose 25 megapixels would decode to 75 MB of RGB (the service allows 1).
     for body, words in ((_png_header_only(20000, 20000), "400000000 pixels"),
-                        (_png(Image.new("L", (5000, 5000))), "megapixel limit")):
+                        (png_bytes(Image.new("L", (5000, 5000))), "megapixel limit")):
         resp = httpx.post(f"{service.url}/predict", content=body, headers=AUTH, timeout=60)
         assert resp.status_code == 413 and resp.json()["error"] == "image_too_large", resp.text
         assert words in resp.json()["message"]

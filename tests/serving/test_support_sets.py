@@ -8,10 +8,8 @@ there under the same id."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,32 +18,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 pytest.importorskip("python_multipart")
 
 from lfm_deploy.serving.codec import mask_png  # noqa: E402
+from tests.serving import free_port, png_bytes  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one real service (two starts), about 3 minutes on 2 cores
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 class Service:
     def __init__(self, artifact_dir: str, store: Path, log_path: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -81,8 +67,8 @@ def data():
 
     images, masks = synthetic_support(1, 112, seed=5)
     queries = synthetic_queries(4, 96)
-    return {"image": _png(images[0]), "mask": _png(masks[0]),
-            "queries": [_png(q) for q in queries[:3]] + [_png(queries[3].resize((150, 90)))]}
+    return {"image": png_bytes(images[0]), "mask": png_bytes(masks[0]),
+            "queries": [png_bytes(q) for q in queries[:3]] + [png_bytes(queries[3].resize((150, 90)))]}
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,17 @@ def test_report_files_list_every_backend_with_reasons(tmp_path):
     assert "p99.9" in markdown(report)
 
 
+def test_report_times_are_readable():
+    from lfm_deploy.verify.report import readable_time
+
+    assert [readable_time(v) for v in (None, 0.42, 12.0, 412.3, 6416.0, 64160.0)] == \
+        ["-", "0.42 ms", "12 ms", "412 ms", "6.4 s", "1 min 04 s"]
+    report = _synthetic_report()
+    report.backends[1].mean_ms = 64160.0
+    text = markdown(report)
+    assert "| 1 min 04 s |" in text and "e+04" not in text
+
+
 def test_verify_runs_every_backend_or_says_why_not(art, tmp_path):
     backends = ["eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cuda", "trt-fp32", "trt-fp16"]
     report = verify_artifacts(art.out_dir, backends=backends, episodes=2, threads=2)
