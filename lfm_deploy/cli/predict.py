@@ -15,8 +15,6 @@ log = logging.getLogger(__name__)
 
 #: Extensions picked up when a QUERY is a directory.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-OVERLAY_COLOR = (255, 0, 0)
-OVERLAY_ALPHA = 0.45
 #: What lfm-predict writes into --out, and the name of its per-query results table.
 PREDICT_KIND = "lfm-predict output"
 RESULTS_NAME = "results.jsonl"
@@ -54,18 +52,6 @@ def _expand_queries(queries) -> list[Path]:
     return files
 
 
-def _overlay(image_path: Path, mask):
-    from PIL import Image
-
-    from ..preprocess import to_pil_rgb
-
-    rgb = np.asarray(to_pil_rgb(image_path, str(image_path)), dtype=np.float32)
-    color = np.asarray(OVERLAY_COLOR, dtype=np.float32)
-    fg = mask.astype(bool)[..., None]
-    out = np.where(fg, rgb * (1 - OVERLAY_ALPHA) + color * OVERLAY_ALPHA, rgb)
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("queries", nargs=-1, required=True, type=click.Path(), metavar="QUERY...")
@@ -85,7 +71,8 @@ def _overlay(image_path: Path, mask):
 @click.option("--threads", type=THREADS, default=None,
               help="onnxruntime intra-op (or OpenVINO inference) threads, at most the CPU cores (more are capped). "
                    "Default: all cores.")
-@click.option("--overlay/--no-overlay", default=True, help="Also write <stem>_overlay.png (mask tinted over the image).")
+@click.option("--overlay/--no-overlay", default=True,
+              help="Also write <stem>_overlay.png (the mask tinted and outlined over the image, with a legend).")
 @click.option("--allow-empty-mask", is_flag=True, help="Accept support masks without foreground (a warning instead of an error).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
@@ -118,6 +105,8 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
     from ..errors import InputError
     from ..runtime import Segmenter
     from ..runtime.providers import wants_openvino
+    from ..preprocess import to_pil_rgb
+    from ..serving.codec import overlay_png
     from ..serving.collection import output_stems
     from ..utils.outputs import OutputDir
 
@@ -180,9 +169,8 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
                         png = Image.fromarray(mask * np.uint8(255))
                         row["mask"] = str(out.write(names[stem][0], lambda tmp: png.save(tmp, format="PNG")))
                         if overlay:
-                            tinted = _overlay(path, mask)
-                            row["overlay"] = str(out.write(names[stem][1],
-                                                           lambda tmp: tinted.save(tmp, format="PNG")))
+                            drawn = overlay_png(to_pil_rgb(path, str(path)), mask)
+                            row["overlay"] = str(out.write_bytes(names[stem][1], drawn))
                         row.update(height=int(mask.shape[0]), width=int(mask.shape[1]),
                                    foreground=round(float(mask.mean()), 6))
                     rows.append(row)

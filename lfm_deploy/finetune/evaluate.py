@@ -32,6 +32,7 @@ from ..models import build_model
 from ..models.checkpoints import check_masker_domain, masker_state, masker_variant, read_masker
 from .metrics import SegmentationMeter, intersection_union
 from ..utils.outputs import OutputDir, OutputFile, check_distinct
+from ..utils.overlays import draw_overlay, font, text_px
 from .trainer import environment, finetune_masker, init_masker
 
 #: What `evaluate` writes: the JSON report and the overlay PNGs.
@@ -44,7 +45,6 @@ PROTOCOLS = ("per-domain", "per-episode")
 #: Overlay colours (RGB): support mask and ground truth green, prediction red.
 TRUTH_COLOR = (0, 200, 70)
 PREDICTION_COLOR = (235, 40, 40)
-OVERLAY_ALPHA = 0.45
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,14 +57,6 @@ def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
     return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray, color, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Blend `color` into `rgb` (uint8 (H, W, 3)) where `mask` is 1."""
-    out = rgb.astype(np.float32)
-    sel = np.asarray(mask).astype(bool)
-    out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(color, np.float32)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def render_episode(
     query: np.ndarray,
     truth: np.ndarray,
@@ -73,36 +65,52 @@ def render_episode(
     support_mask: np.ndarray | None = None,
     caption: str = "",
 ) -> Image.Image:
-    """Side-by-side panels: [support + mask,] query, query + ground truth, query + prediction.
+    """Side-by-side panels under a header: [support + mask,] query, + ground truth, + prediction.
+
+    Every mask is drawn by `lfm_deploy.utils.overlays.draw_overlay` (tint, outline, a legend with
+    its share in %, a "no foreground" banner when empty): the support mask and the ground truth in
+    `TRUTH_COLOR`, the prediction in `PREDICTION_COLOR`. The caption and the panel titles are
+    black on white above the panels, a quarter larger than the overlays' text for one panel
+    (`text_px`), so that they scale with the image like the legends.
 
     Args:
         query: uint8 (H, W, 3) query pixels.
-        truth: {0, 1} (H, W) ground truth (green).
-        prediction: {0, 1} (H, W) prediction (red).
-        support: optional uint8 (H, W, 3) first support image.
-        support_mask: its {0, 1} mask (green).
-        caption: text drawn above the panels.
+        truth: {0, 1} (H, W) ground truth.
+        prediction: {0, 1} (H, W) prediction.
+        support: optional uint8 (H', W', 3) first support image (shown at the query's height).
+        support_mask: its {0, 1} (H', W') mask.
+        caption: one line above the panel titles.
 
     Returns:
         an RGB PIL image.
     """
-    panels = []
-    titles = []
-    if support is not None:
-        panels.append(overlay(support, support_mask, TRUTH_COLOR) if support_mask is not None else support)
-        titles.append("support")
-    panels += [query, overlay(query, truth, TRUTH_COLOR), overlay(query, prediction, PREDICTION_COLOR)]
-    titles += ["query", "ground truth", "prediction"]
     h, w = query.shape[:2]
-    gap, top = 4, 28
-    canvas = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * gap, h + top), "white")
+    panels, titles = [], []
+    if support is not None:
+        panels.append(Image.fromarray(support) if support_mask is None else draw_overlay(
+            support, support_mask, color=TRUTH_COLOR, label="support mask"))
+        titles.append("support")
+    panels += [Image.fromarray(query),
+               draw_overlay(query, truth, color=TRUTH_COLOR, label="ground truth"),
+               draw_overlay(query, prediction, color=PREDICTION_COLOR, label="prediction")]
+    titles += ["query", "ground truth", "prediction"]
+    panels = [p if p.height == h else p.resize((max(1, round(p.width * h / p.height)), h)) for p in panels]
+
+    px = round(1.25 * text_px(w, h))
+    f = font(px)
+    ascent, descent = f.getmetrics() if hasattr(f, "getmetrics") else (px, 0)
+    pad, gap = max(2, px // 3), max(4, px // 2)
+    row = ascent + descent + pad
+    top = pad + row * (2 if caption else 1)
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1), h + top), "white")
     draw = ImageDraw.Draw(canvas)
-    for k, (panel, title) in enumerate(zip(panels, titles)):
-        x = k * (w + gap)
-        canvas.paste(Image.fromarray(panel), (x, top))
-        draw.text((x + 2, 15), title, fill="black")
     if caption:
-        draw.text((2, 2), caption, fill="black")
+        draw.text((pad, pad), caption, font=f, fill="black")
+    x = 0
+    for panel, title in zip(panels, titles):
+        canvas.paste(panel, (x, top))
+        draw.text((x + pad, top - row), title, font=f, fill="black")
+        x += panel.width + gap
     return canvas
 
 
@@ -303,4 +311,4 @@ def evaluate(
     return report
 
 
-__all__ = ["PROTOCOLS", "denormalize", "evaluate", "overlay", "render_episode"]
+__all__ = ["PROTOCOLS", "denormalize", "evaluate", "render_episode"]

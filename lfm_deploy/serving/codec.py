@@ -1,7 +1,8 @@
 """Encodings of a mask shared by the batch job and the service: PNG, overlay, run-length.
 
 The PNG and overlay are the local `lfm-predict`'s files, byte for byte (same PIL encoder,
-same defaults, same tint); the run-length encoding is COCO's uncompressed RLE.
+same defaults, the one overlay drawing of `lfm_deploy.utils.overlays`); the run-length encoding
+is COCO's uncompressed RLE.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import io
 
 import numpy as np
 
-#: The overlay tint and its opacity (the local lfm-predict's `<stem>_overlay.png`).
-OVERLAY_COLOR = (255, 0, 0)
-OVERLAY_ALPHA = 0.45
+from ..utils.overlays import draw_overlay
 
 
 def mask_png(mask: np.ndarray) -> bytes:
@@ -25,20 +24,15 @@ def mask_png(mask: np.ndarray) -> bytes:
 
 
 def overlay_png(rgb, mask: np.ndarray) -> bytes:
-    """The mask tinted over its image (`OVERLAY_COLOR` at `OVERLAY_ALPHA`), as PNG bytes.
+    """The mask drawn over its image (`lfm_deploy.utils.overlays.draw_overlay`: tint, outline,
+    legend, a "no foreground" banner when empty), as PNG bytes: lfm-predict's `<stem>_overlay.png`.
 
     Args:
         rgb: the image as an RGB PIL image (`lfm_deploy.preprocess.to_pil_rgb`), at the mask's size.
         mask: uint8 (H, W) {0, 1}.
     """
-    from PIL import Image
-
-    arr = np.asarray(rgb, dtype=np.float32)
-    color = np.asarray(OVERLAY_COLOR, dtype=np.float32)
-    fg = mask.astype(bool)[..., None]
-    out = np.where(fg, arr * (1 - OVERLAY_ALPHA) + color * OVERLAY_ALPHA, arr)
     buf = io.BytesIO()
-    Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    draw_overlay(rgb, mask).save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -11,8 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from lfm_deploy.cli.predict import main
+from lfm_deploy.preprocess import to_pil_rgb
 from lfm_deploy.runtime import Segmenter
 from lfm_deploy.utils.outputs import RECORD_NAME
+from lfm_deploy.utils.overlays import draw_overlay
 
 from . import synthetic_queries, synthetic_support
 
@@ -56,6 +58,12 @@ def test_predict_end_to_end(exported, files, tmp_path):
     assert mask.shape == (170, 230) and set(np.unique(mask)) <= {0, 255}
     overlay = Image.open(out / "a_overlay.png")
     assert overlay.size == (230, 170) and overlay.mode == "RGB"
+    # The overlay is the one overlay drawing of that mask over the query: tinted where the mask is,
+    # and never the bare query (these untrained artifacts may predict nothing: then it has the banner).
+    query = to_pil_rgb(files["qdir"] / "a.png", "a.png")
+    np.testing.assert_array_equal(np.asarray(overlay), np.asarray(draw_overlay(query, mask // 255)))
+    changed = (np.asarray(overlay) != np.asarray(query)).any(-1)
+    assert changed.any() and (changed[mask > 0].all() if mask.any() else changed[:40].all(1).any())
     # The files hold exactly what the API returns.
     seg = Segmenter.from_artifacts(art, verify=False)
     img, msk = files["pairs"][0].rsplit(":", 1)
