@@ -31,8 +31,9 @@ Every build has one optimisation profile over the batch dimension (min 1, opt 1,
 workspace limit, and optionally a persistent timing cache (loaded before, saved after). Next to
 each engine `<graph>.<precision>.plan` lies `<...>.plan.json` with the TensorRT version, the GPU
 and its compute capability, the precision, the ONNX file's sha256 and the profile: engines only
-load on the TensorRT version and GPU model they were built for (DEPLOY.md), and
-`EngineFromPlan` checks that before TensorRT fails with a version-tag error.
+load on the TensorRT version and GPU model they were built for (docs/tensorrt.md, "Engines are
+tied to their build"), and `EngineFromPlan` checks that before TensorRT fails with a version-tag
+error.
 
 The TensorRT API is called directly in one place only, the island-pinning callback
 (`_pin_islands`: Polygraphy's `SetLayerPrecisions` matches layer names and sets no output

@@ -1,9 +1,9 @@
 """TensorRT-readiness lint for ONNX graphs, without TensorRT: ops, types, constant inputs, ranks.
 
-TensorRT cannot be installed on the development and CI machines (DEPLOY.md), so what decides
-whether its ONNX parser takes these graphs is checked from the graph alone, against the
-onnx-tensorrt operator support matrix for TensorRT 10.0 (`tensorrt-10.0-onnx-ops.csv`, package
-data): operators it does not import (ONNX `DFT` before 11.2), tensor types it has none of
+TensorRT cannot be installed on the development and CI machines (docs/tensorrt.md, "Without
+TensorRT"), so what decides whether its ONNX parser takes these graphs is checked from the graph
+alone, against the onnx-tensorrt operator support matrix for TensorRT 10.0
+(`tensorrt-10.0-onnx-ops.csv`, package data): operators it does not import (ONNX `DFT` before 11.2), tensor types it has none of
 (float64, complex, ...) or that an op does not take (e.g. INT64 MatMul), op inputs the matrix
 requires to be build-time constants (`axes` of reductions, Slice, Squeeze, Unsqueeze), Resize
 modes, and tensors above rank 8 (the 4D-correlation path uses 6-D tensors).
