@@ -63,6 +63,13 @@ def _on_sigterm(signum, frame):
 @click.option("--store", "store", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Keep registered support sets in DIR (one file per set, named by its id) and reload them at "
                    "start. Default: in memory, for the life of the service.")
+@click.option("--label-studio-url", envvar="LABEL_STUDIO_URL", show_envvar=True, default=None,
+              help="Label Studio's URL, for its ML backend at /label-studio: where task images and annotations are "
+                   "read. Default: the hostname Label Studio sends when it connects.")
+@click.option("--label-studio-api-key", envvar="LABEL_STUDIO_API_KEY", show_envvar=True, default=None,
+              show_default=False,
+              help="A Label Studio personal access token (Account & Settings), for reading task images. Prefer the "
+                   "environment variable: a command line is visible to other users.")
 @click.option("--drain-timeout-s", type=FiniteFloat(min=0), default=30.0,
               help="On Ctrl-C or SIGTERM, how long requests in flight may take to finish.")
 @click.option("--address", default=None,
@@ -78,7 +85,7 @@ def _on_sigterm(signum, frame):
 @user_errors
 def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms, threads, cpus_per_replica,
          max_body_mb, body_timeout_s, max_megapixels, replica_megapixels, token, max_support_sets, support_cache_mb,
-         store, drain_timeout_s, address,
+         store, label_studio_url, label_studio_api_key, drain_timeout_s, address,
          providers, precision, allow_fallback, allow_empty_mask, verbose):
     """Serve an lfm-export directory over HTTP, until Ctrl-C or SIGTERM.
 
@@ -91,6 +98,7 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
     GET  /healthz             200 once the support set is encoded, 503 before (no token)
     GET  /metadata            domain, shots, variant, precision, untrained, artifact hashes
     GET  /docs                the API (OpenAPI)
+    /label-studio             a Label Studio ML backend (paste this URL in a project's Model settings)
 
     Ctrl-C or SIGTERM: requests in flight finish (up to --drain-timeout-s), every process the
     command started stops, exit 0.
@@ -107,6 +115,7 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
     # handler, which aborts: ours is put back once the cluster is up).
     signal.signal(signal.SIGTERM, _on_sigterm)
     import_ray()
+    from ..serving.label_studio import LabelStudioSettings
     from ..serving.ray_serve import build_app, drain_service, start_service, stop_service
 
     # The artifacts and the support set are checked before any cluster starts.
@@ -116,7 +125,8 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
                     allow_empty=allow_empty_mask, max_body_bytes=int(max_body_mb * (1 << 20)), precision=precision,
                     body_timeout_s=body_timeout_s, max_pixels=int(max_megapixels * 1e6),
                     replica_pixels=int(replica_megapixels * 1e6) if replica_megapixels else None, token=token,
-                    max_support_sets=max_support_sets, support_cache_mb=support_cache_mb, store=store)
+                    max_support_sets=max_support_sets, support_cache_mb=support_cache_mb, store=store,
+                    label_studio=LabelStudioSettings(url=label_studio_url, api_key=label_studio_api_key))
     why, drained, started = None, 0, False
     try:
         with ray_cluster(address, verbose=verbose):
@@ -127,7 +137,7 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
                 auth = " (token required)" if token else ""
                 click.echo(f"Serving {artifact_dir} at {url}{auth} ({replicas} replica(s), batches of up to "
                            f"{max_batch}): page {url}/, POST {url}/support-sets, POST {url}/predict, GET {url}/healthz, "
-                           f"GET {url}/metadata, GET {url}/docs. "
+                           f"GET {url}/metadata, GET {url}/docs, Label Studio ML backend {url}/label-studio. "
                            "Ctrl-C stops.")
                 while True:
                     time.sleep(3600)

@@ -523,9 +523,22 @@ class Segmenter:
         """
         return self._run(images, batch_size, original_size, proba=True, support=support)
 
-    def _run_head(self, head, outputs, batch, support) -> np.ndarray:
+    def predict_with_confidence(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int | None = None,
+                                original_size: bool = True, support: SupportSet | None = None) -> list[tuple]:
+        """`predict`'s masks with each one's confidence, from the same head run.
+
+        The confidence is the mean over the S x S pixels of |2p - 1|, p being `predict_proba`'s
+        foreground probability: 1 when every pixel is decided with certainty, 0 when every pixel
+        is a tie. Labelling tools sort predictions by it (least sure first).
+
+        Returns:
+            [(uint8 (H, W) mask, float confidence)], one per image (a list even for one image).
+        """
+        return self._run(_as_list(images), batch_size, original_size, proba=False, support=support, confidence=True)
+
+    def _run_head(self, head, outputs, batch, support) -> list[np.ndarray]:
         try:
-            return head.run(outputs, {self._io["head"].input("query"): batch, **support.features})[0]
+            return head.run(outputs, {self._io["head"].input("query"): batch, **support.features})
         except Exception as exc:  # onnxruntime raises its own (pybind) exception types
             if len(batch) == 1:
                 raise
@@ -539,7 +552,8 @@ class Segmenter:
                             self.directory, len(batch), str(exc).splitlines()[0][:200])
             return out
 
-    def _run(self, images, batch_size, original_size: bool, proba: bool, support: SupportSet | None = None):
+    def _run(self, images, batch_size, original_size: bool, proba: bool, support: SupportSet | None = None,
+             confidence: bool = False):
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
@@ -552,27 +566,32 @@ class Segmenter:
             self._check_open()
         head = self._ensure_head()
         outputs = [self._io["head"].output("per_shot" if proba else "mask")]
-        results: list[np.ndarray] = []
+        if confidence:
+            outputs.append(self._io["head"].output("per_shot"))
+        results: list = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             prepared = [self.preprocessing.image(item, describe(item, start + i, "query image"))
                         for i, item in enumerate(chunk)]
             batch = np.stack([arr for arr, _ in prepared])
-            out = self._run_head(head, outputs, batch, support)
+            runs = self._run_head(head, outputs, batch, support)
+            out = runs[0]
             if proba:
                 out = _foreground_probability(out)
-            for row, (_, hw) in zip(out, prepared):
-                results.append(resize_mask_nearest(row, hw) if original_size else row)
+            sure = (2.0 * np.abs(_foreground_probability(runs[1]) - 0.5)).mean(axis=(1, 2)) if confidence else None
+            for i, (row, (_, hw)) in enumerate(zip(out, prepared)):
+                row = resize_mask_nearest(row, hw) if original_size else row
+                results.append((row, float(sure[i])) if confidence else row)
         return results[0] if single else results
 
 
-def _batch_one_only(head, query: str, outputs, batch, support, exc) -> np.ndarray:
+def _batch_one_only(head, query: str, outputs, batch, support, exc) -> list[np.ndarray]:
     """Run a batch row by row after a failed batched run; re-raise `exc` if that fails too."""
     try:
-        rows = [head.run(outputs, {query: batch[i:i + 1], **support.features})[0] for i in range(len(batch))]
+        rows = [head.run(outputs, {query: batch[i:i + 1], **support.features}) for i in range(len(batch))]
     except Exception:
         raise exc from None
-    return np.concatenate(rows)
+    return [np.concatenate([row[k] for row in rows]) for k in range(len(outputs))]
 
 
 def _foreground_probability(shot_logits: np.ndarray) -> np.ndarray:

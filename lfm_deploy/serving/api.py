@@ -89,6 +89,8 @@ class ApiSettings:
         max_pixels: images with more pixels (width x height, read from the header) get 413.
         buffer_bytes: request bytes held by all requests together; beyond it 503.
         token: the bearer token every endpoint but /healthz requires (None: no token).
+        label_studio: how the Label Studio backend (`/label-studio`) reaches Label Studio
+            (`label_studio.LabelStudioSettings`; None: from what Label Studio sends to /setup).
     """
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -96,11 +98,12 @@ class ApiSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     buffer_bytes: int = 16 * DEFAULT_MAX_BODY_BYTES
     token: str | None = None
+    label_studio: Any = None
 
     def __repr__(self) -> str:  # the token never reaches a log
         return (f"ApiSettings(max_body_bytes={self.max_body_bytes}, body_timeout_s={self.body_timeout_s}, "
                 f"max_pixels={self.max_pixels}, buffer_bytes={self.buffer_bytes}, "
-                f"token={'set' if self.token else None})")
+                f"token={'set' if self.token else None}, label_studio={self.label_studio!r})")
 
 
 class Gate:
@@ -423,7 +426,8 @@ def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None
         if fmt == "json":
             return JSONResponse(result["json"], headers=headers)
         return Response(result["png"], media_type="image/png",
-                        headers={"X-Foreground-Fraction": f"{result['foreground']:.6f}", **headers})
+                        headers={"X-Foreground-Fraction": f"{result['foreground']:.6f}",
+                                 "X-Confidence": f"{result.get('confidence', 0.0):.6f}", **headers})
 
     form_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["image", "mask"],
@@ -441,22 +445,29 @@ def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None
             body = await read_body(request, settings, gate)
             images, masks = await read_support_form(request, body, registry.shots)
             del body
-            sizes = []
-            for i, (image, mask) in enumerate(zip(images, masks)):
-                size = _checked_size(image, f"support image {i}", settings.max_pixels)
-                _checked_size(mask, f"support mask {i}", settings.max_pixels)
-                sizes.append(size or (0, 0))
-            set_id = content_id(registry.key, images, masks)
-            existing = registry.get(set_id)
-            if existing is not None:
-                return JSONResponse(existing.describe(), status_code=200)
-            if registry.full:
-                raise ServiceError(507, "too_many_support_sets", f"this service holds {registry.registered} support "
-                                   f"sets, its limit (--max-support-sets {registry.max_sets}); DELETE "
-                                   "/support-sets/ID one that is no longer needed, or raise the limit")
-            result = await model.encode(set_id, images, masks)
+            entry, created = await register_set(images, masks)
         finally:
             gate.leave()
+        if not created:
+            return JSONResponse(entry.describe(), status_code=200)
+        return JSONResponse(entry.describe(), status_code=201, headers={"Location": f"/support-sets/{entry.id}"})
+
+    async def register_set(images: list[bytes], masks: list[bytes]):
+        """Check, encode and register a set: (its `Entry`, whether it is new); raises `ServiceError`."""
+        sizes = []
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            size = _checked_size(image, f"support image {i}", settings.max_pixels)
+            _checked_size(mask, f"support mask {i}", settings.max_pixels)
+            sizes.append(size or (0, 0))
+        set_id = content_id(registry.key, images, masks)
+        existing = registry.get(set_id)
+        if existing is not None:
+            return existing, False
+        if registry.full:
+            raise ServiceError(507, "too_many_support_sets", f"this service holds {registry.registered} support "
+                               f"sets, its limit (--max-support-sets {registry.max_sets}); DELETE "
+                               "/support-sets/ID one that is no longer needed, or raise the limit")
+        result = await model.encode(set_id, images, masks)
         if isinstance(result, ServiceError):
             raise result
         if registry.get(set_id) is None:  # not registered meanwhile by a concurrent identical upload
@@ -468,8 +479,47 @@ def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None
             except LFMError as exc:
                 log.error("storing support set %s failed: %s", set_id, exc)
                 raise ServiceError(507, "store_failed", f"the support set could not be stored: {exc}") from None
-        entry = registry.get(set_id)
-        return JSONResponse(entry.describe(), status_code=201, headers={"Location": f"/support-sets/{set_id}"})
+        return registry.get(set_id), True
+
+    async def register_entry(images: list[bytes], masks: list[bytes]):
+        return (await register_set(images, masks))[0]
+
+    async def read_json(request: Request) -> bytes:
+        gate.enter()
+        try:
+            return await read_body(request, settings, gate)
+        finally:
+            gate.leave()
+
+    async def authorized_request(request: Request) -> None:
+        """The token as a bearer token, or as the password of HTTP basic auth (Label Studio's
+        Model settings send basic auth)."""
+        if settings.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        given = ""
+        if scheme.lower() == "bearer":
+            given = value.strip()
+        elif scheme.lower() == "basic":
+            import base64
+            import binascii
+
+            try:
+                given = base64.b64decode(value.strip(), validate=True).decode("utf-8", "replace").partition(":")[2]
+            except (binascii.Error, ValueError):
+                given = ""
+        if not given or not hmac.compare_digest(given.encode(), settings.token.encode()):
+            raise ServiceError(401, "unauthorized", "this service needs its token: in Label Studio's Model settings "
+                               "use basic authentication with the token as the password, or send 'Authorization: "
+                               "Bearer TOKEN'", headers={"WWW-Authenticate": 'Basic realm="lfm-serve"'})
+
+    from .label_studio import LabelStudioBackend, LabelStudioSettings, add_routes
+
+    label_studio = LabelStudioBackend(model, registry, register_entry, settings.label_studio or LabelStudioSettings(),
+                                      metadata or {})
+    app.state.label_studio = label_studio
+    add_routes(app, label_studio, authorized_request, read_json)
 
     @app.get("/support-sets/{set_id}", dependencies=guarded, summary="A registered support set's metadata")
     async def get_support(set_id: str):

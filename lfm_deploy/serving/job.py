@@ -145,23 +145,28 @@ def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, th
     return seg
 
 
-def predict_isolated(seg, images: list, support=None) -> list:
+def predict_isolated(seg, images: list, support=None, confidence: bool = False) -> list:
     """Masks for decoded images in one batched run; an image the runtime refuses fails alone.
 
-    `support`: a `SupportSet` from `Segmenter.encode_support` (default: the Segmenter's own).
+    Args:
+        seg: the `Segmenter`.
+        images: decoded images.
+        support: a `SupportSet` from `Segmenter.encode_support` (default: the Segmenter's own).
+        confidence: return (mask, confidence) pairs (`Segmenter.predict_with_confidence`).
 
     Returns:
-        One entry per image: the uint8 mask, or the `InputError` that image raised.
+        One entry per image: the uint8 mask (or the pair), or the `InputError` that image raised.
     """
     if not images:
         return []
+    run = seg.predict_with_confidence if confidence else seg.predict
     try:
-        return seg.predict(list(images), support=support)
+        return run(list(images), support=support)
     except InputError:
         out = []
         for image in images:
             try:
-                out.append(seg.predict(image, support=support))
+                out.append(run([image], support=support)[0])
             except InputError as exc:
                 out.append(exc)
         return out

@@ -234,11 +234,11 @@ class SegmentModel:
             if self._in_serve:
                 mask = await self._segment((image, set_id, support))
             else:  # serve.batch needs a Serve replica; elsewhere one at a time
-                mask = (await asyncio.to_thread(predict_isolated, self._seg, [image], support))[0]
+                mask = (await asyncio.to_thread(predict_isolated, self._seg, [image], support, True))[0]
             del image
             if isinstance(mask, InputError):
                 raise ServiceError(400, "invalid_image", str(mask))
-            answer = await asyncio.to_thread(_encode_answer, mask, fmt)
+            answer = await asyncio.to_thread(_encode_answer, *mask, fmt)
             answer["replica"] = self._replica
             return answer
         finally:
@@ -251,13 +251,14 @@ class SegmentModel:
 
 
 def predict_grouped(seg, items: list) -> list:
-    """Masks for (image, set id, SupportSet) items: one batched head run per set among them."""
+    """(mask, confidence) pairs (or an `InputError`) for (image, set id, SupportSet) items: one
+    batched head run per set among them."""
     out: list = [None] * len(items)
     groups: dict = {}
     for i, (_, set_id, support) in enumerate(items):
         groups.setdefault(set_id, (support, []))[1].append(i)
     for support, indices in groups.values():
-        for i, mask in zip(indices, predict_isolated(seg, [items[i][0] for i in indices], support)):
+        for i, mask in zip(indices, predict_isolated(seg, [items[i][0] for i in indices], support, True)):
             out[i] = mask
     return out
 
@@ -274,14 +275,14 @@ def _api_text(exc: Exception) -> str:
     return message
 
 
-def _encode_answer(mask, fmt: str) -> dict:
+def _encode_answer(mask, confidence: float, fmt: str) -> dict:
     from .codec import mask_png, rle_encode
 
     foreground = float(mask.mean())
     if fmt == "json":
         return {"json": {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "foreground": foreground,
-                         "rle": rle_encode(mask)}}
-    return {"png": mask_png(mask), "foreground": foreground}
+                         "confidence": round(confidence, 6), "rle": rle_encode(mask)}}
+    return {"png": mask_png(mask), "foreground": foreground, "confidence": confidence}
 
 
 def _decode(body: bytes):
@@ -431,7 +432,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
               spin_wait: bool = False, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
               max_pixels: int = DEFAULT_MAX_PIXELS, replica_pixels: int | None = None, token: str | None = None,
               max_support_sets: int = DEFAULT_MAX_SETS, support_cache_mb: float = DEFAULT_CACHE_MB,
-              store: str | os.PathLike | None = None):
+              store: str | os.PathLike | None = None, label_studio=None):
     """The Serve application: checks the artifacts and the support set here, in the driver.
 
     Args:
@@ -460,6 +461,8 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         support_cache_mb: encoded support features each replica caches (least recently used
             out first; declared to Ray with the replica's memory).
         store: a folder where registered sets persist across restarts (None: in memory only).
+        label_studio: `label_studio.LabelStudioSettings` for the Label Studio backend under
+            /label-studio (None: Label Studio's /setup tells where it is).
 
     Returns:
         A bound Serve application for `serve.run`.
@@ -502,7 +505,8 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
     ).bind(job, options, max_batch=max_batch, batch_wait_s=batch_wait_s, max_pixels=max_pixels,
            replica_pixels=replica_pixels, default_id=default_set_id(job), cache_bytes=cache_bytes)
     settings = ApiSettings(max_body_bytes=int(max_body_bytes), body_timeout_s=float(body_timeout_s),
-                           max_pixels=int(max_pixels), buffer_bytes=16 * int(max_body_bytes), token=token)
+                           max_pixels=int(max_pixels), buffer_bytes=16 * int(max_body_bytes), token=token,
+                           label_studio=label_studio)
     ingress = serve.deployment(
         Ingress, name=INGRESS_NAME, num_replicas=1,
         # It awaits I/O only; its memory is the request bytes it may buffer (bounded by the API).

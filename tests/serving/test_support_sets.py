@@ -8,10 +8,6 @@ there under the same id."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,43 +18,14 @@ import pytest
 pytest.importorskip("python_multipart")
 
 from lfm_deploy.serving.codec import mask_png  # noqa: E402
-from tests.serving import free_port, png_bytes  # noqa: E402
+from tests.serving import RunningService, png_bytes  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one real service (two starts), about 3 minutes on 2 cores
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-class Service:
-    def __init__(self, artifact_dir: str, store: Path, log_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        env.pop("RAY_ADDRESS", None)
-        self._log = open(log_path, "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lfm_deploy.cli.serve", artifact_dir, "--port", str(self.port), "--replicas", "2",
-             "--threads", "1", "--max-batch", "4", "--store", str(store), "--support-cache-mb", "64"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while "Serving" not in self.log():
-            assert self.proc.poll() is None and time.monotonic() < deadline, self.log()[-3000:]
-            time.sleep(0.5)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                assert self.proc.wait(timeout=120) == 0, self.log()[-3000:]
-            finally:
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                    self.proc.wait(timeout=60)
-        self._log.close()
+def start(artifact_dir: str, store: Path, log_path: Path) -> RunningService:
+    return RunningService(artifact_dir, log_path, ["--replicas", "2", "--threads", "1", "--max-batch", "4",
+                                                   "--store", str(store), "--support-cache-mb", "64"])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +50,7 @@ def expected(exported, data):
 @pytest.fixture(scope="module")
 def service(exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("support-sets")
-    svc = Service(str(exported(shots=1).out_dir), root / "store", root / "serve.log")
+    svc = start(str(exported(shots=1).out_dir), root / "store", root / "serve.log")
     svc.store = root / "store"
     svc.artifact_dir = str(exported(shots=1).out_dir)
     svc.root = root
@@ -170,7 +137,7 @@ def test_store_survives_a_full_restart(service, data, expected):
         set_id = _register(client, data).json()["id"]
     service.stop()
     assert any(p.name.startswith(set_id) for p in service.store.iterdir())
-    again = Service(service.artifact_dir, service.store, service.root / "serve2.log")
+    again = start(service.artifact_dir, service.store, service.root / "serve2.log")
     try:
         with httpx.Client(base_url=again.url, timeout=120) as client:
             info = client.get(f"/support-sets/{set_id}")
