@@ -19,7 +19,10 @@ multi-megabyte blocks come from the heap, which fragments and keeps freed pages 
 OS when freed (measured at 400x400, batch 1, `benchmarks/bench_runtime.py`: serving peak RSS
 0.53 GB instead of 0.65 GB, per-query latency within run-to-run noise; with the arena off it
 was ~+30 % per query). It changes the whole process, so it is an explicit opt-in for dedicated
-serving processes, never done by the Segmenter itself.
+serving processes, never done by the Segmenter itself. Most of that gain came from the pages that
+building a session frees (onnxruntime's layout rewrite copies the convolution weights), and the
+Segmenter now returns exactly those with `trim_heap` after each session it builds (issue 20:
+0.65 -> 0.52 GB at batch 1, the same as `limit_heap_retention`, without changing the process).
 """
 
 from __future__ import annotations

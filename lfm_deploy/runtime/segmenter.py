@@ -75,8 +75,10 @@ class Segmenter:
     once the support set is encoded and the head is created only then, so the two are never
     resident together; sessions run without onnxruntime's memory-pattern planner
     (`low_memory=True`), which would reserve one block for all of a run's intermediates.
-    Measured: 0.65 GB (onnxruntime defaults: 0.95 GB); a dedicated serving process can call
-    `lfm_deploy.runtime.limit_heap_retention()` first for ~0.53 GB.
+    After building each session it hands the heap that building freed back to the OS
+    (`trim_heap`, with `low_memory`). Measured (AMD EPYC, benchmarks/bench_memory.py): 0.52 GB at
+    batch 1 (0.65 GB without the trim; onnxruntime defaults: 0.95 GB), ~0.3 GB more per query of a
+    head run; `memory_budget` caps the queries per head run (docs/performance.md).
 
     Thread safety: `predict`/`predict_proba` may run concurrently (onnxruntime's `run` is
     thread-safe; an OpenVINO session gives each concurrent call its own infer request); each
