@@ -237,7 +237,9 @@ class Segmenter:
                 limit). Each head run then takes at most as many queries as the memory model
                 (`lfm_deploy.runtime.memory.segmenter_bytes`: ~0.34 GB + ~0.32 GB per query at
                 400 px) says fit, whatever `batch_size` asks; results are the same, only the
-                number of head runs changes. E.g. 1.5 GB at 400 px: 3 queries per run.
+                number of head runs changes. E.g. 1.5 GB at 400 px: 3 queries per run. The
+                model is onnxruntime's: OpenVINO holds ~0.5 GB more fixed and ~0.2 GB more per
+                query (docs/performance.md), which the budget does not account for yet.
             precision: "fp32" (None) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
                 faster on CPUs with AVX512-BF16/AMX and moves the logits by ~0.7 % of their
                 span, flipping the mask where fp32's two logits are that close (docs/openvino.md).
