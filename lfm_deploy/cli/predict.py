@@ -60,6 +60,10 @@ def _expand_queries(queries) -> list[Path]:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm-predict did not write.")
 @click.option("--batch-size", type=BATCH_SIZE, default=8, help="Queries per inference run.")
+@click.option("--memory-budget", type=FiniteFloat(min=0, min_open=True), default=None, metavar="GB",
+              help="Peak memory this process may use, in GB: each inference run takes at most the queries that fit "
+                   "(~0.34 GB + ~0.32 GB per query at 400 px, lfm_deploy.runtime.memory), whatever --batch-size says; "
+                   "masks are the same. Default: no budget. --engine local only.")
 @click.option("--providers", default="cpu",
               help="Execution providers, best first: cpu, cuda, tensorrt (comma-separated); or openvino alone "
                    "(the OpenVINO CPU runtime, needs the openvino extra).")
@@ -85,7 +89,7 @@ def _expand_queries(queries) -> list[Path]:
               help="--engine ray: CPUs each worker reserves in Ray's scheduler (fractional keeps a core for reads).")
 @verbose_option
 @user_errors
-def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, providers, precision, allow_fallback, threads,
+def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory_budget, providers, precision, allow_fallback, threads,
          overlay, allow_empty_mask, quiet, engine, address, workers, cpus_per_worker, verbose):
     """Segment QUERY images (files or directories of images) with an lfm-export directory.
 
@@ -114,6 +118,9 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
     openvino = wants_openvino(providers)  # refuses openvino mixed with others
     if precision == "bf16" and not openvino:  # said before --out is touched
         raise click.UsageError("--precision bf16 needs --providers openvino (onnxruntime runs fp32)")
+    if engine == "ray" and memory_budget is not None:
+        raise click.UsageError("--memory-budget is for --engine local (Ray workers declare their memory from "
+                               "--batch-size)")
     if engine == "ray":
         from ._predict_ray import predict_on_ray
 
@@ -140,7 +147,8 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, provid
     out.claim([n for stem in stems for n in names[stem]] + [RESULTS_NAME],
               [str(f) for f, stem in zip(files, stems) for _ in names[stem]] + ["the results table"])
     seg = Segmenter.from_artifacts(artifact_dir, providers=providers, allow_fallback=allow_fallback,
-                                   threads=threads, batch_size=batch_size, precision=precision)
+                                   threads=threads, batch_size=batch_size, precision=precision,
+                                   memory_budget=None if memory_budget is None else memory_budget * (1 << 30))
     seg.set_support([img for img, _ in supports], [mask for _, mask in supports], allow_empty=allow_empty_mask)
 
     from PIL import Image

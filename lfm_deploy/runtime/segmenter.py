@@ -37,6 +37,7 @@ from ..contract import graph_io
 from ..preprocess import ImageLike, resize_mask_nearest
 from ..utils.limits import cap_threads
 from .inputs import Preprocessing, describe
+from .memory import GB, head_batch_for_budget, segmenter_bytes, trim_heap
 from .openvino import INSTALL_HINT, SessionFromOpenVINO, check_precision, openvino_available
 from .providers import ProviderSpec, check_available, resolve_providers, wants_openvino
 from .sessions import SessionConfig, SessionFromOnnx
@@ -74,8 +75,10 @@ class Segmenter:
     once the support set is encoded and the head is created only then, so the two are never
     resident together; sessions run without onnxruntime's memory-pattern planner
     (`low_memory=True`), which would reserve one block for all of a run's intermediates.
-    Measured: 0.65 GB (onnxruntime defaults: 0.95 GB); a dedicated serving process can call
-    `lfm_deploy.runtime.limit_heap_retention()` first for ~0.53 GB.
+    After building each session it hands the heap that building freed back to the OS
+    (`trim_heap`, with `low_memory`). Measured (AMD EPYC, benchmarks/bench_memory.py): 0.52 GB at
+    batch 1 (0.65 GB without the trim; onnxruntime defaults: 0.95 GB), ~0.3 GB more per query of a
+    head run; `memory_budget` caps the queries per head run (docs/performance.md).
 
     Thread safety: `predict`/`predict_proba` may run concurrently (onnxruntime's `run` is
     thread-safe; an OpenVINO session gives each concurrent call its own infer request); each
@@ -95,7 +98,8 @@ class Segmenter:
     def __init__(self, directory: str | os.PathLike, manifest: dict, *, providers=None, allow_fallback: bool = False,
                  threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
                  release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
-                 precision: str | None = None, spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None):
+                 precision: str | None = None, spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
+                 memory_budget: int | float | None = None):
         self.directory = Path(directory)
         self._manifest = manifest
         self._verify = bool(verify)
@@ -105,6 +109,18 @@ class Segmenter:
             raise ManifestError(f"the manifest's shots {shots!r} is not a positive integer; re-run lfm-export")
         self.shots = shots
         self.batch_size = _check_batch_size(batch_size)
+        #: Most queries per head run that the memory budget allows (None: no budget).
+        self.max_head_batch = None
+        if memory_budget is not None:
+            size = self.preprocessing.size
+            self.max_head_batch = head_batch_for_budget(size, memory_budget)
+            if segmenter_bytes(size, self.max_head_batch) > memory_budget:
+                log.warning("memory_budget %.2f GB is below what one query needs at %d px (~%.2f GB modelled, "
+                            "lfm_deploy.runtime.memory); running one query per head run", memory_budget / GB, size,
+                            segmenter_bytes(size, 1) / GB)
+            else:
+                log.info("memory_budget %.2f GB: at most %d queries per head run at %d px", memory_budget / GB,
+                         self.max_head_batch, size)
         self.release_encoder = bool(release_encoder)
         if isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads > 0:
             threads = cap_threads(int(threads))  # more threads than cores: minutes instead of seconds
@@ -191,7 +207,8 @@ class Segmenter:
                        allow_fallback: bool = False, threads: int | None = None, graph_optimization: str = "all",
                        verify: bool = True, *, low_memory: bool = True, release_encoder: bool = True,
                        batch_size: int = DEFAULT_BATCH_SIZE, precision: str | None = None,
-                       spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None) -> "Segmenter":
+                       spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
+                       memory_budget: int | float | None = None) -> "Segmenter":
         """Load an lfm-export directory.
 
         Args:
@@ -216,6 +233,13 @@ class Segmenter:
             release_encoder: free the encoder session after `set_support` (re-created on the
                 next `set_support`); a server with a fixed support set never needs it again.
             batch_size: default number of queries per head run in `predict([...])`.
+            memory_budget: bytes this Segmenter's process may hold at its peak (None: no
+                limit). Each head run then takes at most as many queries as the memory model
+                (`lfm_deploy.runtime.memory.segmenter_bytes`: ~0.34 GB + ~0.32 GB per query at
+                400 px) says fit, whatever `batch_size` asks; results are the same, only the
+                number of head runs changes. E.g. 1.5 GB at 400 px: 3 queries per run. The
+                model is onnxruntime's: OpenVINO holds ~0.5 GB more fixed and ~0.2 GB more per
+                query (docs/performance.md), which the budget does not account for yet.
             precision: "fp32" (None) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
                 faster on CPUs with AVX512-BF16/AMX and moves the logits by ~0.7 % of their
                 span, flipping the mask where fp32's two logits are that close (docs/openvino.md).
@@ -244,7 +268,7 @@ class Segmenter:
         return cls(path, manifest, providers=providers, allow_fallback=allow_fallback, threads=threads,
                    graph_optimization=graph_optimization, low_memory=low_memory, release_encoder=release_encoder,
                    batch_size=batch_size, verify=verify, precision=precision, spin_wait=spin_wait,
-                   openvino_cache=openvino_cache)
+                   openvino_cache=openvino_cache, memory_budget=memory_budget)
 
     def _graph_file(self, name: str) -> Path:
         graphs = self._manifest.get("graphs") or {}
@@ -286,6 +310,12 @@ class Segmenter:
         if recheck and self._verify:
             self._recheck(name)
         session = self._loaders[name]()
+        if self.config.low_memory:
+            # Building a session frees as much as it keeps (onnxruntime's layout rewrite copies
+            # the convolution weights; the parsed graph goes): glibc keeps those pages, and the
+            # first runs' large blocks are mmapped on top of them. Handing them back lowered the
+            # 400 px serving peak by ~0.1 GB at no cost per query (benchmarks/bench_memory.py).
+            trim_heap()
         io = self._io[name]
         expected_in, expected_out = tuple(io.input_names), tuple(io.output_names)
         got_in = tuple(i.name for i in session.get_inputs())
@@ -552,12 +582,18 @@ class Segmenter:
                             self.directory, len(batch), str(exc).splitlines()[0][:200])
             return out
 
+    def head_batch(self, batch_size: int | None = None) -> int:
+        """Queries per head run for a `predict(..., batch_size=batch_size)` call: `batch_size`
+        (default: the Segmenter's), capped by the memory budget and by a graph found to run one
+        query at a time."""
+        batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        return min(batch_size, self._batch_limit, self.max_head_batch or batch_size)
+
     def _run(self, images, batch_size, original_size: bool, proba: bool, support: SupportSet | None = None,
              confidence: bool = False):
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
-        batch_size = min(batch_size, self._batch_limit)
+        batch_size = self.head_batch(batch_size)
         if support is None:
             support = self._snapshot()
         elif not isinstance(support, SupportSet):

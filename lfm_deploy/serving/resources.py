@@ -7,7 +7,8 @@ OOM killer sort it out. Every Serve replica and Ray Data worker of this package 
 `segmenter_memory_bytes(...)` instead, and `check_fits` refuses a job or service whose workers
 cannot all be placed (instead of waiting forever for resources that will never come).
 
-Where the figures come from (peak resident set of one fresh process that loads the graphs,
+The Segmenter's own part is `lfm_deploy.runtime.memory.segmenter_bytes` (the runtime owns the
+model, so a Segmenter can choose its head batch by a budget). Where the figures come from (peak resident set of one fresh process that loads the graphs,
 encodes a 1-shot support set and segments three batches; onnxruntime CPU, fp32, 2 threads;
 `measure`, or `python -m lfm_deploy.serving.resources ARTIFACT_DIR`, repeats it):
 
@@ -33,13 +34,9 @@ from __future__ import annotations
 import logging
 import math
 
-log = logging.getLogger(__name__)
+from ..runtime.memory import GB, segmenter_bytes
 
-GB = 1 << 30
-#: A Segmenter's fixed memory (weights, sessions, onnxruntime's arena), and its memory per image of
-#: the batch at 400 px, which scales with size^4 (see the module docstring).
-_FIXED = 0.34 * GB
-_PER_IMAGE_400 = 0.32 * GB
+log = logging.getLogger(__name__)
 #: A Ray worker process (core worker, imports) beside the Segmenter.
 RAY_WORKER_BYTES = int(0.15 * GB)
 #: Declared = modelled x HEADROOM (batch workers measured 3.2-3.5 GB where 2.9 + 0.1 was modelled).
@@ -59,9 +56,7 @@ def segmenter_memory_bytes(image_size: int, batch_size: int, *, decoded_pixels: 
     Returns:
         Bytes, with `HEADROOM`.
     """
-    per_image = _PER_IMAGE_400 * (float(image_size) / 400.0) ** 4
-    fixed = _FIXED
-    total = fixed + per_image * max(1, int(batch_size)) + RAY_WORKER_BYTES + BYTES_PER_PIXEL * int(decoded_pixels)
+    total = segmenter_bytes(image_size, batch_size) + RAY_WORKER_BYTES + BYTES_PER_PIXEL * int(decoded_pixels)
     return int(math.ceil(total * HEADROOM))
 
 

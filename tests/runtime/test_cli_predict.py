@@ -176,3 +176,28 @@ def test_empty_query_directory(exported, files, tmp_path):
     result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0],
                                        str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "no query images" in result.output
+
+
+def test_memory_budget_reaches_the_segmenter(exported, files, tmp_path, monkeypatch):
+    import lfm_deploy.runtime as runtime
+
+    made = []
+    original = runtime.Segmenter.from_artifacts.__func__
+
+    def recording(cls, *args, **kwargs):
+        made.append(seg := original(cls, *args, **kwargs))
+        return seg
+
+    monkeypatch.setattr(runtime.Segmenter, "from_artifacts", classmethod(recording))
+    art = exported(shots=1).out_dir
+    result = CliRunner().invoke(main, [str(art), "--support", files["pairs"][0], str(files["qdir"]), "--out",
+                                       str(tmp_path / "out"), "--batch-size", "8", "--threads", "1",
+                                       "--memory-budget", "0.36", "--no-overlay"])
+    assert result.exit_code == 0, result.output
+    # 160 px: ~0.34 GB fixed + ~8.4 MB per query -> 2 queries per head run under 0.36 GB.
+    assert made and made[0].max_head_batch == 2 and made[0].head_batch() == 2
+    for args, message in ((["--memory-budget", "0"], "--memory-budget"),
+                          (["--memory-budget", "1", "--engine", "ray"], "--memory-budget is for --engine local")):
+        result = CliRunner().invoke(main, [str(art), "--support", files["pairs"][0], str(files["single"]), "--out",
+                                           str(tmp_path / "out2")] + args)
+        assert result.exit_code == 2 and message in result.output, result.output
