@@ -326,6 +326,8 @@ def test_paint_register_segment_matches_segmenter(browser, page_url, files, expo
         np.testing.assert_array_equal(got, want.astype(np.uint8) * 255)
         assert float(card.get_attribute("data-foreground")) == pytest.approx(float(want.mean()), abs=1e-5)
         assert "% foreground" in card.text and " ms" in card.text
+        # An empty mask is marked as such on the photo; a non-empty one is not.
+        assert bool(card.find_elements(*_by("no-foreground"))) == (not want.any())
 
     assert _severe(d) == [], "console errors on the page"
 

@@ -694,6 +694,14 @@
       card.querySelector("img.overlay").src = maskUrl;
       card.dataset.foreground = String(fraction);
       card.dataset.ms = ms.toFixed(1);
+      if (fraction === 0) {  // an empty mask must not look like a missing one
+        card.classList.add("empty");
+        const tag = document.createElement("span");
+        tag.className = "empty-tag";
+        tag.dataset.testid = "no-foreground";
+        tag.textContent = "no foreground";
+        card.querySelector(".photo").append(tag);
+      }
       card.querySelector(".stat").textContent =
         `${isFinite(fraction) ? percent(fraction) + " foreground" : "foreground unknown"} · ${ms.toFixed(0)} ms · ${formatBytes(file.size)}`;
       const a = card.querySelector("a.download");
