@@ -11,9 +11,11 @@ convolution reads its input through a reshape or one of onnxruntime's fast trans
 * squeezing blocks (large support dims, strided): a channel-major hub ``(B, C, Hs*Ws, Hq*Wq)``.
   The support-dims conv reads it query-major ``(B*Hq*Wq, C, Hs, Ws)`` and the query-dims conv
   reads the pruned (4-16x smaller) support positions support-major ``(B*Hs'*Ws', C, Hq, Wq)``;
-  both conversions are 2D transposes or axis swaps above a contiguous block. The first layer's
-  inputs come straight from the correlation GEMMs (the pruned ones from a second, small GEMM),
-  whose query operand is materialised as (B, Q, C) so no transposed operand reaches the GEMM.
+  both conversions are 2D transposes or axis swaps above a contiguous block. The first layer
+  consumes the correlation GEMMs one feature at a time (the support-dims conv is linear in its
+  input channels: each clamped product goes through its own slice of the weights and the results
+  are summed), so the stacked correlation (100 MB per query for layer2 at 400 px) and the n
+  products alive together never exist; the pruned inputs come from a second, small GEMM.
 * mixing blocks (support dims 2x2 at 400 px, stride 1): support-major ``(B, Hs*Ws, C, Hq, Wq)``.
   The query-dims conv is a Conv2d on ``(B*Hs*Ws, C, Hq, Wq)``, the query-dims resize a plain 4D
   Resize, and the support-dims conv, which over a 2x2 support only ever touches 4 of its 9 taps,
@@ -156,33 +158,57 @@ class LayoutLearner(HPNLearner):
     # [S][C][Q] <-> [Q][C][S] costs 5-10x more.
 
     @staticmethod
-    def _correlation(query_feats, support_feats, stride) -> tuple[torch.Tensor, torch.Tensor]:
-        """Correlations of one stage for the first 4D conv of its squeezing block.
+    def _unit_features(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query (B, C, Hq, Wq) -> (B, Q, C), support (B, C, Hs, Ws) -> (B, C, S), each divided
+        by its channel L2 norm + `NORM_EPS` (upstream's eps: added to the norm, not under it).
 
-        Returns the full correlation query-major, (B, Hq*Wq, n, Hs, Ws), for the support-dims
-        conv, and the correlation at the pruned support positions support-major,
-        (B, Hs'*Ws', n, Hq*Wq), for the query-dims conv: a second, 4-16x smaller product
-        instead of a strided gather and a general transpose of the full one.
+        The query operand is materialised as (B, Q, C): a transposed left operand (onnxruntime's
+        FusedMatMul transA) runs ~25% slower on these shapes.
+        """
+        b, c, hq, wq = q.shape
+        qt = q.permute(0, 2, 3, 1)
+        qt = (qt / (qt.norm(dim=3, p=2, keepdim=True) + NORM_EPS)).reshape(b, hq * wq, c)
+        s = s.reshape(b, c, -1)
+        return qt, s / (s.norm(dim=1, p=2, keepdim=True) + NORM_EPS)
+
+    @staticmethod
+    def _correlation_pivot(conv: CenterPivotConv4d, query_feats, support_feats) -> torch.Tensor:
+        """A stage's correlations through the first 4D conv of its squeezing block: (B, O, S', Q).
+
+        The support-dims conv is linear in its input channels (the n correlations), so
+        ``conv2(stack_i corr_i) = bias + sum_i conv2[:, i](corr_i)``: each correlation is clamped
+        and convolved with its own input-channel slice of the weights as soon as its GEMM is
+        done. The graph then never holds the n full products together, nor their stacked copy
+        (for layer2 at 400 px: 4 x 25 MB products + 100 MB stack per query), only one product
+        at a time. The same products and weights are summed as in the stacked conv; only the
+        float summation order changes (over features, then within each feature's taps).
+
+        The query-dims conv reads the correlation at the pruned support positions,
+        support-major (B, S', n, Q): a second, 4-16x smaller product per feature instead of a
+        strided gather and a general transpose of the full one.
         """
         b, _, hq, wq = query_feats[0].shape
         hs, ws = support_feats[0].shape[-2:]
-        sh, sw = stride
-        full, pruned = [], []
-        for q, s in zip(query_feats, support_feats):
-            c = q.shape[1]
-            # (B, Q, C) as the GEMMs' left operand, materialised: a transposed left operand
-            # (onnxruntime's FusedMatMul transA) runs ~25% slower on these shapes.
-            qt = q.permute(0, 2, 3, 1)
-            qt = (qt / (qt.norm(dim=3, p=2, keepdim=True) + NORM_EPS)).reshape(b, hq * wq, c)
-            s = s.reshape(b, c, hs * ws)
-            s = s / (s.norm(dim=1, p=2, keepdim=True) + NORM_EPS)
-            full.append(torch.matmul(qt, s))
+        sh, sw = conv.stride[2:]
+        conv2 = conv.conv2
+        out2, pruned = None, []
+        for i, (q, s) in enumerate(zip(query_feats, support_feats)):
+            qt, s = LayoutLearner._unit_features(q, s)
+            c = s.shape[1]
+            corr = torch.matmul(qt, s).clamp(min=0).reshape(b * hq * wq, 1, hs, ws)
+            y = F.conv2d(corr, conv2.weight[:, i : i + 1], conv2.bias if i == 0 else None,
+                         stride=conv2.stride, padding=conv2.padding)
+            out2 = y if out2 is None else out2 + y
             pruned.append(torch.matmul(qt, s.reshape(b, c, hs, ws)[:, :, ::sh, ::sw].reshape(b, c, -1)))
-        n = len(full)
-        full = torch.stack(full, dim=2).clamp(min=0).reshape(b, hq * wq, n, hs, ws)
+        n = len(pruned)
+        o, ohs, ows = out2.shape[1:]
+        p, q = ohs * ows, hq * wq
+        # (B*Q, O, Hs', Ws') -> (B, O, S', Q): one 2D transpose.
+        out2 = out2.reshape(b, q, o * p).transpose(1, 2).reshape(b, o, p, q)
         # (B, Q, S', n) -> (B, S', n, Q): one 2D transpose.
-        pruned = torch.stack(pruned, dim=3).clamp(min=0).reshape(b, hq * wq, -1).transpose(1, 2)
-        return full, pruned.reshape(b, -1, n, hq * wq)
+        pruned = torch.stack(pruned, dim=3).clamp(min=0).reshape(b, q, -1).transpose(1, 2)
+        out1 = conv.conv1(pruned.reshape(b * p, n, hq, wq))  # query dims, at each kept position
+        return out1.reshape(b, p, o, q).transpose(1, 2) + out2
 
     @staticmethod
     def _pivot(conv: CenterPivotConv4d, full: torch.Tensor, pruned: torch.Tensor, hq: int, wq: int) -> torch.Tensor:
@@ -208,12 +234,12 @@ class LayoutLearner(HPNLearner):
         """Correlation + squeezing block -> support-major (B, Hs*Ws, C, Hq, Wq)."""
         hq, wq = query_feats[0].shape[-2:]
         hs, ws = support_feats[0].shape[-2:]
-        layers = _triples(block)
-        full, pruned = self._correlation(query_feats, support_feats, layers[0][0].stride[2:])
-        for i, (conv, gn, _) in enumerate(layers):
+        for i, (conv, gn, _) in enumerate(_triples(block)):
             if i:
-                full, pruned = self._conv_inputs(x, hs, ws, conv.stride[2:])
-            x = F.relu(gn(self._pivot(conv, full, pruned, hq, wq), channel_axis=1))
+                y = self._pivot(conv, *self._conv_inputs(x, hs, ws, conv.stride[2:]), hq, wq)
+            else:
+                y = self._correlation_pivot(conv, query_feats, support_feats)
+            x = F.relu(gn(y, channel_axis=1))
             hs, ws = (CenterPivotConv4d.output_size(n, k, st, pd)
                       for n, k, st, pd in zip((hs, ws), conv.kernel_size[2:], conv.stride[2:], conv.padding[2:]))
         b, c, p, _ = x.shape
