@@ -276,9 +276,10 @@ class LabelStudioClient:
             raise LabelStudioError(f"the image of task {task} ({url}) cannot be resolved: {exc}") from None
         except Exception as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
-            if status == 404:
-                raise LabelStudioError(f"Label Studio cannot serve the image of task {task} ({url}): HTTP 404; "
-                                       "re-import the image or fix the task's data") from None
+            if status is not None and status not in (401, 403):  # Label Studio answers 500 for a missing upload
+                raise LabelStudioError(f"Label Studio cannot serve the image of task {task} ({url}): HTTP {status}; "
+                                       "check that the file is still in Label Studio (re-import it) or fix the "
+                                       "task's data") from None
             raise self._fault(exc, f"fetching the image of task {task}") from None
 
     def annotated_tasks(self, project: int) -> list[dict]:
@@ -508,7 +509,7 @@ class LabelStudioBackend:
                 await self._sync(project)
             sets = dict(project.sets)
         if not sets:
-            log.info("Label Studio project %s has no brush annotation yet (%d task(s) asked): annotate %d task(s) with "
+            log.warning("Label Studio project %s has no brush annotation yet (%d task(s) asked): annotate %d task(s) with "
                      "the brush and the other tasks' predictions follow", pid, len(tasks), self.shots)
         results = await asyncio.gather(*(self._predict_task(project, task, sets) for task in tasks))
         return {"results": list(results), "model_version": self._version(sets)}
@@ -624,7 +625,9 @@ def add_routes(app, backend: LabelStudioBackend, authorized, read_body) -> None:
         await body_of(request)
         return answer({"status": "ok", "message": "lfm-serve learns from annotations as they are saved"}, 201)
 
-    @app.get(PREFIX + "/versions", include_in_schema=False)
-    async def ls_versions(request: Request):
+    @app.get(PREFIX + "/versions", summary="Label Studio ML backend: the model version (of ?project=ID: with its "
+                                         "support sets)")
+    async def ls_versions(request: Request, project: int | None = None):
         await authorized(request)
-        return answer({"versions": [backend.version]})
+        known = backend.projects.get(project) if project is not None else None
+        return answer({"versions": [backend._version(dict(known.sets)) if known else backend.version]})

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Sequence
@@ -380,6 +381,7 @@ class Ingress:
         import ray
 
         _loopback_replica_grpc()
+        _replica_logging()
         self._model = HandleModel(model)
         self._settings = settings
         self._metadata = metadata
@@ -394,6 +396,20 @@ class Ingress:
     async def drain(self, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> int:
         """Refuse new predictions, wait for those in flight; returns how many there were."""
         return await self._app.state.gate.drain(timeout_s)
+
+
+def _replica_logging() -> None:
+    """The package's INFO lines (what the Label Studio backend learns and predicts) on this
+    replica's stderr: Ray keeps them in its worker logs, and `lfm-serve -v` forwards them to the
+    terminal."""
+    logger = logging.getLogger("lfm_deploy")
+    if not any(getattr(h, "_lfm_replica", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._lfm_replica = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def make_registry(job: Job, *, max_sets: int = DEFAULT_MAX_SETS, store: str | os.PathLike | None = None, put=None):

@@ -115,11 +115,13 @@ class LabelStudio:
         return resp.json()["id"]
 
     def import_images(self, project: int, images: list[bytes]) -> list[int]:
-        files = [("file", (f"img{i:02d}.png", data, "image/png")) for i, data in enumerate(images)]
+        # One form field per file: Label Studio reads one file per field name.
+        files = [(f"file{i}", (f"img{i:02d}.png", data, "image/png")) for i, data in enumerate(images)]
         resp = self.api.post(f"/api/projects/{project}/import", files=files)
         assert resp.status_code == 201, resp.text
         tasks = self.api.get("/api/tasks", params={"project": project, "page_size": 1000}).json()["tasks"]
-        return [t["id"] for t in sorted(tasks, key=lambda t: t["data"]["image"])]
+        # Label Studio stores each upload as "<random prefix>-<file name>": order by the file name.
+        return [t["id"] for t in sorted(tasks, key=lambda t: t["data"]["image"].rsplit("-", 1)[-1])]
 
     def connect(self, project: int, url: str):
         return self.api.post("/api/ml", json={"url": url, "project": project, "title": "lfm-serve"})
@@ -150,3 +152,20 @@ def decoded(result: dict) -> np.ndarray:
 
     h, w = result["original_height"], result["original_width"]
     return (decode_rle(result["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0).astype(np.uint8)
+
+
+def wait_for_support_set(backend_url: str, project: int, timeout_s: float = 120.0) -> str:
+    """The backend's model_version for `project` once it names a support set.
+
+    Label Studio delivers the annotation's webhook on its own schedule (not always before the
+    annotation request returns), so "Retrieve predictions" right after saving could still see
+    the version without a set.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        version = httpx.get(backend_url + "/versions", params={"project": project}, timeout=30).json()["versions"][0]
+        if " support " in version:
+            return version
+        assert time.monotonic() < deadline, f"no support set for project {project} after {timeout_s} s: {version}"
+        time.sleep(0.1)
+

@@ -24,7 +24,7 @@ pytest.importorskip("label_studio_sdk", reason="the Label Studio backend needs p
 
 from tests.serving import RunningService, free_port, png_bytes  # noqa: E402
 from tests.serving.label_studio_harness import (CONFIG, RECT_CONFIG, LabelStudio, LabelStudioMissing,  # noqa: E402
-                                                brush_result, decoded)
+                                                brush_result, decoded, wait_for_support_set)
 
 pytestmark = pytest.mark.slow  # Label Studio (~40 s to start) and a service, about 3 minutes on 2 cores
 
@@ -70,7 +70,8 @@ def studio(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(export, studio, tmp_path_factory):
     root = tmp_path_factory.mktemp("ls-serve")
-    svc = RunningService(str(export), root / "serve.log", ["--threads", "1", "--max-batch", "4"],
+    # -v: the replicas' log lines reach the command's output (what the backend learns, refuses).
+    svc = RunningService(str(export), root / "serve.log", ["--threads", "1", "--max-batch", "4", "-v"],
                          env={"LABEL_STUDIO_URL": studio.url, "LABEL_STUDIO_API_KEY": studio.token})
     try:
         yield svc
@@ -95,6 +96,7 @@ def test_annotation_in_label_studio_pre_annotates_the_other_tasks(studio, servic
 
     resp = studio.annotate(tasks[0], [brush_result(images["mask"])])
     assert resp.status_code == 201, resp.text
+    wait_for_support_set(service.url + "/label-studio", project)
     studio.retrieve_predictions(project)
 
     seg = Segmenter.from_artifacts(export, threads=1)
@@ -168,3 +170,20 @@ def _blank():
     from PIL import Image
 
     return Image.new("RGB", (64, 64), (90, 120, 60))
+
+
+def test_annotations_made_before_connecting_are_read_from_label_studio(studio, service, export, images):
+    """No webhook reached the service for them: it reads the project's annotations through Label
+    Studio's API on the first prediction."""
+    from lfm_deploy.runtime import Segmenter
+
+    project = studio.project("annotated-before")
+    tasks = studio.import_images(project, images["files"][:3])
+    assert studio.annotate(tasks[0], [brush_result(images["mask"])]).status_code == 201
+    assert studio.connect(project, service.url + "/label-studio").status_code == 201
+    studio.retrieve_predictions(project)
+    seg = Segmenter.from_artifacts(export, threads=1)
+    seg.set_support([images["files"][0]], [png_bytes(_pil(images["mask"] * np.uint8(255)))])
+    latest = max(studio.predictions(tasks[1]), key=lambda p: p["id"])
+    (result,) = latest["result"]
+    np.testing.assert_array_equal(decoded(result), seg.predict(images["files"][1]))

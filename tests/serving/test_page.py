@@ -13,8 +13,6 @@ import base64
 import io
 import os
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -248,7 +246,7 @@ def test_paint_register_segment_matches_segmenter(browser, page_url, files, expo
     assert first[must].all() and not first[~may].any(), "the stroke painted the wrong pixels"
     np.testing.assert_array_equal(_canvas_mask(d), first)  # the canvas shows what is downloaded
 
-    b = _stroke(d, [(0.4 * width, 0.6 * height), (0.45 * width, 0.85 * height), (0.6 * width, 0.8 * height)])
+    _stroke(d, [(0.4 * width, 0.6 * height), (0.45 * width, 0.85 * height), (0.6 * width, 0.8 * height)])
     both = _painted(d)
     assert both.sum() > first.sum() and (both >= first).all()
 
