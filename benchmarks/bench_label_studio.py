@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
         parser.error("--tasks and --rounds must be at least 1")
 
     data = tiles(args.tasks + 1, args.size)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-label-studio-") as tmp:
         root = Path(tmp)
         studio = LabelStudio(root)
@@ -147,14 +149,15 @@ def main(argv=None) -> int:
         return statistics.median(r[key] for r in rounds)
 
     result = {"machine": _machine(), "artifacts": str(args.artifacts), "tasks": args.tasks, "size": args.size,
-              "threads": args.threads, "rounds": rounds, "median_save_s": median("save_s"),
+              "threads": args.threads, "load_average": [load_before, os.getloadavg()[0]], "rounds": rounds, "median_save_s": median("save_s"),
               "median_predict_s": median("predict_s"), "median_total_s": median("total_s")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     cpu = result["machine"].get("cpu", "?") if isinstance(result["machine"], dict) else result["machine"]
     lines = [f"# Label Studio: annotation saved -> predictions on {args.tasks} tasks", "",
-             f"CPU: {cpu}; lfm-serve --threads {args.threads}; {args.size} px tiles; {args.rounds} rounds "
-             f"(median).", "",
+             f"CPU: {cpu} ({os.cpu_count()} CPUs, load average {load_before:.1f} before, "
+             f"{os.getloadavg()[0]:.1f} after); lfm-serve --threads {args.threads}; {args.size} px tiles; "
+             f"{args.rounds} rounds (median).", "",
              "| step | median s |", "|---|---|",
              f"| save the annotation, webhook (fetch, check, encode the set) | {result['median_save_s']:.2f} |",
              f"| predictions for {args.tasks} tasks (Retrieve predictions) | {result['median_predict_s']:.2f} |",
