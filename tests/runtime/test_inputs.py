@@ -248,7 +248,7 @@ def _segmenter(shots: int = 1):
 
     seg = Segmenter.__new__(Segmenter)
     seg.shots, seg.directory, seg.batch_size, seg._batch_limit, seg._support = shots, Path("art"), 8, 1 << 30, None
-    seg.release_encoder = True
+    seg.release_encoder, seg.max_head_batch = True, None
     return seg
 
 
