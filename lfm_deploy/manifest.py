@@ -305,6 +305,8 @@ PREPROCESSING_SCHEMA = Obj(
 #: Where the weights came from (`WeightsInfo.to_dict`): what the parity reference is rebuilt from.
 WEIGHTS_SCHEMA = Obj(
     required={"checkpoint": Nullable(Str()), "masker": Nullable(Str()), "seed": Nullable(Int())},
+    optional={"source": Str(), "learner": Nullable(Str()), "learner_sha256": Nullable(Str()),
+              "recipe": Nullable(Anything())},
 )
 #: The export's parity tolerances (`lfm_deploy.parity.compare.Tolerances.from_manifest`).
 TOLERANCES_SCHEMA = Obj(optional={"logits_atol": Number(min=0), "feature_rel": Number(min=0),

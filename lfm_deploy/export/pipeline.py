@@ -457,7 +457,7 @@ def _with_batch_two(graph: str, example: tuple) -> tuple:
     return tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in example)
 
 
-def _input_hashes(weights.checkpoint, masker) -> dict:
+def _input_hashes(checkpoint, masker) -> dict:
     from ..manifest import sha256_file
 
     return {

@@ -43,8 +43,11 @@ CACHE_ENV = "LFM_DEPLOY_CACHE"
 WEIGHTS_ENV = "LFM_DEPLOY_DEFAULT_WEIGHTS"
 #: The checkpoint value (`--checkpoint untrained`, `checkpoint="untrained"`) that asks for the seeded untrained default.
 UNTRAINED = "untrained"
-#: The recipe of the synthetic-data default (see `Recipe`; measured in README "Default weights").
-DEFAULT_RECIPE = Recipe(train_size=160, iterations=200, lr=1e-3, dtype="float64", render_sizes=(160, 440))
+#: The recipe of the synthetic-data default (see `Recipe`; measured in README "Default weights"):
+#: float32, because float64 training took ~70 minutes on a loaded 2-core CPU against ~2 for
+#: float32, so the weights depend on the CPU family (they are built and cached per machine, and
+#: `lfm-verify` says when a rebuilt default differs from the exported one).
+DEFAULT_RECIPE = Recipe(train_size=160, iterations=200, lr=1e-3, dtype="float32", render_sizes=(160, 440), threads=1)
 _WAIT_S = 0.5
 
 
@@ -114,7 +117,7 @@ class _Bar:
             self.bar.close()
 
 
-def _build(recipe: Recipe, seed: int, path: Path, progress: bool, threads: int | None) -> None:
+def _build(recipe: Recipe, seed: int, path: Path, progress: bool) -> None:
     import torch
 
     log.warning("building the synthetic-data default weights once (its learner trained on synthetic shapes, "
@@ -122,7 +125,7 @@ def _build(recipe: Recipe, seed: int, path: Path, progress: bool, threads: int |
                 recipe.iterations, recipe.train_size, path.parent)
     bar = _Bar(recipe.iterations, progress)
     try:
-        state, stats = train_learner(recipe, seed=seed, threads=threads, progress=bar)
+        state, stats = train_learner(recipe, seed=seed, progress=bar)
     finally:
         bar.close()
     buffer = io.BytesIO()
@@ -135,16 +138,15 @@ def _build(recipe: Recipe, seed: int, path: Path, progress: bool, threads: int |
                 stats["seconds"], stats["loss_first"], stats["loss_last"], path)
 
 
-def default_learner(recipe: Recipe = DEFAULT_RECIPE, seed: int = DEFAULT_SEED, *, cache: str | os.PathLike | None = None,
-                    progress: bool = True, threads: int | None = None) -> Path:
+def default_learner(recipe: Recipe | None = None, seed: int = DEFAULT_SEED, *, cache: str | os.PathLike | None = None,
+                    progress: bool = True) -> Path:
     """The synthetic-data default's learner file, built (once per cache) when missing or unusable.
 
     Args:
-        recipe: the training recipe (the default's unless a test wants a small one).
+        recipe: the training recipe (None: `DEFAULT_RECIPE`; tests pass a small one).
         seed: the default weights' seed.
         cache: the cache folder (default `cache_dir()`).
         progress: show a progress bar while building.
-        threads: torch threads while building (None: torch's default).
 
     Returns:
         The path of the learner file (`hpn_learner.*` tensors, a `torch.save` state dict).
@@ -152,6 +154,7 @@ def default_learner(recipe: Recipe = DEFAULT_RECIPE, seed: int = DEFAULT_SEED, *
     Raises:
         CheckpointError: the cache folder cannot be written.
     """
+    recipe = recipe or DEFAULT_RECIPE
     path = learner_path(recipe, seed, cache)
     if _usable(path):
         return path
@@ -176,14 +179,14 @@ def default_learner(recipe: Recipe = DEFAULT_RECIPE, seed: int = DEFAULT_SEED, *
                                   api_hint="remove it or set " + CACHE_ENV, cli_hint="remove it or set " + CACHE_ENV) from None
     try:
         if not (waited and _usable(path)):
-            _build(recipe, seed, path, progress, threads)
+            _build(recipe, seed, path, progress)
     finally:
         lock.release()
     return path
 
 
 def build_default_model(apm: str | None = "m", acpa: bool = True, masker: str | os.PathLike | None = None, *,
-                        image_size: int = 400, seed: int = DEFAULT_SEED, recipe: Recipe = DEFAULT_RECIPE,
+                        image_size: int = 400, seed: int = DEFAULT_SEED, recipe: Recipe | None = None,
                         checkpoint: str | os.PathLike | None = None, progress: bool = True, **kwargs):
     """`build_model` with the commands' defaults: what a command runs with a given `checkpoint`.
 
@@ -194,7 +197,7 @@ def build_default_model(apm: str | None = "m", acpa: bool = True, masker: str | 
 
     Args:
         apm, acpa, masker, image_size, seed: as `build_model`.
-        recipe: the synthetic default's recipe.
+        recipe: the synthetic default's recipe (None: `DEFAULT_RECIPE`).
         checkpoint: None, "untrained" or a checkpoint file.
         progress: show a progress bar if the default has to be built.
         **kwargs: passed on to `build_model` (e.g. `official_shift`).
@@ -213,6 +216,7 @@ def build_default_model(apm: str | None = "m", acpa: bool = True, masker: str | 
         if choice not in ("synthetic", UNTRAINED):
             raise CheckpointError(f"{WEIGHTS_ENV}={os.environ[WEIGHTS_ENV]!r} is neither 'synthetic' nor 'untrained'",
                                   api_hint=f"unset {WEIGHTS_ENV} or set it to synthetic or untrained", cli_hint=f"unset {WEIGHTS_ENV} or set it to synthetic or untrained")
+    recipe = recipe or DEFAULT_RECIPE
     learner = None
     if checkpoint is None and choice == "synthetic":
         learner = default_learner(recipe, seed, progress=progress)

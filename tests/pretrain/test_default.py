@@ -4,6 +4,7 @@ and the untrained default still reachable."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -34,9 +35,10 @@ from lfm_deploy.pretrain import (
 )
 from lfm_deploy.pretrain import default as default_module
 
-#: A small version of the default's recipe: the same code path (crops of larger renders), a
-#: fraction of its cost.
-SMALL = Recipe(train_size=64, iterations=60, lr=3e-3, dtype="float32", render_sizes=(64, 144))
+#: A tiny version of the default's recipe: the same code path (crops of larger renders) in
+#: seconds. It does not learn the task (the head starts learning after ~50 steps at 1e-3), so the
+#: mask tests use the real recipe, built once per session (`synthetic_learner`).
+SMALL = Recipe(train_size=64, iterations=3, dtype="float32", render_sizes=(64, 128), threads=1)
 SIZE = 96
 
 
@@ -78,19 +80,21 @@ def small_default(tmp_path, monkeypatch):
     """The small recipe's learner, built in a test cache folder; commands use the synthetic default."""
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(WEIGHTS_ENV, "synthetic")
-    return default_learner(SMALL, progress=False, threads=2)
+    return default_learner(SMALL, progress=False)
 
 
-def test_small_recipe_segments_the_synthetic_data(small_default):
-    model, info = build_default_model(apm=None, acpa=False, image_size=SIZE, recipe=SMALL)
-    assert info.source == "synthetic-default" and info.learner == str(small_default)
-    preds, truths = _masks(model, SIZE)
+def test_the_default_segments_the_synthetic_data(synthetic_learner, synthetic_default):
+    """The real recipe (built once per session) at 160 px: masks that find the shapes, where the
+    untrained default finds nothing."""
+    model, info = build_default_model(apm=None, acpa=False, image_size=160)
+    assert info.source == "synthetic-default" and info.learner == str(synthetic_learner)
+    preds, truths = _masks(model, 160)
     ious = [foreground_iou(p, t) for p, t in zip(preds, truths)]
-    assert all(p.any() for p in preds[:6]), "the synthetic default predicts empty masks"
+    # Measured on AMD EPYC: mean IoU 0.30, every mask non-empty.
+    assert sum(p.any() for p in preds) >= 10, "the synthetic default predicts empty masks"
     assert np.mean(ious) > 0.2, ious
-    # The untrained default, on the same episodes, predicts background (nearly) everywhere.
-    untrained, _ = build_default_model(apm=None, acpa=False, image_size=SIZE, checkpoint=UNTRAINED)
-    assert np.mean([foreground_iou(p, t) for p, t in zip(*_masks(untrained, SIZE))]) < 0.05
+    untrained, _ = build_default_model(apm=None, acpa=False, image_size=160, checkpoint=UNTRAINED)
+    assert np.mean([foreground_iou(p, t) for p, t in zip(*_masks(untrained, 160))]) < 0.05
 
 
 def test_the_synthetic_default_is_labelled_not_a_real_model(small_default):
@@ -217,7 +221,6 @@ def test_manifest_reference_rebuilds_the_synthetic_default(small_default):
             assert torch.equal(value, state[name]), name
 
 
-@pytest.mark.slow
 def test_the_default_recipe_segments_at_the_domain_size(synthetic_learner, synthetic_default):
     """The real recipe, once per session: informative masks at 400 px on most validation episodes."""
     model, info = build_default_model(apm=None, acpa=False, image_size=400)
@@ -225,4 +228,30 @@ def test_the_default_recipe_segments_at_the_domain_size(synthetic_learner, synth
     preds, truths = _masks(model, 400, seeds=(0, 1, 2))
     ious = [foreground_iou(p, t) for p, t in zip(preds, truths)]
     informative = [episode_informative(p, None, None, EvidenceRule())[0] for p in preds]
-    assert sum(informative) >= 12 and sum(i > 0.1 for i in ious) >= 12, ious
+    # Measured on AMD EPYC: 18 of 18 informative, mean IoU 0.19, IoU > 0.1 on 12 (the untrained
+    # default: 0 informative, IoU 0); float32 training differs a little between CPU families.
+    assert sum(informative) >= 15 and np.mean(ious) > 0.12 and sum(i > 0.02 for i in ious) >= 15, ious
+
+
+def test_commands_say_which_default_they_ran_on(small_default, tmp_path, monkeypatch):
+    """lfm-eval without --checkpoint runs on the synthetic default and says so; `--checkpoint untrained`
+    runs on the untrained one."""
+    from click.testing import CliRunner
+
+    from lfm_deploy.cli.finetune import eval_main, make_data_main
+
+    monkeypatch.setattr(default_module, "DEFAULT_RECIPE", SMALL)
+    root = tmp_path / "data"
+    assert CliRunner().invoke(make_data_main, ["--domain", "deepglobe", "--out", str(root), "--per-class", "2",
+                                               "--size", "48"]).exit_code == 0
+    common = ["--domain", "deepglobe", "--data-root", str(root), "--episodes", "2", "--apm", "none", "--no-acpa",
+              "--image-size", str(SIZE), "--no-progress"]
+    for extra, label in (([], "SYNTHETIC-DATA default"), (["--checkpoint", "untrained"], "UNTRAINED base weights")):
+        report = tmp_path / f"report{len(extra)}.json"
+        result = CliRunner().invoke(eval_main, [*common, *extra, "--report", str(report)])
+        assert result.exit_code == 0, result.output
+        assert label in result.stderr
+        assert ("not a real model" in result.stdout) == (not extra), result.stdout
+        data = json.loads(report.read_text())
+        assert data["untrained"] is True
+        assert data["weights"]["source"] == ("untrained-default" if extra else "synthetic-default")
