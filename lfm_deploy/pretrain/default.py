@@ -47,7 +47,8 @@ UNTRAINED = "untrained"
 #: float32, because float64 training took ~70 minutes on a loaded 2-core CPU against ~2 for
 #: float32, so the weights depend on the CPU family (they are built and cached per machine, and
 #: `lfm-verify` says when a rebuilt default differs from the exported one).
-DEFAULT_RECIPE = Recipe(train_size=160, iterations=200, lr=1e-3, dtype="float32", render_sizes=(160, 440), threads=1)
+DEFAULT_RECIPE = Recipe(train_size=160, iterations=200, lr=1e-3, dtype="float32", render_sizes=(160, 440), threads=1,
+                        min_detail=0.2)
 _WAIT_S = 0.5
 
 
@@ -121,7 +122,7 @@ def _build(recipe: Recipe, seed: int, path: Path, progress: bool) -> None:
     import torch
 
     log.warning("building the synthetic-data default weights once (its learner trained on synthetic shapes, "
-                "%d steps at %d px; about a minute or two on a laptop CPU); cached in %s",
+                "%d steps at %d px; 1 to 3 minutes on 2 CPU cores); cached in %s",
                 recipe.iterations, recipe.train_size, path.parent)
     bar = _Bar(recipe.iterations, progress)
     try:

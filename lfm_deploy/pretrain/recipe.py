@@ -50,6 +50,10 @@ class Recipe:
             order of float32 sums, so that one CPU type always builds the same weights.
         render_sizes: (smallest, largest) side the pairs are drawn at before cropping, or None to
             draw them at `train_size + 37` and resize, as the validation episodes are.
+        min_detail: with `render_sizes`, the pairs are drawn at a fraction of the side picked in
+            [min_detail, 1] and enlarged to it (bilinear, masks nearest), as small images are by
+            the model's preprocessing: `lfm-make-data` writes 96 px images by default, which the
+            deepglobe domain enlarges to 400 px. None: always drawn at full detail.
         domain: whose image style (colour or grayscale) and normalisation.
         version: bumped whenever the training code changes what a recipe produces, so cached
             weights of an earlier version are rebuilt, never reused.
@@ -62,6 +66,7 @@ class Recipe:
     render_sizes: tuple[int, int] | None = None
     domain: str = "deepglobe"
     threads: int | None = None
+    min_detail: float | None = None
     version: int = 1
 
     def __post_init__(self):
@@ -73,6 +78,8 @@ class Recipe:
             lo, hi = self.render_sizes
             if not self.train_size <= lo <= hi:
                 raise ValueError(f"render_sizes must satisfy train_size <= smallest <= largest, got {self.render_sizes}")
+        if self.min_detail is not None and not 0 < self.min_detail <= 1:
+            raise ValueError(f"min_detail must be in (0, 1], got {self.min_detail}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "render_sizes": list(self.render_sizes) if self.render_sizes else None}
@@ -145,7 +152,12 @@ def train_learner(recipe: Recipe, *, seed: int = DEFAULT_SEED, threads: int | No
     def pair(data_seed: int, cls: int, index: int, side: int | None):
         if side is None:  # the validation episodes' way: drawn a little larger, then resized
             return tensors(*synthetic_pair(size + 37, data_seed, cls, index, grayscale=gray))
-        image, mask = synthetic_pair(side, data_seed, cls, index, grayscale=gray)
+        drawn = side
+        if recipe.min_detail is not None:
+            drawn = max(32, int(round(side * float(rng.uniform(recipe.min_detail, 1.0)))))
+        image, mask = synthetic_pair(drawn, data_seed, cls, index, grayscale=gray)
+        if drawn != side:
+            image, mask = image.resize((side, side), Image.BILINEAR), mask.resize((side, side), Image.NEAREST)
         image, mask = _crop_around(rng, np.asarray(image), np.asarray(mask), size)
         return tensors(Image.fromarray(image), Image.fromarray(mask))
 

@@ -38,7 +38,7 @@ from lfm_deploy.pretrain import default as default_module
 #: A tiny version of the default's recipe: the same code path (crops of larger renders) in
 #: seconds. It does not learn the task (the head starts learning after ~50 steps at 1e-3), so the
 #: mask tests use the real recipe, built once per session (`synthetic_learner`).
-SMALL = Recipe(train_size=64, iterations=3, dtype="float32", render_sizes=(64, 128), threads=1)
+SMALL = Recipe(train_size=64, iterations=3, dtype="float32", render_sizes=(64, 128), threads=1, min_detail=0.5)
 SIZE = 96
 
 
@@ -90,9 +90,9 @@ def test_the_default_segments_the_synthetic_data(synthetic_learner, synthetic_de
     assert info.source == "synthetic-default" and info.learner == str(synthetic_learner)
     preds, truths = _masks(model, 160)
     ious = [foreground_iou(p, t) for p, t in zip(preds, truths)]
-    # Measured on AMD EPYC: mean IoU 0.30, every mask non-empty.
+    # Measured on AMD EPYC: mean IoU 0.43 over these 12 (seeds 0, 1), every mask non-empty.
     assert sum(p.any() for p in preds) >= 10, "the synthetic default predicts empty masks"
-    assert np.mean(ious) > 0.2, ious
+    assert np.mean(ious) > 0.25, ious
     untrained, _ = build_default_model(apm=None, acpa=False, image_size=160, checkpoint=UNTRAINED)
     assert np.mean([foreground_iou(p, t) for p, t in zip(*_masks(untrained, 160))]) < 0.05
 
@@ -228,9 +228,9 @@ def test_the_default_recipe_segments_at_the_domain_size(synthetic_learner, synth
     preds, truths = _masks(model, 400, seeds=(0, 1, 2))
     ious = [foreground_iou(p, t) for p, t in zip(preds, truths)]
     informative = [episode_informative(p, None, None, EvidenceRule())[0] for p in preds]
-    # Measured on AMD EPYC: 18 of 18 informative, mean IoU 0.19, IoU > 0.1 on 12 (the untrained
+    # Measured on AMD EPYC: 18 of 18 informative, mean IoU 0.31, IoU > 0.1 on 14 (the untrained
     # default: 0 informative, IoU 0); float32 training differs a little between CPU families.
-    assert sum(informative) >= 15 and np.mean(ious) > 0.12 and sum(i > 0.02 for i in ious) >= 15, ious
+    assert sum(informative) >= 15 and np.mean(ious) > 0.2 and sum(i > 0.02 for i in ious) >= 15, ious
 
 
 def test_commands_say_which_default_they_ran_on(small_default, tmp_path, monkeypatch):
@@ -255,3 +255,19 @@ def test_commands_say_which_default_they_ran_on(small_default, tmp_path, monkeyp
         data = json.loads(report.read_text())
         assert data["untrained"] is True
         assert data["weights"]["source"] == ("untrained-default" if extra else "synthetic-default")
+
+
+def test_recipes_are_checked_and_crops_hold_the_object():
+    from lfm_deploy.pretrain.recipe import _crop_around
+
+    for bad in ({"dtype": "float16"}, {"render_sizes": (400, 300)}, {"render_sizes": (100, 200)},
+                {"min_detail": 0.0}, {"iterations": 0}):
+        with pytest.raises(ValueError):
+            Recipe(**{"train_size": 160, **bad})
+    rng = np.random.default_rng(0)
+    mask = np.zeros((300, 300), np.uint8)
+    mask[250:260, 10:20] = 255  # a small object near a corner
+    image = np.dstack([mask] * 3)
+    for _ in range(20):
+        crop_image, crop_mask = _crop_around(rng, image, mask, 64)
+        assert crop_image.shape == (64, 64, 3) and crop_mask.shape == (64, 64) and crop_mask.any()
