@@ -23,6 +23,26 @@ MANIFEST_NAME = "manifest.json"
 #: Bumped when the layout changes incompatibly; readers refuse newer major versions.
 SCHEMA_VERSION = 1
 
+#: How weights that are not a real model are flagged (manifests, reports, logs, the CLI, the page).
+UNTRAINED_LABEL = "UNTRAINED default (seeded random initialisation, not a trained model)"
+SYNTHETIC_LABEL = ("SYNTHETIC-DATA default (its head trained on lfm-make-data's synthetic shapes, its backbone "
+                   "seeded random; not a real model)")
+#: `weights.source` of the synthetic-data default (`lfm_deploy.pretrain`).
+SYNTHETIC_SOURCE = "synthetic-default"
+
+
+def weights_label(manifest: Mapping) -> str:
+    """The warning label of a manifest's weights when they are not a real model, else "".
+
+    The synthetic-data default (`weights.source` "synthetic-default") and the seeded untrained
+    default both carry `untrained: true`; the label tells them apart.
+    """
+    if not manifest.get("untrained"):
+        return ""
+    source = (manifest.get("weights") or {}).get("source")
+    return SYNTHETIC_LABEL if source == SYNTHETIC_SOURCE else UNTRAINED_LABEL
+
+
 #: What fixes a malformed manifest, for API callers and on the command line alike.
 _HINTS = {"api_hint": "re-run lfm-export"}
 
@@ -285,6 +305,8 @@ PREPROCESSING_SCHEMA = Obj(
 #: Where the weights came from (`WeightsInfo.to_dict`): what the parity reference is rebuilt from.
 WEIGHTS_SCHEMA = Obj(
     required={"checkpoint": Nullable(Str()), "masker": Nullable(Str()), "seed": Nullable(Int())},
+    optional={"source": Str(), "learner": Nullable(Str()), "learner_sha256": Nullable(Str()),
+              "recipe": Nullable(Anything())},
 )
 #: The export's parity tolerances (`lfm_deploy.parity.compare.Tolerances.from_manifest`).
 TOLERANCES_SCHEMA = Obj(optional={"logits_atol": Number(min=0), "feature_rel": Number(min=0),

@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
+
+#: `lfm_deploy.pretrain.WEIGHTS_ENV` and `CACHE_ENV` (spelled out: conftest imports no torch).
+WEIGHTS_ENV = "LFM_DEPLOY_DEFAULT_WEIGHTS"
+CACHE_ENV = "LFM_DEPLOY_CACHE"
+
+
+def pytest_configure(config):
+    """The suite runs on the seeded UNTRAINED default unless a test asks for the synthetic one.
+
+    Most tests pin what the untrained weights do (fast to build, background everywhere); tests of
+    the synthetic-data default opt in with the `synthetic_default` fixture. The cache of built
+    default weights is one folder per session, never the user's: the real recipe is built at
+    most once per session (`synthetic_learner`), and on a clean CI machine exactly once. The
+    variables reach the CLI subprocesses the tests start too.
+    """
+    os.environ[WEIGHTS_ENV] = "untrained"
+    os.environ[CACHE_ENV] = config._lfm_cache = tempfile.mkdtemp(prefix="lfm-deploy-test-cache-")
+
+
+def pytest_unconfigure(config):
+    """Remove the session's cache folder."""
+    folder = getattr(config, "_lfm_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +53,7 @@ def _restore_rng():
 
 
 #: Fixtures that export or run the full model: a test using one belongs to the slow tier.
-SLOW_FIXTURES = {"exported", "trained_checkpoint", "trained_int8_export"}
+SLOW_FIXTURES = {"exported", "trained_checkpoint", "trained_int8_export", "synthetic_learner"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -126,3 +153,19 @@ def reuse_exports(monkeypatch, source):
         shutil.copyfile(source / path.name, path)
 
     monkeypatch.setattr(pipeline, "export_onnx", fake_export)
+
+
+@pytest.fixture
+def synthetic_default(monkeypatch):
+    """Commands without a checkpoint use the synthetic-data default in this test (the suite's
+    default is the untrained one: `pytest_configure`)."""
+    monkeypatch.setenv(WEIGHTS_ENV, "synthetic")
+
+
+@pytest.fixture(scope="session")
+def synthetic_learner():
+    """The real synthetic-data default's learner file, built once per session in the session's
+    cache folder (`lfm_deploy.pretrain.default_learner`; minutes on a 2-core CPU)."""
+    from lfm_deploy.pretrain import default_learner
+
+    return default_learner(progress=False)

@@ -377,7 +377,7 @@ def no_export(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the export started (model built or traced) before the options were checked")
 
-    monkeypatch.setattr(pipeline, "build_model", boom)
+    monkeypatch.setattr(pipeline, "build_default_model", boom)
     monkeypatch.setattr(pipeline, "export_onnx", boom)
 
 
@@ -444,7 +444,7 @@ def test_masker_of_another_domain_warns_like_lfm_eval(tmp_path, monkeypatch, cap
     def stop(*args, **kwargs):
         raise ExportError("stopped here by the test")
 
-    monkeypatch.setattr(pipeline, "build_model", stop)
+    monkeypatch.setattr(pipeline, "build_default_model", stop)
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.WARNING, logger="lfm_deploy"):
         result = CliRunner().invoke(main, ["--domain", "isic", "--masker", "masker-deepglobe.safetensors",

@@ -15,20 +15,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lfm_deploy"
 
 #: What each part of the package may import from the others (besides the base modules:
 #: errors, contract, manifest, domains, preprocess, utils). Imports point one way:
-#: cli -> jobs (export, verify, finetune) -> stages (parity, tensorrt, serving) -> models/data/runtime.
+#: cli -> jobs (export, verify, finetune) -> stages (parity, tensorrt, serving) -> pretrain ->
+#: models/data/runtime. `pretrain` (the synthetic-data default weights) trains a models learner on
+#: data's synthetic shapes, so it sits just above both.
 ALLOWED = {
     "runtime": set(),
     "utils": set(),
     "models": set(),
     "data": set(),
-    "parity": {"models", "data", "runtime"},
-    "tensorrt": {"parity", "runtime", "models", "data"},
+    "pretrain": {"models", "data"},
+    "parity": {"models", "data", "runtime", "pretrain"},
+    "tensorrt": {"parity", "runtime", "models", "data", "pretrain"},
     "serving": {"runtime"},
-    "precision": {"parity", "runtime", "tensorrt", "models", "data"},
-    "export": {"models", "data", "parity", "tensorrt", "serving", "runtime", "precision"},
-    "finetune": {"models", "data"},
-    "verify": {"models", "data", "parity", "tensorrt", "export", "runtime", "precision"},
-    "cli": {"models", "data", "parity", "tensorrt", "serving", "export", "finetune", "verify", "runtime", "precision"},
+    "precision": {"parity", "runtime", "tensorrt", "models", "data", "pretrain"},
+    "export": {"models", "data", "parity", "tensorrt", "serving", "runtime", "precision", "pretrain"},
+    "finetune": {"models", "data", "pretrain"},
+    "verify": {"models", "data", "parity", "tensorrt", "export", "runtime", "precision", "pretrain"},
+    "cli": {"models", "data", "parity", "tensorrt", "serving", "export", "finetune", "verify", "runtime", "precision",
+            "pretrain"},
 }
 BASE = {"errors", "contract", "manifest", "domains", "preprocess", "utils", "__init__"}
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..manifest import weights_label
 from . import COUNT, SEED, SHOTS, THREADS, domain_choice_callback, setup_logging, user_errors, verbose_option
 
 
@@ -13,7 +14,8 @@ from . import COUNT, SEED, SHOTS, THREADS, domain_choice_callback, setup_logging
 @click.option("--domain", required=True, callback=domain_choice_callback,
               help="Target domain: deepglobe, isic, chest_xray (lung), fss1000.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="HSNet-ResNet50 checkpoint (upstream best_model.pt). Default: the seeded UNTRAINED built-in weights.")
+              help="HSNet-ResNet50 checkpoint (upstream best_model.pt). Default: the synthetic-data default (built once and "
+                   "cached; not a real model); 'untrained' for the seeded untrained weights.")
 @click.option("--masker", type=click.Path(dir_okay=False), default=None, help="Masker file written by lfm-finetune.")
 @click.option("--apm", type=click.Choice(["auto", "m", "s", "none"]), default="auto",
               help="APM variant; auto = the masker file's, else m.")
@@ -71,8 +73,7 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
     man = result.manifest
     click.echo(f"Exported {man['domain']} ({man['variant']}, {man['lowering']} lowering, {man['shots']}-shot) to {result.out_dir}")
     if man["untrained"]:
-        click.secho("  weights: UNTRAINED default (seeded random initialisation); pass --checkpoint for a real model",
-                    fg="yellow")
+        click.secho(f"  weights: {weights_label(man)}; pass --checkpoint for a real model", fg="yellow")
     for name, entry in man["files"].items():
         click.echo(f"  {name:<14} {entry['bytes'] / 1e6:7.1f} MB  sha256 {entry['sha256'][:16]}")
     if result.checks:

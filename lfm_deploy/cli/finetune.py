@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ..manifest import SYNTHETIC_SOURCE
 from ..preprocess import MAX_IMAGE_SIDE
 from . import (
     COUNT,
@@ -44,14 +45,18 @@ def _apm_value(ctx, param, value):
     return None if value == "none" else value
 
 
-def _untrained_note(untrained: bool) -> None:
-    if untrained:
-        click.secho(
-            "NOTE: UNTRAINED base weights (no --checkpoint): seeded random backbone and learner, "
-            "only good for trying the pipeline; pass an HSNet checkpoint for real results.",
-            fg="yellow",
-            err=True,
-        )
+def _untrained_note(weights: dict) -> None:
+    """The yellow note under a result computed on weights that are not a real model."""
+    if not weights.get("untrained"):
+        return
+    if weights.get("source") == SYNTHETIC_SOURCE:
+        text = ("NOTE: SYNTHETIC-DATA default base weights (no --checkpoint): the HSNet head was trained on "
+                "lfm-make-data's synthetic shapes, the backbone is seeded random. Not a real model: it shows "
+                "the pipeline working on synthetic data only; pass an HSNet checkpoint (--checkpoint) for real results.")
+    else:
+        text = ("NOTE: UNTRAINED base weights: seeded random backbone and learner, only good for trying the "
+                "pipeline; pass an HSNet checkpoint for real results.")
+    click.secho(text, fg="yellow", err=True)
 
 
 @click.command("lfm-finetune", context_settings={"show_default": True, "max_content_width": 100})
@@ -67,7 +72,8 @@ def _untrained_note(untrained: bool) -> None:
     "Exclusive with --data-root.",
 )
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Base HSNet-ResNet50 checkpoint. Without it the UNTRAINED seeded default is used.")
+              help="Base HSNet-ResNet50 checkpoint (see README 'Published checkpoints'). Without it the synthetic-data "
+                   "default (built once and cached; not a real model); 'untrained' for the seeded untrained one.")
 @click.option("--shots", type=SHOTS, default=None,
               help="Support images per class. Default: the domain's default (1) with --data-root, all with --support.")
 @click.option("--apm", type=click.Choice(["m", "s", "none"]), default="m", callback=_apm_value,
@@ -125,7 +131,7 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
     click.echo(f"base weights  {result.weights.describe()}")
     click.echo(f"masker        {result.masker_path}")
     click.echo(f"log           {result.log_path}")
-    _untrained_note(result.weights.untrained)
+    _untrained_note(result.weights.to_dict())
 
 
 @click.command("lfm-eval", context_settings={"show_default": True, "max_content_width": 100})
@@ -137,7 +143,8 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
 @click.option("--masker", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Masker file from lfm-finetune (sets --apm/--acpa from its metadata).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Base HSNet-ResNet50 checkpoint. Without it the UNTRAINED seeded default is used.")
+              help="Base HSNet-ResNet50 checkpoint (see README 'Published checkpoints'). Without it the synthetic-data "
+                   "default (built once and cached; not a real model); 'untrained' for the seeded untrained one.")
 @click.option("--protocol", type=click.Choice(["per-domain", "per-episode"]), default="per-domain",
               help="per-domain: one fixed masker for all episodes. per-episode (the paper's): reset and "
               "re-tune the masker on each episode's supports before predicting its query.")
@@ -193,7 +200,7 @@ def eval_main(domain, data_root, shots, masker, checkpoint, protocol, episodes, 
         click.echo(f"report  {report}")
     if "note" in result:
         click.echo(f"note    {result['note']}")
-    _untrained_note(result["untrained"])
+    _untrained_note({**result["weights"], "untrained": result["untrained"]})
 
 
 @click.command("lfm-make-data", context_settings={"show_default": True, "max_content_width": 100})

@@ -203,7 +203,8 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
     click.echo(f"Wrote {written} mask(s){' and overlays' if overlay else ''} to {out.path} "
                f"({seg.domain}, {seg.shots}-shot, {', '.join(seg.providers)}); table: {RESULTS_NAME}")
     if seg.untrained:
-        click.secho("  note: these artifacts hold UNTRAINED default weights; the masks are not meaningful", fg="yellow")
+        click.secho(f"  note: these artifacts hold the {seg.weights_label} weights; the masks say nothing about "
+                    "real images", fg="yellow")
     if failed:
         for row in failed:
             click.echo(f"  not segmented: {row['error']}", err=True)

@@ -22,8 +22,9 @@ from ..contract import default_io
 from ..domains import Domain, get_domain
 from ..errors import ExportError, ParityError, PrecisionGateError
 from ..manifest import SCHEMA_VERSION, file_entry, write_manifest
-from ..models import build_model, read_masker
-from ..models.checkpoints import UNTRAINED_LABEL, check_masker_domain, masker_variant
+from ..models import read_masker
+from ..models.checkpoints import check_masker_domain, masker_variant
+from ..pretrain import build_default_model
 from ..models.graphs import EncoderGraph, EpisodeGraph, HeadGraph
 from ..parity.compare import OutputCheck, format_checks
 from ..parity.episodes import validation_episode
@@ -193,7 +194,8 @@ def export_domain(
     Args:
         domain: registry name (or a `Domain`).
         out: output directory (default `artifacts/<domain>`); replaced atomically on success.
-        checkpoint: HSNet checkpoint; None uses the seeded UNTRAINED default (flagged everywhere).
+        checkpoint: HSNet checkpoint; None uses the synthetic-data default (not a real model, flagged
+            everywhere), "untrained" the seeded UNTRAINED default.
         masker: masker file from `lfm-finetune`.
         apm: "m", "s", None/"none", or "auto" (the masker file's variant, else "m").
         acpa: ACPA on/off, or None (the masker file's choice, else on).
@@ -283,7 +285,8 @@ def export_domain(
                    enabled=progress)
     try:
         steps.start("building the eager model")
-        model, weights = build_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size)
+        model, weights = build_default_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size,
+                                             progress=progress)
         # Room for the graphs, checked before tracing (a rough estimate: the episode graph holds
         # every weight, the encoder and head together about as much again; Triton links them).
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -404,7 +407,7 @@ def export_domain(
                 "reference_graphs": {g: GRAPH_FILES[g] for g in graphs},
                 "weights": weights.to_dict(),
                 "untrained": bool(weights.untrained),
-                "inputs": _input_hashes(checkpoint, masker),
+                "inputs": _input_hashes(weights.checkpoint, masker),
                 "tolerances": tolerances.to_manifest(),
                 "parity": {"validated": validate, "passed": all(c.passed for c in checks),
                            "checks": [c.to_dict() for c in checks], "acpa_sign_case": sign_case},
@@ -412,7 +415,7 @@ def export_domain(
                 "versions": {k: v for k, v in library_versions().items() if v is not None},
             }
             if weights.untrained:
-                manifest["warning"] = UNTRAINED_LABEL
+                manifest["warning"] = weights.label
             files = [GRAPH_FILES[g] for g in graphs] + [str(p.relative_to(tmp)) for p in triton_files if p.is_file()]
             if reduced is not None:
                 files += sorted(set(reduced.graphs.values()) - set(files))

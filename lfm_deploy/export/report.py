@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..manifest import weights_label
 from ..parity.compare import OutputCheck
 
 REPORT_JSON = "export_report.json"
@@ -29,8 +30,7 @@ def write_reports(directory: Path, manifest: dict, checks: list[OutputCheck], li
 
 def markdown(manifest: dict, checks: list[OutputCheck], lint: dict, seconds: float) -> str:
     """The Markdown report: settings, one parity row per graph output, what qualifies them."""
-    weights = ("**UNTRAINED default** (seeded; not a trained model)" if manifest["untrained"]
-               else manifest["weights"]["checkpoint"])
+    weights = f"**{weights_label(manifest)}**" if manifest["untrained"] else manifest["weights"]["checkpoint"]
     lines = [
         f"# lfm-export report: {manifest['domain']}",
         "",

@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from ..data import load_episode, make_episodes, open_dataset
 from ..domains import Domain, get_domain
 from ..errors import CheckpointError
-from ..models import build_model
 from ..models.checkpoints import check_masker_domain, masker_state, masker_variant, read_masker
+from ..pretrain import build_default_model
 from .metrics import SegmentationMeter, intersection_union
 from ..utils.outputs import OutputDir, OutputFile, check_distinct
 from ..utils.overlays import draw_overlay, font, text_px
@@ -151,7 +151,8 @@ def evaluate(
         data_root: dataset root holding the domain's folder.
         shots: supports per episode; default `domain.default_shots`.
         masker: masker file from `lfm-finetune`; its metadata sets the variant (APM, ACPA).
-        checkpoint: base HSNet checkpoint; None uses the UNTRAINED seeded default (reported).
+        checkpoint: base HSNet checkpoint; None uses the synthetic-data default (not a real model;
+            reported), "untrained" the seeded UNTRAINED default.
         protocol: "per-domain" or "per-episode" (see the module docstring).
         episodes: number of episodes; default the benchmark's (`domain.test_episodes`).
         seed: episode sampling seed (0 reproduces upstream) and, per-episode without a masker
@@ -214,7 +215,8 @@ def evaluate(
                 f"evaluated at {size}x{size}; fine-tune a masker at this size"
             )
         check_masker_domain(masker, masker_meta, domain.name, "evaluating it on")
-    model, weights = build_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size)
+    model, weights = build_default_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size,
+                                         progress=progress)
     per_episode = protocol == "per-episode"
     schedule = domain.finetune
     iterations = schedule.iterations if iterations is None else int(iterations)
@@ -229,7 +231,7 @@ def evaluate(
         log.warning("no masker file: evaluating %s with the masker as built (not fine-tuned)", model.variant)
 
     if weights.untrained:
-        log.warning("evaluating UNTRAINED base weights: the numbers say nothing about the method")
+        log.warning("evaluating the %s: the numbers say nothing about the method", weights.label or "UNTRAINED base weights")
     meter = SegmentationMeter(dataset.num_classes, dataset.class_titles or dataset.classes)
     overlay_files: list[str] = []
     finetune_seconds = 0.0

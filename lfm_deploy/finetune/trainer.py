@@ -53,11 +53,12 @@ from .. import __version__
 from ..data import check_foreground, open_dataset, open_support
 from ..domains import Domain, get_domain
 from ..errors import DataError, LFMError
-from ..models import LFMHSNet, WeightsInfo, build_model, save_masker
+from ..models import LFMHSNet, WeightsInfo, save_masker
 from ..models.backbone import FEATURE_LAYERS
 from ..models.checkpoints import MASKER_FORMAT
 from ..models.correlation import correlation
 from ..models.hsnet import LAYER4_START
+from ..pretrain import build_default_model
 from ..utils.outputs import OutputFile, safetensors_metadata
 
 log = logging.getLogger(__name__)
@@ -684,7 +685,8 @@ def finetune_domain(
 ) -> FinetuneResult:
     """Fine-tune a masker for one target domain and write it with a JSON log.
 
-    Builds the model (`build_model`: the checkpoint, or the labelled UNTRAINED seeded default),
+    Builds the model (`lfm_deploy.pretrain.build_default_model`: the checkpoint, or the labelled
+    synthetic-data default, or with checkpoint="untrained" the seeded untrained one),
     reads the support set (`load_support_set`), resets the masker (`init_masker`) and trains it
     (`finetune_masker`). Writes the masker (`save_masker`, atomically; metadata: domain, variant,
     image size, base checkpoint sha256, settings) and `<name>.finetune.json` next to it (settings,
@@ -695,7 +697,8 @@ def finetune_domain(
         domain: registry name/alias or a `Domain`.
         data_root: benchmark dataset root (exclusive with `support`).
         support: a user support folder or index file (exclusive with `data_root`).
-        checkpoint: base HSNet checkpoint; None uses the untrained seeded default.
+        checkpoint: base HSNet checkpoint; None uses the synthetic-data default (not a real model,
+            labelled), "untrained" the seeded untrained default.
         shots: support images per class (see `load_support_set`).
         apm: "m", "s" or None.
         acpa: whether the model has ACPA.
@@ -737,7 +740,7 @@ def finetune_domain(
 
     started = time.time()
     support_set = load_support_set(domain, data_root=data_root, support=support, shots=shots, image_size=size)
-    model, weights = build_model(apm=apm, acpa=acpa, checkpoint=checkpoint, image_size=size)
+    model, weights = build_default_model(apm=apm, acpa=acpa, checkpoint=checkpoint, image_size=size, progress=progress)
     result = finetune_masker(
         model, support_set.images, support_set.masks, iterations=iterations, lr=lr, seed=seed,
         optimizer=optimizer, class_ids=support_set.class_ids, pairs_per_iteration=pairs_per_iteration,
@@ -775,7 +778,7 @@ def finetune_domain(
         "weights": weights.to_dict(),
         "weights_description": weights.describe(),
         "untrained_base": weights.untrained,
-        "base_sha256": weights.checkpoint_sha256 or "untrained-default",
+        "base_sha256": weights.base_sha256,
         "masker": str(masker_path),
         "losses": result.losses,
         "first_loss": result.first_loss,

@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 
 from ..errors import CheckpointError
-from ..manifest import sha256_file
+from ..manifest import SYNTHETIC_LABEL, SYNTHETIC_SOURCE, UNTRAINED_LABEL, sha256_file
 from ..utils.files import MAX_CHECKPOINT_BYTES, MAX_MASKER_BYTES, regular_file
 from ..utils.outputs import atomic_write_bytes, safetensors_metadata
 from .hsnet import LFMHSNet
@@ -28,17 +28,23 @@ log = logging.getLogger(__name__)
 
 MASKER_FORMAT = "lfm-deploy-masker"
 MASKER_FORMAT_VERSION = 1
-#: Seed of the built-in untrained default weights.
+#: Seed of the built-in default weights (the untrained ones and the synthetic-data default's backbone).
 DEFAULT_SEED = 0
-UNTRAINED_LABEL = "UNTRAINED default (seeded random initialisation, not a trained model)"
+#: `WeightsInfo.source` of the seeded untrained default (the synthetic-data default's is `SYNTHETIC_SOURCE`).
+UNTRAINED_SOURCE = "untrained-default"
 _MAX_LISTED = 8
 
 
 @dataclass
 class WeightsInfo:
-    """Where a model's weights came from; written into logs, reports and manifests."""
+    """Where a model's weights came from; written into logs, reports and manifests.
 
-    source: str = "untrained-default"
+    `untrained` is true for everything that is not a real trained model: the seeded untrained
+    default, a backbone-only file, and the synthetic-data default (`source` "synthetic-default",
+    whose learner file and training recipe are named by `learner`, `learner_sha256`, `recipe`).
+    """
+
+    source: str = UNTRAINED_SOURCE
     untrained: bool = True
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
@@ -47,12 +53,35 @@ class WeightsInfo:
     masker_sha256: str | None = None
     masker_meta: dict = field(default_factory=dict)
     seed: int | None = DEFAULT_SEED
+    learner: str | None = None
+    learner_sha256: str | None = None
+    recipe: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def synthetic(self) -> bool:
+        """Whether these are the synthetic-data default weights."""
+        return self.source == SYNTHETIC_SOURCE
+
+    @property
+    def label(self) -> str:
+        """The warning label of weights that are not a real model ("" for a trained checkpoint)."""
+        if self.synthetic:
+            return SYNTHETIC_LABEL
+        return UNTRAINED_LABEL if self.untrained else ""
+
+    @property
+    def base_sha256(self) -> str:
+        """What a masker fine-tuned on these weights records as its base: the checkpoint's sha256,
+        the synthetic default's learner file's, or "untrained-default"."""
+        return self.checkpoint_sha256 or self.learner_sha256 or UNTRAINED_SOURCE
+
     def describe(self) -> str:
-        if self.untrained:
+        if self.synthetic:
+            base = f"{SYNTHETIC_LABEL}, seed {self.seed}, learner sha256 {(self.learner_sha256 or '?')[:12]}"
+        elif self.untrained:
             base = f"{UNTRAINED_LABEL}, seed {self.seed}"
         else:
             base = f"{self.checkpoint_kind} checkpoint {self.checkpoint} (sha256 {self.checkpoint_sha256[:12]})"
@@ -284,7 +313,7 @@ def save_masker(model: LFMHSNet, path: str | os.PathLike, *, domain: str, weight
         "apm": model.apm_variant or "none",
         "acpa": "true" if model.use_acpa else "false",
         "image_size": str(model.image_size),
-        "base_sha256": weights.checkpoint_sha256 or "untrained-default",
+        "base_sha256": weights.base_sha256,
         "base_untrained": "true" if weights.untrained else "false",
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
@@ -382,7 +411,7 @@ def load_masker(model: LFMHSNet, path: str | os.PathLike, weights: WeightsInfo |
     merged = _merge_checked(model, tensors, required, str(path))
     base = meta.get("base_sha256")
     if weights is not None:
-        have = weights.checkpoint_sha256 or "untrained-default"
+        have = weights.base_sha256
         if base and base != have:
             log.warning(
                 "masker %s was fine-tuned on base weights %s but the model has %s; results may differ from the fine-tuned model",
@@ -393,6 +422,26 @@ def load_masker(model: LFMHSNet, path: str | os.PathLike, weights: WeightsInfo |
         weights.masker_meta = meta
     model.load_state_dict(merged, strict=True)
     return meta
+
+
+def load_learner(model: LFMHSNet, path: str | os.PathLike) -> str:
+    """Load a learner-only file (`hpn_learner.*` and nothing else) into `model`, checked first.
+
+    Read safely (`read_state_dict`: tensors only, never arbitrary pickled objects) and validated
+    completely (every learner key, nothing else, shapes, finiteness) before anything is copied.
+
+    Returns:
+        The file's sha256.
+
+    Raises:
+        CheckpointError: unreadable, not a learner file, or corrupt.
+    """
+    state = read_state_dict(path)
+    foreign = [k for k in state if not k.startswith("hpn_learner.")]
+    if foreign:
+        raise CheckpointError(f"{path} is not a learner file: it has {len(foreign)} other keys ({_listing(foreign)})")
+    model.load_state_dict(_merge_checked(model, state, ["hpn_learner."], str(path)), strict=True)
+    return sha256_file(path)
 
 
 def _calibrate_batchnorm(backbone: torch.nn.Module, seed: int, images: int = 4, size: int = 128) -> None:
@@ -426,12 +475,31 @@ def build_model(
     image_size: int = 400,
     seed: int = DEFAULT_SEED,
     official_shift: bool = False,
+    learner: str | os.PathLike | None = None,
+    recipe: Mapping | None = None,
+    announce: bool = True,
 ) -> tuple[LFMHSNet, WeightsInfo]:
     """Build an LFMHSNet in eval mode with its weights, and describe where they came from.
 
-    With no `checkpoint`, backbone and learner get a deterministic seeded initialisation (the
-    built-in default when no public weights are on the machine), labelled untrained. A
-    `masker` file must match `apm`/`acpa` (a mismatch is an error, never silently adapted).
+    With no `checkpoint`, backbone and learner get a deterministic seeded initialisation,
+    labelled untrained. With a `learner` file (the synthetic-data default's, built by
+    `lfm_deploy.pretrain.default_learner`), the seeded model gets that file's learner and is
+    labelled the synthetic-data default (still `untrained`: not a real model). The commands'
+    default with no `--checkpoint` is the synthetic one (`lfm_deploy.pretrain.build_default_model`);
+    this low-level builder never trains anything. A `masker` file must match `apm`/`acpa` (a
+    mismatch is an error, never silently adapted).
+
+    Args:
+        apm, acpa: the masker variant.
+        checkpoint: an HSNet or ResNet-50 checkpoint (`load_checkpoint`).
+        masker: a masker file from lfm-finetune.
+        image_size: the square input size the model is built for.
+        seed: seed of the default initialisation.
+        official_shift: see `load_checkpoint`.
+        learner: a learner-only file over the seeded default (not with `checkpoint`).
+        recipe: how `learner` was trained, recorded in the `WeightsInfo`.
+        announce: warn which built-in default is used (off for callers that build on it, like
+            the synthetic default's own training).
 
     Raises:
         CheckpointError: see `load_checkpoint` and `load_masker`.
@@ -439,7 +507,11 @@ def build_model(
     Returns:
         (model, weights info).
     """
+    if checkpoint is not None and learner is not None:
+        raise CheckpointError("pass either a checkpoint or the synthetic default's learner file, not both")
     # Missing or misnamed files are reported before the network is built (seconds at 400 px).
+    if learner is not None:
+        _existing_file(learner, "learner file", "build the synthetic default again (lfm_deploy.pretrain)")
     if checkpoint is not None:
         _existing_file(checkpoint, "checkpoint", "pass the path of an existing file")
     if masker is not None:
@@ -453,7 +525,12 @@ def build_model(
     info = WeightsInfo(seed=seed)
     if checkpoint is not None:
         info = load_checkpoint(model, checkpoint, official_shift=official_shift)
-    else:
+    elif learner is not None:
+        info = WeightsInfo(source=SYNTHETIC_SOURCE, seed=seed, learner=str(learner),
+                           learner_sha256=load_learner(model, learner), recipe=dict(recipe) if recipe else None)
+        if announce:
+            log.warning("no checkpoint given: using the %s", SYNTHETIC_LABEL)
+    elif announce:
         log.warning("no checkpoint given: using the %s", UNTRAINED_LABEL)
     if masker is not None:
         load_masker(model, masker, info)

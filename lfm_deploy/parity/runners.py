@@ -88,17 +88,31 @@ class ModelFromManifest:
         """
         import torch
 
+        from ..manifest import sha256_file
         from ..models import build_model
-        from ..models.checkpoints import DEFAULT_SEED
+        from ..models.checkpoints import DEFAULT_SEED, SYNTHETIC_SOURCE
+        from ..pretrain import default_learner, recipe_of
 
         m = self.manifest
         weights = m.get("weights", {})
         apm = m.get("apm", "m")
+        seed = DEFAULT_SEED if weights.get("seed") is None else int(weights["seed"])
+        learner = None
+        if weights.get("source") == SYNTHETIC_SOURCE:
+            # The synthetic-data default is rebuilt from its recorded recipe (the cache of this
+            # machine, built if missing), and must be the very learner that was exported.
+            learner = default_learner(recipe_of(weights), seed)
+            want, have = weights.get("learner_sha256"), sha256_file(learner)
+            if want and have != want:  # float64 recipes agree to ~1e-9 across CPUs, not always bit for bit
+                log.warning("the synthetic-data default built here (%s, sha256 %s) is not byte-identical to the one "
+                            "these artifacts were exported with (sha256 %s); small differences are expected on "
+                            "another CPU, large ones mean another recipe: export again here", learner, have[:12],
+                            want[:12])
         model, _ = build_model(
             apm=None if apm in (None, "none") else apm, acpa=bool(m.get("acpa", True)),
             checkpoint=weights.get("checkpoint"), masker=weights.get("masker"),
-            image_size=int(m["image_size"]),
-            seed=DEFAULT_SEED if weights.get("seed") is None else int(weights["seed"]),
+            image_size=int(m["image_size"]), seed=seed, learner=learner,
+            recipe=weights.get("recipe") if learner is not None else None,
         )
         if self.modify is not None:
             self.modify(model)

@@ -92,11 +92,9 @@ def make_trained_checkpoint(path: str | os.PathLike, *, train_size: int = 160, i
     steps: foreground IoU ~0.5 on the validation episodes, median |logit margin| ~4.5, 2% of the
     pixels within 0.1 of a tie). The weights do not depend on the image size.
 
-    Training runs in float64 by default: in float32 the order of the CPU's sums (AVX-512 with or
-    without AMX, AVX2) moved 200 Adam steps far enough apart that the same seed gave a model
-    with mixed masks on an Intel Xeon and empty ones on an AMD EPYC; float64 rounding is ~1e9
-    times smaller, so every CPU family gets the same model to well under the gate's margins.
-    The weights are saved as float32.
+    Training is `lfm_deploy.pretrain.train_learner` (the synthetic-data default's code) with whole
+    `train_size` images, in float64 by default: the same weights on every CPU family (see
+    `lfm_deploy.pretrain.Recipe.dtype`). The weights are saved as float32.
 
     Args:
         path: where to write it (a `torch.save` state dict of backbone and learner).
@@ -111,54 +109,16 @@ def make_trained_checkpoint(path: str | os.PathLike, *, train_size: int = 160, i
     Returns:
         {"path", "loss" (mean over the last 20 steps)}.
     """
-    import torch.nn.functional as F
+    from ..pretrain import Recipe, train_learner
 
-    from ..data.synthetic import synthetic_pair
-    from ..preprocess import normalize_image, prepare_mask
+    recipe = Recipe(train_size=train_size, iterations=iterations, lr=lr, dtype=dtype, domain=domain)
 
-    dom = get_domain(domain)
-    model, _ = build_model(image_size=train_size, seed=seed)
-    wide = {"float64": torch.float64, "float32": torch.float32}[dtype]
-    model = model.to(wide)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    learner = model.hpn_learner
-    for p in learner.parameters():
-        p.requires_grad_(True)
-    learner.train()
-    opt = torch.optim.Adam(learner.parameters(), lr=lr)
-    rng = np.random.default_rng([seed, 7919])
-    gray = dom.color == "grayscale"
+    def every_20(step: int, loss: float) -> None:
+        if progress is not None and step % 20 == 0:
+            progress(step, loss)
 
-    def pair(data_seed: int, cls: int, index: int):
-        image, mask = synthetic_pair(train_size + 37, data_seed, cls, index, grayscale=gray)
-        return (torch.from_numpy(normalize_image(image, train_size, dom.mean, dom.std))[None].to(wide),
-                torch.from_numpy(prepare_mask(mask, train_size).astype(np.float32))[None].to(wide))
-
-    saved = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    losses = []
-    try:
-        for step in range(iterations):
-            data_seed, cls = int(rng.integers(10_000, 10**9)), int(rng.integers(0, 6))
-            query, query_mask = pair(data_seed, cls, 0)
-            support, support_mask = pair(data_seed, cls, 1)
-            logits = model(query, support, support_mask)
-            fg = query_mask.mean().clamp(0.05, 0.95)
-            loss = F.cross_entropy(logits, query_mask.long(), weight=torch.stack([0.5 / (1 - fg), 0.5 / fg]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if progress is not None and step % 20 == 0:
-                progress(step, float(np.mean(losses[-20:])))
-    finally:
-        torch.set_num_threads(saved)
-    learner.eval()
-    state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()
-             if k.startswith(("backbone.", "hpn_learner."))}
+    state, stats = train_learner(recipe, seed=seed, threads=threads, progress=every_20)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     path = atomic_write_bytes(Path(path), buffer.getvalue())
-    return {"path": path, "loss": float(np.mean(losses[-20:]))}
+    return {"path": path, "loss": stats["loss_last"]}

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError, ManifestError
-from ..manifest import read_manifest, verify_file
+from ..manifest import read_manifest, verify_file, weights_label
 from ..contract import graph_io
 from ..preprocess import ImageLike, resize_mask_nearest
 from ..utils.limits import cap_threads
@@ -161,8 +161,8 @@ class Segmenter:
         self._head = None
         self._check_gate(manifest)
         if manifest.get("untrained"):
-            log.warning("%s holds the UNTRAINED default weights (seeded random initialisation): masks are not "
-                        "meaningful; export with --checkpoint for a real model", self.directory)
+            log.warning("%s holds the %s weights: masks say nothing about real images; export with --checkpoint "
+                        "for a real model", self.directory, weights_label(manifest))
         if manifest.get("engines"):
             log.info("%s lists TensorRT engines; this runtime uses the ONNX graphs (providers='tensorrt' builds "
                      "engines through onnxruntime's TensorRT EP)", self.directory)
@@ -358,8 +358,14 @@ class Segmenter:
 
     @property
     def untrained(self) -> bool:
-        """Whether the artifacts hold the seeded UNTRAINED default weights."""
+        """Whether the artifacts hold weights that are not a real model (the seeded untrained
+        default or the synthetic-data default; `weights_label` says which)."""
         return bool(self._manifest.get("untrained"))
+
+    @property
+    def weights_label(self) -> str:
+        """How the artifacts' weights are flagged when they are not a real model, else ""."""
+        return weights_label(self._manifest)
 
     @property
     def has_support(self) -> bool:

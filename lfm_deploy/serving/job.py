@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError, ManifestError
-from ..manifest import read_manifest
+from ..manifest import read_manifest, weights_label
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class Job:
             "precision": _precision_name(m.get("precision")),
             "image_size": m.get("image_size"),
             "untrained": bool(m.get("untrained")),
+            # Which not-real weights ("" for a trained checkpoint): the untrained or the synthetic-data default.
+            "weights_label": weights_label(m),
             "created_by": m.get("created_by"),
             "artifacts": {name: entry.get("sha256") for name, entry in sorted((m.get("files") or {}).items())},
             "support": list(self.support_names),

@@ -356,7 +356,7 @@ def verify_artifacts(
 
     t0 = time.perf_counter()
     artifact_dir = Path(artifact_dir)
-    from ..manifest import read_manifest
+    from ..manifest import read_manifest, weights_label
 
     manifest = read_manifest(artifact_dir)
     if episodes < 1:
@@ -451,6 +451,7 @@ def verify_artifacts(
             lw = _layerwise(artifact_dir, manifest, feeds[0], model_loader, workdir, threads, tols["fp32"].stage_rel,
                             layerwise_backend)
         model = {k: manifest.get(k) for k in ("domain", "variant", "lowering", "shots", "image_size", "opset", "untrained")}
+        model["weights_label"] = weights_label(manifest)
         bar.close()
         report = VerifyReport(str(artifact_dir), model, episodes, seed, REFERENCE, results, lw, _environment(),
                               time.perf_counter() - t0)

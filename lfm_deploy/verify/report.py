@@ -49,7 +49,7 @@ def markdown(report: VerifyReport) -> str:
         f"# lfm-verify: {m.get('domain')} ({m.get('variant')}, {m.get('lowering')} lowering, "
         f"{m.get('shots')}-shot, {m.get('image_size')}x{m.get('image_size')})",
         "",
-        f"- artifacts: `{report.artifact_dir}`" + (" (UNTRAINED default weights)" if m.get("untrained") else ""),
+        f"- artifacts: `{report.artifact_dir}`" + (f" (weights: {m.get('weights_label') or 'UNTRAINED default'})" if m.get("untrained") else ""),
         f"- {report.episodes} seeded episode(s) from seed {report.seed}; reference: `{report.reference}`",
         f"- result: **{'PASS' if report.passed else 'FAIL'}**"
         + (f" ({', '.join(b.name for b in report.failures)} outside tolerance)" if report.failures else ""),

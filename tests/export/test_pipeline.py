@@ -166,7 +166,7 @@ def test_export_never_replaces_the_users_files(exported, tmp_path, monkeypatch):
     """A folder that is not an earlier export, or an export the user added files to, is refused
     before any work, and nothing in it changes."""
     reuse_exports(monkeypatch, exported(1).out_dir)
-    monkeypatch.setattr(pipeline, "build_model", lambda **kw: pytest.fail("work started before the output check"))
+    monkeypatch.setattr(pipeline, "build_default_model", lambda **kw: pytest.fail("work started before the output check"))
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("precious")

@@ -101,13 +101,15 @@
         item.querySelector(".v").textContent = String(v);
         model.appendChild(item);
       }
+      const synthetic = String(meta.weights_label || "").startsWith("SYNTHETIC");
       if (meta.untrained) {
         const tag = document.createElement("span");
         tag.className = "tag-untrained";
-        tag.textContent = "UNTRAINED";
+        tag.textContent = synthetic ? "SYNTHETIC-DATA DEFAULT" : "UNTRAINED";
         model.appendChild(tag);
       }
-      $("untrained").hidden = !meta.untrained;
+      $("untrained").hidden = !meta.untrained || synthetic;
+      $("synthetic").hidden = !(meta.untrained && synthetic);
       $("shots-label").textContent = shots === 1 ? "(1 image and its mask)" : `(${shots} images and their masks)`;
       updateQueryEnabled();
     } catch (exc) {
