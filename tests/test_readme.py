@@ -154,7 +154,7 @@ def _references(doc: str) -> list[tuple[str, str]]:
         name = match.group(1)
         here = (folder / name).as_posix()
         found.append((here if (ROOT / here).exists() or doc == "README.md" else name, name))
-    for match in LINK.finditer(re.sub(r"`[^`\n]*`", "", text)):  # code spans hold no links (`a[i](x)`)
+    for match in LINK.finditer(re.sub(r"`[^`]*`", "", text)):  # code spans hold no links (`a[i](x)`)
         target = match.group(1).split("#")[0]
         if not target or re.match(r"[a-z]+:", target):  # an anchor in the same page, or a URL
             continue
