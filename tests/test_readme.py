@@ -36,6 +36,8 @@ NOT_RUN = {
     "benchmarks/": "benchmark commands, measured separately (minutes each)",
     "--engine ray": "Ray examples with placeholder files and clusters; tests/serving runs both paths on a real cluster",
     "lfm-serve": "a long-running service with placeholder files; tests/serving runs it and its HTTP API",
+    "label-studio start": "starts Label Studio, a long-running application; tests/serving/test_label_studio.py runs "
+                          "it and the backend against it",
     "--precision int8": "a reduced-precision export of a placeholder checkpoint (minutes at 400 px); tests/precision "
                         "runs the same command on a test checkpoint",
 }
