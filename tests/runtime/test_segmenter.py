@@ -142,6 +142,26 @@ def test_matches_eager_model(balanced, shots, n_queries):
         _check_parity(seg, model, queries, supports, masks, dom.mean, dom.std, f"{shots}-shot", nshot_api=True)
 
 
+@pytest.mark.parametrize("shots", [1, 5])
+def test_predict_with_confidence_is_predict_and_mean_certainty(balanced, shots):
+    """The masks are `predict`'s and the confidence is mean |2p - 1| over `predict_proba`'s S x S
+    probabilities, from one head run."""
+    art, _ = balanced(shots)
+    supports, masks = synthetic_support(shots, SIZE + 37)
+    queries = synthetic_queries(3, SIZE + 37)
+    with Segmenter.from_artifacts(art, threads=2) as seg:
+        seg.set_support(supports, masks)
+        pairs = seg.predict_with_confidence(queries, batch_size=2)
+        assert len(pairs) == 3
+        for query, (mask, confidence) in zip(queries, pairs):
+            np.testing.assert_array_equal(mask, seg.predict(query))
+            p = seg.predict_proba(query, original_size=False)
+            assert confidence == pytest.approx(float(np.abs(2.0 * p - 1.0).mean()), abs=1e-6)
+            assert 0.0 <= confidence <= 1.0
+        (single,) = seg.predict_with_confidence(queries[0])  # one image: still a list
+        np.testing.assert_array_equal(single[0], pairs[0][0])
+
+
 # Every registered domain's preprocessing, plus a non-ImageNet normalisation proving that the
 # manifest's mean/std are the ones applied (all registered domains share ImageNet's).
 _CUSTOM = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "color": "rgb"}

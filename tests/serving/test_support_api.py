@@ -139,7 +139,8 @@ def test_register_predict_get_delete(client, sets, fresh):
         assert resp.headers["x-support-set"] == set_id
         assert resp.content == want  # pixel for pixel (PNG bytes of the same 0/255 mask)
     js = client.post(f"/predict?support={set_id}&format=json", content=sets["queries"][0]).json()
-    assert set(js) == {"width", "height", "foreground", "rle"}
+    assert set(js) == {"width", "height", "foreground", "confidence", "rle"}
+    assert 0.0 <= js["confidence"] <= 1.0
 
     assert client.delete(f"/support-sets/{set_id}").status_code == 204
     _is_json_error(client.get(f"/support-sets/{set_id}"), 404, "unknown_support_set")
@@ -322,4 +323,5 @@ def test_batches_group_requests_by_set(model, sets, fresh):
         del seg._run_head
     assert runs == [2, 2]
     want_a, want_b = fresh(sets["a"], sets["queries"]), fresh(sets["b"], sets["queries"])
-    assert [mask_png(x) for x in out] == [want_a[0], want_b[0], want_a[1], want_b[1]]
+    assert [mask_png(mask) for mask, _ in out] == [want_a[0], want_b[0], want_a[1], want_b[1]]
+    assert all(0.0 <= confidence <= 1.0 for _, confidence in out)  # the mask's confidence, same head run
