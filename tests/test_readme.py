@@ -256,3 +256,21 @@ def test_masker_size_claims_match_a_saved_masker(tmp_path):
         actual = sizes[variant] / UNITS[unit]
         assert abs(actual - float(value)) <= 0.5 * 10 ** -decimals + 1e-9, \
             f"{doc} says {match.group(0)!r}; a saved APM-{apm} masker{' + ACPA' if acpa else ''} is {actual:.3f} {unit}"
+
+
+#: The README's test counts ("the quick tier (N tests)", "the whole suite (N tests").
+TEST_COUNTS = {"quick tier": ["-m", "not slow"], "whole suite": []}
+
+
+@pytest.mark.parametrize("tier", list(TEST_COUNTS))
+def test_stated_test_counts_are_what_pytest_collects(tier):
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"the\s+%s\s+\(([\d,]+) tests" % tier.replace(" ", r"\s+"), text)
+    assert stated, f"the README no longer states the {tier}'s test count"
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          *TEST_COUNTS[tier]], cwd=ROOT, capture_output=True, text=True, timeout=600).stdout
+    collected = re.search(r"^(\d+)(?:/\d+)? tests collected", out, re.M)
+    assert collected, out[-2000:]
+    assert int(stated.group(1).replace(",", "")) == int(collected.group(1)), \
+        f"README says the {tier} has {stated.group(1)} tests; pytest collects {collected.group(1)}: update the README"
+

@@ -285,8 +285,9 @@ def _interrupt_after(holder: Callable[[], object], attribute: str, calls: int, w
         def fake(*args, **kwargs):
             seen["n"] += 1
             if seen["n"] > calls:
-                if write_partial is not None:
-                    Path(args[write_partial]).write_bytes(b"half a file")
+                target_file = args[write_partial] if write_partial is not None else None
+                if isinstance(target_file, (str, os.PathLike)):  # a file (not an in-memory buffer)
+                    Path(target_file).write_bytes(b"half a file")
                 raise KeyboardInterrupt
             return original(*args, **kwargs)
 
