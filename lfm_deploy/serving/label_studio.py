@@ -423,20 +423,27 @@ class LabelStudioBackend:
         url = (task.get("data") or {}).get(project.schema.image_key)
         image = await asyncio.to_thread(self.client(project.id).image, url, task_id)
         at = time.time()
-        changed = []
+        changed, before = [], {}
         for label in project.schema.labels:
             shots = project.shots.setdefault(label, OrderedDict())
             mask = masks.get(label)
+            before[label] = shots.pop(task_id, None)
             if mask is None or not mask.any():
-                if shots.pop(task_id, None) is not None:
+                if before[label] is not None:
                     changed.append(label)
                 continue
-            shots.pop(task_id, None)
             shots[task_id] = Shot(task_id, annotation.get("id"), image, await asyncio.to_thread(_mask_png, mask), at)
             changed.append(label)
         made = {}
         for label in changed:
-            made[label] = await self._rebuild(project, label)
+            try:
+                made[label] = await self._rebuild(project, label)
+            except Exception:  # a set the service refuses: the task's earlier shot (if any) stays in use
+                shots = project.shots[label]
+                shots.pop(task_id, None)
+                if before[label] is not None:
+                    shots[task_id] = before[label]
+                raise
         log.info("Label Studio project %s: task %s annotated (%s)", project.id, task_id,
                  ", ".join(f"{k}: {v or 'waiting for more shots'}" for k, v in made.items()) or "no label changed")
         return {"status": "ok", "support_sets": made}
@@ -444,14 +451,17 @@ class LabelStudioBackend:
     async def _rebuild(self, project: Project, label: str) -> str | None:
         """Register the label's set from its K most recent shots (None: fewer than K so far)."""
         shots = project.shots.get(label) or OrderedDict()
-        old = project.sets.pop(label, None)
+        old = project.sets.get(label)
         recent = list(shots.values())[-self.shots:]
         set_id = None
-        if len(recent) == self.shots:
+        if len(recent) == self.shots:  # registering may raise: the label keeps its set then
             entry = await self.register([s.image for s in recent], [s.mask for s in recent])
             set_id = entry.id
-            project.sets[label] = set_id
             self._owned.add(set_id)
+        if set_id is None:
+            project.sets.pop(label, None)
+        else:
+            project.sets[label] = set_id
         if old and old != set_id and old not in project.sets.values():
             self._release(old)
         return set_id

@@ -241,3 +241,17 @@ def test_k_shot_set_is_the_k_most_recent_annotations(exported, pairs):
         recent = pairs[1:shots + 1]
         seg.set_support([img for img, _ in recent], [mask_png(m) for _, m in recent])
         np.testing.assert_array_equal(_decoded(prediction["result"][0]), seg.predict(query))
+
+
+def test_a_refused_annotation_keeps_the_earlier_set(one_shot, pairs):
+    client, _ = one_shot
+    image, mask = pairs[0]
+    good = _annotate(client, 51, image, [_brush(mask, "Field")], project=45)
+    assert good.status_code == 200
+    first = good.json()["support_sets"]["Field"]
+    # A mask drawn at another size than its image: the service's own check refuses the set.
+    bad = _annotate(client, 52, pairs[3][0], [_brush(pairs[1][1], "Field")], project=45)
+    assert bad.status_code == 400 and "support mask 0 is" in bad.json()["message"], bad.text
+    (prediction,) = _predict(client, [_task(53, pairs[2][0], project=45)], project=45)["results"]
+    assert f"Field={first}" in prediction["model_version"] and prediction["result"]
+    assert client.get(f"/support-sets/{first}").status_code == 200
