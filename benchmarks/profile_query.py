@@ -474,15 +474,11 @@ def markdown(result: dict) -> str:
 
 
 def _ensure_export(path: Path | None, size: int) -> Path:
-    from lfm_deploy.manifest import MANIFEST_NAME
+    """The export to profile (made at `size` when missing): bench_runtime's."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_runtime import _ensure_artifacts
 
-    path = path or ROOT / "artifacts" / f"bench-deepglobe-{size}"
-    if not (path / MANIFEST_NAME).is_file():
-        from lfm_deploy.export.pipeline import export_domain
-
-        log.warning("no export at %s: exporting deepglobe at %dx%d, 1-shot (a few minutes)", path, size, size)
-        export_domain("deepglobe", out=path, shots=1, image_size=size, progress=True)
-    return path
+    return _ensure_artifacts(path, size)
 
 
 def main(argv=None) -> dict:
