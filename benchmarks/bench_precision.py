@@ -119,7 +119,7 @@ def _exports(args, shots: int) -> Path:
 
 
 def _fp16_graphs(art: Path, manifest: dict, threads: int) -> dict[str, Path]:
-    from lfm_deploy.tensorrt.fp16 import graph_feeds, prepare_fp16_graph
+    from lfm_deploy.precision.fp16 import graph_feeds, prepare_fp16_graph
 
     ref = manifest.get("reference_graphs") or {g: e["file"] for g, e in manifest["graphs"].items()}
     # Beside the export, not in it: an lfm-export directory holds only what lfm-export wrote.
