@@ -50,8 +50,9 @@ def _untrained_note(weights: dict) -> None:
     if not weights.get("untrained"):
         return
     if weights.get("source") == SYNTHETIC_SOURCE:
-        text = ("NOTE: SYNTHETIC-DATA default base weights (no --checkpoint): the HSNet head was trained on "
-                "lfm-make-data's synthetic shapes, the backbone is seeded random. Not a real model: it shows "
+        text = ("NOTE: SYNTHETIC-DATA default base weights (no --checkpoint): the HSNet head and the backbone's last "
+                "stage were trained on lfm-make-data's synthetic shapes, the rest of the backbone is seeded random. "
+                "Not a real model: it shows "
                 "the pipeline working on synthetic data only; pass an HSNet checkpoint (--checkpoint) for real results.")
     else:
         text = ("NOTE: UNTRAINED base weights: seeded random backbone and learner, only good for trying the "
