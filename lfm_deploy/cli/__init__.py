@@ -170,7 +170,8 @@ BATCH_SIZE = click.IntRange(1, 256)
 WORKERS = click.IntRange(1, 1024)
 
 
-verbose_option = click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+verbose_option = click.option("-v", "--verbose", count=True, show_default=False,
+                              help="More log output (-v info, -vv debug).")
 
 
 def domain_choice_callback(ctx, param, value):
