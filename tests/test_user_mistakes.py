@@ -590,7 +590,7 @@ CASES = [
     Case("lfm/predict-int8-of-an-fp32-export", "lfm", ["predict", *PREDICT, "--out", "masks", "--precision", "int8"],
          1, r"exported at fp32 and hold no int8 graphs.*--precision auto", art=True),
     Case("lfm/predict-bf16-on-onnxruntime", "lfm", ["predict", *PREDICT, "--out", "masks", "--precision", "bf16"],
-         1, r"bf16 runs on OpenVINO.*--providers openvino", art=True),
+         2, r"--precision bf16 needs --providers openvino", art=True),
     Case("lfm/predict-missing-query", "lfm", ["predict", "art", "--support", SUPPORT, "quieres/", "--out", "masks"],
          2, r"quieres", art=True),
     Case("lfm/predict-glob-matching-nothing", "lfm", ["predict", "art", "--support", SUPPORT, "queries/*.tif",

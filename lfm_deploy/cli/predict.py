@@ -103,6 +103,10 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
     elif memory_budget is not None:
         raise click.UsageError("--memory-budget is for --engine local (Ray workers declare their memory from "
                                "--batch-size)")
+    from ..runtime.providers import wants_openvino
+
+    if precision == "bf16" and not wants_openvino(providers):  # (which refuses openvino mixed with others)
+        raise click.UsageError("--precision bf16 needs --providers openvino (onnxruntime has no bf16)")
     for query in queries:  # a mistyped path is a usage error, before --out is touched
         if not _is_pattern_or_uri(query) and not Path(query).exists():
             raise click.BadParameter(f"Path {query!r} does not exist.", param_hint="'QUERY...'")
@@ -130,7 +134,8 @@ def _summary(report, overlay: bool, engine: str) -> None:
     """What ran and what was written; any failed input is one `Error:` line (exit 1)."""
     for item, stem in report.renamed:
         click.echo(f"  {item} -> {stem}_mask.png (another query has the same file stem)")
-    ran = f"{report.model}; ran {report.precision} on {report.backend}"
+    providers = f" ({', '.join(report.providers)})" if report.providers else ""
+    ran = f"{report.model}; ran {report.precision} on {report.backend}{providers}"
     what = f"mask(s){' and overlays' if overlay else ''}"
     if engine == "local":
         click.echo(f"Wrote {report.succeeded} {what} to {report.out_dir} ({ran}); table: {report.table.name}")

@@ -40,6 +40,8 @@ class BatchReport:
         table: the results table's path.
         rows: the table's rows, in input order.
         precision, backend: what ran (`lfm_deploy.runtime.precisions`; "onnxruntime" or "openvino").
+        providers: the sessions' providers ("CPUExecutionProvider", "OpenVINO CPU (bf16)"; local
+            engine only, empty for Ray's workers).
         model: the export in a few words ("deepglobe, 1-shot, exported at int8").
         weights_label: how the weights are flagged when they are not a real model, else "".
         renamed: (input, output stem) of the inputs whose output name is not their file stem
@@ -59,6 +61,7 @@ class BatchReport:
     rows: list = field(default_factory=list, repr=False)
     precision: str = "fp32"
     backend: str = "onnxruntime"
+    providers: list = field(default_factory=list)
     model: str = ""
     weights_label: str = ""
     renamed: list = field(default_factory=list, repr=False)
@@ -264,4 +267,4 @@ def segment_locally(artifact_dir: str | os.PathLike, support_images: Sequence[st
     return BatchReport(total=len(plan.items), succeeded=len(rows) - failed, skipped=0, failed=failed,
                        out_dir=out.path, table=out.path / RESULTS_NAME, rows=rows, renamed=plan.renamed(),
                        model=f"{seg.domain}, {seg.shots}-shot, exported at {seg.exported_precision}",
-                       weights_label=seg.weights_label, **ran)
+                       weights_label=seg.weights_label, providers=seg.providers, **ran)
