@@ -6,20 +6,16 @@ from pathlib import Path
 
 import click
 
+from ..verify.job import ALL_BACKENDS  # the backends' registry (the module imports no torch)
 from . import SEED, setup_logging, user_errors
 from .options import command, progress_option, threads_option, verbose_option
-
-#: lfm_deploy.verify.ALL_BACKENDS, spelled here so that `--help` does not import the job.
-_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-int8", "ov-fp32", "ov-bf16", "ov-int8",
-             "ort-cuda", "trt-fp32", "trt-fp16", "trt-int8")
-
 
 
 @command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (verify.json/.md/.png). Default: ARTIFACT_DIR/verify.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(_BACKENDS),
+@click.option("--backend", "backends", multiple=True, type=click.Choice(ALL_BACKENDS),
               help="Backends to run (repeatable). Default: all; unavailable ones are reported as skipped.")
 @click.option("--episodes", type=click.IntRange(min=1), default=3, help="Seeded episodes to run through every backend.")
 @click.option("--seed", type=SEED, default=0, help="First episode seed.")
