@@ -17,8 +17,8 @@ from .options import command, progress_option, providers_option, run_precision_o
 
 #: Error rows named in the one-line error (the rest are in the results table).
 _SHOWN_ERRORS = 3
-#: Options that only the Ray engine reads, with their defaults: given with --engine local, refused.
-_RAY_ONLY = {"address": ("--address", None), "workers": ("--workers", 1), "cpus_per_worker": ("--cpus-per-worker", 0.5)}
+#: Options that only the Ray engine reads (parameter: flag): given with --engine local, refused.
+_RAY_ONLY = {"address": "--address", "workers": "--workers", "cpus_per_worker": "--cpus-per-worker"}
 
 
 def _parse_support(ctx, param, values):
@@ -97,8 +97,8 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
     setup_logging(verbose)
     ctx = click.get_current_context()
     if engine == "local":  # an option that does not apply is refused, not ignored
-        for name, (flag, default) in _RAY_ONLY.items():
-            if ctx.params[name] != default or ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP"):
+        for name, flag in _RAY_ONLY.items():
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
                 raise click.UsageError(f"{flag} is for --engine ray; add --engine ray, or drop {flag}")
     elif memory_budget is not None:
         raise click.UsageError("--memory-budget is for --engine local (Ray workers declare their memory from "
