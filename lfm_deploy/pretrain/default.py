@@ -123,9 +123,10 @@ class _Bar:
 def _build(recipe: Recipe, seed: int, path: Path, progress: bool) -> None:
     import torch
 
-    log.warning("building the synthetic-data default weights once (its learner trained on synthetic shapes, "
+    trained = "its learner and the backbone's layer4" if recipe.train_layer4 else "its learner"
+    log.warning("building the synthetic-data default weights once (%s trained on synthetic shapes, "
                 "%d steps at %d px; 1 to 3 minutes on 2 CPU cores); cached in %s",
-                recipe.iterations, recipe.train_size, path.parent)
+                trained, recipe.iterations, recipe.train_size, path.parent)
     bar = _Bar(recipe.iterations, progress)
     try:
         state, stats = train_learner(recipe, seed=seed, progress=bar)

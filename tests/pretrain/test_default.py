@@ -91,7 +91,7 @@ def test_the_default_segments_the_synthetic_data(synthetic_learner, synthetic_de
     assert info.source == "synthetic-default" and info.learner == str(synthetic_learner)
     preds, truths = _masks(model, 160)
     ious = [foreground_iou(p, t) for p, t in zip(preds, truths)]
-    # Measured on AMD EPYC: mean IoU 0.43 over these 12 (seeds 0, 1), every mask non-empty.
+    # Measured on AMD EPYC: mean IoU 0.45 over these 12 (seeds 0, 1), every mask non-empty.
     assert sum(p.any() for p in preds) >= 10, "the synthetic default predicts empty masks"
     assert np.mean(ious) > 0.25, ious
     untrained, _ = build_default_model(apm=None, acpa=False, image_size=160, checkpoint=UNTRAINED)
@@ -229,9 +229,10 @@ def test_the_default_recipe_segments_at_the_domain_size(synthetic_learner, synth
     preds, truths = _masks(model, 400, seeds=(0, 1, 2))
     ious = [foreground_iou(p, t) for p, t in zip(preds, truths)]
     informative = [episode_informative(p, None, None, EvidenceRule())[0] for p in preds]
-    # Measured on AMD EPYC: 18 of 18 informative, mean IoU 0.31, IoU > 0.1 on 14 (the untrained
-    # default: 0 informative, IoU 0); float32 training differs a little between CPU families.
-    assert sum(informative) >= 15 and np.mean(ious) > 0.2 and sum(i > 0.02 for i in ious) >= 15, ious
+    # Measured on AMD EPYC: 18 of 18 informative, mean IoU 0.78, IoU > 0.1 on all 18 (with the
+    # learner trained alone, over the random layer4: mean IoU 0.31; the untrained default: 0
+    # informative, IoU 0); float32 training differs a little between CPU families.
+    assert sum(informative) >= 15 and np.mean(ious) > 0.5 and sum(i > 0.1 for i in ious) >= 15, ious
 
 
 def test_the_default_gives_the_masker_something_to_filter(synthetic_learner, synthetic_default):
