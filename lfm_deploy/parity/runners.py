@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Mapping, Sequence
@@ -50,10 +51,10 @@ GRAPHS = ("episode", "encoder", "head")
 
 
 def manifest_of(artifacts):
-    """The `Manifest` of an artifact directory (read and verified), or the one given."""
-    from ..manifest import Manifest, read_manifest
+    """The `Manifest` of an artifact directory (read and verified), or the manifest given."""
+    from ..manifest import read_manifest
 
-    return artifacts if isinstance(artifacts, Manifest) else read_manifest(artifacts)
+    return read_manifest(artifacts) if isinstance(artifacts, (str, os.PathLike)) else artifacts
 
 
 class ModelFromManifest:

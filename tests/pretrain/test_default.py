@@ -213,7 +213,12 @@ def test_manifest_reference_rebuilds_the_synthetic_default(small_default):
     from lfm_deploy.parity.runners import ModelFromManifest
 
     _, info = build_default_model(apm=None, acpa=False, image_size=64, recipe=SMALL)
-    manifest = {"apm": "none", "acpa": False, "image_size": 64, "weights": info.to_dict()}
+    from types import SimpleNamespace
+
+    from lfm_deploy.manifest import WeightsRecord
+    from lfm_deploy.utils.records import parse
+
+    manifest = SimpleNamespace(apm="none", acpa=False, image_size=64, weights=parse(WeightsRecord, info.to_dict()))
     model = ModelFromManifest(manifest)()
     state = torch.load(small_default, weights_only=True)
     for name, value in model.state_dict().items():
