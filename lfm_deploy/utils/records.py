@@ -26,21 +26,15 @@ __all__ = ["FrozenDict", "Meta", "freeze", "json_type", "parse", "show", "to_jso
 
 
 class FrozenDict(dict):
-    """A dict that refuses changes (hashable records need no copies to stay intact)."""
+    """A dict that refuses changes: a parsed record stays as read without defensive copies."""
 
     def _refuse(self, *args, **kwargs):
         raise TypeError("a parsed record is immutable; build a new one (dataclasses.replace)")
 
     __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
 
-    def __reduce__(self):  # pickles (Ray's object store) without going through __setitem__
+    def __reduce__(self):  # pickles (Ray's object store) and copies without going through __setitem__
         return FrozenDict, (dict(self),)
-
-    def __copy__(self):
-        return self
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 def freeze(value: Any) -> Any:
@@ -54,14 +48,9 @@ def freeze(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Meta:
-    """Constraints on one annotated value (msgspec's `Meta`).
-
-    Attributes:
-        ge, gt, le: numeric bounds.
-        length, min_length: a list's exact or least length (a string's least length).
-        pattern, what: a string's full-match regular expression and how to describe it.
-        check: a function returning why a value is refused (None when it is fine).
-    """
+    """Constraints on one annotated value (msgspec's `Meta`): numeric bounds, a list's exact or
+    least length (a string's least length), a string's full-match `pattern` described as `what`,
+    and `check`, a function saying why a value is refused (None when it is fine)."""
 
     ge: float | None = None
     gt: float | None = None
