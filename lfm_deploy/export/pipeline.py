@@ -4,6 +4,11 @@ build model -> prepare (FFT lowering, numerics twins) -> export episode / encode
 check + simplify -> validate in onnxruntime against the eager model -> (reduced precision:
 fp16 / int8 graphs or OpenVINO bf16, through the accuracy gate) -> TensorRT lint ->
 (Triton repository) -> manifest + reports -> atomic promotion of the output directory.
+
+One function per step, in that order: `_check_options` (every option, before any work),
+`_build_model`, `prepare_for_export`, `_export_graphs`, `_validate`, `_reduce`, `_lint`,
+`_write_triton`, `_build_manifest` (the `Manifest` from typed parts, checked by the reader's own
+validator), `write_reports` / `write_manifest`, `_promote`.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -255,18 +260,18 @@ def export_domain(
         with target:
             tmp = target.tmp
             episode = validation_episode(job.dom, job.shots, batch=1, seed=seed, image_size=job.size)
-            specs = _export_graphs(job, prepared, episode, tmp, steps)
+            float32 = _export_graphs(job, prepared, episode, tmp, steps)
             checks, sign_case = _validate(job, model, episode, tmp, steps)
             reduced = _reduce(job, model, plan, checks, tmp, steps)
-            graphs = {g: GraphIO(g, reduced.graphs[g] if reduced else GRAPH_FILES[g], tuple(specs[g][0]),
-                                 tuple(specs[g][1])) for g in job.graphs}
+            # What the runtime loads: the reduced-precision files where they were made, same tensors.
+            graphs = {g: replace(io, file=reduced.graphs[g]) if reduced else io for g, io in float32.items()}
             steps.start("TensorRT readiness lint")
             lint = _lint(tmp, {g: io.file for g, io in graphs.items()}, lowering)
             steps.done()
             extra_files = _write_triton(job, graphs, tmp, steps)
 
             steps.start("writing manifest and reports")
-            manifest = build_manifest(job, model.variant, weights, graphs, reduced, checks, sign_case, lint,
+            manifest = _build_manifest(job, model.variant, weights, graphs, reduced, checks, sign_case, lint,
                                       _listed_files(tmp, graphs, extra_files))
             result = ExportResult(out_dir=target.path, manifest=manifest, checks=checks, lint=lint, precision=reduced)
             write_reports(tmp, manifest, checks, lint, time.perf_counter() - t0)
@@ -400,8 +405,8 @@ def _build_model(job: _Job, target: ArtifactDir, steps: _Steps, progress: bool):
     return model, weights, plan
 
 
-def _export_graphs(job: _Job, prepared, episode: dict, tmp: Path, steps: _Steps) -> dict[str, tuple]:
-    """Trace every graph into `tmp`; return {graph: (input specs, output specs)}."""
+def _export_graphs(job: _Job, prepared, episode: dict, tmp: Path, steps: _Steps) -> dict[str, GraphIO]:
+    """Trace every graph into `tmp`; return each one's contract (its float32 file and tensors)."""
     io = default_io("episode", job.size, job.shots)
     q, s, m = (torch.from_numpy(episode[io.input(r)]) for r in ("query", "supports", "masks"))
     modules = {"episode": EpisodeGraph(prepared, job.shots)}
@@ -427,7 +432,7 @@ def _export_graphs(job: _Job, prepared, episode: dict, tmp: Path, steps: _Steps)
             if name == job.graphs[-1]:
                 finisher.wait()  # the graphs still being simplified
             steps.done()
-    return specs
+    return {g: GraphIO(g, GRAPH_FILES[g], tuple(ins), tuple(outs)) for g, (ins, outs) in specs.items()}
 
 
 def _validate(job: _Job, model, episode: dict, tmp: Path, steps: _Steps) -> tuple[list[OutputCheck], dict | None]:
@@ -487,7 +492,7 @@ def _listed_files(tmp: Path, graphs: dict[str, GraphIO], extra: list[str]) -> di
     return {f: file_entry(tmp, f) for f in sorted(files)}
 
 
-def build_manifest(job: _Job, variant: str, weights, graphs: dict[str, GraphIO], reduced, checks: list[OutputCheck],
+def _build_manifest(job: _Job, variant: str, weights, graphs: dict[str, GraphIO], reduced, checks: list[OutputCheck],
                    sign_case, lint: dict, files: dict[str, FileEntry]) -> Manifest:
     """The export's `Manifest`, from its typed parts, checked by the reader's own validator
     (`Manifest.from_dict`: what is written is what every reader accepts)."""
