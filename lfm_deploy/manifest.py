@@ -208,7 +208,10 @@ class Manifest:
             raise ManifestError(f"{source} has schema version {show(version)}, this lfm-deploy reads version "
                                 f"{SCHEMA_VERSION}; re-export with this version or upgrade lfm-deploy")
         problems: list[str] = []
-        manifest = parse(cls, data, "", problems)
+        try:
+            manifest = parse(cls, data, "", problems)
+        except RecursionError:  # JSON nested about as deep as the parser allows
+            raise ManifestError(f"{source} is nested too deeply to be a manifest", **_HINTS) from None
         if manifest is not None:
             problems += manifest._cross_problems()
         if problems:

@@ -360,6 +360,12 @@ def test_unreadable_json(tmp_path, text):
         read_manifest(_write(tmp_path, text if isinstance(text, bytes) else text), verify_files=False)
 
 
+def test_a_deeply_nested_free_form_field_is_one_manifest_error(artifacts, tmp_path):
+    text = json.dumps({**artifacts[1], "engines": None}).replace('"engines": null', '"engines": ' + "[" * 900 + "]" * 900)
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        read_manifest(_write(tmp_path, text), verify_files=False)
+
+
 def test_cli_predict_names_the_field(artifacts, tmp_path):
     from lfm_deploy.cli.predict import main
 
