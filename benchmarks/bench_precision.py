@@ -119,7 +119,7 @@ def _exports(args, shots: int) -> Path:
 
 
 def _fp16_graphs(art: Path, manifest, threads: int) -> dict[str, Path]:
-    from lfm_deploy.tensorrt.fp16 import graph_feeds, prepare_fp16_graph
+    from lfm_deploy.precision.fp16 import graph_feeds, prepare_fp16_graph
 
     # Beside the export, not in it: an lfm-export directory holds only what lfm-export wrote.
     work = art.with_name(art.name + "-fp16")

@@ -23,7 +23,7 @@ head      query_img      float32  (B, 3, S, S)            query
 
 The export declares each graph's tensors with `graph_specs` and writes them into the manifest.
 Every consumer (the runtime, the validation runners, Triton, the engine builder) reads them back
-from the manifest with `graph_io(manifest, graph)` and refers to tensors by role
+from the manifest with `Manifest.io(graph)` (`graph_io(manifest.graphs, graph)`) and refers to tensors by role
 (`io.input("query")`), so no tensor name is spelled anywhere but here. See docs/graph-contract.md.
 
 Pure Python (no torch, no numpy): the runtime uses it.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .errors import DomainError
-from .parity.compare import EvidenceRule, Tolerance, Tolerances
+from .tolerances import EvidenceRule, Tolerance, Tolerances
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,4 +1,4 @@
-"""`lfm-verify`: cross-backend parity report for an lfm-export directory."""
+"""`lfm verify` (alias `lfm-verify`): cross-backend parity report for an lfm export directory."""
 
 from __future__ import annotations
 
@@ -6,23 +6,20 @@ from pathlib import Path
 
 import click
 
-from . import SEED, setup_logging, user_errors, verbose_option
-
-#: lfm_deploy.verify.ALL_BACKENDS, spelled here so that `--help` does not import the job.
-_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-int8", "ov-fp32", "ov-bf16", "ov-int8",
-             "ort-cuda", "trt-fp32", "trt-fp16", "trt-int8")
+from ..verify.job import ALL_BACKENDS  # the backends' registry (the module imports no torch)
+from . import SEED, setup_logging, user_errors
+from .options import command, progress_option, threads_option, verbose_option
 
 
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (verify.json/.md/.png). Default: ARTIFACT_DIR/verify.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(_BACKENDS),
+@click.option("--backend", "backends", multiple=True, type=click.Choice(ALL_BACKENDS),
               help="Backends to run (repeatable). Default: all; unavailable ones are reported as skipped.")
 @click.option("--episodes", type=click.IntRange(min=1), default=3, help="Seeded episodes to run through every backend.")
 @click.option("--seed", type=SEED, default=0, help="First episode seed.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and onnxruntime.")
+@threads_option()
 @click.option("--layerwise", is_flag=True,
               help="Also compare intermediate stages (masker, ACPA, correlations, learner) and report the first "
                    "stage outside tolerance; exports a debug graph into the report directory.")
@@ -30,10 +27,10 @@ _BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-
               help="Make an fp16 episode graph with fp32 islands (range check on real activations) when "
                    "ARTIFACT_DIR/engines has none, and check it in onnxruntime CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm-verify did not write.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@progress_option
 @verbose_option
 @user_errors
-def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, quiet, verbose):
+def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, progress, verbose):
     """Run the same seeded episodes through every backend and compare them with PyTorch float64.
 
     Backends: the eager model (float32), onnxruntime CPU (episode graph and the encoder -> head
@@ -46,9 +43,9 @@ def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_o
 
     \b
     Example:
-      lfm-verify artifacts/deepglobe
-      lfm-verify artifacts/deepglobe --layerwise --fp16-onnx --episodes 5
-      lfm-verify artifacts/deepglobe --backend ov-fp32 --backend ov-bf16
+      lfm verify artifacts/deepglobe
+      lfm verify artifacts/deepglobe --layerwise --fp16-onnx --episodes 5
+      lfm verify artifacts/deepglobe --backend ov-fp32 --backend ov-bf16
     """
     import shutil
     import tempfile
@@ -70,7 +67,7 @@ def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_o
         report = verify_artifacts(artifact_dir, backends=list(backends) or None, episodes=episodes, seed=seed,
                                   threads=threads, layerwise=layerwise,
                                   workdir=work if (layerwise or fp16_onnx) else None, fp16_onnx=fp16_onnx,
-                                  progress=not quiet)
+                                  progress=progress)
         for made in sorted(Path(work).rglob("*")):  # debug graphs made on the way
             if made.is_file():
                 target.write(str(made.relative_to(work)), lambda tmp, src=made: shutil.copyfile(src, tmp))

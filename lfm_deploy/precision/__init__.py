@@ -1,4 +1,5 @@
-"""Reduced precision: int8 QDQ graphs (`int8`), and `reduce_precision` (`pipeline`), which makes
+"""Reduced precision: fp16 graphs with float32 islands after a range check on real activations
+(`fp16`; TensorRT builds its fp16 engines from them), int8 QDQ graphs (`int8`), and `reduce_precision` (`pipeline`), which makes
 the fp16 / int8 graphs of an export (or picks OpenVINO bf16) and runs the one accuracy gate
 (`lfm_deploy.parity.gate`) against the eager float32 model. docs/precision.md has the design and
 the measured figures."""

@@ -12,7 +12,7 @@ What stays float:
 
 - always, the masker (APM's DFT-as-matmul block and phase arithmetic, ACPA) and the
   support-mask resize: the same scopes the fp16 conversion keeps fp32
-  (`lfm_deploy.tensorrt.fp16.ISLAND_SCOPES`; docs/numerics.md explains why each is fragile);
+  (`lfm_deploy.precision.fp16.ISLAND_SCOPES`; docs/numerics.md explains why each is fragile);
 - by measurement, a share of the remaining Conv/MatMul nodes counted from the output end
   (`float_tail`): quantization error grows along the network, and the 4D-convolution learner
   next to the logits is where it moves the masks most (docs/precision.md has the figures).
@@ -78,7 +78,7 @@ class Int8Graph:
 
 def float_islands(model: onnx.ModelProto) -> dict[str, str]:
     """Conv/MatMul nodes of the masker and the support-mask resize: always float, with the reason."""
-    from ..tensorrt.fp16 import ensure_node_names, island_nodes
+    from .fp16 import ensure_node_names, island_nodes
 
     ensure_node_names(model)
     scoped = island_nodes(model, ops=(), normalisation=False)

@@ -8,7 +8,7 @@ validation, inside the export's temporary directory:
   trying the float shares of `INT8_FLOAT_TAILS` until the encoder -> head path passes the gate
   on held-out episodes (neither calibration nor gate data; `lfm_deploy.precision.int8`);
 - **fp16**: range-check on the calibration episodes and write `*.fp16.onnx` graphs with float32
-  islands (`lfm_deploy.tensorrt.fp16`);
+  islands (`lfm_deploy.precision.fp16`);
 - **bf16**: the float32 graphs as they are, run by OpenVINO with bf16 inference precision; the
   float32 islands (none, or GroupNorm) chosen on held-out episodes like int8's float share.
 
@@ -320,7 +320,7 @@ def _int8(workdir: Path, fp32, feeds, held_out: GateData, ref_held_out, gate, sp
 
 
 def _fp16(workdir: Path, fp32, feeds, threads, step):
-    from ..tensorrt.fp16 import prepare_fp16_graph
+    from .fp16 import prepare_fp16_graph
 
     made, details = {}, {}
     for g, src in fp32.items():

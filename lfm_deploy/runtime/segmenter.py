@@ -37,7 +37,8 @@ from ..preprocess import ImageLike, resize_mask_nearest
 from ..utils.limits import cap_threads
 from .inputs import Preprocessing, describe
 from .memory import GB, head_batch_for_budget, segmenter_bytes, trim_heap
-from .openvino import INSTALL_HINT, SessionFromOpenVINO, check_precision, openvino_available
+from .openvino import INSTALL_HINT, SessionFromOpenVINO, openvino_available
+from .precisions import resolve_precision
 from .providers import ProviderSpec, check_available, resolve_providers, wants_openvino
 from .sessions import SessionConfig, SessionFromOnnx
 
@@ -122,9 +123,15 @@ class Segmenter:
             threads = cap_threads(int(threads))  # more threads than cores: minutes instead of seconds
         self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory,
                                     spin_wait=spin_wait)
-        #: The precision the graphs run in: "fp32", or "bf16" (OpenVINO only).
-        self.precision = check_precision(precision)
-        openvino = self._wants_openvino(providers, allow_fallback)
+        openvino, precision = self._wants_openvino(providers, allow_fallback, precision)
+        run = resolve_precision(manifest, precision, openvino=openvino, where=str(self.directory))
+        #: The precision the graphs run in: "fp32", "fp16", "int8" (graphs of such an export) or
+        #: "bf16" (OpenVINO only); `precision="auto"` (None) resolves to the export's own
+        #: (`lfm_deploy.runtime.precisions`).
+        self.precision = run.name
+        #: What the artifact was exported at.
+        self.exported_precision = run.exported
+        self._files = run.files
         if not openvino:
             requested = resolve_providers("cpu" if wants_openvino(providers) else providers)  # "cpu": fallback
             check_available(requested, allow_fallback)  # fail (or warn) before any session exists
@@ -139,7 +146,8 @@ class Segmenter:
         if openvino:
             # A bf16 export names the f32 islands its gate was measured with; others get the default.
             islands = manifest.served_precision.runtime.f32_islands
-            self._loaders = {name: SessionFromOpenVINO(files[name], self.precision, threads=threads, f32_islands=islands,
+            self._loaders = {name: SessionFromOpenVINO(files[name], run.backend_precision, threads=threads,
+                                                       f32_islands=islands,
                                                        cache_dir=openvino_cache, what=f"{name} graph")
                              for name in files}
         else:
@@ -182,20 +190,21 @@ class Segmenter:
             raise ManifestError(f"{self.directory}: OpenVINO bf16 failed this export's accuracy gate",
                                 api_hint="use precision='fp32'", cli_hint="use --precision fp32")
 
-    def _wants_openvino(self, providers, allow_fallback: bool) -> bool:
-        """Whether the graphs run on OpenVINO; checks that the precision suits the backend."""
+    @staticmethod
+    def _wants_openvino(providers, allow_fallback: bool, precision: str | None) -> tuple[bool, str | None]:
+        """Whether the graphs run on OpenVINO, and the precision to resolve (bf16 falls back to fp32)."""
         if not wants_openvino(providers):
-            if self.precision == "bf16":
-                raise InputError("bf16 runs on OpenVINO, not on onnxruntime providers",
-                                 api_hint="pass providers=['openvino'] with precision='bf16'",
-                                 cli_hint="pass --providers openvino with --precision bf16")
-            return False
+            return False, precision
         if allow_fallback and not openvino_available():
-            log.warning("OpenVINO is not installed (%s); falling back to onnxruntime's CPU provider in fp32",
-                        INSTALL_HINT)
-            self.precision = "fp32"
-            return False
-        return True
+            log.warning("OpenVINO is not installed (%s); falling back to onnxruntime's CPU provider%s",
+                        INSTALL_HINT, " in fp32" if precision == "bf16" else "")
+            return False, "fp32" if precision == "bf16" else precision
+        return True, precision
+
+    @property
+    def backend(self) -> str:
+        """The runtime that runs the graphs: "onnxruntime" or "openvino"."""
+        return "openvino" if isinstance(next(iter(self._loaders.values())), SessionFromOpenVINO) else "onnxruntime"
 
     @classmethod
     def from_artifacts(cls, path: str | os.PathLike, providers: str | Sequence[ProviderSpec] | None = None,
@@ -235,7 +244,9 @@ class Segmenter:
                 number of head runs changes. E.g. 1.5 GB at 400 px: 3 queries per run. The
                 model is onnxruntime's: OpenVINO holds ~0.5 GB more fixed and ~0.2 GB more per
                 query (docs/performance.md), which the budget does not account for yet.
-            precision: "fp32" (None) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
+            precision: which graphs run (`lfm_deploy.runtime.precisions`): "auto" (None, what the
+                export was made at), "fp32" (the float32 graphs of any export), "fp16" / "int8"
+                (only an export made at that precision) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
                 faster on CPUs with AVX512-BF16/AMX and moves the logits by ~0.7 % of their
                 span, flipping the mask where fp32's two logits are that close (docs/openvino.md).
             spin_wait: onnxruntime's idle threads spin (its default); False when the process
@@ -255,7 +266,7 @@ class Segmenter:
             BackendUnavailable: a requested execution provider is not active, or OpenVINO is
                 not installed (and not `allow_fallback`).
             InputError: an unknown provider name, "openvino" mixed with other providers,
-                bf16 without OpenVINO, or an invalid option.
+                bf16 without OpenVINO, a precision the export does not hold, or an invalid option.
         """
         manifest = read_manifest(path, verify_files=verify)
         if not verify:
@@ -273,7 +284,8 @@ class Segmenter:
                 "encoder/head pair", api_hint="re-export with lfm_deploy.export.pipeline.export_domain(..., split=True)",
                 cli_hint="re-run lfm-export with --split",
             )
-        path = self.directory / graphs[name].file  # listed with a hash: checked by read_manifest
+        rel = (self._files or {}).get(name) or graphs[name].file
+        path = self.directory / rel  # listed with a hash: checked by read_manifest
         if not path.is_file():
             raise ManifestError(f"{path} is listed in the manifest but missing; re-run lfm-export")
         return path
@@ -285,7 +297,7 @@ class Segmenter:
         encoder again on a new `set_support`); an lfm-export into the same directory meanwhile
         would pair features of one export with the head of another, silently.
         """
-        rel = self._manifest.graphs[name].file
+        rel = (self._files or {}).get(name) or self._manifest.graphs[name].file
         for entry in self._manifest.files.values():
             if entry.path in (rel, rel + ".data"):
                 try:

@@ -36,6 +36,14 @@ class Job:
     support_images: tuple
     support_masks: tuple
     support_names: tuple
+    #: What runs (`lfm_deploy.runtime.precisions`): the resolved precision and the backend.
+    precision: str = "fp32"
+    backend: str = "onnxruntime"
+
+    def describe(self) -> str:
+        """The export in a few words: "deepglobe, 1-shot, exported at int8"."""
+        m = self.manifest
+        return f"{m.domain}, {m.shots}-shot, exported at {m.served_precision.name}"
 
     def metadata(self) -> dict:
         """What the service's `GET /metadata` returns: the model and the artifacts' hashes."""
@@ -49,6 +57,8 @@ class Job:
             "lowering": m.lowering,
             # The graphs the runtime serves: fp32, or an lfm-export --precision fp16 / int8 / bf16 export.
             "precision": m.served_precision.name,
+            # What the workers run: the resolved --precision and the backend.
+            "run": {"precision": self.precision, "backend": self.backend},
             "image_size": m.image_size,
             "untrained": m.untrained,
             # Which not-real weights ("" for a trained checkpoint): the untrained or the synthetic-data default.
@@ -73,7 +83,8 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         providers, allow_fallback: as `Segmenter.from_artifacts` (checked here against what this
             machine's onnxruntime offers, or OpenVINO for "openvino").
         allow_empty: accept support masks without foreground.
-        precision: as `Segmenter.from_artifacts` (None or "fp32"; "bf16" with providers "openvino").
+        precision: as `Segmenter.from_artifacts` ("auto" or None: what the export was made at;
+            "fp32"; "fp16" / "int8" on such an export; "bf16" with providers "openvino").
         support_required: False: no pairs at all is accepted too (`lfm-serve` without --support).
 
     Returns:
@@ -85,7 +96,8 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         InputError: the wrong number of pairs, unreadable or invalid support files.
     """
     from ..runtime.inputs import Preprocessing
-    from ..runtime.openvino import check_precision, import_openvino
+    from ..runtime.openvino import import_openvino, openvino_available
+    from ..runtime.precisions import resolve_precision
     from ..runtime.providers import check_available, resolve_providers, wants_openvino
     from .collection import read_bytes
 
@@ -94,15 +106,15 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     if not {"encoder", "head"} <= set(graphs):
         raise ManifestError(f"{artifact_dir} has no encoder/head pair (graphs: {', '.join(graphs) or 'none'}); "
                             "re-run lfm-export with --split")
-    precision = check_precision(precision)
-    if wants_openvino(providers):
+    openvino = wants_openvino(providers)
+    if openvino:
         if not allow_fallback:
             import_openvino()  # missing: the install hint now, not in every worker
+        elif not openvino_available():  # the workers fall back to onnxruntime (Segmenter's rule)
+            openvino, precision = False, "fp32" if precision == "bf16" else precision
     else:
-        if precision != "fp32":
-            raise InputError(f"precision {precision} runs on OpenVINO", api_hint="pass providers='openvino'",
-                             cli_hint="add --providers openvino")
         check_available(resolve_providers(providers), allow_fallback)
+    run = resolve_precision(manifest, precision, openvino=openvino, where=str(artifact_dir))
     images, masks = list(support_images), list(support_masks)
     shots = manifest.shots
     if len(images) != len(masks):
@@ -124,7 +136,8 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         mask_bytes.append(pair[1])
     return Job(artifact_dir=str(Path(artifact_dir).resolve()), manifest=manifest,
                support_images=tuple(image_bytes), support_masks=tuple(mask_bytes),
-               support_names=tuple(f"{os.fspath(i)}:{os.fspath(m)}" for i, m in zip(images, masks)))
+               support_names=tuple(f"{os.fspath(i)}:{os.fspath(m)}" for i, m in zip(images, masks)),
+               precision=run.name, backend="openvino" if openvino else "onnxruntime")
 
 
 def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, threads: int | None = None,

@@ -13,7 +13,7 @@ between the two majors is decided here, in `plan_build`, before any loader runs:
   export, whose `graphs` name the int8/fp16 files), TF32 off (TensorRT enables it for fp32
   matmuls by default, which breaks fp32 parity; `CreateConfig(tf32=False)` clears it).
 - **fp16, strongly typed** (default, 10.x and 11.x): an fp16 ONNX graph with fp32 islands made
-  by `lfm_deploy.tensorrt.fp16` after a range check on real activations; the graph's types are
+  by `lfm_deploy.precision.fp16` after a range check on real activations; the graph's types are
   the precision (`strongly_typed=True`: required on 10.x, accepted and ignored on 11.x, where
   every network is strongly typed).
 - **fp16, weakly typed** (`typing="weak"`, 10.x only; TensorRT 11 removed `BuilderFlag.FP16`
@@ -214,7 +214,7 @@ class BuildPlan:
     Attributes:
         precision: "fp32", "fp16" or "int8".
         strongly_typed: create the network with the STRONGLY_TYPED flag (types from the graph).
-        fp16_graph: build from an fp16 ONNX graph with fp32 islands (`lfm_deploy.tensorrt.fp16`).
+        fp16_graph: build from an fp16 ONNX graph with fp32 islands (`lfm_deploy.precision.fp16`).
         fp16_flag: set `BuilderFlag.FP16` (weak typing, 10.x only) and pin islands to fp32.
         int8_graph: build from the export's int8 QDQ graph (explicit quantization: strongly
             typed, no INT8 flag, no calibrator).
@@ -665,7 +665,7 @@ def build_engines(
         source = artifact_dir / (manifest.graphs[graph].file if precision == "int8" else float32[graph])
         parse, islands = source, ()
         if precision == "fp16" and (onnx_only or plan.fp16_graph or plan.fp16_flag):
-            from .fp16 import DEFAULT_MARGIN, graph_feeds, prepare_fp16_graph
+            from ..precision.fp16 import DEFAULT_MARGIN, graph_feeds, prepare_fp16_graph
 
             feeds = graph_feeds(artifact_dir, graph, episodes=fp16_episodes, manifest=manifest)
             fp16 = prepare_fp16_graph(source, engines.path / f"{graph}.fp16.onnx", feeds,

@@ -472,7 +472,7 @@ def _fp16_graph(artifact_dir: Path, manifest: Manifest, fp16_onnx, workdir: Path
     if existing.is_file():
         return existing
     if fp16_onnx is True and workdir is not None:
-        from ..tensorrt.fp16 import graph_feeds, prepare_fp16_graph
+        from ..precision.fp16 import graph_feeds, prepare_fp16_graph
 
         log.info("making an fp16 episode graph with fp32 islands (range check on 2 episodes)")
         feeds = graph_feeds(artifact_dir, "episode", episodes=2, seed=seed + 1000, manifest=manifest)

@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from lfm_deploy.errors import ExportError
 from lfm_deploy.precision.int8 import float_islands, quantizable_nodes, quantize_int8
-from lfm_deploy.tensorrt.fp16 import graph_feeds
+from lfm_deploy.precision.fp16 import graph_feeds
 
 
 @pytest.fixture(scope="module")

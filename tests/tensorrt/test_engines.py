@@ -502,7 +502,7 @@ def int8_artifacts(artifact_copy, tmp_path_factory):
     what is tested here)."""
     from lfm_deploy.manifest import MANIFEST_NAME, file_entry
     from lfm_deploy.precision.int8 import quantize_int8
-    from lfm_deploy.tensorrt.fp16 import graph_feeds
+    from lfm_deploy.precision.fp16 import graph_feeds
 
     art = tmp_path_factory.mktemp("int8-art") / "art"
     shutil.copytree(artifact_copy, art, ignore=shutil.ignore_patterns("engines"))
@@ -595,7 +595,7 @@ def test_real_fp32_engine_matches_onnxruntime(artifact_copy, tmp_path):
     from polygraphy.backend.trt import TrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
 
-    from lfm_deploy.tensorrt.fp16 import graph_feeds
+    from lfm_deploy.precision.fp16 import graph_feeds
 
     cache = tmp_path / "trt.cache"
     builds = engine.build_engines(artifact_copy, graphs=["episode"], max_batch=2, timing_cache=cache)
@@ -621,7 +621,7 @@ def test_real_int8_engine_agrees_with_onnxruntime_on_the_int8_graph(int8_artifac
     from polygraphy.backend.trt import TrtRunner
     from polygraphy.comparator import Comparator
 
-    from lfm_deploy.tensorrt.fp16 import graph_feeds
+    from lfm_deploy.precision.fp16 import graph_feeds
 
     builds = engine.build_engines(int8_artifacts, precision="int8", graphs=["episode"], max_batch=2)
     assert builds[0].sidecar["onnx"]["file"] == "episode.int8.onnx"

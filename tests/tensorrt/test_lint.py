@@ -296,7 +296,7 @@ def head_int8(exported, tmp_path_factory):
     """The 160 px head graph quantized by lfm-export's int8 path (every Conv/MatMul outside the
     masker, one calibration episode): what `lfm-build-engine --precision int8` parses."""
     from lfm_deploy.precision.int8 import quantize_int8
-    from lfm_deploy.tensorrt.fp16 import graph_feeds
+    from lfm_deploy.precision.fp16 import graph_feeds
 
     art = exported(shots=1).out_dir
     feeds = graph_feeds(art, "head", episodes=1, seed=100)

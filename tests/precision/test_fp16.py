@@ -10,7 +10,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from lfm_deploy.errors import ExportError  # noqa: E402
-from lfm_deploy.tensorrt import fp16  # noqa: E402
+from lfm_deploy.precision import fp16  # noqa: E402
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=20):
