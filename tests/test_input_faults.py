@@ -205,7 +205,7 @@ def test_manifest_and_listed_files_refuse_devices_and_pipes(tmp_path, fifo):
     """A FIFO named as an artifact folder's manifest.json, or as a graph the manifest lists, is
     one ManifestError at once: never opened (a read would block), never hashed."""
     from lfm_deploy.errors import ManifestError
-    from lfm_deploy.manifest import MANIFEST_NAME, read_manifest, verify_file
+    from lfm_deploy.manifest import MANIFEST_NAME, FileEntry, read_manifest, verify_file
 
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
@@ -217,7 +217,7 @@ def test_manifest_and_listed_files_refuse_devices_and_pipes(tmp_path, fifo):
     os.mkfifo(artifacts / MANIFEST_NAME)
     with pytest.raises(ManifestError, match=r"manifest\.json is a named pipe \(FIFO\)"):
         _within(10, lambda: read_manifest(artifacts, verify_files=False))
-    entry = {"path": "episode.onnx", "bytes": 1, "sha256": "0" * 64}
+    entry = FileEntry(path="episode.onnx", bytes=1, sha256="0" * 64)
     for target, what in ((fifo, "a named pipe"), ("/dev/zero", "a character device")):
         os.symlink(target, artifacts / "episode.onnx")
         with pytest.raises(ManifestError, match=f"episode\\.onnx is a link to .*{what}"):
