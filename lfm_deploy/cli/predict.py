@@ -108,14 +108,14 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
 
     from ..errors import InputError
     from ..runtime import Segmenter
-    from ..runtime.providers import wants_openvino
+    from ..runtime.backends import selected_runtime
     from ..preprocess import to_pil_rgb
     from ..serving.codec import overlay_png
     from ..serving.collection import output_stems
     from ..utils.outputs import OutputDir
 
     setup_logging(verbose)
-    openvino = wants_openvino(providers)  # refuses openvino mixed with others
+    openvino = selected_runtime(providers)  # refuses openvino mixed with others
     if precision == "bf16" and not openvino:  # said before --out is touched
         raise click.UsageError("--precision bf16 needs --providers openvino (onnxruntime runs fp32)")
     if engine == "ray" and memory_budget is not None:

@@ -8,17 +8,29 @@ import click
 
 from . import SEED, setup_logging, user_errors, verbose_option
 
-#: lfm_deploy.verify.ALL_BACKENDS, spelled here so that `--help` does not import the job.
-_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-int8", "ov-fp32", "ov-bf16", "ov-int8",
-             "ort-cuda", "trt-fp32", "trt-fp16", "trt-int8")
 
+class _BackendChoice(click.Choice):
+    """The registry's backends (`lfm_deploy.runtime.backends`), read when the command runs or shows its help."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from ..runtime.backends import backend_names
+
+        return tuple(backend_names())
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ sets it; the registry is the source
+        pass
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (verify.json/.md/.png). Default: ARTIFACT_DIR/verify.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(_BACKENDS),
+@click.option("--backend", "backends", multiple=True, type=_BackendChoice(),
               help="Backends to run (repeatable). Default: all; unavailable ones are reported as skipped.")
 @click.option("--episodes", type=click.IntRange(min=1), default=3, help="Seeded episodes to run through every backend.")
 @click.option("--seed", type=SEED, default=0, help="First episode seed.")
@@ -36,9 +48,8 @@ _BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-
 def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, quiet, verbose):
     """Run the same seeded episodes through every backend and compare them with PyTorch float64.
 
-    Backends: the eager model (float32), onnxruntime CPU (episode graph and the encoder -> head
-    chain), an fp16 graph and the export's int8 graphs in onnxruntime CPU, OpenVINO fp32 / bf16 /
-    int8 (the openvino extra), onnxruntime CUDA, TensorRT fp32/fp16/int8 engines. For every output:
+    Backends: every one of the registry (lfm_deploy.runtime.backends, docs/backends.md; the
+    --backend choices): the eager model, onnxruntime, OpenVINO, TensorRT engines. For every output:
     max/mean abs error, relative L2, cosine, error quantiles, mask agreement and IoU, and the mIoU
     difference against the episodes' ground truth. float32 backends are held to the export's
     parity tolerances, reduced precisions to the domain's accuracy gate (docs/precision.md). Exit

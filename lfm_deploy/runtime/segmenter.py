@@ -13,11 +13,12 @@ size; it reproduces the model-resolution result exactly on every pixel that maps
 upstream evaluation instead upsamples logits bilinearly before the argmax, which smooths mask
 edges at large sizes; pass `original_size=False` to get the S x S result and resize it yourself.)
 
-Backends: onnxruntime execution providers (CPU, CUDA, TensorRT), or `providers="openvino"`,
-the OpenVINO CPU runtime (`lfm_deploy.runtime.openvino`), which alone offers
-`precision="bf16"` (1.6-1.9x onnxruntime fp32's speed on CPUs with AVX512-BF16/AMX; the logits
-move by ~0.7 % of their span, flipping mask pixels whose two logits are that close; see
-docs/openvino.md).
+Backends: onnxruntime execution providers (CPU, CUDA, TensorRT), or a backend of the registry
+(`lfm_deploy.runtime.backends`, docs/backends.md), picked by `backend=` or by a runtime's name
+in `providers=` with `precision=`: `providers="openvino"` is the OpenVINO CPU runtime, which
+alone offers `precision="bf16"` (1.6-1.9x onnxruntime fp32's speed on CPUs with
+AVX512-BF16/AMX; the logits move by ~0.7 % of their span, flipping mask pixels whose two logits
+are that close; see docs/openvino.md).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from ..preprocess import ImageLike, resize_mask_nearest
 from ..utils.limits import cap_threads
 from .inputs import Preprocessing, describe
 from .memory import GB, head_batch_for_budget, segmenter_bytes, trim_heap
-from .openvino import INSTALL_HINT, SessionFromOpenVINO, check_precision, openvino_available
-from .providers import ProviderSpec, check_available, resolve_providers, wants_openvino
+from .backends import select_backend
+from .providers import ProviderSpec, check_available, resolve_providers
 from .sessions import SessionConfig, SessionFromOnnx
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Segmenter:
         directory: the export directory.
         manifest: its parsed, verified manifest.
         providers, allow_fallback, threads, graph_optimization, low_memory, release_encoder,
-        batch_size, verify, precision: see `from_artifacts`.
+        batch_size, verify, precision, backend: see `from_artifacts`.
     """
 
     #: Set by `close`; from then on every method that does work refuses.
@@ -99,7 +100,7 @@ class Segmenter:
                  threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
                  release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
                  precision: str | None = None, spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
-                 memory_budget: int | float | None = None):
+                 memory_budget: int | float | None = None, backend: str | None = None):
         self.directory = Path(directory)
         self._manifest = manifest
         self._verify = bool(verify)
@@ -126,11 +127,17 @@ class Segmenter:
             threads = cap_threads(int(threads))  # more threads than cores: minutes instead of seconds
         self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory,
                                     spin_wait=spin_wait)
-        #: The precision the graphs run in: "fp32", or "bf16" (OpenVINO only).
-        self.precision = check_precision(precision)
-        openvino = self._wants_openvino(providers, allow_fallback)
-        if not openvino:
-            requested = resolve_providers("cpu" if wants_openvino(providers) else providers)  # "cpu": fallback
+        chosen = select_backend(providers, precision, backend)
+        why = chosen.unavailable() if chosen is not None else None
+        if why and allow_fallback:
+            log.warning("%s; falling back to onnxruntime's CPU provider in fp32", why)
+            chosen, providers = None, "cpu"
+        #: The registry backend the graphs run on (None: onnxruntime with the given providers).
+        self.backend = chosen
+        #: The precision the graphs run in: "fp32", or the backend's ("bf16" on OpenVINO).
+        self.precision = chosen.precision if chosen is not None else "fp32"
+        if chosen is None:
+            requested = resolve_providers(providers)
             check_available(requested, allow_fallback)  # fail (or warn) before any session exists
         files = {}
         for name in ("encoder", "head"):
@@ -140,12 +147,13 @@ class Segmenter:
         if openvino_cache is not None and Path(openvino_cache).resolve().is_relative_to(self.directory.resolve()):
             raise InputError(f"openvino_cache {openvino_cache} is inside the artifact directory {self.directory}, which "
                              "holds only what lfm-export wrote", api_hint="pass a folder outside it, e.g. ~/.cache/lfm-openvino")
-        if openvino:
+        if chosen is not None:
             # A bf16 export names the f32 islands its gate was measured with; others get the default.
             islands = ((manifest.get("precision") or {}).get("runtime") or {}).get("f32_islands") \
                 if isinstance(manifest.get("precision"), dict) else None
-            self._loaders = {name: SessionFromOpenVINO(files[name], self.precision, threads=threads, f32_islands=islands,
-                                                       cache_dir=openvino_cache, what=f"{name} graph")
+            self._loaders = {name: chosen.loader(files[name], threads=threads, config=self.config,
+                                                 allow_fallback=allow_fallback, f32_islands=islands,
+                                                 cache_dir=openvino_cache, what=f"{name} graph")
                              for name in files}
         else:
             self._loaders = {
@@ -187,28 +195,13 @@ class Segmenter:
             raise ManifestError(f"{self.directory}: OpenVINO bf16 failed this export's accuracy gate",
                                 api_hint="use precision='fp32'", cli_hint="use --precision fp32")
 
-    def _wants_openvino(self, providers, allow_fallback: bool) -> bool:
-        """Whether the graphs run on OpenVINO; checks that the precision suits the backend."""
-        if not wants_openvino(providers):
-            if self.precision == "bf16":
-                raise InputError("bf16 runs on OpenVINO, not on onnxruntime providers",
-                                 api_hint="pass providers=['openvino'] with precision='bf16'",
-                                 cli_hint="pass --providers openvino with --precision bf16")
-            return False
-        if allow_fallback and not openvino_available():
-            log.warning("OpenVINO is not installed (%s); falling back to onnxruntime's CPU provider in fp32",
-                        INSTALL_HINT)
-            self.precision = "fp32"
-            return False
-        return True
-
     @classmethod
     def from_artifacts(cls, path: str | os.PathLike, providers: str | Sequence[ProviderSpec] | None = None,
                        allow_fallback: bool = False, threads: int | None = None, graph_optimization: str = "all",
                        verify: bool = True, *, low_memory: bool = True, release_encoder: bool = True,
                        batch_size: int = DEFAULT_BATCH_SIZE, precision: str | None = None,
                        spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
-                       memory_budget: int | float | None = None) -> "Segmenter":
+                       memory_budget: int | float | None = None, backend: str | None = None) -> "Segmenter":
         """Load an lfm-export directory.
 
         Args:
@@ -216,7 +209,8 @@ class Segmenter:
             providers: execution providers, best first: None (CPU), "cpu", "cuda", "tensorrt"
                 (short or full onnxruntime names, a comma-separated string, or (name, options)
                 pairs). The CPU EP is always appended as the last resort. Or "openvino" alone:
-                the OpenVINO CPU runtime instead of onnxruntime (`lfm_deploy.runtime.openvino`).
+                the OpenVINO CPU runtime instead of onnxruntime (`lfm_deploy.runtime.openvino`), or
+                another runtime's name in `lfm_deploy.runtime.backends.selectors()`.
             allow_fallback: when a requested accelerator is missing, log a warning and run on
                 what onnxruntime activated instead of raising (OpenVINO not installed:
                 onnxruntime's CPU provider, in fp32).
@@ -249,6 +243,8 @@ class Segmenter:
                 (`CACHE_DIR`): a later process loads a 400 px fp32 head in 0.3 s instead of 0.7 s
                 (docs/openvino.md). Never inside the artifact directory, which holds only what
                 lfm-export wrote.
+            backend: a backend of the registry by name (`lfm_deploy.runtime.backends`,
+                docs/backends.md, e.g. "ov-bf16"), instead of `providers` and `precision`.
 
         Returns:
             A `Segmenter` without a support set (call `set_support`).
@@ -259,8 +255,8 @@ class Segmenter:
                 follow the contract.
             BackendUnavailable: a requested execution provider is not active, or OpenVINO is
                 not installed (and not `allow_fallback`).
-            InputError: an unknown provider name, "openvino" mixed with other providers,
-                bf16 without OpenVINO, or an invalid option.
+            InputError: an unknown provider or backend name, "openvino" mixed with other
+                providers, bf16 without OpenVINO, or an invalid option.
         """
         manifest = read_manifest(path, verify_files=verify)
         if not verify:
@@ -268,7 +264,7 @@ class Segmenter:
         return cls(path, manifest, providers=providers, allow_fallback=allow_fallback, threads=threads,
                    graph_optimization=graph_optimization, low_memory=low_memory, release_encoder=release_encoder,
                    batch_size=batch_size, verify=verify, precision=precision, spin_wait=spin_wait,
-                   openvino_cache=openvino_cache, memory_budget=memory_budget)
+                   openvino_cache=openvino_cache, memory_budget=memory_budget, backend=backend)
 
     def _graph_file(self, name: str) -> Path:
         graphs = self._manifest.get("graphs") or {}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import InputError, ManifestError
+from ..errors import BackendUnavailable, InputError, ManifestError
 from ..manifest import read_manifest, weights_label
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         InputError: the wrong number of pairs, unreadable or invalid support files.
     """
     from ..runtime.inputs import Preprocessing
-    from ..runtime.openvino import check_precision, import_openvino
-    from ..runtime.providers import check_available, resolve_providers, wants_openvino
+    from ..runtime.backends import select_backend
+    from ..runtime.providers import check_available, resolve_providers
     from .collection import read_bytes
 
     manifest = read_manifest(artifact_dir, verify_files=True)
@@ -98,14 +98,11 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     if not {"encoder", "head"} <= set(graphs):
         raise ManifestError(f"{artifact_dir} has no encoder/head pair (graphs: {', '.join(graphs) or 'none'}); "
                             "re-run lfm-export with --split")
-    precision = check_precision(precision)
-    if wants_openvino(providers):
-        if not allow_fallback:
-            import_openvino()  # missing: the install hint now, not in every worker
-    else:
-        if precision != "fp32":
-            raise InputError(f"precision {precision} runs on OpenVINO", api_hint="pass providers='openvino'",
-                             cli_hint="add --providers openvino")
+    backend = select_backend(providers, precision)
+    why = backend.unavailable() if backend is not None else None
+    if why and not allow_fallback:  # missing: the install hint now, not in every worker
+        raise BackendUnavailable(why, api_hint="or pass allow_fallback=True", cli_hint="or pass --allow-fallback")
+    if backend is None:
         check_available(resolve_providers(providers), allow_fallback)
     images, masks = list(support_images), list(support_masks)
     shots = manifest.get("shots")
