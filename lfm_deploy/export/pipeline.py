@@ -266,10 +266,13 @@ def export_domain(
     if masker is not None:  # the masker file is read (and checked) now, and its domain compared with ours
         check_masker_domain(masker, read_masker(masker)[1], dom.name, "exporting it for")
     threads = cap_threads(threads, "threads") if isinstance(threads, int) and threads > 0 else threads
-    if precision == "bf16":
-        from ..runtime.openvino import import_openvino
+    if precision != "fp32":  # the gate's backend missing: said now, with the install hint, not after the export
+        from ..errors import BackendUnavailable
+        from ..runtime.backends import gate_backend
 
-        import_openvino()  # fails now, with the install hint, rather than after the export
+        why = gate_backend(precision).unavailable()
+        if why:
+            raise BackendUnavailable(why)
     out = Path(out) if out is not None else Path("artifacts") / dom.name
     size = image_size or dom.image_size
     # Both places this export may write are checked before any work (nothing of the user's is replaced).

@@ -38,7 +38,6 @@ __all__ = [
     "ModelFromManifest",
     "SplitRunner",
     "manifest_of",
-    "ort_runner",
     "plan_eager",
     "plan_split",
     "run_feeds",
@@ -211,17 +210,6 @@ class EagerRunner(BaseRunner):
     def deactivate_impl(self):
         self._torch.set_num_threads(self._saved_threads)
         del self._fn, self.model
-
-
-def ort_runner(model, providers=None, *, threads: int | None = None, low_memory: bool = False,
-               name: str | None = None):
-    """Polygraphy's `OnnxrtRunner` on the runtime's session loader (`SessionFromOnnx`)."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    from ..runtime.sessions import SessionConfig, SessionFromOnnx
-
-    config = SessionConfig(threads=threads, low_memory=low_memory)
-    return OnnxrtRunner(SessionFromOnnx(model, providers, config=config), name=name)
 
 
 def plan_eager(backend, ctx):

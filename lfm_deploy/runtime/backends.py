@@ -1,19 +1,11 @@
 """Backends: every way this project runs an exported graph, declared once (`BACKENDS`, `register`).
 
-One row per backend (Ultralytics' `export_formats()`, Polygraphy's registered runners): its
-name ("ort-cpu", "ov-bf16", ...), runtime, the precision it is judged in, which of an export's
-graphs it takes, whether it can run here (and if not, why, with the install hint), and a lazy
-session loader for a graph, whose session answers onnxruntime's `InferenceSession` interface
-(`SessionFromOnnx`, `SessionFromOpenVINO`): Polygraphy's `OnnxrtRunner` runs any such backend
-(`Backend.runner`). Everything that names backends reads this table: the `Segmenter`'s
-`backend=` / `providers=` / `precision=` selection (`select_backend`), lfm-verify's `--backend`
-choices and plan, the precision gate's runner, serving's checks, and docs/backends.md
-(`markdown_table`, kept equal by tests/runtime/test_backend_registry.py).
-
-Backends that are not one session per graph (the eager model, the encoder -> head chain,
-TensorRT engines) live above the runtime: their row names the function that plans their
-lfm-verify run ("module:function", imported only then), so imports keep pointing one way and
-this module imports nothing beyond the standard library until a backend is used.
+One row per backend (name, runtime, precision, graphs, availability with the install hint, and
+a lazy loader of an onnxruntime-shaped session, which Polygraphy's `OnnxrtRunner` runs). The
+`Segmenter`'s selection, lfm-verify, the precision gates, serving and docs/backends.md read it.
+Backends that are not one session per graph (eager, encoder -> head, TensorRT engines) live
+above the runtime: their row names the function that plans their lfm-verify run
+("module:function", imported only then), so imports keep pointing one way.
 """
 
 from __future__ import annotations
@@ -40,20 +32,17 @@ class Backend:
 
     Attributes:
         name: what lfm-verify and `Segmenter(backend=...)` call it ("ov-bf16").
-        runtime: the runtime that runs it ("onnxruntime", "OpenVINO", "PyTorch", "TensorRT").
-        precision: the precision it runs in, which picks its tolerances ("fp32", "fp16", "bf16", "int8").
-        description: what runs, for reports and the docs' table.
-        graphs: which of an export's graphs it takes: "fp32" (the float32 graphs), "fp16" or "int8".
-        session: `session(path, **settings)` -> a lazy loader whose call returns an
-            onnxruntime-shaped session. Settings, each optional, taken where they apply and
-            ignored elsewhere: threads, config (`SessionConfig`), allow_fallback, what,
-            cache_dir, f32_islands. None for a backend with a `plan`.
-        unavailable: () -> None when it can run here, else why not in one sentence with the
-            install hint.
-        selector: the `providers=` name that picks this backend's runtime in the `Segmenter`
-            (with `precision=`), e.g. "openvino"; None: only by name.
-        plan: "module:function" that plans its lfm-verify run (`function(backend, PlanContext)`
-            -> `Planned`), for backends that are not a session per graph.
+        runtime: "onnxruntime", "OpenVINO", "PyTorch", "TensorRT".
+        precision: what it runs in, which picks its tolerances ("fp32", "fp16", "bf16", "int8").
+        description: what runs, for reports and the docs.
+        graphs: which of an export's graphs it takes: "fp32", "fp16" or "int8".
+        session: `session(path, **settings)` -> lazy loader of an onnxruntime-shaped session; each
+            setting (threads, config, allow_fallback, what, cache_dir, f32_islands) is taken where it
+            applies and ignored elsewhere.
+        unavailable: () -> None, or why it cannot run here in one sentence with the install hint.
+        selector: the `providers=` name that picks it in the `Segmenter` with `precision=` ("openvino").
+        plan: "module:function" planning its lfm-verify run (`function(backend, PlanContext)` ->
+            `Planned`), instead of `session`.
     """
 
     name: str
@@ -86,16 +75,8 @@ class Backend:
 
 @dataclass
 class PlanContext:
-    """What an lfm-verify plan knows about the export (`Backend.plan`).
-
-    Attributes:
-        artifact_dir: the export directory.
-        manifest: its manifest.
-        threads: CPU threads (None: the libraries' defaults).
-        graphs: {"fp32", "fp16", "int8", "encoder", "head": graph file, or None where the export has none}.
-        missing: {graphs kind: why it is missing, with the command that makes it}.
-        model_loader: dtype -> lazy loader of the eager model.
-    """
+    """What an lfm-verify plan knows: the export, threads, its graph files by kind ("fp32", "fp16",
+    "int8", "encoder", "head"; None where missing, `missing` says why) and the eager model's loader."""
 
     artifact_dir: Path
     manifest: Mapping
@@ -143,9 +124,13 @@ def _openvino(precision):
 
 
 def _openvino_missing() -> str | None:
-    from .openvino import INSTALL_HINT, openvino_available
+    from .openvino import INSTALL_HINT
 
-    return None if openvino_available() else f"OpenVINO is not installed: {INSTALL_HINT}"
+    try:
+        import openvino  # noqa: F401 (lazy: an optional extra)
+    except ImportError:
+        return f"OpenVINO is not installed: {INSTALL_HINT}"
+    return None
 
 
 def _cuda_missing() -> str | None:
@@ -239,35 +224,25 @@ def gate_backend(precision: str) -> Backend:
 
 
 def selectors() -> dict[str, str]:
-    """{`providers=` name: runtime} of the runtimes the `Segmenter` picks by name instead of onnxruntime providers."""
+    """{`providers=` name: runtime} of the runtimes the `Segmenter` picks instead of onnxruntime providers."""
     return {b.selector: b.runtime for b in BACKENDS.values() if b.selector}
 
 
-def segmenter_precisions() -> list[str]:
-    """The precisions a `Segmenter` runs in: fp32, and those of the backends `providers=` selects."""
-    return list(dict.fromkeys(["fp32"] + [b.precision for b in BACKENDS.values() if b.selector]))
-
-
-def _selector_of(entry) -> str | None:
-    name = entry[0] if isinstance(entry, tuple) and entry else entry
-    key = name.strip().lower() if isinstance(name, str) else None
-    return key if key in selectors() else None
-
-
 def selected_runtime(providers) -> str | None:
-    """The runtime selector a providers argument names ("openvino"), or None for onnxruntime providers.
+    """The selector a providers argument names ("openvino"), or None for onnxruntime providers.
 
     Raises:
         InputError: a selector mixed with other providers (its runtime runs the whole graph
             itself, nothing falls through to another provider), or given options.
     """
     items = entries(providers)
-    chosen = {_selector_of(e) for e in items} - {None}
+    names = [(e[0] if isinstance(e, tuple) and e else e) for e in items]
+    names = [n.strip().lower() if isinstance(n, str) else n for n in names]
+    chosen = sorted({n for n in names if n in selectors()})
     if not chosen:
         return None
-    selector = sorted(chosen)[0]
-    runtime = selectors()[selector]
-    others = sorted({str(e[0] if isinstance(e, tuple) else e).strip() for e in items if _selector_of(e) != selector})
+    selector, runtime = chosen[0], selectors()[chosen[0]]
+    others = sorted({str(n) for n in names if n != selector})
     if others:
         raise InputError(
             f"providers {providers!r} mix {selector} with {', '.join(others)}; {runtime} runs the whole graph itself "
@@ -282,30 +257,12 @@ def selected_runtime(providers) -> str | None:
     return selector
 
 
-def check_precision(precision: str | None) -> str:
-    """A `Segmenter` precision argument, validated ("fp32" for None).
-
-    Raises:
-        InputError: a precision no backend the `Segmenter` selects runs.
-    """
-    known = segmenter_precisions()
-    if precision is None:
-        return "fp32"
-    if precision not in known:
-        runs = "; ".join(f"{p} runs on {', '.join(sorted({b.runtime for b in BACKENDS.values() if b.selector and b.precision == p}))}"
-                         for p in known if p != "fp32")
-        raise InputError(f"precision {precision!r} is not one of {', '.join(known)}",
-                         api_hint=f"pass precision= one of {', '.join(map(repr, known))} ({runs})",
-                         cli_hint=f"pass --precision with one of {', '.join(known)}")
-    return precision
-
-
 def select_backend(providers=None, precision: str | None = None, backend: str | None = None) -> Backend | None:
     """The backend a `Segmenter` (or a serving job) runs on.
 
     Args:
         providers: as `Segmenter.from_artifacts`: onnxruntime providers, or a selector alone ("openvino").
-        precision: "fp32" (None) or a precision a selector's backend runs ("bf16").
+        precision: "fp32" (None), or what a selector's backend runs ("bf16").
         backend: a registered backend by name, instead of providers and precision.
 
     Returns:
@@ -317,22 +274,28 @@ def select_backend(providers=None, precision: str | None = None, backend: str | 
     """
     if backend is not None:
         chosen = get_backend(backend)
-        if chosen.session is None:
-            raise InputError(f"backend {backend!r} does not run exported graphs in a session (it is lfm-verify's)",
-                             api_hint="pick a backend with a session loader, or pass providers=")
-        if precision not in (None, chosen.precision):
-            raise InputError(f"backend {backend!r} runs {chosen.precision}, not {precision}",
-                             api_hint=f"leave precision= out, or pass precision='{chosen.precision}'")
+        if chosen.session is None or precision not in (None, chosen.precision):
+            raise InputError(f"backend {backend!r} runs {chosen.precision} through lfm-verify only" if chosen.session
+                             is None else f"backend {backend!r} runs {chosen.precision}, not {precision}",
+                             api_hint="pass a backend with a session loader (docs/backends.md) and no other precision")
         return chosen
-    precision = check_precision(precision)
-    selector = selected_runtime(providers)
+    runs = {}  # precision -> (runtime, selector) of the backends `providers=` picks
     for b in BACKENDS.values():
-        if b.selector and b.selector == selector and b.precision == precision:
+        if b.selector:
+            runs.setdefault(b.precision, (b.runtime, b.selector))
+    known = list(dict.fromkeys(["fp32", *runs]))
+    if precision not in [None, *known]:
+        where = "; ".join(f"{p} runs on {runs[p][0]}" for p in known if p != "fp32")
+        raise InputError(f"precision {precision!r} is not one of {', '.join(known)}",
+                         api_hint=f"pass precision= one of {', '.join(map(repr, known))} ({where})",
+                         cli_hint=f"pass --precision with one of {', '.join(known)}")
+    precision, selector = precision or "fp32", selected_runtime(providers)
+    for b in BACKENDS.values():
+        if b.selector is not None and b.selector == selector and b.precision == precision:
             return b
     if selector is None and precision == "fp32":
         return None
-    where = sorted({(b.runtime, b.selector) for b in BACKENDS.values() if b.selector and b.precision == precision})
-    runtime, name = where[0] if where else ("onnxruntime", "cpu")
+    runtime, name = runs.get(precision, ("onnxruntime", "cpu"))
     raise InputError(f"precision {precision} runs on {runtime}, not on {selector or 'onnxruntime providers'}",
                      api_hint=f"pass providers=['{name}'] with precision='{precision}'",
                      cli_hint=f"pass --providers {name} with --precision {precision}")

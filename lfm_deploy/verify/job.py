@@ -388,7 +388,7 @@ def _fp16_graph(artifact_dir: Path, manifest: dict, fp16_onnx, workdir: Path | N
 def _layerwise(artifact_dir: Path, manifest: dict, feed: dict, model_loader, workdir: Path, threads, rel: float,
                label: str) -> dict:
     from .layerwise import LayerwiseEpisode, compare_stages, export_layerwise_graph, first_mismatch
-    from ..parity.runners import CPU, EagerRunner, ModelFromManifest, ort_runner, run_feeds
+    from ..parity.runners import EagerRunner, ModelFromManifest, run_feeds
 
     shots = int(manifest["shots"])
     path = workdir / "layerwise.onnx"
@@ -400,7 +400,7 @@ def _layerwise(artifact_dir: Path, manifest: dict, feed: dict, model_loader, wor
     del clean
     ref, _ = run_feeds(EagerRunner(model_loader("float64"), LayerwiseEpisode, shots=shots, dtype="float64", threads=threads,
                               name="eager-fp64-layerwise"), [feed])
-    got, _ = run_feeds(ort_runner(path, [CPU], threads=threads, name=f"{label}-layerwise"), [feed])
+    got, _ = run_feeds(get_backend("ort-cpu").runner(path, threads=threads, name=f"{label}-layerwise"), [feed])
     checks = compare_stages({k: np.concatenate(v) for k, v in got.items()}, {k: np.concatenate(v) for k, v in ref.items()},
                             order, rel)
     first = first_mismatch(checks)

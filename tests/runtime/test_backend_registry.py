@@ -60,7 +60,7 @@ def test_registry_reads():
     assert select_backend("cpu") is None and select_backend("openvino", "bf16").name == "ov-bf16"
     with pytest.raises(InputError, match="unknown backend 'ort-tpu'; pass one of eager-fp32, ort-cpu"):
         get_backend("ort-tpu")
-    with pytest.raises(InputError, match="does not run exported graphs in a session"):
+    with pytest.raises(InputError, match="runs fp16 through lfm-verify only"):
         select_backend(backend="trt-fp16")
     with pytest.raises(InputError, match="runs fp32, not bf16"):
         select_backend(backend="ort-cpu", precision="bf16")
