@@ -25,8 +25,8 @@ SCHEMA_VERSION = 1
 
 #: How weights that are not a real model are flagged (manifests, reports, logs, the CLI, the page).
 UNTRAINED_LABEL = "UNTRAINED default (seeded random initialisation, not a trained model)"
-SYNTHETIC_LABEL = ("SYNTHETIC-DATA default (its head trained on lfm-make-data's synthetic shapes, its backbone "
-                   "seeded random; not a real model)")
+SYNTHETIC_LABEL = ("SYNTHETIC-DATA default (its head and the backbone's last stage trained on lfm-make-data's "
+                   "synthetic shapes, the rest of the backbone seeded random; not a real model)")
 #: `weights.source` of the synthetic-data default (`lfm_deploy.pretrain`).
 SYNTHETIC_SOURCE = "synthetic-default"
 

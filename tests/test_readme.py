@@ -2,7 +2,7 @@
 folder, with the installed commands (`.venv/bin/...` points at the running environment).
 
 Skipped blocks, each for a stated reason (`NOT_RUN`): the quick start's install line (the test
-runs inside the installed environment; its `lfm-export --domain deepglobe` runs as part of the
+runs inside the installed environment; its `lfm export --domain deepglobe` runs as part of the
 pipeline block), the test commands (this is the test suite), the benchmark commands (measured
 by `benchmarks/`, minutes each), the Ray examples, which name placeholder files and clusters
 (tests/serving runs both Ray paths on a real local cluster), and the int8 export of a placeholder
@@ -35,7 +35,7 @@ NOT_RUN = {
     "-m pytest": "runs the test suite itself",
     "benchmarks/": "benchmark commands, measured separately (minutes each)",
     "--engine ray": "Ray examples with placeholder files and clusters; tests/serving runs both paths on a real cluster",
-    "lfm-serve": "a long-running service with placeholder files; tests/serving runs it and its HTTP API",
+    "lfm serve": "a long-running service with placeholder files; tests/serving runs it and its HTTP API",
     "label-studio start": "starts Label Studio, a long-running application; tests/serving/test_label_studio.py runs "
                           "it and the backend against it",
     "--precision int8": "a reduced-precision export of a placeholder checkpoint (minutes at 400 px); tests/precision "
@@ -56,8 +56,8 @@ def readme_blocks() -> list[tuple[str, str, str | None]]:
 def test_readme_blocks_are_found():
     blocks = readme_blocks()
     run = [b for b in blocks if b[2] is None]
-    assert any("lfm-export --domain deepglobe" in code for _, code, _ in run)
-    assert any("lfm-predict" in code for _, code, _ in run)
+    assert any("lfm export --domain deepglobe" in code for _, code, _ in run)
+    assert any("lfm predict" in code for _, code, _ in run)
     assert any(lang == "python" and "Segmenter" in code for lang, code, _ in run)
 
 

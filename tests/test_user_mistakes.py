@@ -35,6 +35,7 @@ from PIL import Image
 from lfm_deploy.cli.engine import main as build_engine_main
 from lfm_deploy.cli.export import lint_main, main as export_main
 from lfm_deploy.cli.finetune import eval_main, finetune_main, make_data_main
+from lfm_deploy.cli.group import lfm
 from lfm_deploy.cli.predict import main as predict_main
 from lfm_deploy.cli.verify import main as verify_main
 from lfm_deploy.errors import InputError, LFMError, ManifestError, OutputError
@@ -51,6 +52,7 @@ COMMANDS = {
     "lfm-predict": predict_main,
     "lfm-verify": verify_main,
     "lfm-build-engine": build_engine_main,
+    "lfm": lfm,  # the command group: `lfm predict ...` runs the same command objects as the aliases
 }
 
 #: Small, quick settings for the commands that run a model (hidden --image-size).
@@ -576,6 +578,31 @@ CASES = [
          check=_exists("masks/q1_mask.png", "masks/q2_overlay.png", "masks/results.jsonl")),
     Case("predict/odd-out-path", "lfm-predict", [*PREDICT, "--out", "résultats du jour/"], 0, art=True,
          check=_exists("résultats du jour/q1_mask.png")),
+    # ---------------------------------------------------------------- the lfm group
+    Case("lfm/unknown-command", "lfm", ["predcit", *PREDICT, "--out", "masks"], 2, r"No such command 'predcit'"),
+    Case("lfm/predict-artifact-is-the-dataset", "lfm", ["predict", "data", "--support", SUPPORT, "queries", "--out",
+                                                       "masks"], 1, r"data"),
+    Case("lfm/predict-artifact-is-a-file", "lfm", ["predict", "best_model.pt", "--support", SUPPORT, "queries",
+                                                   "--out", "masks"], 2, r"ARTIFACT_DIR"),
+    Case("lfm/predict-workers-without-ray", "lfm", ["predict", "sup", "--support", SUPPORT, "queries", "--out", "masks",
+                                                    "--workers", "4"], 2,
+         r"--workers is for --engine ray"),
+    Case("lfm/predict-int8-of-an-fp32-export", "lfm", ["predict", *PREDICT, "--out", "masks", "--precision", "int8"],
+         1, r"exported at fp32 and hold no int8 graphs.*--precision auto", art=True),
+    Case("lfm/predict-bf16-on-onnxruntime", "lfm", ["predict", *PREDICT, "--out", "masks", "--precision", "bf16"],
+         2, r"--precision bf16 needs --providers openvino", art=True),
+    Case("lfm/predict-missing-query", "lfm", ["predict", "art", "--support", SUPPORT, "quieres/", "--out", "masks"],
+         2, r"quieres", art=True),
+    Case("lfm/predict-glob-matching-nothing", "lfm", ["predict", "art", "--support", SUPPORT, "queries/*.tif",
+                                                       "--out", "masks"], 1, r"no input images", art=True),
+    Case("lfm/predict-list-file-naming-a-missing-image", "lfm",
+         ["predict", "art", "--support", SUPPORT, "list.txt", "--out", "masks"], 1, r"1 of 2", art=True,
+         setup=_write("list.txt", b"queries/q1.jpg\nqueries/gone.jpg\n"), writes=True,
+         check=_exists("masks/q1_mask.png")),
+    Case("lfm/export-unknown-domain", "lfm", ["export", "--domain", "mars"], 2, r"mars"),
+    Case("lfm/finetune-threads-zero", "lfm", ["finetune", *FINETUNE, "--threads", "0"], 2, r"--threads"),
+    Case("lfm/eval-quiet-and-data-root-missing", "lfm", ["eval", "--domain", "deepglobe", "--data-root", "nowhere",
+                                                         "-q"], 1, r"nowhere"),
     # ---------------------------------------------------------------- lfm-verify
     Case("verify/out-is-the-artifact-folder", "lfm-verify", ["art", "--out", "art"], 1, r"--out art", art=True),
     Case("verify/out-is-the-dataset", "lfm-verify", ["art", "--out", "data/Deepglobe"], 1, r"--out data/Deepglobe",

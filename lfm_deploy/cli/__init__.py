@@ -1,7 +1,9 @@
 """Command-line entry points: thin layers that parse options and call the public API.
 
-Each command lives in its own module; `run_command` turns user errors (`LFMError`) into
-`Error: ...` with exit code 1 and no traceback, while genuine bugs keep their traceback.
+Each command lives in its own module and is a subcommand of the `lfm` group (`group`; the old
+`lfm-*` scripts are aliases of the same command objects); the options they share are spelled
+once (`options`). `user_errors` turns user errors (`LFMError`) into `Error: ...` with exit code 1
+and no traceback, while genuine bugs keep their traceback.
 """
 
 from __future__ import annotations
@@ -170,7 +172,8 @@ BATCH_SIZE = click.IntRange(1, 256)
 WORKERS = click.IntRange(1, 1024)
 
 
-verbose_option = click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+verbose_option = click.option("-v", "--verbose", count=True, show_default=False,
+                              help="More log output (-v info, -vv debug).")
 
 
 def domain_choice_callback(ctx, param, value):

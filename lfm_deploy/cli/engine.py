@@ -1,4 +1,4 @@
-"""`lfm-build-engine`: TensorRT engines for an lfm-export directory."""
+"""`lfm build-engine` (alias `lfm-build-engine`): TensorRT engines for an lfm export directory."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
-from . import FiniteFloat, OutputFilePath, setup_logging, user_errors, verbose_option
+from . import FiniteFloat, OutputFilePath, setup_logging, user_errors
+from .options import ENGINE_PRECISIONS, command, verbose_option
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
-              help="fp32 (TF32 off, for parity), fp16 (an fp16 graph with fp32 islands after a range check) or "
+@click.option("--precision", type=click.Choice(ENGINE_PRECISIONS), default="fp32",
+              help="The engine's precision: fp32 (TF32 off, for parity), fp16 (an fp16 graph with fp32 islands after a range check) or "
                    "int8 (explicit quantization from the int8 QDQ graphs of an `lfm-export --precision int8` "
                    "export, strongly typed, no calibrator).")
 @click.option("--workspace-gb", type=FiniteFloat(min=0, min_open=True), default=4.0, help="Workspace memory limit (GiB).")
@@ -43,9 +44,9 @@ def main(artifact_dir, precision, workspace_gb, max_batch, timing_cache, graphs,
 
     \b
     Example:
-      lfm-build-engine artifacts/deepglobe --precision fp16 --max-batch 8 --timing-cache trt.cache
-      lfm-build-engine artifacts/deepglobe --precision fp16 --onnx-only   # no GPU needed
-      lfm-build-engine artifacts/deepglobe-int8 --precision int8          # after lfm-export --precision int8
+      lfm build-engine artifacts/deepglobe --precision fp16 --max-batch 8 --timing-cache trt.cache
+      lfm build-engine artifacts/deepglobe --precision fp16 --onnx-only   # no GPU needed
+      lfm build-engine artifacts/deepglobe-int8 --precision int8          # after lfm export --precision int8
     """
     from ..tensorrt.engines import ENGINE_DIR, build_engines
 

@@ -1,4 +1,4 @@
-"""`lfm-export` and `lfm-lint-trt`."""
+"""`lfm export` and `lfm lint-trt` (aliases `lfm-export`, `lfm-lint-trt`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from ..manifest import weights_label
-from . import COUNT, SEED, SHOTS, THREADS, domain_choice_callback, setup_logging, user_errors, verbose_option
+from . import COUNT, SEED, SHOTS, setup_logging, user_errors
+from .options import EXPORT_PRECISIONS, command, domain_option, progress_option, threads_option, verbose_option
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--domain", required=True, callback=domain_choice_callback,
-              help="Target domain: deepglobe, isic, chest_xray (lung), fss1000.")
+@command()
+@domain_option()
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="HSNet-ResNet50 checkpoint (upstream best_model.pt). Default: the synthetic-data default (built once and "
                    "cached; not a real model); 'untrained' for the seeded untrained weights.")
@@ -30,9 +30,9 @@ from . import COUNT, SEED, SHOTS, THREADS, domain_choice_callback, setup_logging
 @click.option("--simplify/--no-simplify", default=True, help="Simplify graphs with onnxslim.")
 @click.option("--validate/--no-validate", default=True, help="Check every graph against the eager model in onnxruntime.")
 @click.option("--seed", type=SEED, default=0, help="Seed of the validation episodes.")
-@click.option("--threads", type=THREADS, default=2,
-              help="onnxruntime threads for validation, at most the CPU cores (more are capped).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default="fp32",
+@threads_option("onnxruntime (and torch) threads for validation and the precision gate, at most the CPU cores "
+                "(more are capped).", default=2)
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="fp32",
               help="fp32: the validated float32 graphs. int8: QDQ graphs (onnxruntime, OpenVINO, TensorRT); fp16: "
                    "fp16 graphs with float32 islands; bf16: OpenVINO bf16 on the float32 graphs (needs the openvino "
                    "extra). Reduced precisions must pass the domain's accuracy gate against the eager model "
@@ -45,11 +45,11 @@ from . import COUNT, SEED, SHOTS, THREADS, domain_choice_callback, setup_logging
 @click.option("--calibration-episodes", type=COUNT, default=8,
               help="int8/fp16 without --calibration: validation episodes to calibrate on (int8 also chooses its "
                    "float share on as many held-out ones).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@progress_option
 @verbose_option
 @user_errors
 def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, split, triton, simplify, validate, seed, threads,
-         precision, calibration, gate_episodes, calibration_episodes, quiet, verbose):
+         precision, calibration, gate_episodes, calibration_episodes, progress, verbose):
     """Export a domain's HSNet + frequency-masker model to ONNX and prove it matches PyTorch.
 
     Writes episode.onnx (and encoder.onnx / head.onnx), manifest.json and export_report.{json,md}
@@ -57,9 +57,9 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
 
     \b
     Example:
-      lfm-export --domain deepglobe
-      lfm-export --domain isic --checkpoint best_model.pt --masker masker-isic.safetensors --shots 5
-      lfm-export --domain deepglobe --checkpoint best_model.pt --precision int8 --calibration my_labelled/
+      lfm export --domain deepglobe
+      lfm export --domain isic --checkpoint best_model.pt --masker masker-isic.safetensors --shots 5
+      lfm export --domain deepglobe --checkpoint best_model.pt --precision int8 --calibration my_labelled/
     """
     from ..export.pipeline import REPORT_MD, export_domain
 
@@ -67,7 +67,7 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
     result = export_domain(
         domain, out=out, checkpoint=checkpoint, masker=masker, apm=apm, acpa=acpa, shots=shots,
         lowering=lowering, opset=opset, split=split, triton=triton, simplify=simplify,
-        validate=validate, seed=seed, threads=threads, progress=not quiet, precision=precision,
+        validate=validate, seed=seed, threads=threads, progress=progress, precision=precision,
         calibration=calibration, gate_episodes=gate_episodes, calibration_episodes=calibration_episodes,
     )
     man = result.manifest
@@ -90,7 +90,7 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
     click.echo(f"Report: {Path(result.out_dir) / REPORT_MD}")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=True))
 @click.option("--trt-version", default="10.0", help="Target TensorRT version (DFT is accepted from 11.2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
@@ -99,8 +99,12 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
 def lint_main(models, trt_version, as_json, verbose):
     """Check ONNX graphs for what TensorRT cannot import, without TensorRT.
 
-    MODELS are .onnx files or lfm-export directories (every *.onnx in them). Exit code 1 when a
+    MODELS are .onnx files or lfm export directories (every *.onnx in them). Exit code 1 when a
     graph has findings.
+
+    \b
+    Example:
+      lfm lint-trt artifacts/deepglobe --trt-version 10.0
     """
     import json
 

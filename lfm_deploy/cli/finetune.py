@@ -1,4 +1,4 @@
-"""`lfm-finetune`, `lfm-eval` and `lfm-make-data`: fine-tune a domain's masker, evaluate it on
+"""`lfm finetune`, `lfm eval` and `lfm make-data` (aliases `lfm-finetune`, ...): fine-tune a domain's masker, evaluate it on
 the CD-FSS episodes, and write a synthetic dataset to try both on.
 
 Each command parses its options and calls one public function (`finetune_domain`, `evaluate`,
@@ -14,23 +14,13 @@ import click
 
 from ..manifest import SYNTHETIC_SOURCE
 from ..preprocess import MAX_IMAGE_SIDE
-from . import (
-    COUNT,
-    SEED,
-    SHOTS,
-    STEPS,
-    FiniteFloat,
-    OutputFilePath,
-    domain_choice_callback,
-    setup_logging,
-    user_errors,
-    verbose_option,
-)
+from . import COUNT, SEED, SHOTS, STEPS, FiniteFloat, OutputFilePath, setup_logging, user_errors
+from .options import command, domain_option, progress_option, set_torch_threads, threads_option, verbose_option
+
+_TORCH_THREADS = "torch intra-op threads, at most the CPU cores (more are capped). Default: torch's (all cores)."
 
 #: Peak memory of writing one synthetic image per pixel (float64 textures; 98 measured, with margin).
 _SYNTHETIC_BYTES_PER_PIXEL = 112
-
-_DOMAIN_HELP = "Target domain: deepglobe, isic, chest_xray or fss1000 (aliases accepted)."
 
 
 def _fmt(value) -> str:
@@ -50,8 +40,9 @@ def _untrained_note(weights: dict) -> None:
     if not weights.get("untrained"):
         return
     if weights.get("source") == SYNTHETIC_SOURCE:
-        text = ("NOTE: SYNTHETIC-DATA default base weights (no --checkpoint): the HSNet head was trained on "
-                "lfm-make-data's synthetic shapes, the backbone is seeded random. Not a real model: it shows "
+        text = ("NOTE: SYNTHETIC-DATA default base weights (no --checkpoint): the HSNet head and the backbone's last "
+                "stage were trained on lfm-make-data's synthetic shapes, the rest of the backbone is seeded random. "
+                "Not a real model: it shows "
                 "the pipeline working on synthetic data only; pass an HSNet checkpoint (--checkpoint) for real results.")
     else:
         text = ("NOTE: UNTRAINED base weights: seeded random backbone and learner, only good for trying the "
@@ -59,8 +50,8 @@ def _untrained_note(weights: dict) -> None:
     click.secho(text, fg="yellow", err=True)
 
 
-@click.command("lfm-finetune", context_settings={"show_default": True, "max_content_width": 100})
-@click.option("--domain", "domain", required=True, callback=domain_choice_callback, help=_DOMAIN_HELP)
+@command()
+@domain_option()
 @click.option(
     "--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Benchmark dataset root (the folder holding Deepglobe/, ISIC/, ...): the first --shots "
@@ -95,11 +86,12 @@ def _untrained_note(weights: dict) -> None:
               help="Model input side (default: the domain's, 400). For tests and experiments only.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --out file (or its log) that is not an earlier lfm-finetune output.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@threads_option(_TORCH_THREADS)
+@progress_option
 @verbose_option
 @user_errors
 def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iterations, lr, optimizer, seed, out,
-                  pairs_per_iteration, image_size, overwrite, progress, verbose):
+                  pairs_per_iteration, image_size, overwrite, threads, progress, verbose):
     """Fine-tune the frequency masker (APM + ACPA) for one target domain.
 
     Only the masker is trained; the backbone and the HSNet learner stay frozen. Each support
@@ -108,13 +100,14 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
 
     \b
     Example:
-      lfm-finetune --domain deepglobe --data-root ./data --checkpoint hsnet.pt --shots 5
+      lfm finetune --domain deepglobe --data-root ./data --checkpoint hsnet.pt --shots 5
     """
     setup_logging(verbose)
     if (data_root is None) == (support is None):
         raise click.UsageError("pass exactly one of --data-root (benchmark dataset) or --support (your own set)")
     from ..finetune.trainer import finetune_domain
 
+    set_torch_threads(threads)
     result = finetune_domain(
         domain, data_root=data_root, support=support, checkpoint=checkpoint, shots=shots, apm=apm, acpa=acpa,
         iterations=iterations, lr=lr, optimizer=optimizer, seed=seed, out=out,
@@ -134,8 +127,8 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
     _untrained_note(result.weights.to_dict())
 
 
-@click.command("lfm-eval", context_settings={"show_default": True, "max_content_width": 100})
-@click.option("--domain", "domain", required=True, callback=domain_choice_callback, help=_DOMAIN_HELP)
+@command()
+@domain_option()
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Benchmark dataset root (the folder holding Deepglobe/, ISIC/, ...).")
 @click.option("--shots", type=SHOTS, default=None,
@@ -167,21 +160,23 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
               help="Model input side (default: the domain's, 400). For tests and experiments only.")
 @click.option("--overwrite", is_flag=True,
               help="Replace existing --report / --overlays files that lfm-eval did not write.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@threads_option(_TORCH_THREADS)
+@progress_option
 @verbose_option
 @user_errors
 def eval_main(domain, data_root, shots, masker, checkpoint, protocol, episodes, seed, apm, acpa, iterations, lr,
-              overlays, overlay_count, report, image_size, overwrite, progress, verbose):
+              overlays, overlay_count, report, image_size, overwrite, threads, progress, verbose):
     """Evaluate on the CD-FSS test episodes: mIoU, FB-IoU and per-class IoU (CPU).
 
     \b
     Example:
-      lfm-eval --domain deepglobe --data-root ./data --shots 1 \\
+      lfm eval --domain deepglobe --data-root ./data --shots 1 \\
                --checkpoint hsnet.pt --masker masker-deepglobe.safetensors --report report.json
     """
     setup_logging(verbose)
     from ..finetune.evaluate import evaluate
 
+    set_torch_threads(threads)
     result = evaluate(
         domain, data_root, shots=shots, masker=masker, checkpoint=checkpoint, protocol=protocol, episodes=episodes,
         seed=seed, overlays_dir=overlays, overlay_count=overlay_count, progress=progress, apm=apm, acpa=acpa,
@@ -203,8 +198,8 @@ def eval_main(domain, data_root, shots, masker, checkpoint, protocol, episodes, 
     _untrained_note({**result["weights"], "untrained": result["untrained"]})
 
 
-@click.command("lfm-make-data", context_settings={"show_default": True, "max_content_width": 100})
-@click.option("--domain", "domain", required=True, callback=domain_choice_callback, help=_DOMAIN_HELP)
+@command()
+@domain_option()
 @click.option("--out", "root", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Dataset root to write; the domain's folder (e.g. Deepglobe/) is created inside.")
 @click.option("--per-class", type=click.IntRange(2, 10**4), default=None,
@@ -225,8 +220,8 @@ def make_data_main(domain, root, per_class, size, classes, seed, verbose):
 
     \b
     Example:
-      lfm-make-data --domain deepglobe --out ./synthetic
-      lfm-finetune --domain deepglobe --data-root ./synthetic --iterations 5
+      lfm make-data --domain deepglobe --out ./synthetic
+      lfm finetune --domain deepglobe --data-root ./synthetic --iterations 5
     """
     setup_logging(verbose)
     from ..data import make_synthetic_dataset, open_dataset

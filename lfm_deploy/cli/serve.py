@@ -1,4 +1,4 @@
-"""`lfm-serve`: an HTTP segmentation service on Ray Serve (see lfm_deploy.serving.ray_serve)."""
+"""`lfm serve` (alias `lfm-serve`): an HTTP segmentation service on Ray Serve (see lfm_deploy.serving.ray_serve)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 
 import click
 
-from . import FiniteFloat, setup_logging, user_errors, verbose_option
+from . import FiniteFloat, setup_logging, user_errors
+from .options import command, providers_option, run_precision_option, threads_option, verbose_option
 from .predict import _parse_support
 
 
@@ -27,7 +28,7 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command()
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--support", "supports", multiple=True, callback=_parse_support, metavar="IMAGE:MASK",
               help="The default support set: a support image and its mask (repeat for K-shot artifacts; exactly K "
@@ -39,8 +40,8 @@ def _on_sigterm(signum, frame):
 @click.option("--replicas", type=click.IntRange(min=1), default=1, help="Replicas (each one model in memory).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, help="Largest dynamic batch per replica.")
 @click.option("--batch-wait-ms", type=FiniteFloat(min=0), default=5.0, help="How long a replica waits to fill a batch.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="onnxruntime threads per replica. Default: this machine's CPUs / --replicas.")
+@threads_option("onnxruntime (or OpenVINO) threads per replica, at most the CPU cores (more are capped). "
+                "Default: this machine's CPUs / --replicas.")
 @click.option("--cpus-per-replica", type=FiniteFloat(min=0, min_open=True), default=0.5,
               help="CPUs each replica reserves in Ray's scheduler.")
 @click.option("--max-body-mb", type=FiniteFloat(min=0, min_open=True), default=32.0,
@@ -75,10 +76,8 @@ def _on_sigterm(signum, frame):
 @click.option("--address", default=None,
               help="Join this Ray cluster (ray start --head prints it). Default: a private local one "
                    "(RAY_ADDRESS is not used unless passed here).")
-@click.option("--providers", default="cpu",
-              help="Execution providers, best first: cpu, cuda, tensorrt (comma-separated); or openvino alone.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32",
-              help="bf16 needs --providers openvino (and moves the masks slightly: check with lfm-verify --backend ov-bf16).")
+@providers_option()
+@run_precision_option
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU when a requested accelerator is unavailable.")
 @click.option("--allow-empty-mask", is_flag=True, help="Accept support masks without foreground.")
 @verbose_option
@@ -87,7 +86,7 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
          max_body_mb, body_timeout_s, max_megapixels, replica_megapixels, token, max_support_sets, support_cache_mb,
          store, label_studio_url, label_studio_api_key, drain_timeout_s, address,
          providers, precision, allow_fallback, allow_empty_mask, verbose):
-    """Serve an lfm-export directory over HTTP, until Ctrl-C or SIGTERM.
+    """Serve an lfm export directory over HTTP, until Ctrl-C or SIGTERM.
 
     \b
     POST /predict             image bytes -> mask PNG (0/255, the image's size), default set
@@ -105,7 +104,7 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
 
     \b
     Example:
-      lfm-serve artifacts/deepglobe --support s.jpg:s_mask.png --port 8000 --replicas 2
+      lfm serve artifacts/deepglobe --support s.jpg:s_mask.png --port 8000 --replicas 2
       curl --data-binary @query.jpg http://127.0.0.1:8000/predict -o mask.png
     """
     from ..serving.cluster import import_ray, ray_cluster
@@ -135,7 +134,8 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
                 url = start_service(app, host=host, port=port)
                 started = True
                 auth = " (token required)" if token else ""
-                click.echo(f"Serving {artifact_dir} at {url}{auth} ({replicas} replica(s), batches of up to "
+                click.echo(f"Serving {artifact_dir} ({getattr(app, 'lfm_runs', '?')}) at {url}{auth} ({replicas} "
+                           f"replica(s), batches of up to "
                            f"{max_batch}): page {url}/, POST {url}/support-sets, POST {url}/predict, GET {url}/healthz, "
                            f"GET {url}/metadata, GET {url}/docs, Label Studio ML backend {url}/label-studio. "
                            "Ctrl-C stops.")

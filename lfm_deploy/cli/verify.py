@@ -1,4 +1,4 @@
-"""`lfm-verify`: cross-backend parity report for an lfm-export directory."""
+"""`lfm verify` (alias `lfm-verify`): cross-backend parity report for an lfm export directory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from . import SEED, setup_logging, user_errors, verbose_option
+from . import SEED, setup_logging, user_errors
+from .options import command, progress_option, threads_option, verbose_option
 
 
 class _BackendChoice(click.Choice):
@@ -26,7 +27,7 @@ class _BackendChoice(click.Choice):
         pass
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (verify.json/.md/.png). Default: ARTIFACT_DIR/verify.")
@@ -34,7 +35,7 @@ class _BackendChoice(click.Choice):
               help="Backends to run (repeatable). Default: all; unavailable ones are reported as skipped.")
 @click.option("--episodes", type=click.IntRange(min=1), default=3, help="Seeded episodes to run through every backend.")
 @click.option("--seed", type=SEED, default=0, help="First episode seed.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and onnxruntime.")
+@threads_option()
 @click.option("--layerwise", is_flag=True,
               help="Also compare intermediate stages (masker, ACPA, correlations, learner) and report the first "
                    "stage outside tolerance; exports a debug graph into the report directory.")
@@ -42,10 +43,10 @@ class _BackendChoice(click.Choice):
               help="Make an fp16 episode graph with fp32 islands (range check on real activations) when "
                    "ARTIFACT_DIR/engines has none, and check it in onnxruntime CPU.")
 @click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm-verify did not write.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@progress_option
 @verbose_option
 @user_errors
-def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, quiet, verbose):
+def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, progress, verbose):
     """Run the same seeded episodes through every backend and compare them with PyTorch float64.
 
     Backends: every one of the registry (lfm_deploy.runtime.backends, docs/backends.md; the
@@ -57,9 +58,9 @@ def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_o
 
     \b
     Example:
-      lfm-verify artifacts/deepglobe
-      lfm-verify artifacts/deepglobe --layerwise --fp16-onnx --episodes 5
-      lfm-verify artifacts/deepglobe --backend ov-fp32 --backend ov-bf16
+      lfm verify artifacts/deepglobe
+      lfm verify artifacts/deepglobe --layerwise --fp16-onnx --episodes 5
+      lfm verify artifacts/deepglobe --backend ov-fp32 --backend ov-bf16
     """
     import shutil
     import tempfile
@@ -81,7 +82,7 @@ def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_o
         report = verify_artifacts(artifact_dir, backends=list(backends) or None, episodes=episodes, seed=seed,
                                   threads=threads, layerwise=layerwise,
                                   workdir=work if (layerwise or fp16_onnx) else None, fp16_onnx=fp16_onnx,
-                                  progress=not quiet)
+                                  progress=progress)
         for made in sorted(Path(work).rglob("*")):  # debug graphs made on the way
             if made.is_file():
                 target.write(str(made.relative_to(work)), lambda tmp, src=made: shutil.copyfile(src, tmp))

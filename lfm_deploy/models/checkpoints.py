@@ -425,10 +425,11 @@ def load_masker(model: LFMHSNet, path: str | os.PathLike, weights: WeightsInfo |
 
 
 def load_learner(model: LFMHSNet, path: str | os.PathLike) -> str:
-    """Load a learner-only file (`hpn_learner.*` and nothing else) into `model`, checked first.
+    """Load a learner file into `model`, checked first: the HSNet learner (`hpn_learner.*`, all of
+    it) and optionally the backbone's last stage (`backbone.layer4.*`, all of it), nothing else.
 
     Read safely (`read_state_dict`: tensors only, never arbitrary pickled objects) and validated
-    completely (every learner key, nothing else, shapes, finiteness) before anything is copied.
+    completely (every key of each part, nothing else, shapes, finiteness) before anything is copied.
 
     Returns:
         The file's sha256.
@@ -437,10 +438,11 @@ def load_learner(model: LFMHSNet, path: str | os.PathLike) -> str:
         CheckpointError: unreadable, not a learner file, or corrupt.
     """
     state = read_state_dict(path)
-    foreign = [k for k in state if not k.startswith("hpn_learner.")]
+    parts = ["hpn_learner."] + (["backbone.layer4."] if any(k.startswith("backbone.layer4.") for k in state) else [])
+    foreign = [k for k in state if not k.startswith(tuple(parts))]
     if foreign:
         raise CheckpointError(f"{path} is not a learner file: it has {len(foreign)} other keys ({_listing(foreign)})")
-    model.load_state_dict(_merge_checked(model, state, ["hpn_learner."], str(path)), strict=True)
+    model.load_state_dict(_merge_checked(model, state, parts, str(path)), strict=True)
     return sha256_file(path)
 
 

@@ -3,12 +3,14 @@ without `--checkpoint`.
 
 The seeded untrained default predicts background everywhere, so a newcomer following the quick
 start saw empty masks and mIoU 0.00 and could not tell whether anything worked. The
-synthetic-data default is the same seeded backbone with its HSNet learner trained on the
-synthetic shapes `lfm-make-data` draws (`DEFAULT_RECIPE`): on that data its masks, mIoU and
+synthetic-data default is the same seeded backbone with its HSNet learner and the backbone's
+last stage (layer4, the stage the masker filters) trained on the synthetic shapes
+`lfm-make-data` draws (`DEFAULT_RECIPE`): on that data its masks, mIoU and
 fine-tuning show the pipeline working. It is still not a real model and is labelled so
 everywhere (`WeightsInfo.untrained` stays true, `source` is "synthetic-default").
 
-The learner file (~10 MB, float32; too large to ship in git) is trained on the first use and
+The learner file (~70 MB, float32: the learner's 2.6 M and layer4's 15 M parameters; too large
+to ship in git) is trained on the first use and
 kept in the user's cache, `$LFM_DEPLOY_CACHE`, else `$XDG_CACHE_HOME/lfm-deploy`, else
 `~/.cache/lfm-deploy`, named by the recipe's version and a hash of the recipe and seed, so a
 changed recipe builds anew and never reuses stale weights. It is written atomically under an
@@ -30,7 +32,7 @@ from ..models.checkpoints import DEFAULT_SEED, build_model, load_learner
 from ..models.hsnet import LFMHSNet
 from ..utils.locks import Busy, Foreign, OutputLock, describe_holder
 from ..utils.outputs import atomic_write_bytes
-from .recipe import LEARNER_PREFIX, Recipe, train_learner
+from .recipe import Recipe, train_learner
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ UNTRAINED = "untrained"
 #: float32, so the weights depend on the CPU family (they are built and cached per machine, and
 #: `lfm-verify` says when a rebuilt default differs from the exported one).
 DEFAULT_RECIPE = Recipe(train_size=160, iterations=200, lr=1e-3, dtype="float32", render_sizes=(160, 440), threads=1,
-                        min_detail=0.2)
+                        min_detail=0.2, train_layer4=True)
 _WAIT_S = 0.5
 
 
@@ -121,16 +123,17 @@ class _Bar:
 def _build(recipe: Recipe, seed: int, path: Path, progress: bool) -> None:
     import torch
 
-    log.warning("building the synthetic-data default weights once (its learner trained on synthetic shapes, "
+    trained = "its learner and the backbone's layer4" if recipe.train_layer4 else "its learner"
+    log.warning("building the synthetic-data default weights once (%s trained on synthetic shapes, "
                 "%d steps at %d px; 1 to 3 minutes on 2 CPU cores); cached in %s",
-                recipe.iterations, recipe.train_size, path.parent)
+                trained, recipe.iterations, recipe.train_size, path.parent)
     bar = _Bar(recipe.iterations, progress)
     try:
         state, stats = train_learner(recipe, seed=seed, progress=bar)
     finally:
         bar.close()
     buffer = io.BytesIO()
-    torch.save({k: v for k, v in state.items() if k.startswith(LEARNER_PREFIX)}, buffer)
+    torch.save({k: v for k, v in state.items() if k.startswith(recipe.prefixes)}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
     # For people reading the cache folder; nothing reads it back.
     record = {"recipe": recipe.to_dict(), "seed": seed, **stats}

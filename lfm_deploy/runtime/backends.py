@@ -257,48 +257,38 @@ def selected_runtime(providers) -> str | None:
     return selector
 
 
-def select_backend(providers=None, precision: str | None = None, backend: str | None = None) -> Backend | None:
+def select_backend(providers=None, precision: str = "fp32", backend: str | None = None) -> Backend | None:
     """The backend a `Segmenter` (or a serving job) runs on.
 
     Args:
         providers: as `Segmenter.from_artifacts`: onnxruntime providers, or a selector alone ("openvino").
-        precision: "fp32" (None), or what a selector's backend runs ("bf16").
-        backend: a registered backend by name, instead of providers and precision.
+        precision: the precision the selector's runtime runs ("fp32", "bf16"; which graphs run
+            is `lfm_deploy.runtime.precisions`' business).
+        backend: a registered backend by name, instead of providers.
 
     Returns:
-        The `Backend`, or None for onnxruntime with the given providers (fp32).
+        The `Backend`, or None for onnxruntime with the given providers.
 
     Raises:
-        InputError: an unknown backend or precision, a selector mixed with other providers, or a
-            precision that the chosen runtime does not run.
+        InputError: an unknown backend, one without a session, a selector mixed with other
+            providers, or a precision the selected runtime does not run.
     """
     if backend is not None:
         chosen = get_backend(backend)
-        if chosen.session is None or precision not in (None, chosen.precision):
-            raise InputError(f"backend {backend!r} runs {chosen.precision} through lfm-verify only" if chosen.session
-                             is None else f"backend {backend!r} runs {chosen.precision}, not {precision}",
-                             api_hint="pass a backend with a session loader (docs/backends.md) and no other precision")
+        if chosen.session is None:
+            raise InputError(f"backend {backend!r} runs through lfm-verify only (it has no session loader)",
+                             api_hint="pass a backend with a session loader (docs/backends.md)")
         return chosen
-    runs = {}  # precision -> (runtime, selector) of the backends `providers=` picks
-    for b in BACKENDS.values():
-        if b.selector:
-            runs.setdefault(b.precision, (b.runtime, b.selector))
-    known = list(dict.fromkeys(["fp32", *runs]))
-    if precision not in [None, *known]:
-        where = "; ".join(f"{p} runs on {runs[p][0]}" for p in known if p != "fp32")
-        raise InputError(f"precision {precision!r} is not one of {', '.join(known)}",
-                         api_hint=f"pass precision= one of {', '.join(map(repr, known))} ({where})",
-                         cli_hint=f"pass --precision with one of {', '.join(known)}")
-    precision, selector = precision or "fp32", selected_runtime(providers)
-    for b in BACKENDS.values():
-        if b.selector is not None and b.selector == selector and b.precision == precision:
-            return b
-    if selector is None and precision == "fp32":
+    selector = selected_runtime(providers)
+    if selector is None:
         return None
-    runtime, name = runs.get(precision, ("onnxruntime", "cpu"))
-    raise InputError(f"precision {precision} runs on {runtime}, not on {selector or 'onnxruntime providers'}",
-                     api_hint=f"pass providers=['{name}'] with precision='{precision}'",
-                     cli_hint=f"pass --providers {name} with --precision {precision}")
+    rows = [b for b in BACKENDS.values() if b.selector == selector]
+    for b in rows:
+        if b.precision == precision:
+            return b
+    raise InputError(f"{rows[0].runtime} runs {', '.join(b.precision for b in rows)}, not {precision}",
+                     api_hint=f"pass precision= one of {', '.join(b.precision for b in rows)}",
+                     cli_hint=f"pass --precision with one of {', '.join(b.precision for b in rows)}")
 
 
 def markdown_table() -> str:

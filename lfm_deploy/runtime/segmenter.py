@@ -40,6 +40,7 @@ from ..utils.limits import cap_threads
 from .inputs import Preprocessing, describe
 from .memory import GB, head_batch_for_budget, segmenter_bytes, trim_heap
 from .backends import select_backend
+from .precisions import resolve_precision
 from .providers import ProviderSpec, check_available, resolve_providers
 from .sessions import SessionConfig, SessionFromOnnx
 
@@ -127,15 +128,25 @@ class Segmenter:
             threads = cap_threads(int(threads))  # more threads than cores: minutes instead of seconds
         self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory,
                                     spin_wait=spin_wait)
-        chosen = select_backend(providers, precision, backend)
+        chosen = select_backend(providers, backend=backend)  # None: onnxruntime with these providers
         why = chosen.unavailable() if chosen is not None else None
         if why and allow_fallback:
-            log.warning("%s; falling back to onnxruntime's CPU provider in fp32", why)
-            chosen, providers = None, "cpu"
-        #: The registry backend the graphs run on (None: onnxruntime with the given providers).
-        self.backend = chosen
-        #: The precision the graphs run in: "fp32", or the backend's ("bf16" on OpenVINO).
-        self.precision = chosen.precision if chosen is not None else "fp32"
+            log.warning("%s; falling back to onnxruntime's CPU provider%s", why, " in fp32" if precision == "bf16" else "")
+            chosen, providers, precision = None, "cpu", "fp32" if precision == "bf16" else precision
+        run = resolve_precision(manifest, precision, openvino=chosen is not None and chosen.runtime == "OpenVINO",
+                                where=str(self.directory))
+        if chosen is not None and chosen.selector is not None:
+            chosen = select_backend(providers, run.backend_precision)  # the runtime's row for that precision
+        #: The registry backend the graphs run on (`lfm_deploy.runtime.backends`; None: onnxruntime
+        #: with the given providers).
+        self.runs_on = chosen
+        #: The precision the graphs run in: "fp32", "fp16", "int8" (graphs of such an export) or
+        #: "bf16" (OpenVINO only); `precision="auto"` (None) resolves to the export's own
+        #: (`lfm_deploy.runtime.precisions`).
+        self.precision = run.name
+        #: What the artifact was exported at.
+        self.exported_precision = run.exported
+        self._files = run.files
         if chosen is None:
             requested = resolve_providers(providers)
             check_available(requested, allow_fallback)  # fail (or warn) before any session exists
@@ -195,6 +206,11 @@ class Segmenter:
             raise ManifestError(f"{self.directory}: OpenVINO bf16 failed this export's accuracy gate",
                                 api_hint="use precision='fp32'", cli_hint="use --precision fp32")
 
+    @property
+    def backend(self) -> str:
+        """The runtime that runs the graphs: "onnxruntime" or "openvino" (the registry's row: `runs_on`)."""
+        return self.runs_on.runtime.lower() if self.runs_on is not None else "onnxruntime"
+
     @classmethod
     def from_artifacts(cls, path: str | os.PathLike, providers: str | Sequence[ProviderSpec] | None = None,
                        allow_fallback: bool = False, threads: int | None = None, graph_optimization: str = "all",
@@ -234,7 +250,9 @@ class Segmenter:
                 number of head runs changes. E.g. 1.5 GB at 400 px: 3 queries per run. The
                 model is onnxruntime's: OpenVINO holds ~0.5 GB more fixed and ~0.2 GB more per
                 query (docs/performance.md), which the budget does not account for yet.
-            precision: "fp32" (None) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
+            precision: which graphs run (`lfm_deploy.runtime.precisions`): "auto" (None, what the
+                export was made at), "fp32" (the float32 graphs of any export), "fp16" / "int8"
+                (only an export made at that precision) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
                 faster on CPUs with AVX512-BF16/AMX and moves the logits by ~0.7 % of their
                 span, flipping the mask where fp32's two logits are that close (docs/openvino.md).
             spin_wait: onnxruntime's idle threads spin (its default); False when the process
@@ -256,7 +274,8 @@ class Segmenter:
             BackendUnavailable: a requested execution provider is not active, or OpenVINO is
                 not installed (and not `allow_fallback`).
             InputError: an unknown provider or backend name, "openvino" mixed with other
-                providers, bf16 without OpenVINO, or an invalid option.
+                providers, bf16 without OpenVINO, a precision the export does not hold, or an
+                invalid option.
         """
         manifest = read_manifest(path, verify_files=verify)
         if not verify:
@@ -274,7 +293,7 @@ class Segmenter:
                 "encoder/head pair", api_hint="re-export with lfm_deploy.export.pipeline.export_domain(..., split=True)",
                 cli_hint="re-run lfm-export with --split",
             )
-        rel = graphs[name].get("file")
+        rel = (self._files or {}).get(name) or graphs[name].get("file")
         listed = {entry.get("path") for entry in (self._manifest.get("files") or {}).values()}
         if rel not in listed:
             raise ManifestError(
@@ -292,7 +311,7 @@ class Segmenter:
         encoder again on a new `set_support`); an lfm-export into the same directory meanwhile
         would pair features of one export with the head of another, silently.
         """
-        rel = self._manifest["graphs"][name]["file"]
+        rel = (self._files or {}).get(name) or self._manifest["graphs"][name]["file"]
         for entry in (self._manifest.get("files") or {}).values():
             if entry.get("path") in (rel, rel + ".data"):
                 try:

@@ -19,7 +19,7 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: Extensions picked up from a folder or a glob (the local lfm-predict's list).
+#: Extensions picked up from a folder or a glob (both engines of `lfm predict`).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: A file with one of these extensions lists inputs, one path or URI a line.
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -41,10 +41,10 @@ def expand_inputs(specs: Sequence[str]) -> list[str]:
     """Expand input specifications into a sorted-per-spec, de-duplicated list of image locations.
 
     Args:
-        specs: each one of: an image file; a folder (its images, not recursive, as the local
-            `lfm-predict`); a glob (`'tiles/**/*.jpg'`, quoted so the shell leaves it alone;
-            `**` recurses); a list file (`.txt`, `.lst`, `.list`: one path or URI a line, blank
-            lines and `#` comments skipped, relative paths taken from the list file's folder).
+        specs: each one of: an image file; a folder (its images, not recursive); a glob
+            (`'tiles/**/*.jpg'`, quoted so the shell leaves it alone; `**` recurses); a list
+            file (`.txt`, `.lst`, `.list`: one path or URI a line, blank lines and `#` comments
+            skipped, relative paths taken from the list file's folder).
             URIs (`s3://`, `gs://`, `file://`, ...) may be files, folders or globs.
 
     Returns:
@@ -184,7 +184,7 @@ def _name_parts(item: str) -> tuple[str, str]:
 
 
 def output_stems(inputs: Iterable[str]) -> list[str]:
-    """One output stem per input, never the same for two inputs (the local lfm-predict's rule).
+    """One output stem per input, never the same for two inputs (both engines of `lfm predict`).
 
     An input whose file stem no other input shares keeps it (`x.jpg` -> `x`, written
     `x_mask.png`); inputs sharing a stem get their extension added (`x.jpg`, `x.png` -> `x_jpg`,

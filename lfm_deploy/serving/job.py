@@ -36,6 +36,14 @@ class Job:
     support_images: tuple
     support_masks: tuple
     support_names: tuple
+    #: What runs (`lfm_deploy.runtime.precisions`): the resolved precision and the backend.
+    precision: str = "fp32"
+    backend: str = "onnxruntime"
+
+    def describe(self) -> str:
+        """The export in a few words: "deepglobe, 1-shot, exported at int8"."""
+        m = self.manifest
+        return f"{m.get('domain')}, {m.get('shots')}-shot, exported at {_precision_name(m.get('precision'))}"
 
     def metadata(self) -> dict:
         """What the service's `GET /metadata` returns: the model and the artifacts' hashes."""
@@ -49,6 +57,8 @@ class Job:
             "lowering": m.get("lowering"),
             # The graphs the runtime serves: fp32, or an lfm-export --precision fp16 / int8 / bf16 export.
             "precision": _precision_name(m.get("precision")),
+            # What the workers run: the resolved --precision and the backend.
+            "run": {"precision": self.precision, "backend": self.backend},
             "image_size": m.get("image_size"),
             "untrained": bool(m.get("untrained")),
             # Which not-real weights ("" for a trained checkpoint): the untrained or the synthetic-data default.
@@ -77,7 +87,8 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         providers, allow_fallback: as `Segmenter.from_artifacts` (checked here against what this
             machine's onnxruntime offers, or OpenVINO for "openvino").
         allow_empty: accept support masks without foreground.
-        precision: as `Segmenter.from_artifacts` (None or "fp32"; "bf16" with providers "openvino").
+        precision: as `Segmenter.from_artifacts` ("auto" or None: what the export was made at;
+            "fp32"; "fp16" / "int8" on such an export; "bf16" with providers "openvino").
         support_required: False: no pairs at all is accepted too (`lfm-serve` without --support).
 
     Returns:
@@ -90,6 +101,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     """
     from ..runtime.inputs import Preprocessing
     from ..runtime.backends import select_backend
+    from ..runtime.precisions import resolve_precision
     from ..runtime.providers import check_available, resolve_providers
     from .collection import read_bytes
 
@@ -98,12 +110,16 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     if not {"encoder", "head"} <= set(graphs):
         raise ManifestError(f"{artifact_dir} has no encoder/head pair (graphs: {', '.join(graphs) or 'none'}); "
                             "re-run lfm-export with --split")
-    backend = select_backend(providers, precision)
+    backend = select_backend(providers)
     why = backend.unavailable() if backend is not None else None
     if why and not allow_fallback:  # missing: the install hint now, not in every worker
         raise BackendUnavailable(why, api_hint="or pass allow_fallback=True", cli_hint="or pass --allow-fallback")
+    if why:  # the workers fall back to onnxruntime (Segmenter's rule)
+        backend, providers, precision = None, "cpu", "fp32" if precision == "bf16" else precision
     if backend is None:
         check_available(resolve_providers(providers), allow_fallback)
+    run = resolve_precision(manifest, precision, openvino=backend is not None and backend.runtime == "OpenVINO",
+                            where=str(artifact_dir))
     images, masks = list(support_images), list(support_masks)
     shots = manifest.get("shots")
     if len(images) != len(masks):
@@ -125,7 +141,8 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         mask_bytes.append(pair[1])
     return Job(artifact_dir=str(Path(artifact_dir).resolve()), manifest=manifest,
                support_images=tuple(image_bytes), support_masks=tuple(mask_bytes),
-               support_names=tuple(f"{os.fspath(i)}:{os.fspath(m)}" for i, m in zip(images, masks)))
+               support_names=tuple(f"{os.fspath(i)}:{os.fspath(m)}" for i, m in zip(images, masks)),
+               precision=run.name, backend=backend.runtime.lower() if backend is not None else "onnxruntime")
 
 
 def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, threads: int | None = None,

@@ -13,8 +13,8 @@ Masks are the local `lfm-predict`'s, byte for byte: the workers run the runtime'
 so the output folder only needs to exist on the submitting machine; the inputs and the
 artifact directory must be readable by every node (a shared filesystem, or URIs for inputs).
 
-Outputs go through `lfm_deploy.utils.outputs.OutputDir` (kind "lfm-predict output", shared with
-the local engine): every name is claimed before any model loads, no file lfm-predict did not
+Inputs, output names, files and the results table are the local engine's (`batch`); outputs
+go through `lfm_deploy.utils.outputs.OutputDir` (kind "lfm-predict output"): every name is claimed before any model loads, no file lfm-predict did not
 write is replaced, and each file is renamed into place complete and recorded with its hash.
 Resumable: an input whose outputs are recorded and unchanged is skipped; failed inputs are
 tried again.
@@ -27,75 +27,23 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from .collection import expand_inputs, output_stems, read_bytes
+from ..manifest import weights_label
+from .batch import PREDICT_KIND, RESULTS_NAME, BatchReport, claim_outputs, open_outputs, result_row, write_table
+from .collection import read_bytes
 from .job import Job, predict_isolated, prepare_job, segmenter_for
 
 log = logging.getLogger(__name__)
 
-#: What the job writes into the output folder (the local lfm-predict's kind: either reads the
-#: other's outputs as its own), and its results table (one JSON object a line).
-PREDICT_KIND = "lfm-predict output"
-RESULTS_NAME = "results.jsonl"
 #: CPUs a read task asks for: small, so that reads run beside the workers on a 2-core machine.
 READ_TASK_CPUS = 0.25
 #: CPUs a worker actor asks for by default (see `segment_collection`).
 DEFAULT_WORKER_CPUS = 0.5
-
-
-@dataclass
-class BatchReport:
-    """What a batch job did.
-
-    Attributes:
-        total: inputs found.
-        succeeded: inputs segmented in this run.
-        skipped: inputs whose outputs were already complete (earlier runs).
-        failed: inputs that could not be segmented (an error row each).
-        out_dir: the output folder.
-        table: the results table's path.
-        rows: the table's rows, in input order.
-        seconds: wall time of the Ray part (cluster connection, workers' start-up, segmentation).
-        first_result_s: from its start to the first finished batch (the workers' start-up: the
-            artifacts loaded and the support set encoded); None when nothing ran.
-        worker_batches: {worker pid: [(finish time, images), ...]}, the workers' own clocks.
-    """
-
-    total: int
-    succeeded: int
-    skipped: int
-    failed: int
-    out_dir: Path
-    table: Path
-    rows: list = field(default_factory=list, repr=False)
-    seconds: float = 0.0
-    first_result_s: float | None = None
-    worker_batches: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def steady_images_per_s(self) -> float | None:
-        """Throughput past the start-up: the images finished after the first finished batch (of
-        any worker) over the time from it to the last one. Conservative with several workers: a
-        worker that starts later counts its start-up here. None with fewer than two batches."""
-        batches = sorted((t, c) for b in self.worker_batches.values() for t, c in b)
-        if len(batches) < 2 or batches[-1][0] <= batches[0][0]:
-            return None
-        return sum(c for _, c in batches[1:]) / (batches[-1][0] - batches[0][0])
-
-    @property
-    def ok(self) -> bool:
-        """True when no input failed."""
-        return self.failed == 0
-
-    def errors(self) -> list[dict]:
-        """The error rows."""
-        return [r for r in self.rows if r["status"] == "error"]
 
 
 def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
@@ -146,7 +94,6 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         ClusterError: Ray missing, the cluster unreachable, or its memory too small for
             `workers` workers.
     """
-    from ..utils.outputs import OutputDir
     from .cluster import import_ray
 
     if workers < 1:
@@ -155,26 +102,14 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     if not cpus_per_worker > 0:
         raise InputError(f"cpus_per_worker must be positive, got {cpus_per_worker}")
-    # The local engine's check: no output may be one of the run's inputs (the query folders,
-    # list files and files, the artifacts, a support file), even with `overwrite`.
-    from .collection import is_uri
-
-    out = OutputDir(out_dir, flag="--out", kind=PREDICT_KIND, overwrite=overwrite,
-                    inputs={"ARTIFACT_DIR": artifact_dir,
-                            "QUERY": [os.fspath(q) for q in inputs if not is_uri(os.fspath(q))],
-                            "--support": [os.fspath(p) for p in (*support_images, *support_masks)
-                                          if not is_uri(os.fspath(p))]})
+    # The local engine's checks (`batch`): no output may be one of the run's inputs (the query
+    # folders, list files and files, the artifacts, a support file), even with `overwrite`; every
+    # output name is claimed before any model is loaded or any cluster started.
+    out = open_outputs(out_dir, inputs, artifact_dir=artifact_dir, supports=[*support_images, *support_masks],
+                       overwrite=overwrite)
     import_ray()  # a missing extra is said before any input is listed or hashed
-    items = expand_inputs(inputs)
-    if not items:
-        raise InputError(f"no input images found in {', '.join(map(str, inputs))}",
-                         api_hint="pass images, folders, globs or list files",
-                         cli_hint="pass images, folders, globs or list files as QUERY")
-    stems = output_stems(items)
-    names = [_output_names(stem, overlay) for stem in stems]
-    # Every output name is checked before any model is loaded or any cluster started.
-    out.claim([n for entry in names for n in entry.values()] + [RESULTS_NAME],
-              [item for item, entry in zip(items, names) for _ in entry] + ["the results table"])
+    plan = claim_outputs(out, inputs, overlay)
+    items, names = plan.items, plan.names
     job = prepare_job(artifact_dir, support_images, support_masks, providers=providers,
                       allow_fallback=allow_fallback, allow_empty=allow_empty, precision=precision)
     done = _completed(out.path, [n for entry in names for n in entry.values()])
@@ -183,7 +118,7 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     todo = []
     for i, (item, entry) in enumerate(zip(items, names)):
         if all(n in done for n in entry.values()):
-            rows[i] = _skipped_row(item, entry, out.path, previous.get(item))
+            rows[i] = _skipped_row(item, entry, out.path, previous.get(item), job)
         else:
             todo.append(i)
     skipped = len(rows)
@@ -200,29 +135,19 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     finally:
         # Also when interrupted: the table lists what was done (a re-run resumes from the files).
         ordered = [rows[i] for i in sorted(rows)]
-        out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in ordered))
-        out.flush()
+        write_table(out, ordered)
     failed = sum(r["status"] == "error" for r in ordered)
     return BatchReport(total=len(items), succeeded=len(ordered) - failed - skipped, skipped=skipped, failed=failed,
-                       out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered,
+                       out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered, precision=job.precision,
+                       backend=job.backend, renamed=plan.renamed(), model=job.describe(),
+                       weights_label=weights_label(job.manifest),
                        seconds=timing.get("seconds", 0.0), first_result_s=timing.get("first_result_s"),
                        worker_batches=timing.get("workers", {}))
 
 
-def _output_names(stem: str, overlay: bool) -> dict:
-    names = {"mask": f"{stem}_mask.png"}
-    if overlay:
-        names["overlay"] = f"{stem}_overlay.png"
-    return names
-
-
-def _row(item, names, out: Path, status, *, height=None, width=None, foreground=None, error=None) -> dict:
-    """One results-table row, in the local lfm-predict's format (plus the status "skipped")."""
-    ok = status != "error"
-    return {"input": item, "mask": str(out / names["mask"]) if ok else None,
-            "overlay": str(out / names["overlay"]) if ok and "overlay" in names else None,
-            "width": width, "height": height, "foreground": None if foreground is None else round(foreground, 6),
-            "status": status, "error": error}
+def _row(item, names, out: Path, status, job: Job, **fields) -> dict:
+    """One results-table row (`batch.result_row`), naming the precision and backend the workers run."""
+    return result_row(item, names, out, status, precision=job.precision, backend=job.backend, **fields)
 
 
 def _completed(directory: Path, names: list[str]) -> set[str]:
@@ -240,11 +165,14 @@ def _completed(directory: Path, names: list[str]) -> set[str]:
     return {n for n in names if n in record["files"] and (directory / n).is_file() and n not in foreign}
 
 
-def _skipped_row(item: str, names: dict, out: Path, before: dict | None) -> dict:
-    """A skipped input's row: the size and foreground from the previous table (else the PNG header)."""
+def _skipped_row(item: str, names: dict, out: Path, before: dict | None, job: Job) -> dict:
+    """A skipped input's row: the size, foreground, precision and backend from the previous table
+    (else the PNG header and this run's)."""
     if before and before.get("status") in ("ok", "skipped") and before.get("mask") == str(out / names["mask"]):
-        return _row(item, names, out, "skipped", height=before.get("height"), width=before.get("width"),
-                    foreground=before.get("foreground"))
+        row = _row(item, names, out, "skipped", job, height=before.get("height"), width=before.get("width"),
+                   foreground=before.get("foreground"))
+        row.update({k: before[k] for k in ("precision", "backend") if before.get(k)})
+        return row
     from PIL import Image
 
     try:
@@ -252,7 +180,7 @@ def _skipped_row(item: str, names: dict, out: Path, before: dict | None) -> dict
             width, height = img.size
     except OSError:
         width = height = None
-    return _row(item, names, out, "skipped", height=height, width=width)
+    return _row(item, names, out, "skipped", job, height=height, width=width)
 
 
 def _previous_rows(table: Path) -> dict:
@@ -326,11 +254,11 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
                         if overlay:
                             out.write_bytes(names[i]["overlay"], bytes(batch["overlay"][j]))
                         out.write_bytes(names[i]["mask"], bytes(batch["mask"][j]))
-                        rows[i] = _row(items[i], names[i], out.path, "ok", height=int(batch["height"][j]),
+                        rows[i] = _row(items[i], names[i], out.path, "ok", job, height=int(batch["height"][j]),
                                        width=int(batch["width"][j]), foreground=float(batch["foreground"][j]))
                     else:
                         failed += 1
-                        rows[i] = _row(items[i], names[i], out.path, "error", error=str(batch["error"][j]))
+                        rows[i] = _row(items[i], names[i], out.path, "error", job, error=str(batch["error"][j]))
                         log.warning("%s", batch["error"][j])
                     bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)

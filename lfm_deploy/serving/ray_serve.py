@@ -532,6 +532,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
     )
     app = ingress.bind(model, settings, job.metadata(), job, max_support_sets, store)
     app.lfm_model_memory = (memory, replicas)  # checked against the cluster by start_service
+    app.lfm_runs = f"{job.describe()}; runs {job.precision} on {job.backend}"  # said by lfm serve
     return app
 
 

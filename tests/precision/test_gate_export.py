@@ -17,7 +17,7 @@ import pytest
 
 from lfm_deploy.contract import graph_io
 from lfm_deploy.domains import get_domain
-from lfm_deploy.errors import PrecisionGateError
+from lfm_deploy.errors import InputError, PrecisionGateError
 from lfm_deploy.export.pipeline import export_domain
 from lfm_deploy.manifest import MANIFEST_NAME
 from lfm_deploy.parity.runners import ModelFromManifest
@@ -133,6 +133,16 @@ def test_cli_int8_export_keeps_the_gate_contract_and_the_runtime_serves_it(train
         logits = model.shot_logits(*(torch.from_numpy(feeds[0][io.input(r)]) for r in ("query", "supports", "masks")))
     eager = logits[0].argmax(1).numpy()[0]
     assert (got == eager).mean() >= 0.98
+
+    # precision= names which graphs run: "auto" the int8 ones, "fp32" the float32 ones (never the int8
+    # graphs under an fp32 label); a precision the export lacks is refused.
+    assert (seg.precision, seg.exported_precision) == ("int8", "int8")
+    fp32 = Segmenter.from_artifacts(out, threads=2, precision="fp32")
+    assert fp32.precision == "fp32" and fp32._loaders["head"].path.name == "head.onnx"
+    fp32.set_support(support, support_mask)
+    assert (fp32.predict(query, original_size=False) == eager).mean() >= 0.99
+    with pytest.raises(InputError, match="exported at int8 and hold no fp16 graphs"):
+        Segmenter.from_artifacts(out, precision="fp16")
 
 
 def test_float32_graphs_gated_as_reduced_precision_pass(trained_int8_export, tmp_path):

@@ -60,10 +60,10 @@ def test_registry_reads():
     assert select_backend("cpu") is None and select_backend("openvino", "bf16").name == "ov-bf16"
     with pytest.raises(InputError, match="unknown backend 'ort-tpu'; pass one of eager-fp32, ort-cpu"):
         get_backend("ort-tpu")
-    with pytest.raises(InputError, match="runs fp16 through lfm-verify only"):
+    with pytest.raises(InputError, match="'trt-fp16' runs through lfm-verify only"):
         select_backend(backend="trt-fp16")
-    with pytest.raises(InputError, match="runs fp32, not bf16"):
-        select_backend(backend="ort-cpu", precision="bf16")
+    with pytest.raises(InputError, match="OpenVINO runs fp32, bf16, not int8"):
+        select_backend("openvino", "int8")
     with pytest.raises(LFMError, match="already registered"):
         register(Backend("ort-cpu", "onnxruntime", "fp32", "again", session=_basic_session))
     with pytest.raises(LFMError, match="exactly one of session= and plan="):
@@ -90,7 +90,7 @@ def test_a_registered_backend_runs_in_the_segmenter_and_lfm_verify(toy, exported
     queries = synthetic_queries(2, SIZE)
     with Segmenter.from_artifacts(art, backend="ort-cpu-basic", threads=2, verify=False) as seg, \
             Segmenter.from_artifacts(art, providers="cpu", threads=2, verify=False) as ref:
-        assert seg.backend is toy and seg.precision == "fp32" and seg.providers == ["CPUExecutionProvider"]
+        assert seg.runs_on is toy and seg.backend == "onnxruntime" and seg.precision == "fp32" and seg.providers == ["CPUExecutionProvider"]
         for s in (seg, ref):
             s.set_support(supports, masks)
         np.testing.assert_allclose(seg.predict_proba(queries), ref.predict_proba(queries), atol=1e-5)

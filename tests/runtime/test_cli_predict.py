@@ -175,7 +175,8 @@ def test_empty_query_directory(exported, files, tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", files["pairs"][0],
                                        str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "no query images" in result.output
+    assert result.exit_code == 1 and "Error: no input images found in" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_memory_budget_reaches_the_segmenter(exported, files, tmp_path, monkeypatch):
@@ -201,3 +202,37 @@ def test_memory_budget_reaches_the_segmenter(exported, files, tmp_path, monkeypa
         result = CliRunner().invoke(main, [str(art), "--support", files["pairs"][0], str(files["single"]), "--out",
                                            str(tmp_path / "out2")] + args)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_lfm_predict_takes_globs_and_list_files_and_records_what_ran(exported, files, tmp_path):
+    """The local engine takes what the Ray engine takes (collection.expand_inputs), through `lfm predict`."""
+    from lfm_deploy.cli.group import lfm
+
+    art = exported(shots=1).out_dir
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"# my list\n{files['single']}\n\n{files['qdir'] / 'b.jpg'}\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(lfm, ["predict", str(art), "--support", files["pairs"][0], str(files["qdir"] / "*.png"),
+                                      str(listing), str(files["qdir"] / "a.png"), "--out", str(out), "--no-overlay",
+                                      "-q"])
+    assert result.exit_code == 0, result.output
+    assert "Wrote 3 mask(s)" in result.output and "ran fp32 on onnxruntime" in result.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # The glob's a.png, then the list's two; a.png named again is segmented once.
+    assert [Path(r["input"]).name for r in rows] == ["a.png", "single.png", "b.jpg"]
+    assert all((r["status"], r["precision"], r["backend"]) == ("ok", "fp32", "onnxruntime") for r in rows)
+    seg = Segmenter.from_artifacts(art, threads=1)
+    seg.set_support(*files["pairs"][0].split(":"))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "b_mask.png")) // 255, seg.predict(files["qdir"] / "b.jpg"))
+
+
+def test_precision_the_export_lacks_is_refused_before_any_output(exported, files, tmp_path):
+    from lfm_deploy.cli.group import lfm
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(lfm, ["predict", str(exported(shots=1).out_dir), "--support", files["pairs"][0],
+                                      str(files["single"]), "--out", str(out), "--precision", "int8"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "was exported at fp32 and hold no int8 graphs" in lines[0], result.output
+    assert "--precision auto (fp32) or fp32" in lines[0] and not any(out.glob("*.png"))

@@ -90,12 +90,14 @@ def test_200_images_3_corrupt_then_resume(ray_cluster, exported, support_files, 
 
 
 def test_cli_engine_ray_matches_local_cli(ray_cluster, exported, support_files, collection, tmp_path):
+    """One predict path (`lfm_deploy.serving.batch`), two engines: the same list file in, the same
+    files and table out."""
     art = str(exported(shots=1).out_dir)
     picks = [str(_tile(collection, u)) for u in (0, 1, 5)]
     listing = tmp_path / "inputs.txt"
     listing.write_text("# three tiles\n" + "\n".join(picks) + "\n")
     base = [art, "--support", ":".join(support_files), "--threads", "1", "--quiet"]
-    local = CliRunner().invoke(main, base + picks + ["--out", str(tmp_path / "local")])
+    local = CliRunner().invoke(main, base + [str(listing), "--out", str(tmp_path / "local")])
     assert local.exit_code == 0, local.output
     ray_out = tmp_path / "ray"
     result = CliRunner().invoke(main, base + [str(listing), "--out", str(ray_out), "--engine", "ray",
@@ -106,7 +108,7 @@ def test_cli_engine_ray_matches_local_cli(ray_cluster, exported, support_files, 
         assert (ray_out / p.name).read_bytes() == p.read_bytes(), p.name
     # The same results table, but for where each output lies.
     def rows(folder):
-        keep = ("input", "width", "height", "foreground", "status", "error")
+        keep = ("input", "width", "height", "foreground", "status", "error", "precision", "backend")
         return sorted(tuple(r[k] for k in keep) + tuple(Path(r[k]).name for k in ("mask", "overlay") if r.get(k))
                       for r in map(json.loads, (folder / RESULTS_NAME).read_text().splitlines()))
 

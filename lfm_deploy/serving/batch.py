@@ -1,0 +1,270 @@
+"""The predict path of `lfm predict`, shared by its engines: outputs, results table, local engine.
+
+Both engines take the same inputs (`collection.expand_inputs`: files, folders, recursive globs,
+list files, URIs), give them the same output names (`collection.output_stems`), write the same
+files (`codec.mask_png`, `codec.overlay_png`) and the same results table (`result_row`, one JSON
+object a line, each naming the precision and backend that ran). `segment_locally` runs them in
+this process with one `Segmenter`; `ray_batch.segment_collection` on a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import InputError
+from .collection import _name_parts, expand_inputs, is_uri, output_stems, read_bytes
+
+log = logging.getLogger(__name__)
+
+#: What lfm-predict writes into its output folder (either engine reads the other's outputs as
+#: its own), and its results table (one JSON object a line).
+PREDICT_KIND = "lfm-predict output"
+RESULTS_NAME = "results.jsonl"
+
+
+@dataclass
+class BatchReport:
+    """What a batch job did.
+
+    Attributes:
+        total: inputs found.
+        succeeded: inputs segmented in this run.
+        skipped: inputs whose outputs were already complete (earlier runs; Ray engine).
+        failed: inputs that could not be segmented (an error row each).
+        out_dir: the output folder.
+        table: the results table's path.
+        rows: the table's rows, in input order.
+        precision, backend: what ran (`lfm_deploy.runtime.precisions`; "onnxruntime" or "openvino").
+        providers: the sessions' providers ("CPUExecutionProvider", "OpenVINO CPU (bf16)"; local
+            engine only, empty for Ray's workers).
+        model: the export in a few words ("deepglobe, 1-shot, exported at int8").
+        weights_label: how the weights are flagged when they are not a real model, else "".
+        renamed: (input, output stem) of the inputs whose output name is not their file stem
+            (another input shares it).
+        seconds: wall time of the Ray part (cluster connection, workers' start-up, segmentation).
+        first_result_s: from its start to the first finished batch (the workers' start-up: the
+            artifacts loaded and the support set encoded); None when nothing ran.
+        worker_batches: {worker pid: [(finish time, images), ...]}, the workers' own clocks.
+    """
+
+    total: int
+    succeeded: int
+    skipped: int
+    failed: int
+    out_dir: Path
+    table: Path
+    rows: list = field(default_factory=list, repr=False)
+    precision: str = "fp32"
+    backend: str = "onnxruntime"
+    providers: list = field(default_factory=list)
+    model: str = ""
+    weights_label: str = ""
+    renamed: list = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+    first_result_s: float | None = None
+    worker_batches: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """Throughput past the start-up: the images finished after the first finished batch (of
+        any worker) over the time from it to the last one. Conservative with several workers: a
+        worker that starts later counts its start-up here. None with fewer than two batches."""
+        batches = sorted((t, c) for b in self.worker_batches.values() for t, c in b)
+        if len(batches) < 2 or batches[-1][0] <= batches[0][0]:
+            return None
+        return sum(c for _, c in batches[1:]) / (batches[-1][0] - batches[0][0])
+
+    @property
+    def ok(self) -> bool:
+        """True when no input failed."""
+        return self.failed == 0
+
+    def errors(self) -> list[dict]:
+        """The error rows."""
+        return [r for r in self.rows if r["status"] == "error"]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A run's inputs and their output names, claimed in the output folder before any work.
+
+    Attributes:
+        out: the `OutputDir`.
+        items: the expanded inputs (local paths and URIs), in order.
+        stems: one output stem per input (`collection.output_stems`).
+        names: per input, {"mask": "<stem>_mask.png"[, "overlay": "<stem>_overlay.png"]}.
+    """
+
+    out: object
+    items: list
+    stems: list
+    names: list
+
+    def renamed(self) -> list[tuple[str, str]]:
+        """(input, stem) where the stem is not the input's own file stem (another input shares it)."""
+        return [(item, stem) for item, stem in zip(self.items, self.stems) if stem != _name_parts(item)[0]]
+
+
+def output_names(stem: str, overlay: bool) -> dict:
+    """The files an input gets: `<stem>_mask.png`, and `<stem>_overlay.png` with `overlay`."""
+    names = {"mask": f"{stem}_mask.png"}
+    if overlay:
+        names["overlay"] = f"{stem}_overlay.png"
+    return names
+
+
+def result_row(item: str, names: dict, out: Path, status: str, *, height=None, width=None, foreground=None,
+               error=None, precision: str | None = None, backend: str | None = None) -> dict:
+    """One results-table row.
+
+    Args:
+        item: the input as listed.
+        names: its `output_names`.
+        out: the output folder.
+        status: "ok", "error", "skipped" (Ray engine: complete from an earlier run) or
+            "interrupted" (outputs written before Ctrl-C / SIGTERM, if any).
+        height, width, foreground: the mask's size and foreground share.
+        error: the reason of an "error" row.
+        precision, backend: what ran.
+    """
+    written = status in ("ok", "skipped")
+    return {"input": item, "mask": str(out / names["mask"]) if written else None,
+            "overlay": str(out / names["overlay"]) if written and "overlay" in names else None,
+            "width": width, "height": height, "foreground": None if foreground is None else round(float(foreground), 6),
+            "status": status, "error": error, "precision": precision, "backend": backend}
+
+
+def write_table(out, rows: Sequence[dict]) -> None:
+    """Write `results.jsonl` (atomically) and the folder's record."""
+    out.write_text(RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in rows))
+    out.flush()
+
+
+def open_outputs(out_dir, inputs: Sequence, *, artifact_dir, supports: Sequence, overwrite: bool = False):
+    """The output folder of a run, refusing one that is (or holds) any of its inputs, even with `overwrite`.
+
+    Returns:
+        An `lfm_deploy.utils.outputs.OutputDir` of kind `PREDICT_KIND`.
+    """
+    from ..utils.outputs import OutputDir
+
+    return OutputDir(out_dir, flag="--out", kind=PREDICT_KIND, overwrite=overwrite,
+                     inputs={"ARTIFACT_DIR": artifact_dir,
+                             "QUERY": [os.fspath(q) for q in inputs if not is_uri(os.fspath(q))],
+                             "--support": [os.fspath(p) for p in supports if not is_uri(os.fspath(p))]})
+
+
+def claim_outputs(out, inputs: Sequence, overlay: bool) -> Outputs:
+    """Expand the inputs, name their outputs and claim every name (and the table) before any work.
+
+    Raises:
+        InputError: a missing input, or none found.
+        OutputError: an output name taken by a file lfm-predict did not write.
+    """
+    items = expand_inputs([os.fspath(q) for q in inputs])
+    if not items:
+        raise InputError(f"no input images found in {', '.join(map(os.fspath, inputs))}",
+                         api_hint="pass images, folders, globs or list files",
+                         cli_hint="pass images, folders, globs or list files as QUERY")
+    stems = output_stems(items)
+    names = [output_names(stem, overlay) for stem in stems]
+    out.claim([n for entry in names for n in entry.values()] + [RESULTS_NAME],
+              [item for item, entry in zip(items, names) for _ in entry] + ["the results table"])
+    return Outputs(out=out, items=items, stems=stems, names=names)
+
+
+def segment_locally(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
+                    support_masks: Sequence[str | os.PathLike], inputs: Sequence[str], out_dir: str | os.PathLike,
+                    *, batch_size: int = 8, threads: int | None = None, providers="cpu",
+                    allow_fallback: bool = False, overlay: bool = True, allow_empty: bool = False,
+                    overwrite: bool = False, progress: bool = True, precision: str | None = None,
+                    memory_budget: float | None = None) -> BatchReport:
+    """Segment a collection of images in this process with a fixed support set.
+
+    The same inputs, outputs and table as `ray_batch.segment_collection`; every output name is
+    claimed before the model is loaded. An input that cannot be read or decoded is an error row
+    (the others are written). Ctrl-C / SIGTERM: the outputs written so far are complete and the
+    table lists them ("interrupted" rows for the rest), then the interrupt goes on.
+
+    Args:
+        artifact_dir: an lfm-export directory with the encoder/head pair.
+        support_images, support_masks: the K support pairs (paths or URIs).
+        inputs: images, folders, globs, list files or URIs (`collection.expand_inputs`).
+        out_dir: the output folder.
+        batch_size, threads, providers, allow_fallback, precision: as `Segmenter.from_artifacts`.
+        overlay: also write `<stem>_overlay.png`.
+        allow_empty: accept support masks without foreground.
+        overwrite: replace files in `out_dir` that lfm-predict did not write (never the inputs).
+        progress: show a progress bar.
+        memory_budget: peak bytes this process may use (`Segmenter.from_artifacts`).
+
+    Returns:
+        A `BatchReport` (precision and backend: what ran).
+
+    Raises:
+        InputError, OutputError, ManifestError, BackendUnavailable: as `segment_collection`,
+            all before any input is segmented.
+    """
+    from tqdm.auto import tqdm
+
+    from ..preprocess import to_pil_rgb
+    from ..runtime import Segmenter
+    from .codec import mask_png, overlay_png
+    from .job import predict_isolated
+
+    out = open_outputs(out_dir, inputs, artifact_dir=artifact_dir, supports=[*support_images, *support_masks],
+                       overwrite=overwrite)
+    plan = claim_outputs(out, inputs, overlay)
+    supports = [read_bytes(os.fspath(p)) if is_uri(os.fspath(p)) else p for p in (*support_images, *support_masks)]
+    seg = Segmenter.from_artifacts(artifact_dir, providers=providers, allow_fallback=allow_fallback, threads=threads,
+                                   batch_size=batch_size, precision=precision, memory_budget=memory_budget)
+    k = len(support_images)
+    seg.set_support(supports[:k], supports[k:], allow_empty=allow_empty)
+    log.info("running %s on %s (%s), exported at %s", seg.precision, seg.backend, ", ".join(seg.providers),
+             seg.exported_precision)
+    ran = {"precision": seg.precision, "backend": seg.backend}
+    rows: list[dict] = []
+    try:
+        with tqdm(total=len(plan.items), desc="lfm-predict", unit="img",
+                  disable=not progress or len(plan.items) < 2) as bar:
+            for start in range(0, len(plan.items), batch_size):
+                chunk = range(start, min(start + batch_size, len(plan.items)))
+                sources, readable = {}, []
+                for i in chunk:
+                    try:
+                        sources[i] = read_bytes(plan.items[i]) if is_uri(plan.items[i]) else plan.items[i]
+                        readable.append(i)
+                    except OSError as exc:
+                        sources[i] = InputError(f"cannot read {plan.items[i]}: {exc}")
+                masks = dict(zip(readable, predict_isolated(seg, [sources[i] for i in readable])))
+                for i in chunk:
+                    item, names, mask = plan.items[i], plan.names[i], masks.get(i, sources[i])
+                    if isinstance(mask, InputError):
+                        rows.append(result_row(item, names, out.path, "error", error=mask.cli_message(), **ran))
+                        continue
+                    if overlay:  # the overlay first: the mask, written last, completes the input
+                        out.write_bytes(names["overlay"], overlay_png(to_pil_rgb(sources[i], item), mask))
+                    out.write_bytes(names["mask"], mask_png(mask))
+                    rows.append(result_row(item, names, out.path, "ok", height=int(mask.shape[0]),
+                                           width=int(mask.shape[1]), foreground=float(mask.mean()), **ran))
+                bar.update(len(chunk))
+    except KeyboardInterrupt:  # what was written is complete, and the table says what it is
+        if out.written:
+            written = set(out.written)
+            for i in range(len(rows), len(plan.items)):
+                row = result_row(plan.items[i], plan.names[i], out.path, "interrupted", **ran)
+                row.update({key: str(out.path / n) if n in written else None for key, n in plan.names[i].items()})
+                rows.append(row)
+            write_table(out, rows)
+        raise
+    write_table(out, rows)
+    failed = sum(r["status"] == "error" for r in rows)
+    return BatchReport(total=len(plan.items), succeeded=len(rows) - failed, skipped=0, failed=failed,
+                       out_dir=out.path, table=out.path / RESULTS_NAME, rows=rows, renamed=plan.renamed(),
+                       model=f"{seg.domain}, {seg.shots}-shot, exported at {seg.exported_precision}",
+                       weights_label=seg.weights_label, providers=seg.providers, **ran)

@@ -1,0 +1,48 @@
+"""`precision=` of the runtime: one meaning (which graphs run), never contradicted by the export."""
+
+from __future__ import annotations
+
+import pytest
+
+from lfm_deploy.errors import InputError
+from lfm_deploy.runtime.precisions import RUN_PRECISIONS, exported_precision, resolve_precision
+
+FP32 = {"precision": {"name": "fp32"}, "graphs": {"encoder": {"file": "encoder.onnx"}, "head": {"file": "head.onnx"}}}
+INT8 = {"precision": {"name": "int8"}, "graphs": {"encoder": {"file": "encoder.int8.onnx"},
+                                                  "head": {"file": "head.int8.onnx"}},
+        "reference_graphs": {"encoder": "encoder.onnx", "head": "head.onnx", "episode": "episode.onnx"}}
+FP16 = {**INT8, "precision": {"name": "fp16"}}
+BF16 = {**FP32, "precision": {"name": "bf16"}}
+
+
+def test_auto_is_what_the_export_was_made_at():
+    assert exported_precision({}) == "fp32"  # exports that do not say
+    for manifest, name in ((FP32, "fp32"), (INT8, "int8"), (FP16, "fp16")):
+        for requested in (None, "auto"):
+            run = resolve_precision(manifest, requested, openvino=False)
+            assert (run.name, run.exported, run.files) == (name, name, None)
+    # bf16 is OpenVINO's: there it runs bf16, on onnxruntime the float32 graphs in fp32.
+    assert resolve_precision(BF16, "auto", openvino=True).backend_precision == "bf16"
+    assert resolve_precision(BF16, "auto", openvino=False).name == "fp32"
+
+
+def test_fp32_on_a_reduced_export_runs_its_float32_graphs():
+    for manifest in (INT8, FP16):
+        run = resolve_precision(manifest, "fp32", openvino=False)
+        assert run.name == "fp32" and run.files["encoder"] == "encoder.onnx" and run.files["head"] == "head.onnx"
+    run = resolve_precision(INT8, "bf16", openvino=True)
+    assert (run.name, run.backend_precision, run.files["head"]) == ("bf16", "bf16", "head.onnx")
+
+
+@pytest.mark.parametrize("manifest, requested, message", [
+    (FP32, "int8", "exported at fp32 and hold no int8 graphs"),
+    (INT8, "fp16", "exported at int8 and hold no fp16 graphs"),
+    (FP16, "int8", "exported at fp16 and hold no int8 graphs"),
+    (FP32, "bf16", "precision bf16 runs on OpenVINO"),
+    (FP32, "fp64", "is not one of " + ", ".join(RUN_PRECISIONS)),
+])
+def test_a_precision_the_export_cannot_run_is_refused(manifest, requested, message):
+    with pytest.raises(InputError, match=message) as info:
+        resolve_precision(manifest, requested, openvino=False, where="art")
+    line = info.value.cli_message()
+    assert "\n" not in line and "--precision" in line or "--providers" in line
