@@ -135,8 +135,8 @@ class Segmenter:
             chosen, providers, precision = None, "cpu", "fp32" if precision == "bf16" else precision
         run = resolve_precision(manifest, precision, openvino=chosen is not None and chosen.runtime == "OpenVINO",
                                 where=str(self.directory))
-        if chosen is not None and chosen.selector is not None:
-            chosen = select_backend(providers, run.backend_precision)  # the runtime's row for that precision
+        if chosen is not None and backend is None:  # picked by providers=: the runtime's row for that precision
+            chosen = select_backend(providers, run.backend_precision)
         #: The registry backend the graphs run on (`lfm_deploy.runtime.backends`; None: onnxruntime
         #: with the given providers).
         self.runs_on = chosen

@@ -94,6 +94,9 @@ def test_a_registered_backend_runs_in_the_segmenter_and_lfm_verify(toy, exported
         for s in (seg, ref):
             s.set_support(supports, masks)
         np.testing.assert_allclose(seg.predict_proba(queries), ref.predict_proba(queries), atol=1e-5)
+    if get_backend("ov-fp32").unavailable() is None:  # a built-in row by name, without providers=
+        with Segmenter.from_artifacts(art, backend="ov-fp32", threads=2, verify=False) as ov:
+            assert ov.runs_on.name == "ov-fp32" and ov.backend == "openvino" and ov.providers[0].startswith("OpenVINO")
 
     out = tmp_path / "report"
     result = CliRunner().invoke(main, [str(art), "--out", str(out), "--episodes", "1", "--threads", "2", "--quiet",
