@@ -52,36 +52,36 @@ log = logging.getLogger("bench_latency")
 
 
 # ----------------------------------------------------------------------------- worker side
-def _inputs(manifest: dict, batch: int, seed: int = 0) -> dict:
+def _inputs(manifest, batch: int, seed: int = 0) -> dict:
     """B different queries against one support set (repeated per row for the episode graphs)."""
-    from lfm_deploy.contract import graph_io
     from lfm_deploy.domains import get_domain
     from lfm_deploy.parity.episodes import validation_episode
 
-    dom = get_domain(manifest["domain"])
-    size, shots = int(manifest["image_size"]), int(manifest["shots"])
-    io = graph_io(manifest, "episode")
+    dom = get_domain(manifest.domain)
+    size, shots = manifest.image_size, manifest.shots
+    io = manifest.io("episode")
     base = validation_episode(dom, shots, batch=1, seed=seed, image_size=size)
     queries = validation_episode(dom, shots, batch=batch, seed=seed + 1, image_size=size)[io.input("query")]
     return io.feed(query=queries, supports=np.repeat(base[io.input("supports")], batch, axis=0),
                    masks=np.repeat(base[io.input("masks")], batch, axis=0))
 
 
-def _runner(spec: dict, manifest: dict):
+def _runner(spec: dict, manifest):
     from lfm_deploy.parity.runners import EagerRunner, ModelFromManifest, SplitRunner
     from lfm_deploy.runtime.backends import get_backend
     from lfm_deploy.runtime.sessions import SessionConfig, SessionFromOnnx
 
     kind, art, threads = spec["backend"], Path(spec["artifacts"]), spec["threads"]
-    graphs = manifest["graphs"]
+    graphs = manifest.graphs
     if kind == "eager":
-        return EagerRunner(ModelFromManifest(manifest), "episode", shots=manifest["shots"], threads=threads, name=kind)
+        return EagerRunner(ModelFromManifest(manifest), "episode", shots=manifest.shots, threads=threads, name=kind)
     if kind in ("ort-matmul", "ort-dft"):
-        return get_backend("ort-cpu").runner(art / graphs["episode"]["file"], threads=threads, name=kind)
+        return get_backend("ort-cpu").runner(art / graphs["episode"].file, threads=threads, name=kind)
     if kind == "ort-split":
         config = SessionConfig(threads=threads, low_memory=False)
-        return SplitRunner(SessionFromOnnx(art / graphs["encoder"]["file"], config=config),
-                           SessionFromOnnx(art / graphs["head"]["file"], config=config), manifest, name=kind)
+        return SplitRunner(SessionFromOnnx(art / graphs["encoder"].file, config=config),
+                           SessionFromOnnx(art / graphs["head"].file, config=config), graphs, manifest.shots,
+                           name=kind)
     if kind in ("trt-fp32", "trt-fp16"):
         from polygraphy.backend.trt import TrtRunner
 

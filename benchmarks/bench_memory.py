@@ -208,7 +208,7 @@ def main(argv=None) -> dict:
 
     cells = [(b, n, s) for b in args.backends for n in args.batch_sizes for s in args.settings
              if not (b == "ov" and setting(s).keys() & {"ort_entries", "ort_options", "env_arena"})]
-    result = {"size": read_manifest(export, verify_files=False)["image_size"], "threads": args.threads,
+    result = {"size": read_manifest(export, verify_files=False).image_size, "threads": args.threads,
               "rounds": args.rounds, "repeat": args.repeat, "machine": machine(args.threads),
               "versions": library_versions(("numpy", "onnxruntime", "openvino")), "load_average": os.getloadavg(),
               "command": "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -118,10 +118,9 @@ def _exports(args, shots: int) -> Path:
     return out
 
 
-def _fp16_graphs(art: Path, manifest: dict, threads: int) -> dict[str, Path]:
+def _fp16_graphs(art: Path, manifest, threads: int) -> dict[str, Path]:
     from lfm_deploy.precision.fp16 import graph_feeds, prepare_fp16_graph
 
-    ref = manifest.get("reference_graphs") or {g: e["file"] for g, e in manifest["graphs"].items()}
     # Beside the export, not in it: an lfm-export directory holds only what lfm-export wrote.
     work = art.with_name(art.name + "-fp16")
     work.mkdir(exist_ok=True)
@@ -129,34 +128,34 @@ def _fp16_graphs(art: Path, manifest: dict, threads: int) -> dict[str, Path]:
     for g in ("encoder", "head"):
         path = work / f"{g}.fp16.onnx"
         if not path.is_file():
-            prepare_fp16_graph(art / ref[g], path, graph_feeds(art, g, episodes=2, seed=2000, threads=threads),
+            prepare_fp16_graph(art / manifest.float32_file(g), path,
+                               graph_feeds(art, g, episodes=2, seed=2000, threads=threads, manifest=manifest),
                                threads=threads)
         out[g] = path
     return out
 
 
-def _rows(art: Path, manifest: dict, threads: int) -> list[Row]:
-    from lfm_deploy.contract import graph_io
+def _rows(art: Path, manifest, threads: int) -> list[Row]:
     from lfm_deploy.parity.runners import SplitRunner
     from lfm_deploy.runtime.backends import get_backend
     from lfm_deploy.runtime.sessions import SessionFromOnnx
 
-    ref = manifest.get("reference_graphs") or {g: e["file"] for g, e in manifest["graphs"].items()}
-    fp32 = {g: art / ref[g] for g in ("encoder", "head")}
-    int8 = ({g: art / manifest["graphs"][g]["file"] for g in ("encoder", "head")}
-            if (manifest.get("precision") or {}).get("name") == "int8" else None)
+    fp32 = {g: art / manifest.float32_file(g) for g in ("encoder", "head")}
+    int8 = ({g: art / manifest.graphs[g].file for g in ("encoder", "head")}
+            if manifest.served_precision.name == "int8" else None)
     fp16 = _fp16_graphs(art, manifest, threads)
 
     def ort(paths):
         return (lambda: SessionFromOnnx(paths["head"], threads=threads)(),
                 lambda: SplitRunner(SessionFromOnnx(paths["encoder"], threads=threads),
-                                    SessionFromOnnx(paths["head"], threads=threads), manifest))
+                                    SessionFromOnnx(paths["head"], threads=threads), manifest.graphs,
+                                    manifest.shots))
 
     def ov(paths, precision, islands=None):
         def load(g):
             return get_backend(f"ov-{precision}").loader(paths[g], threads=threads, f32_islands=islands)
 
-        return (lambda: load("head")(), lambda: SplitRunner(load("encoder"), load("head"), manifest))
+        return (lambda: load("head")(), lambda: SplitRunner(load("encoder"), load("head"), manifest.graphs, manifest.shots))
 
     rows = [Row("onnxruntime", "fp32", "CPU EP, float32 encoder -> head", *ort(fp32))]
     no_int8 = "the export has no int8 graphs (lfm-export --precision int8)"
@@ -176,7 +175,6 @@ def _rows(art: Path, manifest: dict, threads: int) -> list[Row]:
         for p in ("fp32", "bf16", "int8"):
             rows.append(Row("OpenVINO", p, "", skip=ov_missing))
     rows.extend(_tensorrt_rows(art))
-    _ = graph_io  # the contract is read from the manifest by SplitRunner
     return rows
 
 
@@ -207,9 +205,9 @@ def _stats(seconds: list[float], batch: int) -> dict:
 def _bench_k(args, shots: int) -> dict:
     import torch
 
-    from lfm_deploy.contract import graph_io
     from lfm_deploy.domains import get_domain
     from lfm_deploy.manifest import read_manifest
+    from lfm_deploy.utils.records import to_json
     from lfm_deploy.parity.episodes import graph_feeds_of, parity_episodes
     from lfm_deploy.parity.gate import informative_episodes, run_gate
     from lfm_deploy.parity.runners import ModelFromManifest
@@ -236,15 +234,14 @@ def _bench_k(args, shots: int) -> dict:
         log.info("K=%d: gate %s %s", shots, row.backend, row.precision)
         tol = gates["int8"] if row.precision == "fp32" else gates[row.precision]
         report = run_gate(ref, row.split(), data, tol, precision=row.precision, backend=f"{row.backend} {row.precision}",
-                          shots=shots, image_size=int(manifest["image_size"]))
+                          shots=shots, image_size=manifest.image_size)
         row.gate = report.to_dict()
         if row.precision == "fp32":  # float32 paths: parity, reported with the int8 gate's figures
             row.gate["note"] = "float32: judged for parity by lfm-export / lfm-verify"
 
     # Speed: head runs at each batch against cached support features, interleaved with eager episodes.
-    ios = {g: graph_io(manifest, g) for g in ("episode", "encoder", "head")}
-    ref_graphs = manifest.get("reference_graphs") or {g: e["file"] for g, e in manifest["graphs"].items()}
-    encoder = SessionFromOnnx(art / ref_graphs["encoder"], threads=args.threads)
+    ios = {g: manifest.io(g) for g in ("episode", "encoder", "head")}
+    encoder = SessionFromOnnx(art / manifest.float32_file("encoder"), threads=args.threads)
     head_feed = graph_feeds_of(feeds[:1], "head", ios, encoder)[0]
     eio = ios["episode"]
     torch.set_num_threads(args.threads)
@@ -303,7 +300,7 @@ def _bench_k(args, shots: int) -> dict:
             entry["agreement"] = row.gate["agreement"]
             entry["miou_delta_points"] = row.gate["miou_delta_points"]
         out_rows.append(entry)
-    return {"shots": shots, "artifacts": str(art), "manifest_precision": manifest.get("precision"),
+    return {"shots": shots, "artifacts": str(art), "manifest_precision": to_json(manifest.precision),
             "foreground": float(np.mean([m.mean() for m in ref.masks])) if ref.masks else 0.0,
             "episodes": data.label, "evidence": evidence.to_dict(), "rows": out_rows}
 

@@ -332,7 +332,7 @@ def run(args) -> dict:
     from lfm_deploy.manifest import read_manifest
 
     manifest = read_manifest(args.artifacts, verify_files=False)
-    size = manifest["image_size"]
+    size = manifest.image_size
     results = {"image_size": size, "machine": _machine(), "load_average": {"start": os.getloadavg()}, "batch": [],
                "rounds": args.rounds, "max_busy": args.max_busy, "max_wait": args.max_wait}
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:

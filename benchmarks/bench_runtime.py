@@ -73,22 +73,22 @@ class Runner:
 class EagerEpisode(Runner):
     """The eager PyTorch model running a whole K-shot episode per query."""
 
-    def __init__(self, manifest: dict, supports, masks, query, threads: int):
+    def __init__(self, manifest, supports, masks, query, threads: int):
         import torch
 
         from lfm_deploy.models import build_model
         from lfm_deploy.preprocess import normalize_image, prepare_mask
 
         torch.set_num_threads(threads)
-        size = manifest["image_size"]
-        apm = None if manifest.get("apm") in (None, "none") else manifest["apm"]
+        size = manifest.image_size
+        apm = None if manifest.apm == "none" else manifest.apm
         # Same architecture and size as the export; timing does not depend on the weights.
-        self.model, _ = build_model(apm=apm, acpa=manifest.get("acpa", True), image_size=size)
+        self.model, _ = build_model(apm=apm, acpa=manifest.acpa, image_size=size)
         self.model.eval()
-        pre = manifest["preprocessing"]
-        self.shots = manifest["shots"]
-        self.q = torch.from_numpy(normalize_image(query, size, pre["mean"], pre["std"]))[None]
-        self.s = torch.from_numpy(np.stack([normalize_image(s, size, pre["mean"], pre["std"]) for s in supports]))[None]
+        pre = manifest.preprocessing
+        self.shots = manifest.shots
+        self.q = torch.from_numpy(normalize_image(query, size, pre.mean, pre.std))[None]
+        self.s = torch.from_numpy(np.stack([normalize_image(s, size, pre.mean, pre.std) for s in supports]))[None]
         self.m = torch.from_numpy(np.stack([prepare_mask(m, size).astype(np.float32) for m in masks]))[None]
         self._torch = torch
         self.name = f"eager torch {self.shots}-shot episode"
@@ -218,10 +218,10 @@ def main(argv=None) -> dict:
 
     artifacts = _ensure_artifacts(args.artifacts, args.size)
     manifest = read_manifest(artifacts)
-    size, shots = manifest["image_size"], manifest["shots"]
+    size, shots = manifest.image_size, manifest.shots
     supports, masks, queries = _episode_inputs(size, shots, args.batch)
-    results = {"artifacts": str(artifacts), "domain": manifest["domain"], "image_size": size, "shots": shots,
-               "lowering": manifest.get("lowering"), "threads": args.threads, "warmup": args.warmup,
+    results = {"artifacts": str(artifacts), "domain": manifest.domain, "image_size": size, "shots": shots,
+               "lowering": manifest.lowering, "threads": args.threads, "warmup": args.warmup,
                "iters": args.iters, "batch": args.batch,
                "targets": {"latency_ratio": TARGET_LATENCY_RATIO, "peak_rss_mb": TARGET_RSS_MB,
                            "aim_rss_mb": AIM_RSS_MB},
@@ -243,7 +243,7 @@ def main(argv=None) -> dict:
     return results
 
 
-def measure_timing(artifacts: Path, manifest: dict, supports, masks, queries, args) -> dict:
+def measure_timing(artifacts: Path, manifest, supports, masks, queries, args) -> dict:
     """Eager episode vs Segmenter batch 1 and batch N, interleaved iteration by iteration."""
     from lfm_deploy.runtime import Segmenter
 

@@ -159,7 +159,7 @@ def run(args) -> dict:
     from lfm_deploy.runtime import Segmenter
     from lfm_deploy.serving.ray_serve import build_app, start_service, stop_service
 
-    size = read_manifest(args.artifacts, verify_files=False)["image_size"]
+    size = read_manifest(args.artifacts, verify_files=False).image_size
     results = {"image_size": size, "machine": _machine(), "load_average": {"start": os.getloadavg()},
                "threads": args.threads, "max_batch": args.max_batch, "rounds": args.rounds}
     pairs = _pairs(args.register_sets + 1 + 4, size)

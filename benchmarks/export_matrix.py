@@ -69,11 +69,10 @@ def _test_checkpoint(domain, apm: str, shots: int, size: int | None, path: Path,
 
 def _mask_differences(out: Path, ref: dict, threads: int) -> dict:
     """Run the exported episode graph on the validation episode; where does its mask differ?"""
-    from lfm_deploy.contract import graph_io
     from lfm_deploy.manifest import read_manifest
     from lfm_deploy.runtime.sessions import SessionFromOnnx
 
-    io = graph_io(read_manifest(out, verify_files=False), "episode")
+    io = read_manifest(out, verify_files=False).io("episode")
     (mask,) = SessionFromOnnx(out / io.file, threads=threads)().run([io.output("mask")], ref["episode"])
     differ = mask[0].astype(np.int64) != ref["mask"].astype(np.int64)
     return {"pixels_differing": int(differ.sum()),
@@ -85,7 +84,7 @@ def _row(result, seconds: float, fg: float | None) -> dict:
     logits = [c for k, c in checks.items() if k in ("episode.logits", "head.shot_logits")]
     masks = [c for k, c in checks.items() if k.endswith(".mask")]
     feats = [c for k, c in checks.items() if k.startswith("encoder.")]
-    sign = result.manifest["parity"].get("acpa_sign_case") or {}
+    sign = result.manifest.parity.acpa_sign_case or {}
     return {
         "passed": bool(result.passed),
         "logits_max_abs": max((c.value for c in logits), default=None),

@@ -384,7 +384,7 @@ def time_served(export: Path, backends: list[str], batch: int, threads: int, war
     from lfm_deploy.runtime import Segmenter
 
     manifest = read_manifest(export)
-    size = manifest["image_size"]
+    size = manifest.image_size
     image, mask = np.asarray(synthetic_pair(size, 0, 0, 1)[0]), np.asarray(synthetic_pair(size, 0, 0, 1)[1])
     queries = [np.asarray(synthetic_pair(size, 0, 0, 100 + i)[0]) for i in range(batch)]
     calls = {}

@@ -23,7 +23,7 @@ head      query_img      float32  (B, 3, S, S)            query
 
 The export declares each graph's tensors with `graph_specs` and writes them into the manifest.
 Every consumer (the runtime, the validation runners, Triton, the engine builder) reads them back
-from the manifest with `graph_io(manifest, graph)` and refers to tensors by role
+from the manifest with `Manifest.io(graph)` (`graph_io(manifest.graphs, graph)`) and refers to tensors by role
 (`io.input("query")`), so no tensor name is spelled anywhere but here. See docs/graph-contract.md.
 
 Pure Python (no torch, no numpy): the runtime uses it.
@@ -31,10 +31,12 @@ Pure Python (no torch, no numpy): the runtime uses it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Mapping, Sequence
 
 from .errors import ManifestError
+from .utils.files import unsafe_relpath
+from .utils.records import Meta, to_json
 
 #: The graphs of an export, in manifest order; "episode" is always there, the pair with --split.
 GRAPHS = ("episode", "encoder", "head")
@@ -47,15 +49,13 @@ STAGE_CHANNELS = (512, 1024, 2048)
 class TensorSpec:
     """One graph input or output: name, dtype and shape ("B"/"N" = dynamic batch)."""
 
-    name: str
-    dtype: str
-    shape: tuple
+    name: Annotated[str, Meta(min_length=1)]
+    dtype: Annotated[str, Meta(min_length=1)]
+    shape: tuple[Annotated[int, Meta(ge=1)] | str, ...]
     description: str = ""
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        return d
+        return to_json(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "TensorSpec":
@@ -108,15 +108,15 @@ class GraphIO:
     """One graph of an export as its manifest records it, with tensors addressable by role.
 
     Attributes:
-        graph: "episode", "encoder" or "head".
+        graph: "episode", "encoder" or "head" (the manifest's key for it, not written under it).
         file: the .onnx file, relative to the artifact directory.
         inputs, outputs: the tensor specs, in contract order.
     """
 
-    graph: str
-    file: str
-    inputs: tuple
-    outputs: tuple
+    graph: str = field(metadata={"key": True})
+    file: Annotated[str, Meta(check=unsafe_relpath)]
+    inputs: Annotated[tuple[TensorSpec, ...], Meta(min_length=1)]
+    outputs: Annotated[tuple[TensorSpec, ...], Meta(min_length=1)]
 
     def _roles(self) -> tuple[tuple, tuple]:
         ins, outs = ROLES[self.graph]
@@ -148,8 +148,7 @@ class GraphIO:
         return {self.input(role): value for role, value in by_role.items()}
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "inputs": [t.to_dict() for t in self.inputs],
-                "outputs": [t.to_dict() for t in self.outputs]}
+        return to_json(self)
 
 
 def default_io(graph: str, size: int, shots: int, feature_hw: Sequence[int] = (), file: str = "") -> GraphIO:
@@ -158,21 +157,18 @@ def default_io(graph: str, size: int, shots: int, feature_hw: Sequence[int] = ()
     return GraphIO(graph, file or f"{graph}.onnx", tuple(inputs), tuple(outputs))
 
 
-def graph_io(manifest: Mapping, graph: str) -> GraphIO:
-    """The contract of one graph, read from a manifest.
+def graph_io(graphs: Mapping[str, GraphIO], graph: str) -> GraphIO:
+    """One graph's contract from an export's graphs (`Manifest.graphs`), checked against its roles.
 
     Raises:
         ManifestError: the export has no such graph, or its tensors do not fit the contract's
             roles (a different count).
     """
-    graphs = manifest.get("graphs") or {}
     if graph not in graphs:
         raise ManifestError(f"the export has no {graph} graph (it has: {', '.join(graphs) or 'none'})",
                             api_hint="re-export with split=True for the encoder/head pair",
                             cli_hint="re-export with lfm-export --split for the encoder/head pair")
-    entry = graphs[graph]
-    io = GraphIO(graph, str(entry["file"]), tuple(TensorSpec.from_dict(t) for t in entry["inputs"]),
-                 tuple(TensorSpec.from_dict(t) for t in entry["outputs"]))
+    io = graphs[graph]
     ins, outs = io._roles()
     if len(io.inputs) != len(ins) or len(io.outputs) != len(outs):
         raise ManifestError(f"the manifest's {graph} graph has {len(io.inputs)} inputs and {len(io.outputs)} outputs; "

@@ -1,23 +1,26 @@
 """The artifact manifest: what an export directory holds and how to use it.
 
-Pure Python (json + hashlib): written by `lfm_deploy.export`, read and verified by the
-torch-free `lfm_deploy.runtime`. `read_manifest` checks every field a reader uses against a
-small declarative schema (`MANIFEST_SCHEMA`) before anyone reads it, so a malformed manifest is
-one `ManifestError` naming the field, never a KeyError or TypeError deep inside a consumer.
+Pure Python (json + hashlib): built and written by `lfm_deploy.export` (with its precision
+step), read and verified by the torch-free `lfm_deploy.runtime`. `read_manifest` parses
+the JSON once into an immutable `Manifest` (frozen dataclasses, `lfm_deploy.utils.records`) whose
+fields are every field a reader uses, so a malformed manifest is one `ManifestError` naming the
+field, never a KeyError or TypeError deep inside a consumer; readers take the object, never the
+dict.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
+from .contract import GraphIO, graph_io
 from .errors import ManifestError
-from .utils.files import MAX_TEXT_BYTES, regular_file
+from .utils.files import MAX_TEXT_BYTES, regular_file, unsafe_relpath
 from .utils.outputs import sha256_file
+from .utils.records import Meta, parse, show, to_json
 
 MANIFEST_NAME = "manifest.json"
 #: Bumped when the layout changes incompatibly; readers refuse newer major versions.
@@ -31,358 +34,252 @@ SYNTHETIC_LABEL = ("SYNTHETIC-DATA default (its head and the backbone's last sta
 SYNTHETIC_SOURCE = "synthetic-default"
 
 
-def weights_label(manifest: Mapping) -> str:
+def weights_label(manifest: "Manifest") -> str:
     """The warning label of a manifest's weights when they are not a real model, else "".
 
     The synthetic-data default (`weights.source` "synthetic-default") and the seeded untrained
     default both carry `untrained: true`; the label tells them apart.
     """
-    if not manifest.get("untrained"):
+    if not manifest.untrained:
         return ""
-    source = (manifest.get("weights") or {}).get("source")
-    return SYNTHETIC_LABEL if source == SYNTHETIC_SOURCE else UNTRAINED_LABEL
+    return SYNTHETIC_LABEL if manifest.weights.source == SYNTHETIC_SOURCE else UNTRAINED_LABEL
 
 
 #: What fixes a malformed manifest, for API callers and on the command line alike.
 _HINTS = {"api_hint": "re-run lfm-export"}
 
+# -- the records ------------------------------------------------------------------------------
+# What each JSON value must be is said once, by the annotations (`lfm_deploy.utils.records`).
 
-# -- schema -------------------------------------------------------------------------------------
-# A schema is a tree of specs. Each spec checks one JSON value and appends a problem
-# "<where> must be <what>, got <value>" for each violation; containers recurse. Only stdlib: the
-# runtime imports with numpy, onnxruntime and Pillow alone.
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__)
+Name = Annotated[str, Meta(min_length=1)]
+RelPath = Annotated[str, Meta(check=unsafe_relpath)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+Tolerance = Annotated[float, Meta(ge=0)]
 
 
-def _show(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the export (a path inside the directory), verified before use."""
+
+    path: RelPath
+    bytes: Annotated[int, Meta(ge=0)]
+    sha256: Annotated[str, Meta(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits")]
 
 
-def _child(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """The preprocessing contract (`Domain.preprocessing`); the optional keys have the CD-FSS defaults."""
+
+    mean: Annotated[tuple[float, ...], Meta(length=3)]
+    std: Annotated[tuple[Annotated[float, Meta(gt=0)], ...], Meta(length=3)]
+    image_size: Annotated[tuple[PositiveInt, ...], Meta(length=2)] | None = None
+    color: Literal["rgb", "grayscale"] = "rgb"
+    scale: Annotated[float, Meta(gt=0)] = 1.0 / 255.0
+    mask_threshold: Annotated[int, Meta(ge=0, le=255)] = 128
+    image_resize: str | None = None
+    mask_resize: str | None = None
 
 
-class Spec:
-    """One JSON value's expected shape. Subclasses set `expected` and implement `_check`."""
+@dataclass(frozen=True)
+class WeightsRecord:
+    """Where the weights came from (`WeightsInfo.to_dict`): what the parity reference is rebuilt from."""
 
-    expected = "a value"
-    #: The Python types of the JSON values this spec accepts (bool is never an int here).
-    types: tuple = (object,)
-
-    def type_ok(self, value: Any) -> bool:
-        """Whether `value` has the spec's JSON type (its constraints are not checked)."""
-        return isinstance(value, self.types) and not (isinstance(value, bool) and bool not in self.types)
-
-    def check(self, value: Any, where: str, problems: list[str]) -> None:
-        if not self.type_ok(value):
-            self._wrong_type(value, where, problems)
-        else:
-            self._check(value, where, problems)
-
-    def _check(self, value: Any, where: str, problems: list[str]) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _wrong_type(self, value: Any, where: str, problems: list[str]) -> None:
-        problems.append(f"{where} must be {self.expected}, got {_json_type(value)}")
+    checkpoint: Name | None
+    masker: Name | None
+    seed: int | None
+    source: Name | None = None
+    untrained: bool | None = None
+    checkpoint_sha256: str | None = None
+    checkpoint_kind: str | None = None
+    masker_sha256: str | None = None
+    masker_meta: Any = None
+    learner: Name | None = None
+    learner_sha256: str | None = None
+    recipe: Any = None
 
 
-class Anything(Spec):
-    """Any JSON value (fields a reader only tests for truth)."""
+@dataclass(frozen=True)
+class ParityTolerances:
+    """The export's float32 parity tolerances (`lfm_deploy.parity.compare.Tolerances.from_manifest`)."""
 
-    def type_ok(self, value):
-        return True
-
-    def _check(self, value, where, problems):
-        pass
-
-
-class Bool(Spec):
-    expected = "a boolean"
-    types = (bool,)
-
-    def _check(self, value, where, problems):
-        pass
+    logits_atol: Tolerance = 1e-3
+    feature_rel: Tolerance = 1e-4
+    mask_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.999
+    mask_tie_margin: Tolerance | None = None
 
 
-class Int(Spec):
-    """An integer (JSON true/false are not integers) within [min, max]."""
+@dataclass(frozen=True)
+class ParityRecord:
+    """The export's validation against the eager model (`OutputCheck.to_dict` per output)."""
 
-    types = (int,)
-
-    def __init__(self, min: int | None = None, max: int | None = None):
-        self.min, self.max = min, max
-        bounds = [f">= {min}"] * (min is not None) + [f"<= {max}"] * (max is not None)
-        self.expected = "an integer" + (" " + " and ".join(bounds) if bounds else "")
-
-    def _check(self, value, where, problems):
-        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-            problems.append(f"{where} must be {self.expected}, got {_show(value)}")
+    validated: bool
+    passed: bool
+    checks: tuple[Any, ...] = ()
+    acpa_sign_case: Any = None
 
 
-class Number(Spec):
-    """A finite number (int or float) within the bounds."""
+@dataclass(frozen=True)
+class PrecisionRuntime:
+    """How the gated path runs: the backend, its precision, OpenVINO bf16's float32 islands."""
 
-    types = (int, float)
+    backend: Name
+    precision: Name
+    f32_islands: tuple[str, ...] | None = None
 
-    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False):
-        self.min, self.max, self.min_open = min, max, min_open
-        bounds = ([f"{'>' if min_open else '>='} {min}"] if min is not None else []) + (
-            [f"<= {max}"] if max is not None else [])
-        self.expected = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
 
-    def _check(self, value, where, problems):
+@dataclass(frozen=True)
+class PrecisionGate:
+    """A reduced-precision gate's verdict (`PrecisionResult.to_manifest`); `runs` per gated path."""
+
+    passed: bool
+    thresholds: Any = None
+    evidence: Any = None
+    episodes: Any = None
+    runs: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrecisionRecord:
+    """The precision the runtime serves: "fp32", or an `lfm-export --precision` result with its gate.
+
+    `graphs` names the reduced-precision files (inside the directory, listed in `files`).
+    """
+
+    name: Literal["fp32", "fp16", "bf16", "int8"]
+    runtime: PrecisionRuntime
+    calibration: str | None = None
+    gate: PrecisionGate | None = None
+    graphs: Mapping[str, RelPath] | None = None
+    details: Any = None
+
+
+FP32 = PrecisionRecord("fp32", PrecisionRuntime("onnxruntime", "fp32"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An artifact directory's manifest, parsed and checked once (`read_manifest`), immutable.
+
+    Readers use its attributes; writers build one and `write_manifest` it (the same definition
+    both ways). Every file it names (graphs, reference graphs, reduced-precision graphs) is inside
+    the directory and listed with its size and sha256 in `files`.
+    """
+
+    schema_version: Annotated[int, Meta(ge=1, le=SCHEMA_VERSION)]
+    domain: Name
+    variant: Name
+    apm: Literal["m", "s", "none"]
+    acpa: bool
+    lowering: Literal["matmul", "dft"]
+    opset: PositiveInt
+    shots: PositiveInt
+    image_size: PositiveInt
+    preprocessing: PreprocessingSpec
+    graphs: Mapping[str, GraphIO]
+    files: Mapping[str, FileEntry]
+    weights: WeightsRecord
+    untrained: bool
+    created_by: Name | None = None
+    warning: Name | None = None
+    #: The precision served; None: an export from before precisions were recorded (fp32).
+    precision: PrecisionRecord | None = None
+    #: {graph: file} of the validated float32 graphs (a reduced-precision export's `graphs` name others).
+    reference_graphs: Mapping[str, RelPath] | None = None
+    tolerances: ParityTolerances | None = None
+    parity: ParityRecord | None = None
+    #: The export's inputs ({"checkpoint"/"masker": {path, sha256} or null}), library versions,
+    #: TensorRT lint and engines: records for people, which no reader checks.
+    inputs: Any = None
+    versions: Any = None
+    tensorrt_lint: Any = None
+    engines: Any = None
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = MANIFEST_NAME) -> "Manifest":
+        """Parse and check a manifest's JSON.
+
+        Raises:
+            ManifestError: one error naming every malformed field (at most five shown).
+        """
+        if not isinstance(data, dict) or "schema_version" not in data:
+            raise ManifestError(f"{source} is not an lfm-deploy manifest (no schema_version)")
+        version = data["schema_version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION or version < 1:
+            raise ManifestError(f"{source} has schema version {show(version)}, this lfm-deploy reads version "
+                                f"{SCHEMA_VERSION}; re-export with this version or upgrade lfm-deploy")
+        problems: list[str] = []
         try:
-            finite = math.isfinite(value)
-        except OverflowError:  # an integer beyond float range
-            finite = False
-        low = self.min is not None and (value <= self.min if self.min_open else value < self.min)
-        high = self.max is not None and value > self.max
-        if not finite or low or high:
-            problems.append(f"{where} must be {self.expected}, got {_show(value)}")
+            manifest = parse(cls, data, "", problems)
+        except RecursionError:  # JSON nested about as deep as the parser allows
+            raise ManifestError(f"{source} is nested too deeply to be a manifest", **_HINTS) from None
+        if manifest is not None:
+            problems += manifest._cross_problems()
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise ManifestError(f"{source}: {shown}", **_HINTS)
+        return manifest
 
-
-class Str(Spec):
-    """A string: non-empty, optionally one of `choices` or matching `pattern` (described as `what`)."""
-
-    types = (str,)
-
-    def __init__(self, choices: Iterable[str] | None = None, pattern: str | None = None, what: str | None = None,
-                 nonempty: bool = True):
-        self.choices = tuple(choices) if choices is not None else None
-        self.pattern = re.compile(pattern) if pattern else None
-        self.what = what
-        self.nonempty = nonempty
-        self.expected = "a string"
-
-    def _check(self, value, where, problems):
-        if self.choices is not None and value not in self.choices:
-            problems.append(f"{where} must be one of {', '.join(map(repr, self.choices))}, got {_show(value)}")
-        elif self.pattern is not None and not self.pattern.fullmatch(value):
-            problems.append(f"{where} must be {self.what or 'a string matching ' + self.pattern.pattern}, got {_show(value)}")
-        elif self.nonempty and not value:
-            problems.append(f"{where} must be a non-empty string")
-
-
-class RelPath(Str):
-    """A file path relative to the artifact directory that stays inside it.
-
-    Absolute paths (POSIX or Windows, drive letters included) and '..' components are refused.
-    The check is lexical: a symbolic link inside the directory is the user's deliberate choice
-    (the hashes are checked on whatever it points to).
-    """
-
-    def _check(self, value, where, problems):
-        why = unsafe_relpath(value)
-        if why:
-            problems.append(f"{where} {_show(value)} {why}")
-
-
-def unsafe_relpath(rel: str) -> str | None:
-    """Why `rel` cannot name a file inside the artifact directory (None when it can)."""
-    parts = re.split(r"[\\/]+", rel)
-    if "\0" in rel:
-        return "contains a NUL character"
-    if rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
-        return "is an absolute path; files must be inside the artifact directory"
-    if ".." in parts:
-        return "leaves the artifact directory ('..'); files must be inside it"
-    if not [p for p in parts if p not in ("", ".")]:
-        return "does not name a file"
-    return None
-
-
-class Nullable(Spec):
-    """`inner` or null."""
-
-    def __init__(self, inner: Spec):
-        self.inner = inner
-        self.expected = f"{inner.expected} or null"
-
-    def type_ok(self, value):
-        return value is None or self.inner.type_ok(value)
-
-    def _check(self, value, where, problems):
-        if value is not None:
-            self.inner.check(value, where, problems)
-
-
-class Either(Spec):
-    """A value of one of the `options`' types, checked by the first option whose type fits."""
-
-    def __init__(self, *options: Spec):
-        self.options = options
-        self.expected = " or ".join(o.expected for o in options)
-
-    def type_ok(self, value):
-        return any(o.type_ok(value) for o in self.options)
-
-    def _check(self, value, where, problems):
-        next(o for o in self.options if o.type_ok(value)).check(value, where, problems)
-
-
-class ListOf(Spec):
-    """A list of `item`s, of exactly `length` items or at least `min_length`."""
-
-    def __init__(self, item: Spec, length: int | None = None, min_length: int = 0):
-        self.item, self.length, self.min_length = item, length, min_length
-        self.expected = "a list" + (f" of {length} items" if length is not None else
-                                    f" of at least {min_length} item{'s' * (min_length != 1)}" if min_length else "")
-
-    types = (list,)
-
-    def _check(self, value, where, problems):
-        if (self.length is not None and len(value) != self.length) or len(value) < self.min_length:
-            problems.append(f"{where} must be {self.expected}, got {len(value)}")
-            return
-        for i, item in enumerate(value):
-            self.item.check(item, f"{where}[{i}]", problems)
-
-
-class Obj(Spec):
-    """A JSON object with `required` and `optional` fields; other keys are allowed (and ignored)."""
-
-    expected = "an object"
-    types = (dict,)
-
-    def __init__(self, required: Mapping[str, Spec] | None = None, optional: Mapping[str, Spec] | None = None):
-        self.required = dict(required or {})
-        self.optional = dict(optional or {})
-
-    def _check(self, value, where, problems):
-        for key, spec in self.required.items():
-            if key not in value:
-                problems.append(f"{_child(where, key)} is missing")
-            else:
-                spec.check(value[key], _child(where, key), problems)
-        for key, spec in self.optional.items():
-            if key in value:
-                spec.check(value[key], _child(where, key), problems)
-
-
-class MapOf(Spec):
-    """A JSON object mapping names to `value`s, which must hold the `required` names."""
-
-    expected = "an object"
-    types = (dict,)
-
-    def __init__(self, value: Spec, required: Iterable[str] = (), min_length: int = 0):
-        self.value, self.required, self.min_length = value, tuple(required), min_length
-
-    def _check(self, value, where, problems):
-        for key in self.required:
-            if key not in value:
-                problems.append(f"{where}[{key!r}] is missing")
-        if len(value) < self.min_length:
-            problems.append(f"{where} must list at least {self.min_length} entr{'y' if self.min_length == 1 else 'ies'}")
-        for key, item in value.items():
-            self.value.check(item, f"{where}[{key!r}]", problems)
-
-
-#: A graph input or output (`lfm_deploy.contract.TensorSpec.to_dict`).
-TENSOR_SCHEMA = Obj(
-    required={"name": Str(), "dtype": Str(), "shape": ListOf(Either(Int(min=1), Str()))},
-    optional={"description": Str(nonempty=False)},
-)
-#: One exported graph: its file and its tensor contract.
-GRAPH_SCHEMA = Obj(required={"file": RelPath(), "inputs": ListOf(TENSOR_SCHEMA, min_length=1),
-                             "outputs": ListOf(TENSOR_SCHEMA, min_length=1)})
-#: One file of the export, verified before use.
-FILE_SCHEMA = Obj(required={"path": RelPath(), "bytes": Int(min=0),
-                            "sha256": Str(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits")})
-#: The preprocessing contract (`Domain.preprocessing`); optional keys have the CD-FSS defaults.
-PREPROCESSING_SCHEMA = Obj(
-    required={"mean": ListOf(Number(), length=3), "std": ListOf(Number(min=0, min_open=True), length=3)},
-    optional={"image_size": ListOf(Int(min=1), length=2), "color": Str(choices=("rgb", "grayscale")),
-              "scale": Number(min=0, min_open=True), "mask_threshold": Int(min=0, max=255),
-              "image_resize": Str(), "mask_resize": Str()},
-)
-#: Where the weights came from (`WeightsInfo.to_dict`): what the parity reference is rebuilt from.
-WEIGHTS_SCHEMA = Obj(
-    required={"checkpoint": Nullable(Str()), "masker": Nullable(Str()), "seed": Nullable(Int())},
-    optional={"source": Str(), "learner": Nullable(Str()), "learner_sha256": Nullable(Str()),
-              "recipe": Nullable(Anything())},
-)
-#: The export's parity tolerances (`lfm_deploy.parity.compare.Tolerances.from_manifest`).
-TOLERANCES_SCHEMA = Obj(optional={"logits_atol": Number(min=0), "feature_rel": Number(min=0),
-                                  "mask_agreement": Number(min=0, max=1), "mask_tie_margin": Number(min=0)})
-#: Every field a reader of the manifest uses (runtime, parity, engines, CLI, benchmarks).
-MANIFEST_SCHEMA = Obj(
-    required={
-        "schema_version": Int(min=1, max=SCHEMA_VERSION),
-        "domain": Str(),
-        "variant": Str(),
-        "apm": Str(choices=("m", "s", "none")),
-        "acpa": Bool(),
-        "lowering": Str(choices=("matmul", "dft")),
-        "opset": Int(min=1),
-        "shots": Int(min=1),
-        "image_size": Int(min=1),
-        "preprocessing": PREPROCESSING_SCHEMA,
-        "graphs": MapOf(GRAPH_SCHEMA, required=("episode",)),
-        "files": MapOf(FILE_SCHEMA, min_length=1),
-        "weights": WEIGHTS_SCHEMA,
-        "untrained": Bool(),
-    },
-    optional={"tolerances": TOLERANCES_SCHEMA, "created_by": Str(), "warning": Str(), "engines": Anything()},
-)
-
-
-def manifest_problems(manifest: Any) -> list[str]:
-    """Every way `manifest` differs from `MANIFEST_SCHEMA`, plus cross-field checks (empty if valid).
-
-    Cross-field: every graph file is listed (with size and sha256) in `files`.
-    """
-    if not isinstance(manifest, dict):
-        return [f"the manifest must be a JSON object, got {_json_type(manifest)}"]
-    problems: list[str] = []
-    MANIFEST_SCHEMA.check(manifest, "", problems)
-    if problems:
+    def _cross_problems(self) -> list[str]:
+        problems = []
+        if "episode" not in self.graphs:
+            problems.append("graphs['episode'] is missing")
+        if not self.files:
+            problems.append("files must list at least 1 entry")
+        size = self.preprocessing.image_size
+        if size is not None and list(size) != [self.image_size, self.image_size]:
+            problems.append(f"preprocessing.image_size {list(size)} differs from image_size {self.image_size}")
+        listed = {entry.path for entry in self.files.values()}
+        for where, rel in self.referenced_files().items():
+            if rel not in listed:
+                problems.append(f"{where} {rel!r} is not listed with a hash in files")
         return problems
-    listed = {entry["path"] for entry in manifest["files"].values()}
-    for name, graph in manifest["graphs"].items():
-        if graph["file"] not in listed:
-            problems.append(f"graphs[{name!r}].file {graph['file']!r} is not listed with a hash in files")
-    return problems
 
+    def referenced_files(self) -> dict[str, str]:
+        """{field: path} of every file the manifest names outside `files` (all must be listed there)."""
+        named = {f"graphs[{g!r}].file": io.file for g, io in self.graphs.items()}
+        named.update({f"reference_graphs[{g!r}]": rel for g, rel in (self.reference_graphs or {}).items()})
+        if self.precision is not None:
+            named.update({f"precision.graphs[{g!r}]": rel for g, rel in (self.precision.graphs or {}).items()})
+        return named
 
-def check_manifest(manifest: Any, source: str = MANIFEST_NAME) -> dict:
-    """Check a parsed manifest against the schema; return it unchanged.
+    def to_dict(self) -> dict:
+        """The manifest as JSON (what `write_manifest` writes)."""
+        return to_json(self)
 
-    Args:
-        manifest: the parsed JSON.
-        source: what to name in errors (the manifest's path).
+    @property
+    def served_precision(self) -> PrecisionRecord:
+        """The precision the runtime serves (fp32 for exports that record none)."""
+        return self.precision or FP32
 
-    Raises:
-        ManifestError: one error listing every malformed field (at most five shown).
-    """
-    problems = manifest_problems(manifest)
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise ManifestError(f"{source}: {shown}", **_HINTS)
-    return manifest
+    def io(self, graph: str) -> GraphIO:
+        """One graph's contract, its tensors addressable by role (`lfm_deploy.contract.graph_io`)."""
+        return graph_io(self.graphs, graph)
+
+    def float32_file(self, graph: str) -> str:
+        """The validated float32 file of `graph` (a reduced-precision export's `graphs` name others)."""
+        return (self.reference_graphs or {}).get(graph, self.graphs[graph].file)
+
+    @property
+    def weights_label(self) -> str:
+        """How not-real weights are flagged (`weights_label`), else ""."""
+        return weights_label(self)
 
 
 # -- reading and writing ------------------------------------------------------------------------
 
-def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
+def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> Path:
     """Write `manifest.json` (sorted keys, stable formatting) into `directory`."""
     path = Path(directory) / MANIFEST_NAME
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n"
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def read_manifest(directory: str | os.PathLike, verify_files: bool = True) -> dict:
+def read_manifest(directory: str | os.PathLike, verify_files: bool = True) -> Manifest:
     """Read and validate an artifact directory's manifest.
 
-    Every field a reader uses is checked for presence and type (`MANIFEST_SCHEMA`); file paths
-    must stay inside the directory.
+    Every field a reader uses is checked for presence and type (`Manifest`); every file it names
+    must stay inside the directory and be listed with its size and sha256.
 
     Args:
         directory: the export directory.
@@ -390,7 +287,7 @@ def read_manifest(directory: str | os.PathLike, verify_files: bool = True) -> di
             models).
 
     Returns:
-        the manifest, as parsed.
+        the `Manifest`.
 
     Raises:
         ManifestError: missing or unreadable manifest, incompatible schema, a malformed field
@@ -410,66 +307,65 @@ def read_manifest(directory: str | os.PathLike, verify_files: bool = True) -> di
     # A FIFO, a device or a socket (also behind a link) is refused, never read (a FIFO would block).
     regular_file(path, "manifest", MAX_TEXT_BYTES, error=ManifestError, hint="re-run lfm-export")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8, huge integers
         raise ManifestError(f"{path} is not valid JSON ({str(exc)[:200]}); re-run lfm-export") from None
-    if not isinstance(manifest, dict) or "schema_version" not in manifest:
-        raise ManifestError(f"{path} is not an lfm-deploy manifest (no schema_version)")
-    version = manifest["schema_version"]
-    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION or version < 1:
-        raise ManifestError(
-            f"{path} has schema version {_show(version)}, this lfm-deploy reads version {SCHEMA_VERSION}; "
-            "re-export with this version or upgrade lfm-deploy"
-        )
-    check_manifest(manifest, str(path))
+    manifest = Manifest.from_dict(data, str(path))
     if verify_files:
-        for entry in manifest["files"].values():
+        for entry in manifest.files.values():
             verify_file(directory, entry)
     return manifest
 
 
-def file_entry(directory: str | os.PathLike, relpath: str) -> dict:
+def file_entry(directory: str | os.PathLike, relpath: str) -> FileEntry:
     """A manifest entry for a file: path relative to the directory, size and sha256."""
     full = regular_file(Path(directory) / relpath, "file", error=ManifestError, hint="re-run lfm-export")
-    return {"path": relpath, "bytes": full.stat().st_size, "sha256": sha256_file(full)}
+    return FileEntry(relpath, full.stat().st_size, sha256_file(full))
 
 
-def verify_file(directory: str | os.PathLike, entry: dict) -> Path:
+def verify_file(directory: str | os.PathLike, entry: FileEntry) -> Path:
     """Check one file entry against the disk; return its path.
 
     Raises:
-        ManifestError: a malformed entry, a path outside the directory, or a file that is
-            missing, truncated or modified.
+        ManifestError: a path outside the directory, or a file that is missing, truncated or
+            modified.
     """
-    problems: list[str] = []
-    FILE_SCHEMA.check(entry, "file entry", problems)
-    if problems:
-        raise ManifestError("; ".join(problems), **_HINTS)
-    full = Path(directory) / entry["path"]
+    why = unsafe_relpath(entry.path)
+    if why:
+        raise ManifestError(f"file entry path {show(entry.path)} {why}", **_HINTS)
+    full = Path(directory) / entry.path
     if not os.path.exists(full):  # (a dangling link too)
         raise ManifestError(f"{full} is listed in the manifest but missing; re-run lfm-export")
     # A FIFO or a device (also behind a link) is refused before it is hashed: a FIFO would block,
     # a device never ends. The size is checked against the manifest's below.
     regular_file(full, "listed file", error=ManifestError, hint="re-run lfm-export")
-    if full.stat().st_size != entry["bytes"]:
+    if full.stat().st_size != entry.bytes:
         raise ManifestError(
-            f"{full} has {full.stat().st_size} bytes, the manifest says {entry['bytes']}: the file is truncated "
+            f"{full} has {full.stat().st_size} bytes, the manifest says {entry.bytes}: the file is truncated "
             "or replaced; re-run lfm-export"
         )
-    if sha256_file(full) != entry["sha256"]:
+    if sha256_file(full) != entry.sha256:
         raise ManifestError(f"{full} does not match its sha256 in the manifest: it was modified; re-run lfm-export")
     return full
 
 
 __all__ = [
+    "FP32",
     "MANIFEST_NAME",
-    "MANIFEST_SCHEMA",
     "SCHEMA_VERSION",
-    "check_manifest",
+    "FileEntry",
+    "Manifest",
+    "ParityRecord",
+    "ParityTolerances",
+    "PrecisionGate",
+    "PrecisionRecord",
+    "PrecisionRuntime",
+    "PreprocessingSpec",
+    "WeightsRecord",
     "file_entry",
-    "manifest_problems",
     "read_manifest",
     "sha256_file",
     "verify_file",
+    "weights_label",
     "write_manifest",
 ]

@@ -145,19 +145,22 @@ class Tolerances:
         return cls(logits=Tolerance("max_abs", logits_atol), features=Tolerance("max_rel_to_peak", feature_rel),
                    mask=Tolerance("agreement", mask_agreement), tie_margin=2 * logits_atol, stage_rel=feature_rel)
 
-    def to_manifest(self) -> dict:
-        """The manifest's `tolerances` entry (float32 parity)."""
-        return {"logits_atol": self.logits.limit, "feature_rel": self.features.limit,
-                "mask_agreement": self.mask.limit, "mask_tie_margin": self.tie_margin}
+    def to_manifest(self):
+        """The manifest's `tolerances` entry (float32 parity): a `ParityTolerances`."""
+        from .manifest import ParityTolerances
+
+        return ParityTolerances(self.logits.limit, self.features.limit, self.mask.limit, self.tie_margin)
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping) -> "Tolerances":
-        """The export's own float32 parity tolerances (its manifest's `tolerances` entry).
+    def from_manifest(cls, manifest) -> "Tolerances":
+        """The export's own float32 parity tolerances (its `Manifest.tolerances`; the defaults
+        of `ParityTolerances` for a manifest without them).
 
         Reduced precisions are judged by the domain registry's gates
         (`lfm_deploy.domains.Domain.precision_gates`), recorded in the manifest of a
         reduced-precision export under `precision.gate`.
         """
-        tol = manifest.get("tolerances", {})
-        return cls.float32(float(tol.get("logits_atol", 1e-3)), float(tol.get("feature_rel", 1e-4)),
-                           float(tol.get("mask_agreement", 0.999)))
+        from .manifest import ParityTolerances
+
+        tol = manifest.tolerances or ParityTolerances()
+        return cls.float32(float(tol.logits_atol), float(tol.feature_rel), float(tol.mask_agreement))

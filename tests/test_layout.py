@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,7 @@ def test_graph_io_binds_roles_to_the_manifest_names():
     for graph in GRAPHS:
         for shots in (1, 5):
             io = default_io(graph, 400, shots, (50, 25, 13))
-            manifest = {"graphs": {graph: io.to_dict()}}
-            bound = graph_io(manifest, graph)
+            bound = graph_io({graph: io}, graph)
             assert bound == io
             ins, outs = ROLES[graph]
             assert [bound.input(r) for r in ins] == bound.input_names
@@ -112,16 +112,16 @@ def test_graph_io_binds_roles_to_the_manifest_names():
             else:
                 assert [bound.output(r) for r in outs] == bound.output_names
     # A renamed tensor is followed, not assumed.
-    io = default_io("head", 160, 1, (20, 10, 5)).to_dict()
-    io["inputs"][0]["name"] = "images"
-    assert graph_io({"graphs": {"head": io}}, "head").feed(query=1) == {"images": 1}
+    io = default_io("head", 160, 1, (20, 10, 5))
+    io = replace(io, inputs=(replace(io.inputs[0], name="images"), *io.inputs[1:]))
+    assert graph_io({"head": io}, "head").feed(query=1) == {"images": 1}
 
 
 def test_graph_io_refuses_a_manifest_that_does_not_fit():
     with pytest.raises(ManifestError, match="no encoder graph") as err:
-        graph_io({"graphs": {}}, "encoder")
+        graph_io({}, "encoder")
     assert "--split" in err.value.cli_message() and "split=True" in str(err.value)
-    io = default_io("encoder", 160, 1, (20, 10, 5)).to_dict()
-    io["inputs"] = io["inputs"][:1]
+    io = default_io("encoder", 160, 1, (20, 10, 5))
+    io = replace(io, inputs=io.inputs[:1])
     with pytest.raises(ManifestError, match="1 inputs and 3 outputs; the contract has 2 and 3"):
-        graph_io({"graphs": {"encoder": io}}, "encoder")
+        graph_io({"encoder": io}, "encoder")

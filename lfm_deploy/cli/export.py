@@ -71,11 +71,11 @@ def main(domain, checkpoint, masker, apm, acpa, shots, lowering, opset, out, spl
         calibration=calibration, gate_episodes=gate_episodes, calibration_episodes=calibration_episodes,
     )
     man = result.manifest
-    click.echo(f"Exported {man['domain']} ({man['variant']}, {man['lowering']} lowering, {man['shots']}-shot) to {result.out_dir}")
-    if man["untrained"]:
+    click.echo(f"Exported {man.domain} ({man.variant}, {man.lowering} lowering, {man.shots}-shot) to {result.out_dir}")
+    if man.untrained:
         click.secho(f"  weights: {weights_label(man)}; pass --checkpoint for a real model", fg="yellow")
-    for name, entry in man["files"].items():
-        click.echo(f"  {name:<14} {entry['bytes'] / 1e6:7.1f} MB  sha256 {entry['sha256'][:16]}")
+    for name, entry in man.files.items():
+        click.echo(f"  {name:<14} {entry.bytes / 1e6:7.1f} MB  sha256 {entry.sha256[:16]}")
     if result.checks:
         click.echo("Parity against the eager model (onnxruntime CPU):")
         for c in result.checks:

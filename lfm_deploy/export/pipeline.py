@@ -4,6 +4,11 @@ build model -> prepare (FFT lowering, numerics twins) -> export episode / encode
 check + simplify -> validate in onnxruntime against the eager model -> (reduced precision:
 fp16 / int8 graphs or OpenVINO bf16, through the accuracy gate) -> TensorRT lint ->
 (Triton repository) -> manifest + reports -> atomic promotion of the output directory.
+
+One function per step, in that order: `_check_options` (every option, before any work),
+`_build_model`, `prepare_for_export`, `_export_graphs`, `_validate`, `_reduce`, `_lint`,
+`_write_triton`, `_build_manifest` (the `Manifest` from typed parts, checked by the reader's own
+validator), `write_reports` / `write_manifest`, `_promote`.
 """
 
 from __future__ import annotations
@@ -12,16 +17,17 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .. import __version__
-from ..contract import default_io
+from ..contract import GraphIO, default_io
 from ..domains import Domain, get_domain
 from ..errors import ExportError, ParityError, PrecisionGateError
-from ..manifest import SCHEMA_VERSION, file_entry, write_manifest
+from ..manifest import FP32, SCHEMA_VERSION, FileEntry, Manifest, ParityRecord, PreprocessingSpec, WeightsRecord, \
+    file_entry, write_manifest
 from ..models import read_masker
 from ..models.checkpoints import check_masker_domain, masker_variant
 from ..pretrain import build_default_model
@@ -30,6 +36,7 @@ from ..parity.compare import OutputCheck, format_checks
 from ..parity.episodes import validation_episode
 from ..utils.limits import cap_threads
 from ..utils.outputs import ArtifactDir
+from ..utils.records import FrozenDict, freeze, parse
 from ..utils.versions import library_versions
 from .finish import GraphFinisher
 from .onnx_export import DEFAULT_OPSET, export_onnx
@@ -46,7 +53,7 @@ class ExportResult:
     """What `export_domain` produced."""
 
     out_dir: Path
-    manifest: dict
+    manifest: Manifest
     checks: list[OutputCheck] = field(default_factory=list)
     lint: dict = field(default_factory=dict)
     #: The reduced-precision result (`lfm_deploy.precision.PrecisionResult`); None for fp32.
@@ -233,6 +240,99 @@ def export_domain(
             `ParityError`; artifacts kept in `<out>.failed` the same way).
         CheckpointError: see `build_model`.
     """
+    job = _check_options(domain, out=out, checkpoint=checkpoint, masker=masker, apm=apm, acpa=acpa, shots=shots,
+                         lowering=lowering, opset=opset, split=split, triton=triton, simplify=simplify,
+                         validate=validate, seed=seed, image_size=image_size, threads=threads, precision=precision,
+                         calibration=calibration, gate_episodes=gate_episodes,
+                         calibration_episodes=calibration_episodes)
+    # Both places this export may write are checked before any work (nothing of the user's is replaced).
+    target = ArtifactDir(job.out, flag="--out", kind=EXPORT_KIND, legacy=_earlier_export,
+                         inputs={"--checkpoint": checkpoint, "--masker": masker, "--calibration": calibration})
+    failed_target = ArtifactDir(target.path.with_name(target.path.name + ".failed"), flag=None, kind=FAILED_KIND)
+    t0 = time.perf_counter()
+    steps = _Steps(total=2 + len(job.graphs) * (2 if validate else 1) + 2 + int(triton) + 2 * job.reduced,
+                   enabled=progress)
+    try:
+        model, weights, plan = _build_model(job, target, steps, progress)
+        steps.start(f"preparing for export ({lowering} lowering)")
+        prepared = prepare_for_export(model, lowering)
+        steps.done()
+        with target:
+            tmp = target.tmp
+            episode = validation_episode(job.dom, job.shots, batch=1, seed=seed, image_size=job.size)
+            float32 = _export_graphs(job, prepared, episode, tmp, steps)
+            checks, sign_case = _validate(job, model, episode, tmp, steps)
+            reduced = _reduce(job, model, plan, checks, tmp, steps)
+            # What the runtime loads: the reduced-precision files where they were made, same tensors.
+            graphs = {g: replace(io, file=reduced.graphs[g]) if reduced else io for g, io in float32.items()}
+            steps.start("TensorRT readiness lint")
+            lint = _lint(tmp, {g: io.file for g, io in graphs.items()}, lowering)
+            steps.done()
+            extra_files = _write_triton(job, graphs, tmp, steps)
+
+            steps.start("writing manifest and reports")
+            manifest = _build_manifest(job, model.variant, weights, graphs, reduced, checks, sign_case, lint,
+                                      _listed_files(tmp, graphs, extra_files))
+            result = ExportResult(out_dir=target.path, manifest=manifest, checks=checks, lint=lint, precision=reduced)
+            write_reports(tmp, manifest, checks, lint, time.perf_counter() - t0)
+            write_manifest(tmp, manifest)
+            steps.done()
+            _promote(job, result, target, failed_target, steps)
+            return result
+    except BaseException:
+        if steps.bar is not None:
+            steps.bar.close()
+        raise
+
+
+@dataclass(frozen=True)
+class _Job:
+    """The options of one export, checked and resolved (`_check_options`)."""
+
+    dom: Domain
+    out: Path
+    checkpoint: str | os.PathLike | None
+    masker: str | os.PathLike | None
+    apm: str | None
+    acpa: bool
+    shots: int
+    size: int
+    lowering: str
+    opset: int
+    graphs: tuple[str, ...]
+    triton: bool
+    simplify: bool
+    validate: bool
+    seed: int
+    threads: int
+    precision: str
+    calibration: str | os.PathLike | None
+    gate_episodes: int
+    calibration_episodes: int
+
+    @property
+    def reduced(self) -> bool:
+        """Whether a reduced precision is made (and gated) after the float32 graphs."""
+        return self.precision != "fp32"
+
+    @property
+    def tolerances(self):
+        """The float32 parity tolerances of this lowering."""
+        return self.dom.tolerances[self.lowering]
+
+    def precision_gate(self):
+        """The reduced precision's gate (`Domain.precision_gates`)."""
+        return self.dom.precision_gates[self.precision]
+
+
+def _check_options(domain, *, out, checkpoint, masker, apm, acpa, shots, lowering, opset, split, triton, simplify,
+                   validate, seed, image_size, threads, precision, calibration, gate_episodes,
+                   calibration_episodes) -> _Job:
+    """Every option checked before any work (see `export_domain` for what each one means).
+
+    Raises:
+        ExportError, DataError, CheckpointError, BackendUnavailable: a bad option, named.
+    """
     dom = get_domain(domain)
     shots = dom.default_shots if shots is None else int(shots)
     if shots < 1:
@@ -273,185 +373,178 @@ def export_domain(
         why = gate_backend(precision).unavailable()
         if why:
             raise BackendUnavailable(why)
-    out = Path(out) if out is not None else Path("artifacts") / dom.name
-    size = image_size or dom.image_size
-    # Both places this export may write are checked before any work (nothing of the user's is replaced).
-    target = ArtifactDir(out, flag="--out", kind=EXPORT_KIND, legacy=_earlier_export,
-                         inputs={"--checkpoint": checkpoint, "--masker": masker, "--calibration": calibration})
-    failed_target = ArtifactDir(target.path.with_name(target.path.name + ".failed"), flag=None, kind=FAILED_KIND)
     apm, acpa = _resolve_variant(apm, acpa, masker)
-    tolerances = dom.tolerances[lowering]
-    t0 = time.perf_counter()
+    return _Job(dom=dom, out=Path(out) if out is not None else Path("artifacts") / dom.name, checkpoint=checkpoint,
+                masker=masker, apm=apm, acpa=acpa, shots=shots, size=image_size or dom.image_size, lowering=lowering,
+                opset=opset, graphs=("episode",) + (("encoder", "head") if split else ()), triton=triton,
+                simplify=simplify, validate=validate, seed=seed, threads=threads, precision=precision,
+                calibration=calibration, gate_episodes=gate_episodes, calibration_episodes=calibration_episodes)
 
-    graphs = ["episode"] + (["encoder", "head"] if split else [])
-    steps = _Steps(total=2 + len(graphs) * (2 if validate else 1) + 2 + int(triton) + 2 * int(precision != "fp32"),
-                   enabled=progress)
-    try:
-        steps.start("building the eager model")
-        model, weights = build_default_model(apm=apm, acpa=acpa, checkpoint=checkpoint, masker=masker, image_size=size,
-                                             progress=progress)
-        # Room for the graphs, checked before tracing (a rough estimate: the episode graph holds
-        # every weight, the encoder and head together about as much again; Triton links them).
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        copies = (2 if split else 1) * (1.5 if precision != "fp32" else 1)
-        target.require_space(int(weight_bytes * copies * 1.1), "the export")
+
+def _build_model(job: _Job, target: ArtifactDir, steps: _Steps, progress: bool):
+    """The eager model and its `WeightsInfo`, and (reduced precision) the gate's episodes.
+
+    Raises:
+        OutputError: no room for the graphs. PrecisionGateError: no evidence for the gate.
+    """
+    steps.start("building the eager model")
+    model, weights = build_default_model(apm=job.apm, acpa=job.acpa, checkpoint=job.checkpoint, masker=job.masker,
+                                         image_size=job.size, progress=progress)
+    # Room for the graphs, checked before tracing (a rough estimate: the episode graph holds
+    # every weight, the encoder and head together about as much again; Triton links them).
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    copies = (2 if len(job.graphs) > 1 else 1) * (1.5 if job.reduced else 1)
+    target.require_space(int(weight_bytes * copies * 1.1), "the export")
+    steps.done()
+    plan = None
+    if job.reduced:  # no evidence, no export: the gate's episodes are checked before any tracing
+        from ..precision.pipeline import plan_gate
+
+        steps.start(f"{job.precision}: drawing the accuracy gate's episodes")
+        plan = plan_gate(job.precision, model, domain=job.dom.name, shots=job.shots, tolerances=job.precision_gate(),
+                         calibration=job.calibration, seed=job.seed, gate_episodes=job.gate_episodes,
+                         calibration_episodes=job.calibration_episodes, threads=job.threads)
         steps.done()
-        plan = None
-        if precision != "fp32":  # no evidence, no export: the gate's episodes are checked before any tracing
-            from ..precision.pipeline import plan_gate
+    return model, weights, plan
 
-            steps.start(f"{precision}: drawing the accuracy gate's episodes")
-            plan = plan_gate(precision, model, domain=dom.name, shots=shots, tolerances=dom.precision_gates[precision],
-                             calibration=calibration, seed=seed, gate_episodes=gate_episodes,
-                             calibration_episodes=calibration_episodes, threads=threads)
+
+def _export_graphs(job: _Job, prepared, episode: dict, tmp: Path, steps: _Steps) -> dict[str, GraphIO]:
+    """Trace every graph into `tmp`; return each one's contract (its float32 file and tensors)."""
+    io = default_io("episode", job.size, job.shots)
+    q, s, m = (torch.from_numpy(episode[io.input(r)]) for r in ("query", "supports", "masks"))
+    modules = {"episode": EpisodeGraph(prepared, job.shots)}
+    examples = {"episode": (q, s, m)}
+    if "encoder" in job.graphs:
+        modules["encoder"] = EncoderGraph(prepared)
+        modules["head"] = HeadGraph(prepared, job.shots)
+        examples["encoder"] = (s[0], m[0])
+        with torch.no_grad():
+            examples["head"] = (q, *modules["encoder"](s[0], m[0]))
+    if job.lowering == "dft":
+        # torch.export specialises dims whose example size is 1: give the batch two rows.
+        examples = {g: _with_batch_two(g, ex) for g, ex in examples.items()}
+    specs = {}
+    # Each traced graph is simplified and saved in the background while the next is traced.
+    with GraphFinisher() as finisher:
+        for name in job.graphs:
+            steps.start(f"exporting {name} graph")
+            module = modules[name].eval()
+            specs[name] = (module.inputs(job.size), module.outputs(job.size))
+            export_onnx(module, examples[name], tmp / GRAPH_FILES[name], *specs[name], opset=job.opset,
+                        dynamo=job.lowering == "dft", simplify=job.simplify, finisher=finisher)
+            if name == job.graphs[-1]:
+                finisher.wait()  # the graphs still being simplified
             steps.done()
-        steps.start(f"preparing for export ({lowering} lowering)")
-        prepared = prepare_for_export(model, lowering)
+    return {g: GraphIO(g, GRAPH_FILES[g], tuple(ins), tuple(outs)) for g, (ins, outs) in specs.items()}
+
+
+def _validate(job: _Job, model, episode: dict, tmp: Path, steps: _Steps) -> tuple[list[OutputCheck], dict | None]:
+    """Every graph against the eager model in onnxruntime: (the checks, the ACPA sign case)."""
+    if not job.validate:
+        return [], None
+    from ..parity.exported import check_export
+    from ..parity.numerics import acpa_sign_case
+
+    running: list[str] = []
+
+    def step(what: str) -> None:  # one progress step per graph checked
+        if running:
+            steps.done()
+        running[:] = [what]
+        steps.start(what)
+
+    checks = check_export(model, {g: tmp / GRAPH_FILES[g] for g in job.graphs}, job.shots, episode, job.tolerances,
+                          threads=job.threads, step=step)
+    if running:
         steps.done()
+    return checks, acpa_sign_case(model, episode)
 
-        with target:
-            tmp = target.tmp
-            episode = validation_episode(dom, shots, batch=1, seed=seed, image_size=size)
-            io = default_io("episode", size, shots)
-            q, s, m = (torch.from_numpy(episode[io.input(r)]) for r in ("query", "supports", "masks"))
-            modules = {"episode": EpisodeGraph(prepared, shots)}
-            examples = {"episode": (q, s, m)}
-            if split:
-                modules["encoder"] = EncoderGraph(prepared)
-                modules["head"] = HeadGraph(prepared, shots)
-                examples["encoder"] = (s[0], m[0])
-                with torch.no_grad():
-                    examples["head"] = (q, *modules["encoder"](s[0], m[0]))
-            if lowering == "dft":
-                # torch.export specialises dims whose example size is 1: give the batch two rows.
-                examples = {g: _with_batch_two(g, ex) for g, ex in examples.items()}
-            specs = {}
-            # Each traced graph is simplified and saved in the background while the next is traced.
-            with GraphFinisher() as finisher:
-                for name in graphs:
-                    steps.start(f"exporting {name} graph")
-                    module = modules[name].eval()
-                    specs[name] = (module.inputs(size), module.outputs(size))
-                    export_onnx(module, examples[name], tmp / GRAPH_FILES[name], *specs[name],
-                                opset=opset, dynamo=lowering == "dft", simplify=simplify, finisher=finisher)
-                    if name == graphs[-1]:
-                        finisher.wait()  # the graphs still being simplified
-                    steps.done()
 
-            checks: list[OutputCheck] = []
-            sign_case = None
-            if validate:
-                from ..parity.exported import check_export
-                from ..parity.numerics import acpa_sign_case
+def _reduce(job: _Job, model, plan, checks: list[OutputCheck], tmp: Path, steps: _Steps):
+    """The reduced-precision graphs and their gate (`reduce_precision`); None for fp32 or failed parity."""
+    if not job.reduced or not all(c.passed for c in checks):
+        return None
+    from ..precision.pipeline import reduce_precision
 
-                running: list[str] = []
+    steps.start(f"{job.precision}: making and gating the graphs")
+    reduced = reduce_precision(
+        job.precision, tmp, {g: GRAPH_FILES[g] for g in job.graphs}, model, domain=job.dom.name, shots=job.shots,
+        tolerances=job.precision_gate(), calibration=job.calibration, seed=job.seed, threads=job.threads,
+        gate_episodes=job.gate_episodes, calibration_episodes=job.calibration_episodes, step=steps.start, plan=plan,
+    )
+    steps.done()
+    return reduced
 
-                def step(what: str) -> None:  # one progress step per graph checked
-                    if running:
-                        steps.done()
-                    running[:] = [what]
-                    steps.start(what)
 
-                checks = check_export(model, {g: tmp / GRAPH_FILES[g] for g in graphs}, shots, episode, tolerances,
-                                      threads=threads, step=step)
-                if running:
-                    steps.done()
-                sign_case = acpa_sign_case(model, episode)
+def _write_triton(job: _Job, graphs: dict[str, GraphIO], tmp: Path, steps: _Steps) -> list[str]:
+    """The Triton model repository under `tmp/triton` (with --triton); its files, relative to `tmp`."""
+    if not job.triton:
+        return []
+    steps.start("writing Triton model repository")
+    from ..serving.triton import graphs_from_manifest, write_triton_repository
 
-            reduced = None
-            if precision != "fp32" and all(c.passed for c in checks):
-                from ..precision.pipeline import reduce_precision
+    written = write_triton_repository(tmp / "triton", graphs_from_manifest(graphs, tmp), domain=job.dom.name,
+                                      shots=job.shots)
+    steps.done()
+    return [str(p.relative_to(tmp)) for p in written if p.is_file()]
 
-                steps.start(f"{precision}: making and gating the graphs")
-                reduced = reduce_precision(
-                    precision, tmp, {g: GRAPH_FILES[g] for g in graphs}, model, domain=dom.name, shots=shots,
-                    tolerances=dom.precision_gates[precision], calibration=calibration, seed=seed, threads=threads,
-                    gate_episodes=gate_episodes, calibration_episodes=calibration_episodes, step=steps.start,
-                    plan=plan,
-                )
-                steps.done()
 
-            # The graph contract as the manifest records it; the lint and Triton read it from here.
-            contract = {
-                g: {"file": reduced.graphs[g] if reduced else GRAPH_FILES[g],
-                    "inputs": [x.to_dict() for x in specs[g][0]], "outputs": [x.to_dict() for x in specs[g][1]]}
-                for g in graphs
-            }
-            steps.start("TensorRT readiness lint")
-            lint = _lint(tmp, {g: contract[g]["file"] for g in graphs}, lowering)
-            steps.done()
+def _listed_files(tmp: Path, graphs: dict[str, GraphIO], extra: list[str]) -> dict[str, FileEntry]:
+    """{path: entry} of every file the manifest lists: the float32 graphs, the served ones, `extra`."""
+    files = {GRAPH_FILES[g] for g in graphs} | {io.file for io in graphs.values()} | set(extra)
+    return {f: file_entry(tmp, f) for f in sorted(files)}
 
-            triton_files = []
-            if triton:
-                steps.start("writing Triton model repository")
-                from ..serving.triton import graphs_from_manifest, write_triton_repository
 
-                triton_files = write_triton_repository(
-                    tmp / "triton", graphs_from_manifest({"graphs": contract}, tmp), domain=dom.name, shots=shots,
-                )
-                steps.done()
+def _build_manifest(job: _Job, variant: str, weights, graphs: dict[str, GraphIO], reduced, checks: list[OutputCheck],
+                   sign_case, lint: dict, files: dict[str, FileEntry]) -> Manifest:
+    """The export's `Manifest`, from its typed parts, checked by the reader's own validator
+    (`Manifest.from_dict`: what is written is what every reader accepts)."""
+    precision = reduced.to_manifest(job.precision_gate()) if reduced is not None else FP32
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, created_by=f"lfm-deploy {__version__}", domain=job.dom.name, variant=variant,
+        apm=job.apm or "none", acpa=job.acpa, lowering=job.lowering, opset=job.opset, shots=job.shots,
+        image_size=job.size,
+        preprocessing=parse(PreprocessingSpec, {**job.dom.preprocessing(), "image_size": [job.size, job.size]}),
+        graphs=FrozenDict(graphs), precision=precision,
+        reference_graphs=FrozenDict({g: GRAPH_FILES[g] for g in graphs}),
+        weights=parse(WeightsRecord, weights.to_dict()), untrained=bool(weights.untrained),
+        warning=weights.label if weights.untrained else None,
+        inputs=freeze(_input_hashes(job.checkpoint, job.masker)), tolerances=job.tolerances.to_manifest(),
+        parity=ParityRecord(job.validate, all(c.passed for c in checks), freeze([c.to_dict() for c in checks]),
+                            freeze(sign_case)),
+        tensorrt_lint=freeze(lint), versions=freeze({k: v for k, v in library_versions().items() if v is not None}),
+        files=FrozenDict(files),
+    )
+    return Manifest.from_dict(manifest.to_dict(), "the manifest being written")
 
-            steps.start("writing manifest and reports")
-            manifest = {
-                "schema_version": SCHEMA_VERSION,
-                "created_by": f"lfm-deploy {__version__}",
-                "domain": dom.name,
-                "variant": model.variant,
-                "apm": apm or "none",
-                "acpa": acpa,
-                "lowering": lowering,
-                "opset": opset,
-                "shots": shots,
-                "image_size": size,
-                "preprocessing": {**dom.preprocessing(), "image_size": [size, size]},
-                "graphs": contract,
-                "precision": (reduced.to_manifest(dom.precision_gates[precision]) if reduced is not None else
-                              {"name": "fp32", "runtime": {"backend": "onnxruntime", "precision": "fp32"}}),
-                "reference_graphs": {g: GRAPH_FILES[g] for g in graphs},
-                "weights": weights.to_dict(),
-                "untrained": bool(weights.untrained),
-                "inputs": _input_hashes(weights.checkpoint, masker),
-                "tolerances": tolerances.to_manifest(),
-                "parity": {"validated": validate, "passed": all(c.passed for c in checks),
-                           "checks": [c.to_dict() for c in checks], "acpa_sign_case": sign_case},
-                "tensorrt_lint": lint,
-                "versions": {k: v for k, v in library_versions().items() if v is not None},
-            }
-            if weights.untrained:
-                manifest["warning"] = weights.label
-            files = [GRAPH_FILES[g] for g in graphs] + [str(p.relative_to(tmp)) for p in triton_files if p.is_file()]
-            if reduced is not None:
-                files += sorted(set(reduced.graphs.values()) - set(files))
-            manifest["files"] = {f: file_entry(tmp, f) for f in sorted(files)}
-            result = ExportResult(out_dir=target.path, manifest=manifest, checks=checks, lint=lint, precision=reduced)
-            write_reports(tmp, manifest, checks, lint, time.perf_counter() - t0)
-            write_manifest(tmp, manifest)
-            steps.done()
 
-            if reduced is not None and not reduced.passed:
-                failed = target.keep_as(failed_target)
-                steps.close()
-                lines = [line for g in reduced.gates for line in g.lines()]
-                raise PrecisionGateError(
-                    f"the {precision} graphs move the masks beyond their accuracy gate; {out} was not written. "
-                    f"Gate report (artifacts kept in {failed} for inspection):\n" + "\n".join(lines),
-                    api_hint=f"use precision='fp32', or a higher-precision path",
-                    cli_hint=f"export without --precision {precision} (or try another precision; see docs/precision.md)",
-                )
-            if not result.passed:
-                failed = target.keep_as(failed_target)
-                steps.close()
-                raise ParityError(
-                    f"the exported graphs do not match the eager model; {out} was not written. "
-                    f"Per-output report (artifacts kept in {failed} for inspection):\n" + format_checks(checks)
-                )
-            target.commit()
-            steps.close()
-            return result
-    except BaseException:
-        if steps.bar is not None:
-            steps.bar.close()
-        raise
+def _promote(job: _Job, result: ExportResult, target: ArtifactDir, failed_target: ArtifactDir, steps: _Steps) -> None:
+    """Swap the export in at `--out`, or keep it at `<out>.failed` and raise what failed.
+
+    Raises:
+        PrecisionGateError: the reduced-precision graphs failed their gate.
+        ParityError: the float32 graphs differ from the eager model.
+    """
+    reduced = result.precision
+    if reduced is not None and not reduced.passed:
+        failed = target.keep_as(failed_target)
+        steps.close()
+        lines = [line for g in reduced.gates for line in g.lines()]
+        raise PrecisionGateError(
+            f"the {job.precision} graphs move the masks beyond their accuracy gate; {job.out} was not written. "
+            f"Gate report (artifacts kept in {failed} for inspection):\n" + "\n".join(lines),
+            api_hint="use precision='fp32', or a higher-precision path",
+            cli_hint=f"export without --precision {job.precision} (or try another precision; see docs/precision.md)",
+        )
+    if not result.passed:
+        failed = target.keep_as(failed_target)
+        steps.close()
+        raise ParityError(
+            f"the exported graphs do not match the eager model; {job.out} was not written. "
+            f"Per-output report (artifacts kept in {failed} for inspection):\n" + format_checks(result.checks)
+        )
+    target.commit()
+    steps.close()
 
 
 def _with_batch_two(graph: str, example: tuple) -> tuple:

@@ -9,33 +9,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..manifest import weights_label
+from ..manifest import Manifest, PrecisionRecord
 from ..parity.compare import OutputCheck
+from ..utils.records import to_json
 
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
 
 
-def write_reports(directory: Path, manifest: dict, checks: list[OutputCheck], lint: dict, seconds: float) -> None:
+def write_reports(directory: Path, manifest: Manifest, checks: list[OutputCheck], lint: dict, seconds: float) -> None:
     """Write `export_report.json` and `export_report.md` into `directory`."""
+    m = manifest
     report = {
-        "domain": manifest["domain"], "variant": manifest["variant"], "lowering": manifest["lowering"],
-        "opset": manifest["opset"], "shots": manifest["shots"], "untrained": manifest["untrained"],
-        "weights": manifest["weights"], "parity": manifest["parity"], "precision": manifest.get("precision"),
-        "tensorrt_ready": lint["ok"], "seconds": round(seconds, 1),
+        "domain": m.domain, "variant": m.variant, "lowering": m.lowering, "opset": m.opset, "shots": m.shots,
+        "untrained": m.untrained, "weights": to_json(m.weights), "parity": to_json(m.parity),
+        "precision": to_json(m.precision), "tensorrt_ready": lint["ok"], "seconds": round(seconds, 1),
     }
     (directory / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (directory / REPORT_MD).write_text(markdown(manifest, checks, lint, seconds), encoding="utf-8")
 
 
-def markdown(manifest: dict, checks: list[OutputCheck], lint: dict, seconds: float) -> str:
+def markdown(manifest: Manifest, checks: list[OutputCheck], lint: dict, seconds: float) -> str:
     """The Markdown report: settings, one parity row per graph output, what qualifies them."""
-    weights = f"**{weights_label(manifest)}**" if manifest["untrained"] else manifest["weights"]["checkpoint"]
+    m = manifest
+    weights = f"**{m.weights_label}**" if m.untrained else m.weights.checkpoint
     lines = [
-        f"# lfm-export report: {manifest['domain']}",
+        f"# lfm-export report: {m.domain}",
         "",
-        f"- variant: `{manifest['variant']}`, lowering: `{manifest['lowering']}`, opset {manifest['opset']}, "
-        f"{manifest['shots']}-shot, {manifest['image_size']}x{manifest['image_size']}",
+        f"- variant: `{m.variant}`, lowering: `{m.lowering}`, opset {m.opset}, "
+        f"{m.shots}-shot, {m.image_size}x{m.image_size}",
         f"- weights: {weights}",
         f"- TensorRT 10 lint: {'clean' if lint['ok'] else 'findings (see manifest.json)'}",
         f"- time: {seconds:.1f} s",
@@ -67,8 +69,8 @@ def markdown(manifest: dict, checks: list[OutputCheck], lint: dict, seconds: flo
         lines += ["", "ACPA sign ties: a channel entering ACPA summed to within rounding of zero, so its sign (and "
                   "through ACPA's linear layers the whole map) is decided by float32 rounding; the map was compared "
                   "with the eager ACPA evaluated on the side the export landed on."]
-    lines += _precision_section(manifest.get("precision") or {})
-    sign = manifest["parity"].get("acpa_sign_case")
+    lines += _precision_section(m.served_precision)
+    sign = m.parity.acpa_sign_case if m.parity is not None else None
     if sign:
         lines += ["", "ACPA sign case (layer4 channels with a negative sum, whose DC phase is +pi): "
                   f"{sign['support']['negative_sum']} of {sign['support']['channels']} support channels, "
@@ -77,38 +79,37 @@ def markdown(manifest: dict, checks: list[OutputCheck], lint: dict, seconds: flo
     return "\n".join(lines) + "\n"
 
 
-def _precision_section(precision: dict) -> list[str]:
+def _precision_section(precision: PrecisionRecord) -> list[str]:
     """The reduced-precision gate: one row per gated path, and what the figures mean."""
-    if precision.get("name", "fp32") == "fp32":
+    if precision.name == "fp32" or precision.gate is None:
         return []
-    gate = precision["gate"]
-    th = gate["thresholds"]
-    runtime = precision["runtime"]
-    lines = ["", f"## {precision['name']} against the eager float32 model ({runtime['backend']})", "",
+    gate = precision.gate
+    th = gate.thresholds
+    lines = ["", f"## {precision.name} against the eager float32 model ({precision.runtime.backend})", "",
              f"Gate: mask agreement >= {th['agreement']:.2%}, |mIoU difference| <= {th['miou_points']:g} points, "
              f"no differing pixel where the eager |logit margin| > {th['max_eager_margin']:g}. "
-             f"Calibration: {precision['calibration']}.", "",
+             f"Calibration: {precision.calibration}.", "",
              "| path | episodes | agreement | mask IoU | differing pixels | largest eager margin among them | "
              "mIoU (eager) | mIoU difference | result |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for run in gate["runs"]:
+    for run in gate.runs:
         largest = run["max_eager_margin_of_differing"]
         lines.append(
             f"| {run['backend']} | {run['episodes']} | {run['agreement']:.4%} | {run['mask_iou']:.4f} | "
             f"{run['differing_pixels']} of {run['pixels']} | {'-' if not run['differing_pixels'] else f'{largest:.3g}'} | "
             f"{run['miou']:.4f} ({run['miou_eager']:.4f}) | {run['miou_delta_points']:+.2f} | "
             f"{'pass' if run['passed'] else '**FAIL**: ' + '; '.join(run['failures'])} |")
-    evidence = [run["evidence"] for run in gate["runs"] if run.get("evidence")]
+    evidence = [run["evidence"] for run in gate.runs if run.get("evidence")]
     if evidence:
         ev = evidence[0]
         lines += ["", f"Evidence: {ev['informative_episodes']} of {ev['episodes']} episodes have informative eager "
                   f"masks; {ev['decisive_pixels']['background']} background and {ev['decisive_pixels']['foreground']} "
                   f"foreground pixels decided by the eager model (needed: {ev['rule']['min_episodes']} episodes, "
-                  f"{ev['rule']['min_decisive_pixels']} pixels of each class). Episodes: {gate['runs'][0]['data']}."]
-    if any(run["vacuous"] for run in gate["runs"]):
+                  f"{ev['rule']['min_decisive_pixels']} pixels of each class). Episodes: {gate.runs[0]['data']}."]
+    if any(run["vacuous"] for run in gate.runs):
         lines += ["", "**No evidence**: the eager masks carry too little information for a verdict, so the gate "
                   "fails. Gate on labelled images of your domain (`--calibration DIR`) with weights that segment them."]
-    tried = precision.get("details", {}).get("float_tails_tried")
+    tried = (precision.details or {}).get("float_tails_tried")
     if tried:
         lines += ["", "int8 float share (Conv/MatMul nodes at the output end kept float), chosen on held-out "
                   "episodes: " + ", ".join(f"{100 * t['float_tail']:.0f}% -> agreement {t['agreement']:.4%}"

@@ -6,6 +6,7 @@ Every check runs on these: export validation, lfm-verify, the fp16 range check, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -14,7 +15,7 @@ from ..contract import graph_specs
 from ..domains import Domain, get_domain
 from ..preprocess import normalize_image, prepare_mask
 
-__all__ = ["graph_feeds_of", "labelled_episodes", "parity_episodes", "validation_episode"]
+__all__ = ["EpisodeShape", "graph_feeds_of", "labelled_episodes", "parity_episodes", "validation_episode"]
 
 
 def validation_episode(domain: Domain, shots: int, batch: int = 1, seed: int = 0, image_size: int | None = None):
@@ -47,11 +48,20 @@ def validation_episode(domain: Domain, shots: int, batch: int = 1, seed: int = 0
     return {name: a.astype(np.float32) for name, a in zip(names, arrays)}
 
 
-def parity_episodes(manifest: Mapping, n: int, seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
+@dataclass(frozen=True)
+class EpisodeShape:
+    """What episodes are drawn for, before any manifest exists (a `Manifest` answers the same)."""
+
+    domain: str
+    shots: int
+    image_size: int
+
+
+def parity_episodes(manifest: EpisodeShape, n: int, seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
     """Seeded episodes in the domain's style, with the query's ground-truth mask.
 
     Args:
-        manifest: the artifact manifest (domain, shots, image size).
+        manifest: the artifact's `Manifest` or an `EpisodeShape` (domain, shots, image size).
         n: number of episodes (batch 1 each; seeds seed, seed+1, ...).
         seed: first seed.
 
@@ -60,18 +70,18 @@ def parity_episodes(manifest: Mapping, n: int, seed: int = 0) -> tuple[list[dict
     """
     from ..data.synthetic import synthetic_pair
 
-    dom = get_domain(manifest["domain"])
-    size = int(manifest["image_size"])
+    dom = get_domain(manifest.domain)
+    size = int(manifest.image_size)
     feeds, truths = [], []
     for i in range(n):
-        feeds.append(validation_episode(dom, int(manifest["shots"]), batch=1, seed=seed + i, image_size=size))
+        feeds.append(validation_episode(dom, int(manifest.shots), batch=1, seed=seed + i, image_size=size))
         # validation_episode draws the query as image 0 of class 0 at size + 37.
         _, mask = synthetic_pair(size + 37, seed + i, class_index=0, image_index=0, grayscale=dom.color == "grayscale")
         truths.append(prepare_mask(mask, size).astype(np.uint8)[None])
     return feeds, truths
 
 
-def labelled_episodes(source, manifest: Mapping, limit: int | None = None) -> tuple[list[dict], list[np.ndarray]]:
+def labelled_episodes(source, manifest: EpisodeShape, limit: int | None = None) -> tuple[list[dict], list[np.ndarray]]:
     """Episodes from a user's labelled images (a folder of `<stem>.jpg` + `<stem>_mask.png`
     pairs, or an index file: `lfm_deploy.data.open_support`), with the queries' ground truth.
 
@@ -80,7 +90,7 @@ def labelled_episodes(source, manifest: Mapping, limit: int | None = None) -> tu
 
     Args:
         source: the folder or index file.
-        manifest: the artifact manifest (domain, shots, image size).
+        manifest: the artifact's `Manifest` or an `EpisodeShape` (domain, shots, image size).
         limit: at most this many episodes (None: one per image).
 
     Returns:
@@ -92,8 +102,8 @@ def labelled_episodes(source, manifest: Mapping, limit: int | None = None) -> tu
     from ..data.datasets import open_support
     from ..errors import DataError
 
-    dataset = open_support(source, manifest["domain"])
-    shots, size = int(manifest["shots"]), int(manifest["image_size"])
+    dataset = open_support(source, manifest.domain)
+    shots, size = int(manifest.shots), int(manifest.image_size)
     names = [t.name for t in graph_specs("episode", size, shots, ())[0]]
     feeds, truths = [], []
     usable = [pairs for pairs in dataset.items if len(pairs) > shots]

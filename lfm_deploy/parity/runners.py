@@ -48,28 +48,26 @@ CUDA = "CUDAExecutionProvider"
 GRAPHS = ("episode", "encoder", "head")
 
 
-def manifest_of(artifacts: str | os.PathLike | Mapping) -> dict:
-    """A manifest dict from an artifact directory (verified) or a manifest already read."""
-    if isinstance(artifacts, Mapping):
-        return dict(artifacts)
+def manifest_of(artifacts):
+    """The `Manifest` of an artifact directory (read and verified), or the manifest given."""
     from ..manifest import read_manifest
 
-    return read_manifest(artifacts)
+    return read_manifest(artifacts) if isinstance(artifacts, (str, os.PathLike)) else artifacts
 
 
 class ModelFromManifest:
     """Lazy loader: the eager model an artifact directory was exported from.
 
-    Rebuilds it from the manifest's "weights" entry (checkpoint, masker, seed) and its
-    variant and image size, so the eager reference is the same model as the graphs.
+    Rebuilds it from the manifest's weights (checkpoint, masker, seed) and its variant and
+    image size, so the eager reference is the same model as the graphs.
 
     Args:
-        artifacts: artifact directory or manifest dict.
+        artifacts: artifact directory or `Manifest`.
         dtype: "float32" or "float64".
         modify: optional callable applied to the built model (e.g. to inject a fault in a test).
     """
 
-    def __init__(self, artifacts: str | os.PathLike | Mapping, dtype: str = "float32",
+    def __init__(self, artifacts, dtype: str = "float32",
                  modify: Callable[[Any], None] | None = None):
         self.manifest = manifest_of(artifacts)
         self.dtype = dtype
@@ -90,27 +88,26 @@ class ModelFromManifest:
         from ..models import build_model
         from ..models.checkpoints import DEFAULT_SEED, SYNTHETIC_SOURCE
         from ..pretrain import default_learner, recipe_of
+        from ..utils.records import to_json
 
         m = self.manifest
-        weights = m.get("weights", {})
-        apm = m.get("apm", "m")
-        seed = DEFAULT_SEED if weights.get("seed") is None else int(weights["seed"])
+        weights = m.weights
+        seed = DEFAULT_SEED if weights.seed is None else weights.seed
         learner = None
-        if weights.get("source") == SYNTHETIC_SOURCE:
+        if weights.source == SYNTHETIC_SOURCE:
             # The synthetic-data default is rebuilt from its recorded recipe (the cache of this
             # machine, built if missing), and must be the very learner that was exported.
-            learner = default_learner(recipe_of(weights), seed)
-            want, have = weights.get("learner_sha256"), sha256_file(learner)
+            learner = default_learner(recipe_of({"recipe": to_json(weights.recipe)}), seed)
+            want, have = weights.learner_sha256, sha256_file(learner)
             if want and have != want:  # float64 recipes agree to ~1e-9 across CPUs, not always bit for bit
                 log.warning("the synthetic-data default built here (%s, sha256 %s) is not byte-identical to the one "
                             "these artifacts were exported with (sha256 %s); small differences are expected on "
                             "another CPU, large ones mean another recipe: export again here", learner, have[:12],
                             want[:12])
         model, _ = build_model(
-            apm=None if apm in (None, "none") else apm, acpa=bool(m.get("acpa", True)),
-            checkpoint=weights.get("checkpoint"), masker=weights.get("masker"),
-            image_size=int(m["image_size"]), seed=seed, learner=learner,
-            recipe=weights.get("recipe") if learner is not None else None,
+            apm=None if m.apm == "none" else m.apm, acpa=m.acpa, checkpoint=weights.checkpoint,
+            masker=weights.masker, image_size=m.image_size, seed=seed, learner=learner,
+            recipe=to_json(weights.recipe) if learner is not None else None,
         )
         if self.modify is not None:
             self.modify(model)
@@ -216,7 +213,7 @@ def plan_eager(backend, ctx):
     """lfm-verify's plan for the eager model in float32 (`lfm_deploy.runtime.backends`, "eager-fp32")."""
     from ..runtime.backends import Planned
 
-    shots = int(ctx.manifest["shots"])
+    shots = ctx.manifest.shots
     return Planned(backend.name, backend.precision, f"PyTorch float32, CPU, {ctx.thread_description}",
                    lambda: EagerRunner(ctx.model_loader("float32"), "episode", shots=shots, dtype="float32",
                                        threads=ctx.threads, name=backend.name))
@@ -232,7 +229,7 @@ def plan_split(backend, ctx):
     cpu = get_backend("ort-cpu")
     enc, head = (cpu.loader(ctx.graphs[g], threads=ctx.threads) for g in ("encoder", "head"))
     return Planned(backend.name, backend.precision, f"{backend.description}, {ctx.thread_description}",
-                   lambda: SplitRunner(enc, head, ctx.manifest, name=backend.name))
+                   lambda: SplitRunner(enc, head, ctx.manifest.graphs, ctx.manifest.shots, name=backend.name))
 
 
 def run_feeds(runner, feeds: Sequence[Mapping[str, np.ndarray]]) -> tuple[dict[str, list[np.ndarray]], float | None]:
@@ -271,18 +268,20 @@ class SplitRunner(BaseRunner):
 
     Args:
         encoder, head: loaders (e.g. `SessionFromOnnx`) returning onnxruntime sessions.
-        manifest: the export's manifest (its graph contract names the tensors).
+        graphs: the export's graph contract ({graph: `GraphIO`}, e.g. `Manifest.graphs`): it
+            names the tensors.
+        shots: K.
         name: runner name.
     """
 
-    def __init__(self, encoder: Callable, head: Callable, manifest: Mapping, *, name: str | None = None):
+    def __init__(self, encoder: Callable, head: Callable, graphs: Mapping, shots: int, *, name: str | None = None):
         from ..contract import graph_io
 
         super().__init__(name=name, prefix="split-runner")
         self._encoder_loader = encoder
         self._head_loader = head
-        self.shots = int(manifest["shots"])
-        self._io = {g: graph_io(manifest, g) for g in ("episode", "encoder", "head")}
+        self.shots = int(shots)
+        self._io = {g: graph_io(graphs, g) for g in ("episode", "encoder", "head")}
         self.encoder_runs = 0
 
     def activate_impl(self):

@@ -585,7 +585,7 @@ def convert_to_fp16(
 
 # ----------------------------------------------------------------------------- artifacts
 def graph_feeds(artifact_dir: str | os.PathLike, graph: str, episodes: int = 2, seed: int = 0,
-                threads: int | None = None) -> list[dict]:
+                threads: int | None = None, manifest=None) -> list[dict]:
     """Realistic inputs for one exported graph: seeded validation episodes of its domain.
 
     The head graph's support features come from running the encoder graph (fp32) in
@@ -597,6 +597,7 @@ def graph_feeds(artifact_dir: str | os.PathLike, graph: str, episodes: int = 2, 
         episodes: how many episodes (seeds seed, seed+1, ...).
         seed: first seed.
         threads: onnxruntime threads for the encoder run.
+        manifest: the directory's `Manifest` when the caller has read it (None: read here).
 
     Returns:
         A list of feed dicts.
@@ -605,20 +606,21 @@ def graph_feeds(artifact_dir: str | os.PathLike, graph: str, episodes: int = 2, 
         ManifestError: unreadable artifact directory.
         ExportError: unknown graph.
     """
-    from ..contract import GRAPHS, graph_io
+    from ..contract import GRAPHS
     from ..manifest import read_manifest
     from ..parity.episodes import graph_feeds_of, parity_episodes
 
     if graph not in GRAPHS:
         raise ExportError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
-    manifest = read_manifest(artifact_dir, verify_files=False)
-    ios = {g: graph_io(manifest, g) for g in {"episode", graph} | ({"encoder"} if graph == "head" else set())}
+    if manifest is None:
+        manifest = read_manifest(artifact_dir, verify_files=False)
+    ios = {g: manifest.io(g) for g in {"episode", graph} | ({"encoder"} if graph == "head" else set())}
     episodes, _ = parity_episodes(manifest, episodes, seed)
     encoder = None
     if graph == "head":
         # The float32 encoder makes the features (an int8 export's manifest names its int8 graphs).
-        file = (manifest.get("reference_graphs") or {}).get("encoder", ios["encoder"].file)
-        encoder = SessionFromOnnx(Path(artifact_dir) / file, threads=threads, what="encoder graph")
+        encoder = SessionFromOnnx(Path(artifact_dir) / manifest.float32_file("encoder"), threads=threads,
+                                  what="encoder graph")
     return graph_feeds_of(episodes, graph, ios, encoder)
 
 

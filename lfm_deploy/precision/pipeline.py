@@ -36,12 +36,14 @@ from typing import Callable, Mapping
 
 from ..contract import default_io
 from ..errors import ExportError, PrecisionGateError
+from ..manifest import PrecisionGate, PrecisionRecord, PrecisionRuntime
 from ..parity.compare import Tolerance, Tolerances
-from ..parity.episodes import graph_feeds_of, labelled_episodes, parity_episodes
+from ..parity.episodes import EpisodeShape, graph_feeds_of, labelled_episodes, parity_episodes
 from ..parity.gate import EVIDENCE_HINT, EagerReference, GateData, GateReport, eager_reference, \
     informative_episodes, run_gate
 from ..runtime.backends import gate_backend
 from ..runtime.sessions import SessionFromOnnx
+from ..utils.records import freeze
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +98,21 @@ class PrecisionResult:
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
 
-    def to_manifest(self, tolerances: Tolerances) -> dict:
-        return {
-            "name": self.precision, "runtime": self.runtime, "calibration": self.calibration,
-            "gate": {"passed": self.passed, "thresholds": {
-                "agreement": tolerances.mask.limit, "max_eager_margin": tolerances.tie_margin,
-                "miou_points": 100 * tolerances.miou.limit},
-                # what the verdict rests on: the gate's episodes and how informative the eager masks were
-                "evidence": self.gates[0].evidence.to_dict() if self.gates and self.gates[0].evidence else None,
-                "episodes": self.gates[0].data if self.gates else None,
-                "runs": [g.to_dict() for g in self.gates]},
-            "graphs": dict(self.graphs), "details": self.details,
-        }
+    def to_manifest(self, tolerances: Tolerances) -> PrecisionRecord:
+        """The manifest's `precision` record: what the runtime serves and the gate's verdict."""
+        gate = PrecisionGate(
+            self.passed, freeze({"agreement": tolerances.mask.limit, "max_eager_margin": tolerances.tie_margin,
+                                 "miou_points": 100 * tolerances.miou.limit}),
+            # what the verdict rests on: the gate's episodes and how informative the eager masks were
+            evidence=freeze(self.gates[0].evidence.to_dict()) if self.gates and self.gates[0].evidence else None,
+            episodes=freeze(self.gates[0].data) if self.gates else None,
+            runs=freeze([g.to_dict() for g in self.gates]))
+        runtime = PrecisionRuntime(**{k: freeze(v) for k, v in self.runtime.items()})
+        return PrecisionRecord(self.precision, runtime, self.calibration, gate, freeze(dict(self.graphs)),
+                               freeze(self.details))
 
 
-def _calibration_data(domain_manifest: Mapping, calibration, seed: int, episodes: int) -> GateData:
+def _calibration_data(domain_manifest: EpisodeShape, calibration, seed: int, episodes: int) -> GateData:
     if calibration is not None:
         feeds, truths = labelled_episodes(calibration, domain_manifest, limit=MAX_LABELLED)
         return GateData(feeds, truths, f"your labelled images: {calibration} ({len(feeds)} episodes)")
@@ -155,7 +157,7 @@ def plan_gate(precision: str, model, *, domain: str, shots: int, tolerances: Tol
     """
     step = step or (lambda what: None)
     size = int(model.image_size)
-    meta = {"domain": domain, "shots": int(shots), "image_size": size}
+    meta = EpisodeShape(domain, int(shots), size)
 
     def draw(s: int):
         return parity_episodes(meta, 1, s)
@@ -233,7 +235,7 @@ def reduce_precision(
         raise ExportError(f"--precision {precision} needs the encoder/head pair (export with --split)")
     workdir = Path(workdir)
     size = int(model.image_size)
-    meta = {"domain": domain, "shots": int(shots), "image_size": size}
+    meta = EpisodeShape(domain, int(shots), size)
     ios = {g: default_io(g, size, shots, model.feature_hw) for g in ("episode", "encoder", "head")}
     fp32 = {g: workdir / f for g, f in graphs.items()}
 
@@ -280,9 +282,8 @@ def _split(paths: Mapping[str, Path], ios: Mapping, shots: int, precision: str =
     from ..parity.runners import SplitRunner
 
     backend = gate_backend(precision)
-    contract = {"shots": int(shots), "graphs": {g: io.to_dict() for g, io in ios.items()}}
-    return SplitRunner(backend.loader(paths["encoder"], **settings), backend.loader(paths["head"], **settings),
-                       contract)
+    return SplitRunner(backend.loader(paths["encoder"], **settings), backend.loader(paths["head"], **settings), ios,
+                       shots)
 
 
 def _int8(workdir: Path, fp32, feeds, held_out: GateData, ref_held_out, gate, split, step):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import InputError, LFMError
+from ..manifest import Manifest
 from .providers import CPU, CUDA, entries
 
 __all__ = ["BACKENDS", "Backend", "PlanContext", "Planned", "backend_names", "gate_backend", "get_backend", "markdown_table",
@@ -79,7 +80,7 @@ class PlanContext:
     "int8", "encoder", "head"; None where missing, `missing` says why) and the eager model's loader."""
 
     artifact_dir: Path
-    manifest: Mapping
+    manifest: Manifest
     threads: int | None
     graphs: Mapping[str, Path | None]
     missing: Mapping[str, str]

@@ -45,7 +45,7 @@ def describe(item, index: int | None = None, role: str = "image") -> str:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """The preprocessing an export was validated with (manifest["preprocessing"]).
+    """The preprocessing an export was validated with (`Manifest.preprocessing`).
 
     Attributes:
         size: square model input size S.
@@ -60,40 +60,22 @@ class Preprocessing:
     std: tuple
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "Preprocessing":
-        """Read and check the manifest's preprocessing section.
+    def from_manifest(cls, manifest) -> "Preprocessing":
+        """The preprocessing of a `Manifest` (its fields are checked by `read_manifest`).
 
         Raises:
-            ManifestError: a missing or inconsistent section, or a contract this runtime
-                cannot reproduce (a different pixel scale or mask threshold).
+            ManifestError: a contract this runtime cannot reproduce (images below 32 px, a
+                different pixel scale or mask threshold).
         """
-        pre = manifest.get("preprocessing")
-        size = manifest.get("image_size")
-        if not isinstance(pre, dict) or not isinstance(size, int) or size < 32:
-            raise ManifestError("the manifest has no valid 'preprocessing' / 'image_size'; re-run lfm-export")
-        pre_size = pre.get("image_size", [size, size])
-        if list(pre_size) != [size, size]:
+        pre, size = manifest.preprocessing, manifest.image_size
+        if size < 32:
+            raise ManifestError(f"the manifest's image_size {size} is below 32; re-run lfm-export")
+        if not math.isclose(pre.scale, 1.0 / 255.0, rel_tol=1e-6) or pre.mask_threshold != 128:
             raise ManifestError(
-                f"the manifest's preprocessing image_size {pre_size} differs from its image_size {size}; re-run lfm-export"
+                f"the manifest asks for pixel scale {pre.scale} and mask threshold {pre.mask_threshold}; this runtime "
+                "implements 1/255 and 128 (the CD-FSS contract); upgrade lfm-deploy"
             )
-        try:
-            mean = tuple(float(v) for v in pre["mean"])
-            std = tuple(float(v) for v in pre["std"])
-        except (KeyError, TypeError, ValueError):
-            raise ManifestError("the manifest's preprocessing lacks a numeric mean/std; re-run lfm-export") from None
-        if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
-            raise ManifestError(f"the manifest's preprocessing mean {mean} / std {std} are not 3 values (std > 0)")
-        scale = float(pre.get("scale", 1.0 / 255.0))
-        threshold = pre.get("mask_threshold", 128)
-        if not math.isclose(scale, 1.0 / 255.0, rel_tol=1e-6) or threshold != 128:
-            raise ManifestError(
-                f"the manifest asks for pixel scale {scale} and mask threshold {threshold}; this runtime implements "
-                "1/255 and 128 (the CD-FSS contract); upgrade lfm-deploy"
-            )
-        color = pre.get("color", "rgb")
-        if color not in ("rgb", "grayscale"):
-            raise ManifestError(f"the manifest's preprocessing color {color!r} is not 'rgb' or 'grayscale'")
-        return cls(size=size, color=color, mean=mean, std=std)
+        return cls(size=size, color=pre.color, mean=tuple(map(float, pre.mean)), std=tuple(map(float, pre.std)))
 
     def image(self, image: ImageLike, what: str) -> tuple[np.ndarray, tuple[int, int]]:
         """Decode, check and normalise one image.

@@ -49,7 +49,7 @@ def segmenter_bytes(image_size: int, head_batch: int) -> int:
     """Modelled peak resident bytes of a process serving one Segmenter whose head runs `head_batch` queries.
 
     Args:
-        image_size: the export's input size (`manifest["image_size"]`).
+        image_size: the export's input size (`Manifest.image_size`).
         head_batch: queries per head run.
     """
     return SEGMENTER_FIXED_BYTES + per_query_bytes(image_size) * max(1, int(head_batch))

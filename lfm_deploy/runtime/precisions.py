@@ -1,6 +1,6 @@
 """Which graphs run, in which precision: one meaning of `precision` for predict and serve.
 
-An export holds its float32 graphs (`manifest["reference_graphs"]`) and, for a reduced-precision
+An export holds its float32 graphs (`Manifest.reference_graphs`) and, for a reduced-precision
 export (`lfm-export --precision fp16|int8|bf16`), the gated path the manifest's `graphs` name:
 fp16 / int8 graph files, or (bf16) the float32 files run by OpenVINO in bf16. `precision` names
 the path that runs:
@@ -48,19 +48,17 @@ class RunPrecision:
     backend_precision: str
 
 
-def exported_precision(manifest: dict) -> str:
+def exported_precision(manifest) -> str:
     """The precision an artifact was exported at ("fp32" for exports that do not say)."""
-    entry = manifest.get("precision")
-    name = entry.get("name", "fp32") if isinstance(entry, dict) else entry
-    return str(name or "fp32")
+    return manifest.served_precision.name
 
 
-def resolve_precision(manifest: dict, precision: str | None, *, openvino: bool, where: str = "the artifacts"
+def resolve_precision(manifest, precision: str | None, *, openvino: bool, where: str = "the artifacts"
                       ) -> RunPrecision:
     """Resolve a requested precision against an artifact and a backend.
 
     Args:
-        manifest: the artifact's manifest.
+        manifest: the artifact's `Manifest`.
         precision: one of `RUN_PRECISIONS`, or None ("auto").
         openvino: whether the graphs run on OpenVINO (else onnxruntime).
         where: the artifact's name in messages (its directory).
@@ -96,7 +94,7 @@ def resolve_precision(manifest: dict, precision: str | None, *, openvino: bool, 
     files = None
     if requested in ("fp32", "bf16") and exported in ("fp16", "int8"):
         # The float32 graphs of a reduced-precision export; never its fp16/int8 files.
-        files = dict(manifest.get("reference_graphs") or {})
+        files = dict(manifest.reference_graphs or {})
         if not {"encoder", "head"} <= set(files):
             raise ManifestError(f"{where} lists no float32 encoder/head graphs (reference_graphs) beside its "
                                 f"{exported} ones; re-run lfm-export",

@@ -33,8 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError, ManifestError
-from ..manifest import read_manifest, verify_file, weights_label
-from ..contract import graph_io
+from ..manifest import Manifest, read_manifest, verify_file
 from ..preprocess import ImageLike, resize_mask_nearest
 from ..utils.limits import cap_threads
 from .inputs import Preprocessing, describe
@@ -89,7 +88,7 @@ class Segmenter:
 
     Args (of the constructor; prefer `from_artifacts`):
         directory: the export directory.
-        manifest: its parsed, verified manifest.
+        manifest: its parsed, verified `Manifest`.
         providers, allow_fallback, threads, graph_optimization, low_memory, release_encoder,
         batch_size, verify, precision, backend: see `from_artifacts`.
     """
@@ -97,7 +96,7 @@ class Segmenter:
     #: Set by `close`; from then on every method that does work refuses.
     _closed = False
 
-    def __init__(self, directory: str | os.PathLike, manifest: dict, *, providers=None, allow_fallback: bool = False,
+    def __init__(self, directory: str | os.PathLike, manifest: Manifest, *, providers=None, allow_fallback: bool = False,
                  threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
                  release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
                  precision: str | None = None, spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
@@ -106,10 +105,7 @@ class Segmenter:
         self._manifest = manifest
         self._verify = bool(verify)
         self.preprocessing = Preprocessing.from_manifest(manifest)
-        shots = manifest.get("shots")
-        if not isinstance(shots, int) or shots < 1:
-            raise ManifestError(f"the manifest's shots {shots!r} is not a positive integer; re-run lfm-export")
-        self.shots = shots
+        self.shots = manifest.shots
         self.batch_size = _check_batch_size(batch_size)
         #: Most queries per head run that the memory budget allows (None: no budget).
         self.max_head_batch = None
@@ -154,14 +150,13 @@ class Segmenter:
         for name in ("encoder", "head"):
             files[name] = self._graph_file(name)
         #: The graphs' tensors, read from the manifest and addressed by role (the graph contract).
-        self._io = {name: graph_io(manifest, name) for name in files}
+        self._io = {name: manifest.io(name) for name in files}
         if openvino_cache is not None and Path(openvino_cache).resolve().is_relative_to(self.directory.resolve()):
             raise InputError(f"openvino_cache {openvino_cache} is inside the artifact directory {self.directory}, which "
                              "holds only what lfm-export wrote", api_hint="pass a folder outside it, e.g. ~/.cache/lfm-openvino")
         if chosen is not None:
             # A bf16 export names the f32 islands its gate was measured with; others get the default.
-            islands = ((manifest.get("precision") or {}).get("runtime") or {}).get("f32_islands") \
-                if isinstance(manifest.get("precision"), dict) else None
+            islands = manifest.served_precision.runtime.f32_islands
             self._loaders = {name: chosen.loader(files[name], threads=threads, config=self.config,
                                                  allow_fallback=allow_fallback, f32_islands=islands,
                                                  cache_dir=openvino_cache, what=f"{name} graph")
@@ -179,10 +174,10 @@ class Segmenter:
         self._encoder = None
         self._head = None
         self._check_gate(manifest)
-        if manifest.get("untrained"):
+        if manifest.untrained:
             log.warning("%s holds the %s weights: masks say nothing about real images; export with --checkpoint "
-                        "for a real model", self.directory, weights_label(manifest))
-        if manifest.get("engines"):
+                        "for a real model", self.directory, manifest.weights_label)
+        if manifest.engines:
             log.info("%s lists TensorRT engines; this runtime uses the ONNX graphs (providers='tensorrt' builds "
                      "engines through onnxruntime's TensorRT EP)", self.directory)
         # Load the encoder now: provider problems and contract mismatches surface at load time,
@@ -190,7 +185,7 @@ class Segmenter:
         self._encoder = self._load("encoder", recheck=False)  # read_manifest has just hashed it
 
     # ------------------------------------------------------------------ construction
-    def _check_gate(self, manifest: dict) -> None:
+    def _check_gate(self, manifest: Manifest) -> None:
         """bf16 is a contract too: refused where this export's bf16 gate failed, flagged where it never ran.
 
         `lfm-export --precision bf16` measures OpenVINO bf16 against the eager model's masks
@@ -198,11 +193,11 @@ class Segmenter:
         """
         if self.precision != "bf16":
             return
-        record = manifest.get("precision") if isinstance(manifest.get("precision"), dict) else {}
-        if record.get("name") != "bf16":
+        record = manifest.served_precision
+        if record.name != "bf16":
             log.warning("%s was not gated for bf16: its masks under bf16 were never compared with the eager model's; "
                         "check them with lfm-verify --backend ov-bf16, or export with --precision bf16", self.directory)
-        elif not (record.get("gate") or {}).get("passed"):
+        elif record.gate is None or not record.gate.passed:
             raise ManifestError(f"{self.directory}: OpenVINO bf16 failed this export's accuracy gate",
                                 api_hint="use precision='fp32'", cli_hint="use --precision fp32")
 
@@ -286,20 +281,15 @@ class Segmenter:
                    openvino_cache=openvino_cache, memory_budget=memory_budget, backend=backend)
 
     def _graph_file(self, name: str) -> Path:
-        graphs = self._manifest.get("graphs") or {}
+        graphs = self._manifest.graphs
         if name not in graphs:
             raise ManifestError(
                 f"{self.directory} has no {name} graph (graphs: {', '.join(graphs) or 'none'}); the runtime needs the "
                 "encoder/head pair", api_hint="re-export with lfm_deploy.export.pipeline.export_domain(..., split=True)",
                 cli_hint="re-run lfm-export with --split",
             )
-        rel = (self._files or {}).get(name) or graphs[name].get("file")
-        listed = {entry.get("path") for entry in (self._manifest.get("files") or {}).values()}
-        if rel not in listed:
-            raise ManifestError(
-                f"{self.directory}: the {name} graph file {rel!r} is not listed with a hash in the manifest; re-run lfm-export"
-            )
-        path = self.directory / rel
+        rel = (self._files or {}).get(name) or graphs[name].file
+        path = self.directory / rel  # listed with a hash: checked by read_manifest
         if not path.is_file():
             raise ManifestError(f"{path} is listed in the manifest but missing; re-run lfm-export")
         return path
@@ -311,9 +301,9 @@ class Segmenter:
         encoder again on a new `set_support`); an lfm-export into the same directory meanwhile
         would pair features of one export with the head of another, silently.
         """
-        rel = (self._files or {}).get(name) or self._manifest["graphs"][name]["file"]
-        for entry in (self._manifest.get("files") or {}).values():
-            if entry.get("path") in (rel, rel + ".data"):
+        rel = (self._files or {}).get(name) or self._manifest.graphs[name].file
+        for entry in self._manifest.files.values():
+            if entry.path in (rel, rel + ".data"):
                 try:
                     verify_file(self.directory, entry)
                 except ManifestError as exc:
@@ -355,16 +345,14 @@ class Segmenter:
 
     # ------------------------------------------------------------------ properties
     @property
-    def manifest(self) -> dict:
-        """The artifact manifest (a copy)."""
-        import copy
-
-        return copy.deepcopy(self._manifest)
+    def manifest(self) -> Manifest:
+        """The artifact manifest (immutable)."""
+        return self._manifest
 
     @property
     def domain(self) -> str:
         """The domain the artifacts were exported for."""
-        return str(self._manifest.get("domain", "unknown"))
+        return self._manifest.domain
 
     @property
     def image_size(self) -> int:
@@ -375,12 +363,12 @@ class Segmenter:
     def untrained(self) -> bool:
         """Whether the artifacts hold weights that are not a real model (the seeded untrained
         default or the synthetic-data default; `weights_label` says which)."""
-        return bool(self._manifest.get("untrained"))
+        return self._manifest.untrained
 
     @property
     def weights_label(self) -> str:
         """How the artifacts' weights are flagged when they are not a real model, else ""."""
-        return weights_label(self._manifest)
+        return self._manifest.weights_label
 
     @property
     def has_support(self) -> bool:
@@ -430,7 +418,7 @@ class Segmenter:
         """Encode the support set once; later predictions reuse the features.
 
         Args:
-            images: exactly K = manifest["shots"] support images (paths, PIL images or uint8 /
+            images: exactly K = manifest.shots support images (paths, PIL images or uint8 /
                 uint16 arrays (H, W), (H, W, 1..4)); a single image is accepted when
                 K = 1. 16-bit pixels are scaled by 255/65535; float and 32-bit pixels are
                 refused (`lfm_deploy.preprocess`).

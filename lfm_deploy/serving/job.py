@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import BackendUnavailable, InputError, ManifestError
-from ..manifest import read_manifest, weights_label
+from ..manifest import Manifest, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +26,13 @@ class Job:
 
     Attributes:
         artifact_dir: absolute path of the export directory (every node reads it there).
-        manifest: its verified manifest.
+        manifest: its verified `Manifest`.
         support_images, support_masks: the K support files' bytes.
         support_names: where they were read from (for logs and /metadata).
     """
 
     artifact_dir: str
-    manifest: dict
+    manifest: Manifest
     support_images: tuple
     support_masks: tuple
     support_names: tuple
@@ -43,34 +43,30 @@ class Job:
     def describe(self) -> str:
         """The export in a few words: "deepglobe, 1-shot, exported at int8"."""
         m = self.manifest
-        return f"{m.get('domain')}, {m.get('shots')}-shot, exported at {_precision_name(m.get('precision'))}"
+        return f"{m.domain}, {m.shots}-shot, exported at {m.served_precision.name}"
 
     def metadata(self) -> dict:
         """What the service's `GET /metadata` returns: the model and the artifacts' hashes."""
         m = self.manifest
         return {
-            "domain": m.get("domain"),
-            "shots": m.get("shots"),
-            "variant": m.get("variant"),
-            "apm": m.get("apm"),
-            "acpa": m.get("acpa"),
-            "lowering": m.get("lowering"),
+            "domain": m.domain,
+            "shots": m.shots,
+            "variant": m.variant,
+            "apm": m.apm,
+            "acpa": m.acpa,
+            "lowering": m.lowering,
             # The graphs the runtime serves: fp32, or an lfm-export --precision fp16 / int8 / bf16 export.
-            "precision": _precision_name(m.get("precision")),
+            "precision": m.served_precision.name,
             # What the workers run: the resolved --precision and the backend.
             "run": {"precision": self.precision, "backend": self.backend},
-            "image_size": m.get("image_size"),
-            "untrained": bool(m.get("untrained")),
+            "image_size": m.image_size,
+            "untrained": m.untrained,
             # Which not-real weights ("" for a trained checkpoint): the untrained or the synthetic-data default.
-            "weights_label": weights_label(m),
-            "created_by": m.get("created_by"),
-            "artifacts": {name: entry.get("sha256") for name, entry in sorted((m.get("files") or {}).items())},
+            "weights_label": m.weights_label,
+            "created_by": m.created_by,
+            "artifacts": {name: entry.sha256 for name, entry in sorted(m.files.items())},
             "support": list(self.support_names),
         }
-
-
-def _precision_name(entry) -> str:
-    return str(entry.get("name", "fp32")) if isinstance(entry, dict) else str(entry or "fp32")
 
 
 def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
@@ -106,7 +102,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     from .collection import read_bytes
 
     manifest = read_manifest(artifact_dir, verify_files=True)
-    graphs = manifest.get("graphs") or {}
+    graphs = manifest.graphs
     if not {"encoder", "head"} <= set(graphs):
         raise ManifestError(f"{artifact_dir} has no encoder/head pair (graphs: {', '.join(graphs) or 'none'}); "
                             "re-run lfm-export with --split")
@@ -121,7 +117,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     run = resolve_precision(manifest, precision, openvino=backend is not None and backend.runtime == "OpenVINO",
                             where=str(artifact_dir))
     images, masks = list(support_images), list(support_masks)
-    shots = manifest.get("shots")
+    shots = manifest.shots
     if len(images) != len(masks):
         raise InputError(f"got {len(images)} support images but {len(masks)} masks; pass one mask per image")
     if len(images) != shots and (images or support_required):

@@ -208,7 +208,7 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
     from .resources import check_fits, segmenter_memory_bytes
 
     # Told to Ray's scheduler, so that it never starts more workers than the nodes hold.
-    memory = segmenter_memory_bytes(int(job.manifest.get("image_size") or 400), batch_size)
+    memory = segmenter_memory_bytes(job.manifest.image_size, batch_size)
     t0 = time.perf_counter()
     with ray_cluster(address, verbose=verbose) as ray:
         import ray.data

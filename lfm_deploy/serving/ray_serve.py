@@ -418,7 +418,7 @@ def make_registry(job: Job, *, max_sets: int = DEFAULT_MAX_SETS, store: str | os
     from ..runtime.inputs import Preprocessing
     from .support_sets import SupportRegistry, SupportStore, artifact_key
 
-    registry = SupportRegistry(artifact_key(job.manifest), int(job.manifest.get("shots") or 1), max_sets=max_sets,
+    registry = SupportRegistry(artifact_key(job.manifest), job.manifest.shots, max_sets=max_sets,
                                put=put, store=SupportStore(store) if store is not None else None)
     if job.support_images:
         images, masks = list(job.support_images), list(job.support_masks)
@@ -509,7 +509,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
     options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads, "precision": precision,
                "spin_wait": spin_wait, "batch_size": max_batch, "allow_empty": allow_empty}
     cache_bytes = int(support_cache_mb * (1 << 20))
-    memory = segmenter_memory_bytes(int(job.manifest.get("image_size") or 400), max_batch,
+    memory = segmenter_memory_bytes(job.manifest.image_size, max_batch,
                                     decoded_pixels=replica_pixels) + cache_bytes
     model = serve.deployment(
         SegmentModel, name=MODEL_NAME, num_replicas=replicas,

@@ -49,7 +49,7 @@ def segmenter_memory_bytes(image_size: int, batch_size: int, *, decoded_pixels: 
     """Memory to declare for one Ray actor holding one `Segmenter`.
 
     Args:
-        image_size: the export's input size (`manifest["image_size"]`).
+        image_size: the export's input size (`Manifest.image_size`).
         batch_size: the largest batch it runs.
         decoded_pixels: decoded image pixels it may hold at once (the replica's pixel budget).
 

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,12 @@ STORE_SUFFIX = ".lfm-support.json"
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def artifact_key(manifest_or_metadata: dict) -> str:
-    """The artifact's identity: a hash of its files' sha256 (from a manifest or `Job.metadata()`)."""
-    files = manifest_or_metadata.get("files")
-    if isinstance(files, dict):
-        hashes = {name: (entry or {}).get("sha256") for name, entry in files.items()}
-    else:
+def artifact_key(manifest_or_metadata) -> str:
+    """The artifact's identity: a hash of its files' sha256 (from a `Manifest` or `Job.metadata()`)."""
+    if isinstance(manifest_or_metadata, Mapping):
         hashes = dict(manifest_or_metadata.get("artifacts") or {})
+    else:
+        hashes = {name: entry.sha256 for name, entry in manifest_or_metadata.files.items()}
     text = json.dumps(sorted(hashes.items()), separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

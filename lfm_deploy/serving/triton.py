@@ -454,14 +454,14 @@ def _check_int(name: str, value, minimum: int, hint: str) -> None:
         raise ExportError(f"{name} must be an integer >= {minimum}, got {value!r}; {hint}")
 
 
-def graphs_from_manifest(manifest: Mapping, directory: str | os.PathLike) -> dict[str, tuple]:
-    """The `graphs` argument of `write_triton_repository` from an export's manifest: every graph
-    it names, with its file under `directory` and its tensors from the graph contract."""
+def graphs_from_manifest(graphs: Mapping, directory: str | os.PathLike) -> dict[str, tuple]:
+    """The `graphs` argument of `write_triton_repository` from an export's graphs
+    (`Manifest.graphs`): every graph, with its file under `directory` and its tensors."""
     from ..contract import graph_io
 
     out = {}
-    for name in (manifest.get("graphs") or {}):
-        io = graph_io(manifest, name)
+    for name in graphs:
+        io = graph_io(graphs, name)
         out[name] = (Path(directory) / io.file, list(io.inputs), list(io.outputs))
     return out
 

@@ -9,7 +9,7 @@ The build composes `polygraphy.backend.trt` loaders (`NetworkFromOnnxPath` -> [`
 -> `EngineBytesFromNetwork` with `CreateConfig`), which cover TensorRT 10 and 11; what differs
 between the two majors is decided here, in `plan_build`, before any loader runs:
 
-- **fp32**: the exported float32 graph (`manifest["reference_graphs"]` in a reduced-precision
+- **fp32**: the exported float32 graph (`Manifest.reference_graphs` in a reduced-precision
   export, whose `graphs` name the int8/fp16 files), TF32 off (TensorRT enables it for fp32
   matmuls by default, which breaks fp32 parity; `CreateConfig(tf32=False)` clears it).
 - **fp16, strongly typed** (default, 10.x and 11.x): an fp16 ONNX graph with fp32 islands made
@@ -588,7 +588,7 @@ def build_engines(
 ) -> list[EngineBuild]:
     """Build engines for the graphs of an lfm-export directory into `<dir>/engines/`.
 
-    fp32 and fp16 engines start from the export's float32 graphs (`manifest["reference_graphs"]`
+    fp32 and fp16 engines start from the export's float32 graphs (`Manifest.reference_graphs`
     where the export also made reduced-precision graphs). For fp16, each graph is first
     range-checked on `fp16_episodes` validation episodes and converted to an fp16 graph with
     fp32 islands (`engines/<graph>.fp16.onnx` plus a JSON report); strongly typed builds parse
@@ -624,17 +624,17 @@ def build_engines(
         raise LFMError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if onnx_only and precision != "fp16":
         raise LFMError("--onnx-only only applies to --precision fp16 (it writes the fp16 graphs)")
-    exported_as = (manifest.get("precision") or {}).get("name", "fp32")
+    exported_as = manifest.served_precision.name
     if precision == "int8" and exported_as != "int8":
         raise LFMError(f"{artifact_dir} has no int8 graphs (exported with precision {exported_as}); int8 engines are "
                        "built from the export's gated int8 QDQ graphs",
                        api_hint="export with export_domain(..., precision='int8') first",
                        cli_hint="export them with `lfm-export ... --precision int8` first")
-    names = list(graphs) if graphs else list(manifest["graphs"])
-    float32 = {g: manifest.get("reference_graphs", {}).get(g, entry["file"]) for g, entry in manifest["graphs"].items()}
-    unknown = [g for g in names if g not in manifest["graphs"]]
+    names = list(graphs) if graphs else list(manifest.graphs)
+    float32 = {g: manifest.float32_file(g) for g in manifest.graphs}
+    unknown = [g for g in names if g not in manifest.graphs]
     if unknown:
-        raise LFMError(f"{artifact_dir} has no graph {', '.join(unknown)} (it has: {', '.join(manifest['graphs'])})")
+        raise LFMError(f"{artifact_dir} has no graph {', '.join(unknown)} (it has: {', '.join(manifest.graphs)})")
     # Every file this build writes is claimed before any work: nothing of the user's is replaced.
     engines = OutputDir(artifact_dir / ENGINE_DIR, flag=None, kind=ENGINE_KIND, overwrite=overwrite)
     claims = []
@@ -649,7 +649,7 @@ def build_engines(
         # Saved over after the build: never one of the export's own files.
         check_location(timing_cache, flag="--timing-cache", directory=False,
                        inputs={"ARTIFACT_DIR": [artifact_dir / MANIFEST_NAME]
-                               + [artifact_dir / g["file"] for g in manifest["graphs"].values()]
+                               + [artifact_dir / g.file for g in manifest.graphs.values()]
                                + [artifact_dir / f for f in float32.values()]})
     plan = None
     if not onnx_only:
@@ -657,18 +657,18 @@ def build_engines(
         gpu = gpu if gpu is not None else gpu_info()
         version = trt_version(trt)
         plan = plan_build(version, precision, typing)
-        if manifest.get("lowering") == "dft" and tuple(version[:2]) < _DFT_SINCE:
+        if manifest.lowering == "dft" and tuple(version[:2]) < _DFT_SINCE:
             raise ExportError(f"{artifact_dir} uses the dft lowering (ONNX DFT), which TensorRT {trt.__version__} cannot "
                               "parse (DFT needs TensorRT >= 11.2); re-export with `lfm-export --lowering matmul`")
     builds = []
     for graph in names:
         # int8: the export's int8 QDQ graph; fp32/fp16: the float32 graph, whatever the runtime loads.
-        source = artifact_dir / (manifest["graphs"][graph]["file"] if precision == "int8" else float32[graph])
+        source = artifact_dir / (manifest.graphs[graph].file if precision == "int8" else float32[graph])
         parse, islands = source, ()
         if precision == "fp16" and (onnx_only or plan.fp16_graph or plan.fp16_flag):
             from ..precision.fp16 import DEFAULT_MARGIN, graph_feeds, prepare_fp16_graph
 
-            feeds = graph_feeds(artifact_dir, graph, episodes=fp16_episodes)
+            feeds = graph_feeds(artifact_dir, graph, episodes=fp16_episodes, manifest=manifest)
             fp16 = prepare_fp16_graph(source, engines.path / f"{graph}.fp16.onnx", feeds,
                                       margin=fp16_margin or DEFAULT_MARGIN)
             engines.adopt(f"{graph}.fp16.onnx")

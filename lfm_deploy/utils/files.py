@@ -17,6 +17,7 @@ Pure Python: importable by the torch-free runtime.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -138,3 +139,22 @@ def regular_file(path: str | os.PathLike, what: str, max_bytes: int | None = Non
         raise error(f"{what} {p} is {_size(st.st_size)}, more than a {what} can plausibly be "
                     f"({_size(max_bytes)} at most)", api_hint=hint)
     return p
+
+
+def unsafe_relpath(rel: str) -> str | None:
+    """Why `rel` cannot name a file inside an artifact directory (None when it can).
+
+    Absolute paths (POSIX or Windows, drive letters included) and '..' components are refused.
+    The check is lexical: a symbolic link inside the directory is the user's deliberate choice
+    (the hashes are checked on whatever it points to).
+    """
+    parts = re.split(r"[\\/]+", rel)
+    if "\0" in rel:
+        return "contains a NUL character"
+    if rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
+        return "is an absolute path; files must be inside the artifact directory"
+    if ".." in parts:
+        return "leaves the artifact directory ('..'); files must be inside it"
+    if not [p for p in parts if p not in ("", ".")]:
+        return "does not name a file"
+    return None

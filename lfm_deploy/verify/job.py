@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, LFMError
+from ..manifest import Manifest
 from ..runtime.backends import BACKENDS, Backend, PlanContext, Planned, get_backend
 from ..parity.compare import OutputCheck, Tolerance, Tolerances, compare_output, decision_margins, evidence_of, \
     foreground_iou
@@ -146,14 +147,12 @@ class VerifyReport:
 
 
 # ----------------------------------------------------------------------------- backends
-def _plan_context(artifact_dir: Path, manifest: dict, threads: int | None, fp16_onnx: Path | None,
+def _plan_context(artifact_dir: Path, manifest: Manifest, threads: int | None, fp16_onnx: Path | None,
                   model_loader: Callable[[str], Callable]) -> PlanContext:
-    graphs = {g: {**entry, "file": manifest.get("reference_graphs", {}).get(g, entry["file"])}
-              for g, entry in manifest["graphs"].items()}  # the float32 graphs, whatever the runtime loads
-    int8 = (artifact_dir / manifest["graphs"]["episode"]["file"]
-            if (manifest.get("precision") or {}).get("name") == "int8" else None)
-    files = {g: artifact_dir / graphs[g]["file"] for g in ("encoder", "head") if g in graphs}
-    files.update(fp32=artifact_dir / graphs["episode"]["file"], int8=int8,
+    # the float32 graphs, whatever the runtime loads
+    files = {g: artifact_dir / manifest.float32_file(g) for g in manifest.graphs}
+    files.update(fp32=files.pop("episode"),
+                 int8=artifact_dir / manifest.graphs["episode"].file if manifest.served_precision.name == "int8" else None,
                  fp16=fp16_onnx if fp16_onnx is not None and fp16_onnx.is_file() else None)
     missing = {
         "int8": "the export has no int8 graphs; make them with `lfm-export ... --precision int8`",
@@ -252,12 +251,11 @@ def verify_artifacts(
     """
     import tempfile
 
-    from ..contract import graph_io
     from ..parity.runners import EagerRunner, ModelFromManifest, run_feeds
 
     t0 = time.perf_counter()
     artifact_dir = Path(artifact_dir)
-    from ..manifest import read_manifest, weights_label
+    from ..manifest import read_manifest
 
     manifest = read_manifest(artifact_dir)
     if episodes < 1:
@@ -269,7 +267,7 @@ def verify_artifacts(
     names = [n for n in BACKENDS if n in names]
     from ..domains import get_domain
 
-    tols = {"fp32": Tolerances.from_manifest(manifest), **get_domain(manifest["domain"]).precision_gates}
+    tols = {"fp32": Tolerances.from_manifest(manifest), **get_domain(manifest.domain).precision_gates}
     tols.update(tolerances or {})
     tmp = None
     if workdir is None and (layerwise or fp16_onnx is True):
@@ -294,10 +292,10 @@ def verify_artifacts(
         results: list[BackendResult] = []
         log.info("running the float64 eager reference on %d episode(s)", episodes)
         bar.set_postfix_str(f"{REFERENCE} ({episodes} episodes)")
-        reference, ref_ms = run_feeds(EagerRunner(model_loader("float64"), "episode", shots=int(manifest["shots"]),
+        reference, ref_ms = run_feeds(EagerRunner(model_loader("float64"), "episode", shots=manifest.shots,
                                              dtype="float64", threads=threads, name=REFERENCE), feeds)
         # The float64 reference's |logit margin| per pixel (K = 1): masks must be identical where it is decisive.
-        episode_io = graph_io(manifest, "episode")
+        episode_io = manifest.io("episode")
         margins = ([decision_margins([x]) for x in reference[episode_io.output("logits")]]
                    if episode_io.has_output("logits") else None)
         ref_result = BackendResult(REFERENCE, "reference", description="PyTorch float64, CPU (reference)", mean_ms=ref_ms)
@@ -353,8 +351,9 @@ def verify_artifacts(
             bar.update()
             lw = _layerwise(artifact_dir, manifest, feeds[0], model_loader, workdir, threads, tols["fp32"].stage_rel,
                             layerwise_backend)
-        model = {k: manifest.get(k) for k in ("domain", "variant", "lowering", "shots", "image_size", "opset", "untrained")}
-        model["weights_label"] = weights_label(manifest)
+        model = {k: getattr(manifest, k) for k in ("domain", "variant", "lowering", "shots", "image_size", "opset",
+                                                    "untrained")}
+        model["weights_label"] = manifest.weights_label
         bar.close()
         report = VerifyReport(str(artifact_dir), model, episodes, seed, REFERENCE, results, lw, _environment(),
                               time.perf_counter() - t0)
@@ -366,36 +365,35 @@ def verify_artifacts(
             tmp.cleanup()
 
 
-def _fp16_graph(artifact_dir: Path, manifest: dict, fp16_onnx, workdir: Path | None, seed: int) -> Path | None:
+def _fp16_graph(artifact_dir: Path, manifest: Manifest, fp16_onnx, workdir: Path | None, seed: int) -> Path | None:
     existing = artifact_dir / "engines" / "episode.fp16.onnx"
     if fp16_onnx not in (True, False, None):
         return Path(fp16_onnx)
-    if (manifest.get("precision") or {}).get("name") == "fp16":  # an lfm-export --precision fp16 directory
-        return artifact_dir / manifest["graphs"]["episode"]["file"]
+    if manifest.served_precision.name == "fp16":  # an lfm-export --precision fp16 directory
+        return artifact_dir / manifest.graphs["episode"].file
     if existing.is_file():
         return existing
     if fp16_onnx is True and workdir is not None:
         from ..precision.fp16 import graph_feeds, prepare_fp16_graph
 
         log.info("making an fp16 episode graph with fp32 islands (range check on 2 episodes)")
-        feeds = graph_feeds(artifact_dir, "episode", episodes=2, seed=seed + 1000)
-        source = manifest.get("reference_graphs", {}).get("episode", manifest["graphs"]["episode"]["file"])
-        return prepare_fp16_graph(artifact_dir / source, workdir / "episode.fp16.onnx",
+        feeds = graph_feeds(artifact_dir, "episode", episodes=2, seed=seed + 1000, manifest=manifest)
+        return prepare_fp16_graph(artifact_dir / manifest.float32_file("episode"), workdir / "episode.fp16.onnx",
                                   feeds).path
     return None
 
 
-def _layerwise(artifact_dir: Path, manifest: dict, feed: dict, model_loader, workdir: Path, threads, rel: float,
+def _layerwise(artifact_dir: Path, manifest: Manifest, feed: dict, model_loader, workdir: Path, threads, rel: float,
                label: str) -> dict:
     from .layerwise import LayerwiseEpisode, compare_stages, export_layerwise_graph, first_mismatch
     from ..parity.runners import EagerRunner, ModelFromManifest, run_feeds
 
-    shots = int(manifest["shots"])
+    shots = manifest.shots
     path = workdir / "layerwise.onnx"
-    log.info("exporting the layerwise debug graph (%s lowering) to %s", manifest["lowering"], path)
+    log.info("exporting the layerwise debug graph (%s lowering) to %s", manifest.lowering, path)
     # The debug graph comes from the artifact's own weights, never from a modified eager model.
     clean = ModelFromManifest(manifest, dtype="float32")()
-    export_layerwise_graph(clean, shots, manifest["lowering"], path, feed, opset=int(manifest.get("opset", 20)))
+    export_layerwise_graph(clean, shots, manifest.lowering, path, feed, opset=manifest.opset)
     order = LayerwiseEpisode(clean, shots).stage_names()
     del clean
     ref, _ = run_feeds(EagerRunner(model_loader("float64"), LayerwiseEpisode, shots=shots, dtype="float64", threads=threads,

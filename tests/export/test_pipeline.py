@@ -37,22 +37,24 @@ def test_one_shot_export_contract_and_manifest(exported):
     out = result.out_dir
     assert result.passed
     manifest = read_manifest(out)  # verifies every file's size and sha256
-    assert manifest["untrained"] is True and "UNTRAINED" in manifest["warning"]
-    assert manifest["weights"]["seed"] == 0 and manifest["lowering"] == "matmul" and manifest["shots"] == 1
-    assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
-    assert set(manifest["files"]) == {"episode.onnx", "encoder.onnx", "head.onnx"}
-    assert {"torch", "onnx", "onnxruntime", "lfm_deploy"} <= set(manifest["versions"])
-    assert manifest["tensorrt_lint"]["ok"], manifest["tensorrt_lint"]
-    for graph, entry in manifest["graphs"].items():
-        model = onnx.load(str(out / entry["file"]), load_external_data=False)
-        assert [i.name for i in model.graph.input] == [x["name"] for x in entry["inputs"]]
-        assert [o.name for o in model.graph.output] == [x["name"] for x in entry["outputs"]]
-        for value, spec in zip(list(model.graph.input) + list(model.graph.output), entry["inputs"] + entry["outputs"]):
-            assert _dims(value) == spec["shape"], (graph, value.name)
-            assert onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name == spec["dtype"]
+    assert manifest == result.manifest  # what the export returned is what every reader reads
+    assert manifest.untrained is True and "UNTRAINED" in manifest.warning
+    assert manifest.weights.seed == 0 and manifest.lowering == "matmul" and manifest.shots == 1
+    assert manifest.preprocessing.mean == (0.485, 0.456, 0.406)
+    assert set(manifest.files) == {"episode.onnx", "encoder.onnx", "head.onnx"}
+    assert manifest.served_precision.name == "fp32" and manifest.float32_file("head") == "head.onnx"
+    assert {"torch", "onnx", "onnxruntime", "lfm_deploy"} <= set(manifest.versions)
+    assert manifest.tensorrt_lint["ok"], manifest.tensorrt_lint
+    for graph, entry in manifest.graphs.items():
+        model = onnx.load(str(out / entry.file), load_external_data=False)
+        assert [i.name for i in model.graph.input] == [x.name for x in entry.inputs]
+        assert [o.name for o in model.graph.output] == [x.name for x in entry.outputs]
+        for value, spec in zip(list(model.graph.input) + list(model.graph.output), entry.inputs + entry.outputs):
+            assert _dims(value) == list(spec.shape), (graph, value.name)
+            assert onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name == spec.dtype
     report = json.loads((out / "export_report.json").read_text())
     assert report["parity"]["passed"] and len(report["parity"]["checks"]) == 7
-    sign = manifest["parity"]["acpa_sign_case"]
+    sign = manifest.parity.acpa_sign_case
     assert sign["support"]["channels"] == 3 * 2048 and sign["support"]["negative_sum"] > 0
     assert "ACPA sign case" in (out / "export_report.md").read_text()
     assert "| episode | logits |" in (out / "export_report.md").read_text()
@@ -86,14 +88,14 @@ def test_graphs_take_dynamic_batches(exported):
 def test_five_shot_export_votes_like_the_eager_model(exported):
     result = exported(5)
     assert result.passed
-    assert [o["name"] for o in result.manifest["graphs"]["episode"]["outputs"]] == ["mask"]
+    assert [o.name for o in result.manifest.graphs["episode"].outputs] == ["mask"]
     checks = {(c.graph, c.output): c for c in result.checks}
     assert checks[("episode", "mask")].stats.agreement >= 0.999
     for graph in ("episode", "head"):  # identical wherever the eager model is decisive
         mask = checks[(graph, "mask")].stats
-        assert mask.decisive == 0 and mask.tie_margin == 2 * result.manifest["tolerances"]["logits_atol"]
+        assert mask.decisive == 0 and mask.tie_margin == 2 * result.manifest.tolerances.logits_atol
     assert checks[("head", "shot_logits")].stats.max_abs < 1e-4
-    assert result.manifest["graphs"]["head"]["inputs"][1]["shape"][0] == 5
+    assert result.manifest.graphs["head"].inputs[1].shape[0] == 5
 
 
 def test_dft_lowering_exports_and_matches(exported):
@@ -106,7 +108,7 @@ def test_dft_lowering_exports_and_matches(exported):
     assert checks[("episode", "logits")].max_abs < 1e-3
     ops = {n.op_type for n in onnx.load(str(result.out_dir / "episode.onnx")).graph.node}
     assert "DFT" in ops
-    lint = result.manifest["tensorrt_lint"]
+    lint = result.manifest.tensorrt_lint
     assert not lint["ok"]  # DFT is not importable by TensorRT 10
     findings = lint["graphs"]["episode"]["findings"]
     assert any(f["op"] == "DFT" for f in findings)
@@ -116,8 +118,8 @@ def test_reexport_is_byte_identical(exported, tmp_path):
     first = exported(1)
     again = pipeline.export_domain("deepglobe", out=tmp_path / "again", shots=1, split=False, validate=False,
                                    image_size=S, progress=False)
-    assert sha256_file(again.out_dir / "episode.onnx") == first.manifest["files"]["episode.onnx"]["sha256"]
-    assert again.manifest["parity"]["validated"] is False
+    assert sha256_file(again.out_dir / "episode.onnx") == first.manifest.files["episode.onnx"].sha256
+    assert again.manifest.parity.validated is False
 
 
 def test_failed_parity_keeps_previous_output_and_reports(exported, tmp_path, monkeypatch):

@@ -88,13 +88,18 @@ def test_tolerances_are_named_and_directional():
 
 
 def test_tolerances_from_the_manifest():
-    manifest = {"tolerances": {"logits_atol": 5e-3, "mask_agreement": 0.998, "feature_rel": 2e-3}}
+    from types import SimpleNamespace
+
+    from lfm_deploy.manifest import ParityTolerances
+
+    manifest = SimpleNamespace(tolerances=ParityTolerances(logits_atol=5e-3, mask_agreement=0.998, feature_rel=2e-3))
     fp32 = Tolerances.from_manifest(manifest)
     assert fp32.for_output("logits", "logits") == Tolerance("max_abs", 5e-3)
     assert fp32.for_output("mask", "mask") == Tolerance("agreement", 0.998)
     assert fp32.for_output("support_l4", "features") == Tolerance("max_rel_to_peak", 2e-3)
     assert fp32.stage_rel == 2e-3 and fp32.tie_margin == 1e-2
-    assert Tolerances.from_manifest({"tolerances": fp32.to_manifest()}) == fp32
+    assert Tolerances.from_manifest(SimpleNamespace(tolerances=fp32.to_manifest())) == fp32
+    assert Tolerances.from_manifest(SimpleNamespace(tolerances=None)) == Tolerances.float32(1e-3, 1e-4, 0.999)
     custom = Tolerances(outputs={"logits": Tolerance("p99", 1e-4)})
     assert custom.for_output("logits", "logits") == Tolerance("p99", 1e-4)
     assert "logits" in custom.to_dict()

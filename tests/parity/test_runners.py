@@ -85,7 +85,8 @@ def test_eager_runner_leaves_the_callers_model_alone(art, feeds):
 
 def test_split_runner_encodes_the_support_set_once(art, feeds):
     d = art.out_dir
-    split = SplitRunner(SessionFromOnnx(d / "encoder.onnx", threads=2), SessionFromOnnx(d / "head.onnx", threads=2), art.manifest)
+    split = SplitRunner(SessionFromOnnx(d / "encoder.onnx", threads=2), SessionFromOnnx(d / "head.onnx", threads=2),
+                        art.manifest.graphs, art.manifest.shots)
     episode = SessionFromOnnx(d / "episode.onnx", threads=2)()
     feed = feeds[0]
     other_query = dict(feed, query_img=feeds[1]["query_img"])

@@ -15,11 +15,10 @@ import shutil
 
 import pytest
 
-from lfm_deploy.contract import graph_io
 from lfm_deploy.domains import get_domain
 from lfm_deploy.errors import InputError, PrecisionGateError
 from lfm_deploy.export.pipeline import export_domain
-from lfm_deploy.manifest import MANIFEST_NAME
+from lfm_deploy.manifest import MANIFEST_NAME, read_manifest
 from lfm_deploy.parity.runners import ModelFromManifest
 from lfm_deploy.precision import pipeline as precision_pipeline
 from lfm_deploy.precision.pipeline import reduce_precision
@@ -50,9 +49,9 @@ def _float32_copy(trained_int8_export, tmp_path):
     source, _, _ = trained_int8_export
     work = tmp_path / "work"
     shutil.copytree(source, work)
-    manifest = json.loads((work / MANIFEST_NAME).read_text())
+    manifest = read_manifest(work)
     model = ModelFromManifest(manifest)()
-    return work, manifest, model, dict(manifest["reference_graphs"])
+    return work, manifest, model, dict(manifest.reference_graphs)
 
 
 def _reduce(trained_int8_export, tmp_path, precision, **kwargs):
@@ -69,11 +68,11 @@ def test_trained_checkpoint_masks_are_informative(trained_checkpoint):
     """Loud, before any verdict is trusted: the test checkpoint's eager masks carry evidence on the
     gate's episodes on this CPU (an AMD EPYC once got an all-background float32-trained model)."""
     from lfm_deploy.models import build_model
-    from lfm_deploy.parity.episodes import parity_episodes
+    from lfm_deploy.parity.episodes import EpisodeShape, parity_episodes
     from lfm_deploy.parity.gate import informative_episodes
 
     model, _ = build_model(checkpoint=trained_checkpoint, image_size=TEST_IMAGE_SIZE)
-    meta = {"domain": "deepglobe", "shots": 1, "image_size": TEST_IMAGE_SIZE}
+    meta = EpisodeShape("deepglobe", 1, TEST_IMAGE_SIZE)
     tol = get_domain("deepglobe").precision_gates["int8"]
     data, ref = informative_episodes(model, lambda s: parity_episodes(meta, 1, s), 3, 0, 1, tol, threads=2)
     ev = ref.evidence(tol)
@@ -107,10 +106,12 @@ def test_cli_int8_export_keeps_the_gate_contract_and_the_runtime_serves_it(train
         assert out.name.endswith(".failed") and "FAIL" in output and "beyond their accuracy gate" in output
         return
     assert "[ok] int8 gate" in output
-    assert {g: e["file"] for g, e in manifest["graphs"].items()} == {
+    typed = read_manifest(out)
+    assert {g: e.file for g, e in typed.graphs.items()} == {
         "episode": "episode.int8.onnx", "encoder": "encoder.int8.onnx", "head": "head.int8.onnx"}
-    assert manifest["reference_graphs"] == {"episode": "episode.onnx", "encoder": "encoder.onnx", "head": "head.onnx"}
-    assert all(f in manifest["files"] for f in manifest["reference_graphs"].values())
+    assert typed.reference_graphs == {"episode": "episode.onnx", "encoder": "encoder.onnx", "head": "head.onnx"}
+    assert all(f in typed.files for f in typed.reference_graphs.values())
+    assert typed.precision.graphs == {g: e.file for g, e in typed.graphs.items()}
 
     # The runtime loads the int8 graphs with no other change, and agrees with the eager model
     # about as well as the gate measured (same images as validation episode seed 0).
@@ -124,9 +125,9 @@ def test_cli_int8_export_keeps_the_gate_contract_and_the_runtime_serves_it(train
     seg.set_support(support, support_mask)
     got = seg.predict(query, original_size=False)
     assert seg._loaders["head"].path.name == "head.int8.onnx"
-    feeds, _ = parity_episodes(manifest, 1, seed=0)
-    io = graph_io(manifest, "episode")
-    model = ModelFromManifest(manifest)()
+    feeds, _ = parity_episodes(typed, 1, seed=0)
+    io = typed.io("episode")
+    model = ModelFromManifest(typed)()
     import torch
 
     with torch.no_grad():

@@ -104,10 +104,18 @@ def test_the_synthetic_default_is_labelled_not_a_real_model(small_default):
     assert "SYNTHETIC-DATA default" in info.describe() and "not a real model" in info.describe()
     assert info.recipe == SMALL.to_dict() and recipe_of(info.to_dict()) == SMALL
     assert info.base_sha256 == info.learner_sha256 and len(info.learner_sha256) == 64
-    manifest = {"untrained": info.untrained, "weights": info.to_dict()}
-    assert weights_label(manifest) == SYNTHETIC_LABEL
-    assert weights_label({"untrained": True, "weights": {"source": "untrained-default"}}) == UNTRAINED_LABEL
-    assert weights_label({"untrained": False, "weights": {"source": "hsnet checkpoint"}}) == ""
+    from types import SimpleNamespace
+
+    from lfm_deploy.manifest import WeightsRecord
+    from lfm_deploy.utils.records import parse
+
+    def manifest(untrained, weights):
+        return SimpleNamespace(untrained=untrained, weights=parse(WeightsRecord, weights))
+
+    assert weights_label(manifest(info.untrained, info.to_dict())) == SYNTHETIC_LABEL
+    seed = {"checkpoint": None, "masker": None, "seed": 0}
+    assert weights_label(manifest(True, {**seed, "source": "untrained-default"})) == UNTRAINED_LABEL
+    assert weights_label(manifest(False, {**seed, "source": "hsnet checkpoint"})) == ""
 
 
 def test_the_untrained_default_stays_reachable(small_default, monkeypatch, caplog):
@@ -214,7 +222,12 @@ def test_manifest_reference_rebuilds_the_synthetic_default(small_default):
     from lfm_deploy.parity.runners import ModelFromManifest
 
     _, info = build_default_model(apm=None, acpa=False, image_size=64, recipe=SMALL)
-    manifest = {"apm": "none", "acpa": False, "image_size": 64, "weights": info.to_dict()}
+    from types import SimpleNamespace
+
+    from lfm_deploy.manifest import WeightsRecord
+    from lfm_deploy.utils.records import parse
+
+    manifest = SimpleNamespace(apm="none", acpa=False, image_size=64, weights=parse(WeightsRecord, info.to_dict()))
     model = ModelFromManifest(manifest)()
     state = torch.load(small_default, weights_only=True)
     for name, value in model.state_dict().items():

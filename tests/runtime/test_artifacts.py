@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -100,8 +101,11 @@ def test_inconsistent_manifest(exported, tmp_path, edit, match):
 
 def test_manifest_is_read_only_to_callers(exported):
     seg = Segmenter.from_artifacts(exported(shots=1).out_dir, verify=False)
-    seg.manifest["shots"] = 99
-    assert seg.shots == 1 and seg.manifest["shots"] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seg.manifest.shots = 99
+    with pytest.raises(TypeError):
+        seg.manifest.files.clear()
+    assert seg.shots == 1 and seg.manifest.shots == 1 and seg.manifest.files
     assert json.loads((exported(shots=1).out_dir / MANIFEST_NAME).read_text())["shots"] == 1
 
 

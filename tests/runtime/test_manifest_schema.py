@@ -7,8 +7,10 @@ nodes), enough for `Segmenter.from_artifacts` to read, verify and load them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -18,8 +20,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lfm_deploy.errors import LFMError, ManifestError
-from lfm_deploy.manifest import MANIFEST_NAME, SCHEMA_VERSION, file_entry, read_manifest, sha256_file, verify_file
+from lfm_deploy.manifest import MANIFEST_NAME, SCHEMA_VERSION, FileEntry, Manifest, file_entry, read_manifest, \
+    sha256_file, verify_file, write_manifest
+from lfm_deploy.parity.compare import Tolerances
 from lfm_deploy.runtime import Preprocessing, Segmenter
+from lfm_deploy.utils.files import unsafe_relpath
 
 onnx = pytest.importorskip("onnx")
 
@@ -80,7 +85,7 @@ def _make_artifacts(directory: Path) -> dict:
         "untrained": True,
         "tolerances": {"logits_atol": 1e-3, "feature_rel": 1e-4, "mask_agreement": 0.999, "mask_tie_margin": 2e-3},
         "parity": {"validated": False, "passed": True, "checks": []},
-        "files": {f: file_entry(directory, f) for f in ("encoder.onnx", "episode.onnx", "head.onnx")},
+        "files": {f: dataclasses.asdict(file_entry(directory, f)) for f in ("encoder.onnx", "episode.onnx", "head.onnx")},
     }
 
 
@@ -114,30 +119,36 @@ def _write(directory: Path, manifest) -> Path:
 
 # -- what consumers rely on ----------------------------------------------------------------------
 
-def _consume(m: dict, directory: Path) -> None:
-    """Every manifest access of the runtime, parity, engines, CLI and benchmarks (torch-free part)."""
-    for name, graph in m["graphs"].items():
-        assert isinstance(directory / graph["file"], Path)
-        for spec in graph["inputs"] + graph["outputs"]:
-            assert isinstance(spec["name"], str) and isinstance(spec["dtype"], str)
-            assert all(isinstance(d, (int, str)) for d in spec["shape"])
-    assert m["graphs"]["episode"]["file"] in {e["path"] for e in m["files"].values()}
-    for entry in m["files"].values():
-        assert isinstance(entry["path"], str) and isinstance(entry["bytes"], int) and isinstance(entry["sha256"], str)
-        assert not Path(entry["path"]).is_absolute() and ".." not in Path(entry["path"]).parts
-    assert int(m["shots"]) >= 1 and int(m["image_size"]) >= 1 and int(m.get("opset", 20)) >= 1
-    assert m.get("lowering") in ("matmul", "dft") and m["apm"] in ("m", "s", "none") and isinstance(m["acpa"], bool)
-    weights = m.get("weights", {})
-    assert weights.get("seed") is None or int(weights["seed"]) == weights["seed"]
-    for key in ("checkpoint", "masker"):
-        assert weights.get(key) is None or isinstance(weights[key], str)
-    tol = m.get("tolerances", {})
-    assert all(math.isfinite(float(tol.get(k, 0))) for k in ("logits_atol", "mask_agreement", "feature_rel"))
-    assert isinstance(m["untrained"], bool) and str(m.get("domain", "unknown"))
+def _consume(m: Manifest, directory: Path) -> None:
+    """What the readers take for granted of any manifest `read_manifest` accepts (each assertion
+    fails if the validator lets a wrong value through)."""
+    for name, graph in m.graphs.items():
+        assert graph.graph == name and unsafe_relpath(graph.file) is None
+        for spec in graph.inputs + graph.outputs:
+            assert type(spec.name) is str and spec.name and type(spec.dtype) is str and spec.dtype
+            assert all((type(d) is int and d >= 1) or type(d) is str for d in spec.shape)
+    listed = {e.path for e in m.files.values()}
+    assert m.files and "episode" in m.graphs and set(m.referenced_files().values()) <= listed
+    for entry in m.files.values():
+        assert unsafe_relpath(entry.path) is None and type(entry.bytes) is int and entry.bytes >= 0
+        assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+    for value in (m.shots, m.image_size, m.opset, m.schema_version):
+        assert type(value) is int and value >= 1
+    assert m.lowering in ("matmul", "dft") and m.apm in ("m", "s", "none") and type(m.acpa) is bool
+    assert type(m.untrained) is bool and m.domain and m.served_precision.name in ("fp32", "fp16", "bf16", "int8")
+    assert m.weights.seed is None or type(m.weights.seed) is int
+    assert all(v is None or type(v) is str for v in (m.weights.checkpoint, m.weights.masker))
+    pre = m.preprocessing
+    assert len(pre.mean) == len(pre.std) == 3 and all(math.isfinite(v) for v in pre.mean)
+    assert all(math.isfinite(v) and v > 0 for v in pre.std) and pre.color in ("rgb", "grayscale")
+    assert pre.image_size is None or list(pre.image_size) == [m.image_size] * 2
+    tol = Tolerances.from_manifest(m)  # never raises on a manifest that was read
+    assert all(math.isfinite(t.limit) and t.limit >= 0 for t in (tol.logits, tol.features, tol.mask))
     try:
-        Preprocessing.from_manifest(m)  # semantic checks of the runtime
-    except ManifestError:
-        pass
+        Preprocessing.from_manifest(m)
+    except ManifestError as exc:  # only what this runtime cannot reproduce, never a malformed field
+        assert "below 32" in str(exc) or "pixel scale" in str(exc), exc
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m  # written back, read the same
 
 
 # -- named fields --------------------------------------------------------------------------------
@@ -195,7 +206,7 @@ def test_malformed_field_is_named(artifacts, tmp_path, edit, message):
     edit(manifest)
     _write(tmp_path, manifest)
     if message is None:  # still valid
-        assert read_manifest(tmp_path, verify_files=False) == manifest
+        assert read_manifest(tmp_path, verify_files=False).to_dict() == manifest
         return
     with pytest.raises(ManifestError, match=message):
         read_manifest(tmp_path, verify_files=False)
@@ -213,29 +224,128 @@ def test_every_problem_is_listed_in_one_error(artifacts, tmp_path):
     assert "files['head.onnx'].bytes must be an integer >= 0, got -1" in text and text.endswith("re-run lfm-export")
 
 
+def _with_reference_graphs(src: Path, directory: Path, manifest: dict) -> dict:
+    """A copy of the artifacts whose manifest names float32 reference graphs (listed and hashed),
+    as a reduced-precision export's does."""
+    shutil.copytree(src, directory)
+    shutil.copyfile(src / "head.onnx", directory / "head.fp32.onnx")
+    manifest = copy.deepcopy(manifest)
+    manifest["reference_graphs"] = {"episode": "episode.onnx", "encoder": "encoder.onnx", "head": "head.fp32.onnx"}
+    manifest["files"]["head.fp32.onnx"] = dataclasses.asdict(file_entry(directory, "head.fp32.onnx"))
+    _write(directory, manifest)
+    return manifest
+
+
+def test_reference_graphs_are_path_checked_listed_and_hashed(artifacts, tmp_path):
+    src, manifest = artifacts
+    art = tmp_path / "art"
+    manifest = _with_reference_graphs(src, art, manifest)
+    assert read_manifest(art).float32_file("head") == "head.fp32.onnx"
+    (art / "head.fp32.onnx").write_bytes((art / "head.fp32.onnx").read_bytes()[:-1] + b"\0")  # tampered
+    with pytest.raises(ManifestError, match="head.fp32.onnx does not match its sha256"):
+        read_manifest(art)
+    (art / "head.fp32.onnx").unlink()  # missing
+    with pytest.raises(ManifestError, match="head.fp32.onnx is listed in the manifest but missing"):
+        read_manifest(art)
+    for rel, why in (("../head.onnx", "leaves the artifact directory"), ("/tmp/head.onnx", "is an absolute path")):
+        edited = copy.deepcopy(manifest)
+        edited["reference_graphs"]["head"] = rel
+        with pytest.raises(ManifestError, match=re.escape(f"reference_graphs['head'] {rel!r} {why}")):
+            read_manifest(_write(art, edited), verify_files=False)
+    edited = copy.deepcopy(manifest)
+    del edited["files"]["head.fp32.onnx"]  # named but not hashed: never loaded unchecked
+    with pytest.raises(ManifestError, match=r"reference_graphs\['head'\] 'head.fp32.onnx' is not listed with a hash"):
+        read_manifest(_write(art, edited), verify_files=False)
+
+
+_INT8 = {"name": "int8", "runtime": {"backend": "onnxruntime", "precision": "int8"}, "calibration": "test",
+         "gate": {"passed": True, "runs": []}, "graphs": {"episode": "episode.onnx"}}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set(("precision",), "int8"), r"precision must be an object or null, got string"),
+    (_set(("precision",), {**_INT8, "name": "int4"}), r"precision.name must be one of 'fp32', 'fp16', 'bf16', 'int8', got 'int4'"),
+    (_set(("precision",), {**_INT8, "runtime": None}), r"precision.runtime must be an object, got null"),
+    (_set(("precision",), {k: v for k, v in _INT8.items() if k != "runtime"}), r"precision.runtime is missing"),
+    (_set(("precision",), {**_INT8, "gate": {"passed": "yes"}}), r"precision.gate.passed must be a boolean, got string"),
+    (_set(("precision",), {**_INT8, "runtime": {"backend": "openvino", "precision": "bf16", "f32_islands": "all"}}),
+     r"precision.runtime.f32_islands must be a list or null, got string"),
+    (_set(("precision",), {**_INT8, "graphs": {"head": "../head.int8.onnx"}}),
+     r"precision.graphs\['head'\] '../head.int8.onnx' leaves the artifact directory"),
+    (_set(("precision",), {**_INT8, "graphs": {"head": "head.int8.onnx"}}),
+     r"precision.graphs\['head'\] 'head.int8.onnx' is not listed with a hash in files"),
+    (_set(("preprocessing", "image_size"), [64, 64]), r"preprocessing.image_size \[64, 64\] differs from image_size 32"),
+])
+def test_malformed_precision_and_cross_fields_are_named(artifacts, tmp_path, edit, message):
+    manifest = copy.deepcopy(artifacts[1])
+    edit(manifest)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(_write(tmp_path, manifest), verify_files=False)
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 0, "1", True, 1.0])
+def test_another_schema_version_is_refused_with_the_upgrade_sentence(artifacts, tmp_path, version):
+    manifest = {**artifacts[1], "schema_version": version}
+    with pytest.raises(ManifestError) as info:
+        read_manifest(_write(tmp_path, manifest), verify_files=False)
+    assert str(info.value).endswith(f"has schema version {version!r}, this lfm-deploy reads version {SCHEMA_VERSION}; "
+                                    "re-export with this version or upgrade lfm-deploy")
+
+
+def test_the_manifest_is_immutable_all_the_way_down(artifacts):
+    m = read_manifest(artifacts[0])
+    edits = [lambda: setattr(m, "shots", 2), lambda: setattr(m.graphs["head"], "file", "x.onnx"),
+             lambda: setattr(m.weights, "seed", 1), lambda: setattr(m.preprocessing, "color", "grayscale"),
+             lambda: m.files.__setitem__("x", m.files["head.onnx"]), lambda: m.graphs.pop("head"),
+             lambda: m.parity.checks.append({}), lambda: m.tolerances.__setattr__("logits_atol", 1.0)]
+    for edit in edits:
+        with pytest.raises((dataclasses.FrozenInstanceError, TypeError, AttributeError)):
+            edit()
+    assert read_manifest(artifacts[0]) == m and m.shots == 1 and "head" in m.graphs
+
+
+def test_write_then_read_gives_an_equal_object(artifacts, tmp_path):
+    src, manifest = artifacts
+    art = tmp_path / "art"
+    _with_reference_graphs(src, art, manifest)
+    first = read_manifest(art)
+    precision = Manifest.from_dict({**first.to_dict(), "precision": {**_INT8, "graphs": {"head": "head.fp32.onnx"}}})
+    for m in (first, precision):
+        path = write_manifest(art, m)
+        again = read_manifest(art)
+        assert again == m and again.to_dict() == m.to_dict()
+        text = path.read_text()
+        assert text == json.dumps(m.to_dict(), indent=2, sort_keys=True) + "\n"  # sorted keys, stable format
+    assert again.served_precision.name == "int8" and again.precision.graphs == {"head": "head.fp32.onnx"}
+    assert first.served_precision.name == "fp32" and "precision" not in first.to_dict()
+
+
 def test_valid_manifest_loads_a_segmenter(artifacts, tmp_path):
     src, manifest = artifacts
-    assert read_manifest(src) == manifest
+    assert read_manifest(src).to_dict() == manifest
     seg = Segmenter.from_artifacts(src, threads=1)
     assert seg.shots == 1 and seg.image_size == SIZE and seg.untrained
 
 
-def test_verify_file_refuses_paths_outside(artifacts, tmp_path):
+def test_verify_file_refuses_paths_outside_and_changed_files(artifacts, tmp_path):
     src, _ = artifacts
     outside = tmp_path / "secret"
     outside.write_bytes(b"x")
-    entry = {"path": "../secret", "bytes": 1, "sha256": sha256_file(outside)}
+    (tmp_path / "art").mkdir()
     with pytest.raises(ManifestError, match="leaves the artifact directory"):
-        verify_file(tmp_path / "art", entry)
-    with pytest.raises(ManifestError, match="path is missing"):
-        verify_file(src, {"bytes": 1, "sha256": "0" * 64})
+        verify_file(tmp_path / "art", FileEntry("../secret", 1, sha256_file(outside)))
+    entry = file_entry(src, "head.onnx")
+    assert verify_file(src, entry) == src / "head.onnx"
+    with pytest.raises(ManifestError, match="the manifest says 1: the file is truncated"):
+        verify_file(src, dataclasses.replace(entry, bytes=1))
+    with pytest.raises(ManifestError, match="does not match its sha256"):
+        verify_file(src, dataclasses.replace(entry, sha256="0" * 64))
 
 
-def test_check_manifest_on_a_parsed_document():
-    from lfm_deploy.manifest import check_manifest
-
-    with pytest.raises(ManifestError, match=r"^x.json: the manifest must be a JSON object, got list; re-run lfm-export"):
-        check_manifest([], "x.json")
+@pytest.mark.parametrize("document", [[], {}, "manifest", None])
+def test_a_document_without_schema_version_is_not_a_manifest(document):
+    with pytest.raises(ManifestError, match=r"^x.json is not an lfm-deploy manifest \(no schema_version\)$"):
+        Manifest.from_dict(document, "x.json")
 
 
 def test_sha256_file_is_the_shared_one():
@@ -248,6 +358,12 @@ def test_sha256_file_is_the_shared_one():
 def test_unreadable_json(tmp_path, text):
     with pytest.raises(ManifestError, match="not valid JSON|not an lfm-deploy manifest"):
         read_manifest(_write(tmp_path, text if isinstance(text, bytes) else text), verify_files=False)
+
+
+def test_a_deeply_nested_free_form_field_is_one_manifest_error(artifacts, tmp_path):
+    text = json.dumps({**artifacts[1], "engines": None}).replace('"engines": null', '"engines": ' + "[" * 900 + "]" * 900)
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        read_manifest(_write(tmp_path, text), verify_files=False)
 
 
 def test_cli_predict_names_the_field(artifacts, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from lfm_deploy.errors import BackendUnavailable, InputError
-from lfm_deploy.manifest import MANIFEST_NAME, file_entry
+from lfm_deploy.manifest import MANIFEST_NAME, file_entry, read_manifest
 from lfm_deploy.runtime import Segmenter, SessionFromOnnx, resolve_providers
 from lfm_deploy.runtime import openvino as lov
 from lfm_deploy.runtime.backends import get_backend, selected_runtime
@@ -68,7 +69,7 @@ def mixed(exported, tmp_path_factory):
     init.CopyFrom(numpy_helper.from_array(bias, init.name))
     onnx.save(graph, str(art / "head.onnx"))
     manifest = json.loads((art / MANIFEST_NAME).read_text())
-    manifest["files"]["head.onnx"] = file_entry(art, "head.onnx")
+    manifest["files"]["head.onnx"] = dataclasses.asdict(file_entry(art, "head.onnx"))
     (art / MANIFEST_NAME).write_text(json.dumps(manifest))
     return art
 
@@ -105,7 +106,7 @@ def _feeds(art):
     """
     from lfm_deploy.runtime import Preprocessing
 
-    pre = Preprocessing.from_manifest(json.loads((Path(art) / MANIFEST_NAME).read_text()))
+    pre = Preprocessing.from_manifest(read_manifest(art, verify_files=False))
     supports, masks, queries = _episode()
     image, mask = pre.support(supports[0], masks[0], 0, False)
     query = np.stack([pre.image(q, "query")[0] for q in queries[:2]])

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from lfm_deploy.errors import InputError
+from lfm_deploy.manifest import FP32 as NO_PRECISION
+from lfm_deploy.manifest import PrecisionRecord, PrecisionRuntime
 from lfm_deploy.runtime.precisions import RUN_PRECISIONS, exported_precision, resolve_precision
 
-FP32 = {"precision": {"name": "fp32"}, "graphs": {"encoder": {"file": "encoder.onnx"}, "head": {"file": "head.onnx"}}}
-INT8 = {"precision": {"name": "int8"}, "graphs": {"encoder": {"file": "encoder.int8.onnx"},
-                                                  "head": {"file": "head.int8.onnx"}},
-        "reference_graphs": {"encoder": "encoder.onnx", "head": "head.onnx", "episode": "episode.onnx"}}
-FP16 = {**INT8, "precision": {"name": "fp16"}}
-BF16 = {**FP32, "precision": {"name": "bf16"}}
+def _manifest(precision: str | None, reference_graphs: dict | None = None):
+    """The parts of a `Manifest` the resolution reads."""
+    record = PrecisionRecord(precision, PrecisionRuntime("onnxruntime", precision)) if precision else None
+    return SimpleNamespace(precision=record, served_precision=record or NO_PRECISION, reference_graphs=reference_graphs)
+
+
+FP32 = _manifest("fp32")
+INT8 = _manifest("int8", {"encoder": "encoder.onnx", "head": "head.onnx", "episode": "episode.onnx"})
+FP16 = _manifest("fp16", INT8.reference_graphs)
+BF16 = _manifest("bf16")
 
 
 def test_auto_is_what_the_export_was_made_at():
-    assert exported_precision({}) == "fp32"  # exports that do not say
+    assert exported_precision(_manifest(None)) == "fp32"  # exports that do not say
     for manifest, name in ((FP32, "fp32"), (INT8, "int8"), (FP16, "fp16")):
         for requested in (None, "auto"):
             run = resolve_precision(manifest, requested, openvino=False)

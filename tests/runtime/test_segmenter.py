@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -100,7 +101,7 @@ def balanced(exported, eager_model, tmp_path_factory):
         init.CopyFrom(numpy_helper.from_array(bias, init.name))
         onnx.save(graph, str(art / "head.onnx"))
         manifest = json.loads((art / MANIFEST_NAME).read_text())
-        manifest["files"]["head.onnx"] = file_entry(art, "head.onnx")
+        manifest["files"]["head.onnx"] = dataclasses.asdict(file_entry(art, "head.onnx"))
         (art / MANIFEST_NAME).write_text(json.dumps(manifest))
         cache[shots] = (art, model)
         return cache[shots]

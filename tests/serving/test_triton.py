@@ -532,10 +532,11 @@ def test_graphs_are_read_from_the_manifest(tmp_path):
     """The repository takes each graph's file and tensors from the manifest's graph contract."""
     from lfm_deploy.serving.triton import graphs_from_manifest
 
+    from lfm_deploy.contract import GraphIO
+
     graphs = _graphs(tmp_path)
-    manifest = {"graphs": {g: {"file": path.name, "inputs": [t.to_dict() for t in ins],
-                               "outputs": [t.to_dict() for t in outs]} for g, (path, ins, outs) in graphs.items()}}
-    read = graphs_from_manifest(manifest, tmp_path / "onnx")
+    contract = {g: GraphIO(g, path.name, tuple(ins), tuple(outs)) for g, (path, ins, outs) in graphs.items()}
+    read = graphs_from_manifest(contract, tmp_path / "onnx")
     assert {g: (p, list(i), list(o)) for g, (p, i, o) in graphs.items()} == read
     root = tmp_path / "triton"
     write_triton_repository(root, read, domain="deepglobe", shots=K)

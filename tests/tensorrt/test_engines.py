@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import dataclasses
 import json
 import shutil
 from types import SimpleNamespace
@@ -512,7 +513,7 @@ def int8_artifacts(artifact_copy, tmp_path_factory):
         name = f"{g}.int8.onnx"
         quantize_int8(art / entry["file"], art / name, feeds[g], float_tail=0.75)
         entry["file"] = name
-        manifest["files"][name] = file_entry(art, name)
+        manifest["files"][name] = dataclasses.asdict(file_entry(art, name))
     manifest["precision"] = {"name": "int8", "runtime": {"backend": "onnxruntime", "precision": "int8"}}
     (art / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return art
