@@ -67,7 +67,8 @@ def _inputs(manifest, batch: int, seed: int = 0) -> dict:
 
 
 def _runner(spec: dict, manifest):
-    from lfm_deploy.parity.runners import EagerRunner, ModelFromManifest, SplitRunner, ort_runner
+    from lfm_deploy.parity.runners import EagerRunner, ModelFromManifest, SplitRunner
+    from lfm_deploy.runtime.backends import get_backend
     from lfm_deploy.runtime.sessions import SessionConfig, SessionFromOnnx
 
     kind, art, threads = spec["backend"], Path(spec["artifacts"]), spec["threads"]
@@ -75,7 +76,7 @@ def _runner(spec: dict, manifest):
     if kind == "eager":
         return EagerRunner(ModelFromManifest(manifest), "episode", shots=manifest.shots, threads=threads, name=kind)
     if kind in ("ort-matmul", "ort-dft"):
-        return ort_runner(art / graphs["episode"].file, threads=threads, name=kind)
+        return get_backend("ort-cpu").runner(art / graphs["episode"].file, threads=threads, name=kind)
     if kind == "ort-split":
         config = SessionConfig(threads=threads, low_memory=False)
         return SplitRunner(SessionFromOnnx(art / graphs["encoder"].file, config=config),

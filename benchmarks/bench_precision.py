@@ -137,7 +137,7 @@ def _fp16_graphs(art: Path, manifest, threads: int) -> dict[str, Path]:
 
 def _rows(art: Path, manifest, threads: int) -> list[Row]:
     from lfm_deploy.parity.runners import SplitRunner
-    from lfm_deploy.runtime.openvino import SessionFromOpenVINO, openvino_available
+    from lfm_deploy.runtime.backends import get_backend
     from lfm_deploy.runtime.sessions import SessionFromOnnx
 
     fp32 = {g: art / manifest.float32_file(g) for g in ("encoder", "head")}
@@ -153,7 +153,7 @@ def _rows(art: Path, manifest, threads: int) -> list[Row]:
 
     def ov(paths, precision, islands=None):
         def load(g):
-            return SessionFromOpenVINO(paths[g], precision, threads=threads, f32_islands=islands)
+            return get_backend(f"ov-{precision}").loader(paths[g], threads=threads, f32_islands=islands)
 
         return (lambda: load("head")(), lambda: SplitRunner(load("encoder"), load("head"), manifest.graphs, manifest.shots))
 
@@ -163,7 +163,8 @@ def _rows(art: Path, manifest, threads: int) -> list[Row]:
                 Row("onnxruntime", "int8", "", skip=no_int8))
     rows.append(Row("onnxruntime", "fp16", "CPU EP, fp16 graphs with fp32 islands (casts where no fp16 kernel)",
                     *ort(fp16)))
-    if openvino_available():
+    ov_missing = get_backend("ov-fp32").unavailable()
+    if not ov_missing:
         rows.append(Row("OpenVINO", "fp32", "CPU, f32 inference precision", *ov(fp32, "fp32")))
         rows.append(Row("OpenVINO", "bf16", "CPU, bf16 inference precision, GroupNorm kept f32",
                         *ov(fp32, "bf16", ("groupnorm",))))
@@ -172,7 +173,7 @@ def _rows(art: Path, manifest, threads: int) -> list[Row]:
                     Row("OpenVINO", "int8", "", skip=no_int8))
     else:
         for p in ("fp32", "bf16", "int8"):
-            rows.append(Row("OpenVINO", p, "", skip="OpenVINO is not installed: pip install 'lfm-deploy[openvino]'"))
+            rows.append(Row("OpenVINO", p, "", skip=ov_missing))
     rows.extend(_tensorrt_rows(art))
     return rows
 

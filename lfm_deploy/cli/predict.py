@@ -103,9 +103,9 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
     elif memory_budget is not None:
         raise click.UsageError("--memory-budget is for --engine local (Ray workers declare their memory from "
                                "--batch-size)")
-    from ..runtime.providers import wants_openvino
+    from ..runtime.backends import selected_runtime
 
-    if precision == "bf16" and not wants_openvino(providers):  # (which refuses openvino mixed with others)
+    if precision == "bf16" and not selected_runtime(providers):  # (which refuses openvino mixed with others)
         raise click.UsageError("--precision bf16 needs --providers openvino (onnxruntime has no bf16)")
     for query in queries:  # a mistyped path is a usage error, before --out is touched
         if not _is_pattern_or_uri(query) and not Path(query).exists():

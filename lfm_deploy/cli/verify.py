@@ -6,16 +6,32 @@ from pathlib import Path
 
 import click
 
-from ..verify.job import ALL_BACKENDS  # the backends' registry (the module imports no torch)
 from . import SEED, setup_logging, user_errors
 from .options import command, progress_option, threads_option, verbose_option
+
+
+class _BackendChoice(click.Choice):
+    """The registry's backends (`lfm_deploy.runtime.backends`), read when the command runs or shows its help."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from ..runtime.backends import backend_names
+
+        return tuple(backend_names())
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ sets it; the registry is the source
+        pass
 
 
 @command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report directory (verify.json/.md/.png). Default: ARTIFACT_DIR/verify.")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(ALL_BACKENDS),
+@click.option("--backend", "backends", multiple=True, type=_BackendChoice(),
               help="Backends to run (repeatable). Default: all; unavailable ones are reported as skipped.")
 @click.option("--episodes", type=click.IntRange(min=1), default=3, help="Seeded episodes to run through every backend.")
 @click.option("--seed", type=SEED, default=0, help="First episode seed.")
@@ -33,9 +49,8 @@ from .options import command, progress_option, threads_option, verbose_option
 def main(artifact_dir, out, backends, episodes, seed, threads, layerwise, fp16_onnx, overwrite, progress, verbose):
     """Run the same seeded episodes through every backend and compare them with PyTorch float64.
 
-    Backends: the eager model (float32), onnxruntime CPU (episode graph and the encoder -> head
-    chain), an fp16 graph and the export's int8 graphs in onnxruntime CPU, OpenVINO fp32 / bf16 /
-    int8 (the openvino extra), onnxruntime CUDA, TensorRT fp32/fp16/int8 engines. For every output:
+    Backends: every one of the registry (lfm_deploy.runtime.backends, docs/backends.md; the
+    --backend choices): the eager model, onnxruntime, OpenVINO, TensorRT engines. For every output:
     max/mean abs error, relative L2, cosine, error quantiles, mask agreement and IoU, and the mIoU
     difference against the episodes' ground truth. float32 backends are held to the export's
     parity tolerances, reduced precisions to the domain's accuracy gate (docs/precision.md). Exit

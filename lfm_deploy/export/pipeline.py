@@ -366,10 +366,13 @@ def _check_options(domain, *, out, checkpoint, masker, apm, acpa, shots, lowerin
     if masker is not None:  # the masker file is read (and checked) now, and its domain compared with ours
         check_masker_domain(masker, read_masker(masker)[1], dom.name, "exporting it for")
     threads = cap_threads(threads, "threads") if isinstance(threads, int) and threads > 0 else threads
-    if precision == "bf16":
-        from ..runtime.openvino import import_openvino
+    if precision != "fp32":  # the gate's backend missing: said now, with the install hint, not after the export
+        from ..errors import BackendUnavailable
+        from ..runtime.backends import gate_backend
 
-        import_openvino()  # fails now, with the install hint, rather than after the export
+        why = gate_backend(precision).unavailable()
+        if why:
+            raise BackendUnavailable(why)
     apm, acpa = _resolve_variant(apm, acpa, masker)
     return _Job(dom=dom, out=Path(out) if out is not None else Path("artifacts") / dom.name, checkpoint=checkpoint,
                 masker=masker, apm=apm, acpa=acpa, shots=shots, size=image_size or dom.image_size, lowering=lowering,

@@ -1,6 +1,6 @@
 """`check_export`: an export's graphs against the eager float32 model, through the one stack.
 
-Run phase: each graph in onnxruntime (`ort_runner`, the runtime's session loader), the encoder
+Run phase: each graph in onnxruntime (the "ort-cpu" backend: the runtime's session loader), the encoder
 reference through `EagerRunner`, the episode reference from the eager model's own K-shot loop.
 Comparison phase: `compare_output` with the domain's `Tolerances` and the model's mask rules
 (docs/numerics.md): masks identical wherever the eager model is decisive, layer4 channels on
@@ -22,7 +22,8 @@ from ..contract import default_io
 from ..models.hsnet import LAYER4_START, LFMHSNet, vote_masks
 from .compare import OutputCheck, Tolerances, branch_cut_channels, compare_output, decision_margins
 from .numerics import acpa_input, resolve_acpa_ties
-from .runners import EagerRunner, ort_runner, run_feeds
+from ..runtime.backends import get_backend
+from .runners import EagerRunner, run_feeds
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def check_export(model: LFMHSNet, paths: Mapping[str, str | os.PathLike], shots:
 
     checks: list[OutputCheck] = []
     step("validating episode graph in onnxruntime")
-    outs, _ = run_feeds(ort_runner(paths["episode"], threads=threads, name="episode"), [episode])
+    outs, _ = run_feeds(get_backend("ort-cpu").runner(paths["episode"], threads=threads, name="episode"), [episode])
     if ep.has_output("logits"):
         name = ep.output("logits")
         checks.append(compare_output("episode", name, outs[name][0], ref_logits[0].numpy(), tol.logits, "logits"))
@@ -77,7 +78,7 @@ def check_export(model: LFMHSNet, paths: Mapping[str, str | os.PathLike], shots:
         step("validating encoder graph in onnxruntime")
         feed = enc.feed(image=s[0].numpy(), mask=m[0].numpy())
         ref, _ = run_feeds(EagerRunner(model, "encoder", shots=shots, name="eager-encoder"), [feed])
-        got, _ = run_feeds(ort_runner(paths["encoder"], threads=threads, name="encoder"), [feed])
+        got, _ = run_feeds(get_backend("ort-cpu").runner(paths["encoder"], threads=threads, name="encoder"), [feed])
         got = {r: got[enc.output(r)][0] for r in _FEATURES}
         ref = {r: ref[enc.output(r)][0] for r in _FEATURES}
         # The two rounding-decided steps of the masker (docs/numerics.md).
@@ -94,7 +95,7 @@ def check_export(model: LFMHSNet, paths: Mapping[str, str | os.PathLike], shots:
 
         step("validating head graph in onnxruntime")
         feed = head.feed(query=q.numpy(), **got)
-        outs, _ = run_feeds(ort_runner(paths["head"], threads=threads, name="head"), [feed])
+        outs, _ = run_feeds(get_backend("ort-cpu").runner(paths["head"], threads=threads, name="head"), [feed])
         name = head.output("per_shot")
         checks.append(compare_output("head", name, outs[name][0], torch.stack(ref_logits, dim=1).numpy(),
                                      tol.logits, "logits"))

@@ -4,7 +4,7 @@ faster path's, on labelled episodes, judged by the domain registry's thresholds.
 One gate for fp16 graphs, OpenVINO bf16 and int8 QDQ graphs (export, lfm-verify, benchmarks):
 
 - run phase: the eager float32 model (`eager_reference`: per-shot logits, HSNet's vote) and the
-  candidate (any runner with the episode graph's contract: `ort_runner`, `ov_runner`,
+  candidate (any runner with the episode graph's contract: `Backend.runner` of the backend registry,
   `SplitRunner` over an encoder -> head pair) on the same episodes, through `run_feeds`;
 - comparison phase: `compare_output` with the precision's `Tolerances`
   (`lfm_deploy.domains.Domain.precision_gates`): pixel agreement, no differing pixel where the
@@ -243,7 +243,7 @@ def run_gate(reference: EagerReference, candidate, data: GateData, tolerances: T
 
     Args:
         reference: `eager_reference` on the same `data`.
-        candidate: a runner with the episode graph's contract (`ort_runner`, `ov_runner`,
+        candidate: a runner with the episode graph's contract (`Backend.runner` of the backend registry,
             `SplitRunner`, `TrtRunner`).
         data: the labelled episodes.
         tolerances: the precision's gate (`Domain.precision_gates[precision]`).

@@ -3,9 +3,8 @@
 - `EagerRunner`: the eager PyTorch model (float32 or float64) behind the exported graphs'
   input/output contract (episode, encoder, head, or the layerwise debug graph);
 - `OnnxrtRunner(SessionFromOnnx(path, providers))`: Polygraphy's onnxruntime runner on the
-  runtime's own session loader (threads, memory options, no silent CPU fallback);
-- `ov_runner`: the same runner on `SessionFromOpenVINO` (OpenVINO CPU, fp32 or bf16), whose
-  session answers onnxruntime's session interface;
+  runtime's own session loader (threads, memory options, no silent CPU fallback); the same runner
+  on any registered backend's session (`lfm_deploy.runtime.backends.Backend.runner`: OpenVINO...);
 - `SplitRunner`: the encoder -> head chain behind the episode contract, with the support set
   encoded once and reused while it does not change (per-query serving cost);
 - TensorRT: Polygraphy's `TrtRunner(EngineFromPlan(path))` (`lfm_deploy.tensorrt`).
@@ -38,10 +37,9 @@ __all__ = [
     "EagerRunner",
     "ModelFromManifest",
     "SplitRunner",
-    "cuda_ep_available",
     "manifest_of",
-    "ort_runner",
-    "ov_runner",
+    "plan_eager",
+    "plan_split",
     "run_feeds",
 ]
 
@@ -211,47 +209,27 @@ class EagerRunner(BaseRunner):
         del self._fn, self.model
 
 
-def cuda_ep_available() -> tuple[bool, str]:
-    """Whether this onnxruntime build can load the CUDA execution provider, and why not."""
-    import onnxruntime as ort
+def plan_eager(backend, ctx):
+    """lfm-verify's plan for the eager model in float32 (`lfm_deploy.runtime.backends`, "eager-fp32")."""
+    from ..runtime.backends import Planned
 
-    available = ort.get_available_providers()
-    if CUDA in available:
-        return True, ""
-    return False, (f"this onnxruntime build has no {CUDA} (available: {', '.join(available)}); "
-                   "install onnxruntime-gpu on a machine with an NVIDIA GPU")
-
-
-def ort_runner(model, providers=None, *, threads: int | None = None, low_memory: bool = False,
-               name: str | None = None):
-    """Polygraphy's `OnnxrtRunner` on the runtime's session loader (`SessionFromOnnx`)."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    from ..runtime.sessions import SessionConfig, SessionFromOnnx
-
-    config = SessionConfig(threads=threads, low_memory=low_memory)
-    return OnnxrtRunner(SessionFromOnnx(model, providers, config=config), name=name)
+    shots = ctx.manifest.shots
+    return Planned(backend.name, backend.precision, f"PyTorch float32, CPU, {ctx.thread_description}",
+                   lambda: EagerRunner(ctx.model_loader("float32"), "episode", shots=shots, dtype="float32",
+                                       threads=ctx.threads, name=backend.name))
 
 
-def ov_runner(path, precision: str = "fp32", *, threads: int | None = None, name: str | None = None,
-              f32_islands=None):
-    """Polygraphy's `OnnxrtRunner` on the OpenVINO loader (`SessionFromOpenVINO`).
+def plan_split(backend, ctx):
+    """lfm-verify's plan for the encoder -> head chain on onnxruntime CPU ("ort-cpu-split")."""
+    from ..runtime.backends import Planned, get_backend
 
-    Args:
-        path: the .onnx file.
-        precision: "fp32" or "bf16".
-        threads: OpenVINO inference threads (None: its default).
-        name: runner name (default: Polygraphy's "onnxrt-runner-N").
-        f32_islands: bf16: the islands kept in f32 (None: the runtime's default).
-
-    Raises:
-        InputError: an invalid precision (at once); BackendUnavailable: OpenVINO missing (on activate).
-    """
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    from ..runtime.openvino import SessionFromOpenVINO
-
-    return OnnxrtRunner(SessionFromOpenVINO(path, precision, threads=threads, f32_islands=f32_islands), name=name)
+    if ctx.graphs.get("encoder") is None or ctx.graphs.get("head") is None:
+        return Planned(backend.name, backend.precision, "", skip="the export has no encoder/head graphs (exported "
+                       "without --split); re-export to check the cached-support path")
+    cpu = get_backend("ort-cpu")
+    enc, head = (cpu.loader(ctx.graphs[g], threads=ctx.threads) for g in ("encoder", "head"))
+    return Planned(backend.name, backend.precision, f"{backend.description}, {ctx.thread_description}",
+                   lambda: SplitRunner(enc, head, ctx.manifest.graphs, ctx.manifest.shots, name=backend.name))
 
 
 def run_feeds(runner, feeds: Sequence[Mapping[str, np.ndarray]]) -> tuple[dict[str, list[np.ndarray]], float | None]:

@@ -41,6 +41,7 @@ from ..parity.compare import Tolerance, Tolerances
 from ..parity.episodes import EpisodeShape, graph_feeds_of, labelled_episodes, parity_episodes
 from ..parity.gate import EVIDENCE_HINT, EagerReference, GateData, GateReport, eager_reference, \
     informative_episodes, run_gate
+from ..runtime.backends import gate_backend
 from ..runtime.sessions import SessionFromOnnx
 from ..utils.records import freeze
 
@@ -259,29 +260,30 @@ def reduce_precision(
     feeds = {g: graph_feeds_of(calib.feeds, g, ios, encoder32) for g in fp32}
     if precision == "int8":
         made, details = _int8(workdir, fp32, feeds, held_out, ref_held_out, lambda *a: gate(*a, tol=selection),
-                              lambda out: _split(out, ios, shots, threads=threads), step)
+                              lambda out: _split(out, ios, shots, precision, threads=threads), step)
     else:
         made, details = _fp16(workdir, fp32, feeds, threads, step)
     result = PrecisionResult(precision, {g: p.name for g, p in made.items()},
                              {"backend": "onnxruntime", "precision": precision}, calib.label, details=details)
     step(f"{precision} gate: encoder -> head on {len(gate_data)} episodes")
-    result.gates.append(gate(_split(made, ios, shots, threads=threads), gate_data, ref_gate,
+    result.gates.append(gate(_split(made, ios, shots, precision, threads=threads), gate_data, ref_gate,
                              f"onnxruntime CPU, {precision} encoder -> head"))
     if "episode" in made:
-        from ..parity.runners import ort_runner
-
         step(f"{precision} gate: episode graph")
-        result.gates.append(gate(ort_runner(made["episode"], threads=threads, name=f"{precision}-episode"),
+        runner = gate_backend(precision).runner(made["episode"], threads=threads, name=f"{precision}-episode")
+        result.gates.append(gate(runner,
                                  gate_data, ref_gate, f"onnxruntime CPU, {precision} episode graph"))
     return result
 
 
-def _split(paths: Mapping[str, Path], ios: Mapping, shots: int, loader=None, **options):
-    """A `SplitRunner` over an encoder/head pair of files (the export's default contract)."""
+def _split(paths: Mapping[str, Path], ios: Mapping, shots: int, precision: str = "int8", **settings):
+    """A `SplitRunner` over an encoder/head pair of files (the export's default contract), on the
+    backend that gates `precision` (`gate_backend`)."""
     from ..parity.runners import SplitRunner
 
-    loader = loader or SessionFromOnnx
-    return SplitRunner(loader(paths["encoder"], **options), loader(paths["head"], **options), ios, shots)
+    backend = gate_backend(precision)
+    return SplitRunner(backend.loader(paths["encoder"], **settings), backend.loader(paths["head"], **settings), ios,
+                       shots)
 
 
 def _int8(workdir: Path, fp32, feeds, held_out: GateData, ref_held_out, gate, split, step):
@@ -340,12 +342,8 @@ BF16_ISLANDS = ((), ("groupnorm",))
 
 def _bf16(fp32, graphs, ios, shots, gate_data, ref_gate, gate, threads, step, held_out=None, ref_held_out=None,
           selection=None):
-    from ..parity.runners import ov_runner
-    from ..runtime.openvino import SessionFromOpenVINO
-
     def split(islands):
-        return _split(fp32, ios, shots, loader=SessionFromOpenVINO, precision="bf16", threads=threads,
-                      f32_islands=islands)
+        return _split(fp32, ios, shots, "bf16", threads=threads, f32_islands=islands)
 
     tried, chosen = [], BF16_ISLANDS[-1]
     if held_out is not None:
@@ -366,6 +364,7 @@ def _bf16(fp32, graphs, ios, shots, gate_data, ref_gate, gate, threads, step, he
     result.gates.append(gate(split(chosen), gate_data, ref_gate, "OpenVINO CPU bf16, encoder -> head"))
     if "episode" in fp32:
         step("bf16 gate: OpenVINO episode graph")
-        runner = ov_runner(fp32["episode"], "bf16", threads=threads, name="bf16-episode", f32_islands=chosen)
+        runner = gate_backend("bf16").runner(fp32["episode"], threads=threads, name="bf16-episode",
+                                             f32_islands=chosen)
         result.gates.append(gate(runner, gate_data, ref_gate, "OpenVINO CPU bf16, episode graph"))
     return result

@@ -102,27 +102,6 @@ _KEEP_F32_ATTRIBUTES = ({"name": "DisablePrecisionConversion", "version": "0", "
 _GROUPNORM_OPS = {"ReduceMean", "Subtract", "Multiply", "Power", "Sqrt", "Add", "Divide", "Squeeze", "Unsqueeze"}
 
 
-def check_precision(precision: str | None) -> str:
-    """Validate a precision argument.
-
-    Args:
-        precision: "fp32", "bf16" or None (fp32).
-
-    Returns:
-        "fp32" or "bf16".
-
-    Raises:
-        InputError: any other value.
-    """
-    if precision is None:
-        return "fp32"
-    if precision not in PRECISIONS:
-        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}",
-                         api_hint="pass precision='fp32' or precision='bf16' (bf16 runs on OpenVINO)",
-                         cli_hint="pass --precision fp32 or --precision bf16")
-    return precision
-
-
 def import_openvino():
     """The `openvino` module.
 
@@ -137,15 +116,6 @@ def import_openvino():
             cli_hint=f"{INSTALL_HINT}, or pass --providers cpu",
         ) from None
     return openvino
-
-
-def openvino_available() -> bool:
-    """Whether `import openvino` works (imports it: call only when OpenVINO was asked for)."""
-    try:
-        import_openvino()
-    except BackendUnavailable:
-        return False
-    return True
 
 
 def native_bf16(core) -> bool:
@@ -412,7 +382,10 @@ class SessionFromOpenVINO:
                  cache_dir: str | os.PathLike | None = None, f32_islands: Sequence[str] | None = None,
                  what: str | None = None):
         self.model = Path(model_path)
-        self.precision = check_precision(precision)
+        if precision not in PRECISIONS:
+            raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}",
+                             api_hint="pass 'fp32' or 'bf16' (int8 graphs run with 'fp32')")
+        self.precision = precision
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads

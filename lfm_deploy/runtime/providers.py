@@ -5,10 +5,10 @@ onnxruntime silently drops a requested execution provider it cannot load (only
 session is checked after creation and a missing accelerator is an error unless the caller allows
 the CPU fallback.
 
-"openvino" is not an onnxruntime provider here: it names the OpenVINO runtime
-(`lfm_deploy.runtime.openvino`), which runs the graphs itself and so cannot be combined with
-onnxruntime providers (`wants_openvino`). onnxruntime's own OpenVINO execution provider stays
-reachable by its full name, "OpenVINOExecutionProvider", in onnxruntime-openvino builds.
+A runtime that runs the graphs itself is not an onnxruntime provider: its name ("openvino",
+`lfm_deploy.runtime.backends.selectors`) picks its backend, alone. onnxruntime's own OpenVINO
+execution provider stays reachable by its full name, "OpenVINOExecutionProvider", in
+onnxruntime-openvino builds.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-#: The short name of the OpenVINO runtime (not an onnxruntime execution provider).
-OPENVINO = "openvino"
 
 #: Short names accepted wherever providers are given (case-insensitive).
 PROVIDER_ALIASES = {
@@ -44,51 +42,18 @@ ProviderSpec = Union[str, tuple]
 
 
 def _known_names() -> str:
-    return ", ".join(sorted(set(PROVIDER_ALIASES) | {OPENVINO}))
+    from .backends import selectors
+
+    return ", ".join(sorted(set(PROVIDER_ALIASES) | set(selectors())))
 
 
-def _entries(providers) -> list:
+def entries(providers) -> list:
+    """A providers argument as a list of entries (names or (name, options) pairs); None: []."""
     if providers is None:
         return []
     if isinstance(providers, str):
         return [p for p in providers.split(",") if p.strip()]
     return list(providers)
-
-
-def _is_openvino(entry) -> bool:
-    name = entry[0] if isinstance(entry, tuple) and entry else entry
-    return isinstance(name, str) and name.strip().lower() == OPENVINO
-
-
-def wants_openvino(providers: str | Sequence[ProviderSpec] | None) -> bool:
-    """Whether a providers argument asks for the OpenVINO runtime ("openvino").
-
-    Args:
-        providers: as `resolve_providers` takes them.
-
-    Returns:
-        True for "openvino" (alone, any case, also as ("openvino", {}) ), else False.
-
-    Raises:
-        InputError: "openvino" combined with other providers (OpenVINO runs the whole graph
-            itself, nothing falls through to another provider), or given options.
-    """
-    entries = _entries(providers)
-    if not any(_is_openvino(e) for e in entries):
-        return False
-    others = sorted({str(e[0] if isinstance(e, tuple) else e).strip() for e in entries if not _is_openvino(e)})
-    if others:
-        raise InputError(
-            f"providers {providers!r} mix openvino with {', '.join(others)}; OpenVINO runs the whole graph itself "
-            "and cannot be combined with onnxruntime providers",
-            api_hint="pick one: providers='openvino' or the onnxruntime providers without it",
-            cli_hint="pick one: --providers openvino, or the onnxruntime providers without it",
-        )
-    if any(isinstance(e, tuple) and (len(e) != 2 or e[1]) for e in entries):
-        raise InputError(f"providers {providers!r} give OpenVINO options; it takes none here",
-                         api_hint="pass providers='openvino' and set precision= and threads= instead",
-                         cli_hint="pass --providers openvino with --precision and --threads")
-    return True
 
 
 def _all_provider_names() -> list[str]:
@@ -109,13 +74,16 @@ def _canonical(name: str) -> str:
         raise InputError(f"execution provider {name!r} is not a name", api_hint="use e.g. 'cpu', 'cuda' or 'tensorrt'",
                          cli_hint="pass e.g. --providers cpu, --providers cuda or --providers tensorrt")
     key = name.strip()
-    if key.lower() == OPENVINO:
+    from .backends import selectors
+
+    runtime = selectors().get(key.lower())
+    if runtime is not None:
         raise InputError(
-            "'openvino' names the OpenVINO runtime, not an onnxruntime execution provider",
-            api_hint="pass providers='openvino' to Segmenter.from_artifacts (alone), or use "
-                     "lfm_deploy.runtime.openvino.SessionFromOpenVINO; onnxruntime's own EP is "
-                     "'OpenVINOExecutionProvider'",
-            cli_hint="pass --providers openvino alone",
+            f"{key.lower()!r} names the {runtime} runtime, not an onnxruntime execution provider",
+            api_hint=f"pass providers='{key.lower()}' to Segmenter.from_artifacts (alone), or a backend of "
+                     "lfm_deploy.runtime.backends; onnxruntime's own EP has its full name (e.g. "
+                     "'OpenVINOExecutionProvider')",
+            cli_hint=f"pass --providers {key.lower()} alone",
         )
     alias = PROVIDER_ALIASES.get(key.lower())
     if alias is not None:
@@ -145,15 +113,15 @@ def resolve_providers(providers: str | Sequence[ProviderSpec] | None) -> list[tu
         as the last resort for nodes no accelerator takes (onnxruntime's own convention).
 
     Raises:
-        InputError: an unknown provider name or a malformed entry, or "openvino" (the OpenVINO
-            runtime is not an onnxruntime provider; see `wants_openvino`).
+        InputError: an unknown provider name or a malformed entry, or a runtime's name such as
+            "openvino" (not an onnxruntime provider; see `lfm_deploy.runtime.backends.select_backend`).
     """
-    entries = [CPU] if providers is None else _entries(providers)
-    if not entries:
+    items = [CPU] if providers is None else entries(providers)
+    if not items:
         raise InputError("providers is empty", api_hint="pass e.g. 'cpu' or ['cuda', 'cpu'] (or None for CPU)",
                          cli_hint="pass e.g. --providers cpu or --providers cuda,cpu")
     resolved: list[tuple[str, dict]] = []
-    for entry in entries:
+    for entry in items:
         if isinstance(entry, tuple):
             if len(entry) != 2 or not isinstance(entry[1], dict):
                 raise InputError(f"provider entry {entry!r} must be a name or a (name, options dict) pair")

@@ -13,11 +13,12 @@ size; it reproduces the model-resolution result exactly on every pixel that maps
 upstream evaluation instead upsamples logits bilinearly before the argmax, which smooths mask
 edges at large sizes; pass `original_size=False` to get the S x S result and resize it yourself.)
 
-Backends: onnxruntime execution providers (CPU, CUDA, TensorRT), or `providers="openvino"`,
-the OpenVINO CPU runtime (`lfm_deploy.runtime.openvino`), which alone offers
-`precision="bf16"` (1.6-1.9x onnxruntime fp32's speed on CPUs with AVX512-BF16/AMX; the logits
-move by ~0.7 % of their span, flipping mask pixels whose two logits are that close; see
-docs/openvino.md).
+Backends: onnxruntime execution providers (CPU, CUDA, TensorRT), or a backend of the registry
+(`lfm_deploy.runtime.backends`, docs/backends.md), picked by `backend=` or by a runtime's name
+in `providers=` with `precision=`: `providers="openvino"` is the OpenVINO CPU runtime, which
+alone offers `precision="bf16"` (1.6-1.9x onnxruntime fp32's speed on CPUs with
+AVX512-BF16/AMX; the logits move by ~0.7 % of their span, flipping mask pixels whose two logits
+are that close; see docs/openvino.md).
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from ..preprocess import ImageLike, resize_mask_nearest
 from ..utils.limits import cap_threads
 from .inputs import Preprocessing, describe
 from .memory import GB, head_batch_for_budget, segmenter_bytes, trim_heap
-from .openvino import INSTALL_HINT, SessionFromOpenVINO, openvino_available
+from .backends import select_backend
 from .precisions import resolve_precision
-from .providers import ProviderSpec, check_available, resolve_providers, wants_openvino
+from .providers import ProviderSpec, check_available, resolve_providers
 from .sessions import SessionConfig, SessionFromOnnx
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class Segmenter:
         directory: the export directory.
         manifest: its parsed, verified `Manifest`.
         providers, allow_fallback, threads, graph_optimization, low_memory, release_encoder,
-        batch_size, verify, precision: see `from_artifacts`.
+        batch_size, verify, precision, backend: see `from_artifacts`.
     """
 
     #: Set by `close`; from then on every method that does work refuses.
@@ -99,7 +100,7 @@ class Segmenter:
                  threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
                  release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
                  precision: str | None = None, spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
-                 memory_budget: int | float | None = None):
+                 memory_budget: int | float | None = None, backend: str | None = None):
         self.directory = Path(directory)
         self._manifest = manifest
         self._verify = bool(verify)
@@ -123,8 +124,18 @@ class Segmenter:
             threads = cap_threads(int(threads))  # more threads than cores: minutes instead of seconds
         self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory,
                                     spin_wait=spin_wait)
-        openvino, precision = self._wants_openvino(providers, allow_fallback, precision)
-        run = resolve_precision(manifest, precision, openvino=openvino, where=str(self.directory))
+        chosen = select_backend(providers, backend=backend)  # None: onnxruntime with these providers
+        why = chosen.unavailable() if chosen is not None else None
+        if why and allow_fallback:
+            log.warning("%s; falling back to onnxruntime's CPU provider%s", why, " in fp32" if precision == "bf16" else "")
+            chosen, providers, precision = None, "cpu", "fp32" if precision == "bf16" else precision
+        run = resolve_precision(manifest, precision, openvino=chosen is not None and chosen.runtime == "OpenVINO",
+                                where=str(self.directory))
+        if chosen is not None and backend is None:  # picked by providers=: the runtime's row for that precision
+            chosen = select_backend(providers, run.backend_precision)
+        #: The registry backend the graphs run on (`lfm_deploy.runtime.backends`; None: onnxruntime
+        #: with the given providers).
+        self.runs_on = chosen
         #: The precision the graphs run in: "fp32", "fp16", "int8" (graphs of such an export) or
         #: "bf16" (OpenVINO only); `precision="auto"` (None) resolves to the export's own
         #: (`lfm_deploy.runtime.precisions`).
@@ -132,8 +143,8 @@ class Segmenter:
         #: What the artifact was exported at.
         self.exported_precision = run.exported
         self._files = run.files
-        if not openvino:
-            requested = resolve_providers("cpu" if wants_openvino(providers) else providers)  # "cpu": fallback
+        if chosen is None:
+            requested = resolve_providers(providers)
             check_available(requested, allow_fallback)  # fail (or warn) before any session exists
         files = {}
         for name in ("encoder", "head"):
@@ -143,12 +154,12 @@ class Segmenter:
         if openvino_cache is not None and Path(openvino_cache).resolve().is_relative_to(self.directory.resolve()):
             raise InputError(f"openvino_cache {openvino_cache} is inside the artifact directory {self.directory}, which "
                              "holds only what lfm-export wrote", api_hint="pass a folder outside it, e.g. ~/.cache/lfm-openvino")
-        if openvino:
+        if chosen is not None:
             # A bf16 export names the f32 islands its gate was measured with; others get the default.
             islands = manifest.served_precision.runtime.f32_islands
-            self._loaders = {name: SessionFromOpenVINO(files[name], run.backend_precision, threads=threads,
-                                                       f32_islands=islands,
-                                                       cache_dir=openvino_cache, what=f"{name} graph")
+            self._loaders = {name: chosen.loader(files[name], threads=threads, config=self.config,
+                                                 allow_fallback=allow_fallback, f32_islands=islands,
+                                                 cache_dir=openvino_cache, what=f"{name} graph")
                              for name in files}
         else:
             self._loaders = {
@@ -190,21 +201,10 @@ class Segmenter:
             raise ManifestError(f"{self.directory}: OpenVINO bf16 failed this export's accuracy gate",
                                 api_hint="use precision='fp32'", cli_hint="use --precision fp32")
 
-    @staticmethod
-    def _wants_openvino(providers, allow_fallback: bool, precision: str | None) -> tuple[bool, str | None]:
-        """Whether the graphs run on OpenVINO, and the precision to resolve (bf16 falls back to fp32)."""
-        if not wants_openvino(providers):
-            return False, precision
-        if allow_fallback and not openvino_available():
-            log.warning("OpenVINO is not installed (%s); falling back to onnxruntime's CPU provider%s",
-                        INSTALL_HINT, " in fp32" if precision == "bf16" else "")
-            return False, "fp32" if precision == "bf16" else precision
-        return True, precision
-
     @property
     def backend(self) -> str:
-        """The runtime that runs the graphs: "onnxruntime" or "openvino"."""
-        return "openvino" if isinstance(next(iter(self._loaders.values())), SessionFromOpenVINO) else "onnxruntime"
+        """The runtime that runs the graphs: "onnxruntime" or "openvino" (the registry's row: `runs_on`)."""
+        return self.runs_on.runtime.lower() if self.runs_on is not None else "onnxruntime"
 
     @classmethod
     def from_artifacts(cls, path: str | os.PathLike, providers: str | Sequence[ProviderSpec] | None = None,
@@ -212,7 +212,7 @@ class Segmenter:
                        verify: bool = True, *, low_memory: bool = True, release_encoder: bool = True,
                        batch_size: int = DEFAULT_BATCH_SIZE, precision: str | None = None,
                        spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
-                       memory_budget: int | float | None = None) -> "Segmenter":
+                       memory_budget: int | float | None = None, backend: str | None = None) -> "Segmenter":
         """Load an lfm-export directory.
 
         Args:
@@ -220,7 +220,8 @@ class Segmenter:
             providers: execution providers, best first: None (CPU), "cpu", "cuda", "tensorrt"
                 (short or full onnxruntime names, a comma-separated string, or (name, options)
                 pairs). The CPU EP is always appended as the last resort. Or "openvino" alone:
-                the OpenVINO CPU runtime instead of onnxruntime (`lfm_deploy.runtime.openvino`).
+                the OpenVINO CPU runtime instead of onnxruntime (`lfm_deploy.runtime.openvino`), or
+                another runtime's name in `lfm_deploy.runtime.backends.selectors()`.
             allow_fallback: when a requested accelerator is missing, log a warning and run on
                 what onnxruntime activated instead of raising (OpenVINO not installed:
                 onnxruntime's CPU provider, in fp32).
@@ -255,6 +256,8 @@ class Segmenter:
                 (`CACHE_DIR`): a later process loads a 400 px fp32 head in 0.3 s instead of 0.7 s
                 (docs/openvino.md). Never inside the artifact directory, which holds only what
                 lfm-export wrote.
+            backend: a backend of the registry by name (`lfm_deploy.runtime.backends`,
+                docs/backends.md, e.g. "ov-bf16"), instead of `providers` and `precision`.
 
         Returns:
             A `Segmenter` without a support set (call `set_support`).
@@ -265,8 +268,9 @@ class Segmenter:
                 follow the contract.
             BackendUnavailable: a requested execution provider is not active, or OpenVINO is
                 not installed (and not `allow_fallback`).
-            InputError: an unknown provider name, "openvino" mixed with other providers,
-                bf16 without OpenVINO, a precision the export does not hold, or an invalid option.
+            InputError: an unknown provider or backend name, "openvino" mixed with other
+                providers, bf16 without OpenVINO, a precision the export does not hold, or an
+                invalid option.
         """
         manifest = read_manifest(path, verify_files=verify)
         if not verify:
@@ -274,7 +278,7 @@ class Segmenter:
         return cls(path, manifest, providers=providers, allow_fallback=allow_fallback, threads=threads,
                    graph_optimization=graph_optimization, low_memory=low_memory, release_encoder=release_encoder,
                    batch_size=batch_size, verify=verify, precision=precision, spin_wait=spin_wait,
-                   openvino_cache=openvino_cache, memory_budget=memory_budget)
+                   openvino_cache=openvino_cache, memory_budget=memory_budget, backend=backend)
 
     def _graph_file(self, name: str) -> Path:
         graphs = self._manifest.graphs

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import InputError, ManifestError
+from ..errors import BackendUnavailable, InputError, ManifestError
 from ..manifest import Manifest, read_manifest
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,9 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
         InputError: the wrong number of pairs, unreadable or invalid support files.
     """
     from ..runtime.inputs import Preprocessing
-    from ..runtime.openvino import import_openvino, openvino_available
+    from ..runtime.backends import select_backend
     from ..runtime.precisions import resolve_precision
-    from ..runtime.providers import check_available, resolve_providers, wants_openvino
+    from ..runtime.providers import check_available, resolve_providers
     from .collection import read_bytes
 
     manifest = read_manifest(artifact_dir, verify_files=True)
@@ -106,15 +106,16 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     if not {"encoder", "head"} <= set(graphs):
         raise ManifestError(f"{artifact_dir} has no encoder/head pair (graphs: {', '.join(graphs) or 'none'}); "
                             "re-run lfm-export with --split")
-    openvino = wants_openvino(providers)
-    if openvino:
-        if not allow_fallback:
-            import_openvino()  # missing: the install hint now, not in every worker
-        elif not openvino_available():  # the workers fall back to onnxruntime (Segmenter's rule)
-            openvino, precision = False, "fp32" if precision == "bf16" else precision
-    else:
+    backend = select_backend(providers)
+    why = backend.unavailable() if backend is not None else None
+    if why and not allow_fallback:  # missing: the install hint now, not in every worker
+        raise BackendUnavailable(why, api_hint="or pass allow_fallback=True", cli_hint="or pass --allow-fallback")
+    if why:  # the workers fall back to onnxruntime (Segmenter's rule)
+        backend, providers, precision = None, "cpu", "fp32" if precision == "bf16" else precision
+    if backend is None:
         check_available(resolve_providers(providers), allow_fallback)
-    run = resolve_precision(manifest, precision, openvino=openvino, where=str(artifact_dir))
+    run = resolve_precision(manifest, precision, openvino=backend is not None and backend.runtime == "OpenVINO",
+                            where=str(artifact_dir))
     images, masks = list(support_images), list(support_masks)
     shots = manifest.shots
     if len(images) != len(masks):
@@ -137,7 +138,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
     return Job(artifact_dir=str(Path(artifact_dir).resolve()), manifest=manifest,
                support_images=tuple(image_bytes), support_masks=tuple(mask_bytes),
                support_names=tuple(f"{os.fspath(i)}:{os.fspath(m)}" for i, m in zip(images, masks)),
-               precision=run.name, backend="openvino" if openvino else "onnxruntime")
+               precision=run.name, backend=backend.runtime.lower() if backend is not None else "onnxruntime")
 
 
 def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, threads: int | None = None,

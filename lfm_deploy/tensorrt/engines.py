@@ -80,6 +80,7 @@ __all__ = [
     "import_tensorrt",
     "onnx_inputs",
     "plan_build",
+    "plan_verify",
     "read_sidecar",
     "sidecar_path",
     "trt_version",
@@ -751,3 +752,33 @@ class EngineFromPlan:
             return pg.EngineFromBytes(self.path.read_bytes())()
         except PolygraphyException:
             raise BackendUnavailable(f"TensorRT {trt.__version__} could not deserialize {self.path.name}; {_REBUILD}") from None
+
+
+def plan_verify(backend, ctx):
+    """lfm-verify's plan for a TensorRT engine backend ("trt-fp16", `lfm_deploy.runtime.backends`):
+    the episode engine of its precision in the artifact directory, or why it is skipped."""
+    from ..runtime.backends import Planned
+
+    name, precision, artifact_dir = backend.name, backend.precision, ctx.artifact_dir
+    if backend.graphs != "fp32" and ctx.graphs.get(backend.graphs) is None:
+        return Planned(name, precision, "", skip=ctx.missing[backend.graphs])
+    try:
+        trt = import_tensorrt()
+    except BackendUnavailable as exc:
+        return Planned(name, precision, "", skip=str(exc))
+    engines = find_engines(artifact_dir, precision)
+    if "episode" not in engines:
+        return Planned(name, precision, "", skip=f"no {precision} episode engine in {artifact_dir / ENGINE_DIR}; "
+                       f"build one with `lfm-build-engine {artifact_dir} --precision {precision}`")
+    loader = EngineFromPlan(engines["episode"])
+    try:
+        _, sidecar = loader.check()
+    except BackendUnavailable as exc:
+        return Planned(name, precision, "", skip=str(exc))
+
+    def make():
+        from polygraphy.backend.trt import TrtRunner
+
+        return TrtRunner(loader, name=name)
+
+    return Planned(name, precision, f"TensorRT {trt.__version__} on {sidecar['gpu']['name']}", make)

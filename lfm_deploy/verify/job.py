@@ -1,11 +1,9 @@
 """`verify_artifacts`: the whole `lfm-verify` job, as one public function.
 
-Run phase: the same seeded episodes through every backend, one Polygraphy `Comparator.run` per
-backend (so a backend that cannot start is reported as skipped, and does not stop the others):
-the eager model in float64 (the reference) and float32, onnxruntime CPU (episode graph, and the
-encoder -> head chain), onnxruntime CUDA, an fp16 graph with fp32 islands in onnxruntime, the
-export's int8 QDQ graphs in onnxruntime, OpenVINO fp32 / bf16 / int8, and TensorRT fp32/fp16
-engines. Reduced-precision backends are judged by the domain's accuracy gate for their precision
+Run phase: the same seeded episodes through the eager model in float64 (the reference) and
+every backend of the registry (`lfm_deploy.runtime.backends`, docs/backends.md), one
+Polygraphy `Comparator.run` per backend (so a backend that cannot start is reported as skipped,
+and does not stop the others). Reduced-precision backends are judged by the domain's accuracy gate for their precision
 (`Domain.precision_gates`: agreement, eager-margin bound, mIoU), float32 ones by the export's
 parity tolerances. Comparison phase (`lfm_deploy.parity.compare`): per backend and
 output, error statistics against the reference, mask agreement and IoU, and the mIoU of each
@@ -27,6 +25,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, LFMError
 from ..manifest import Manifest
+from ..runtime.backends import BACKENDS, Backend, PlanContext, Planned, get_backend
 from ..parity.compare import OutputCheck, Tolerance, Tolerances, compare_output, decision_margins, evidence_of, \
     foreground_iou
 from ..parity.gate import EVIDENCE_HINT
@@ -35,8 +34,6 @@ from ..parity.episodes import parity_episodes
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ALL_BACKENDS",
-    "DEFAULT_BACKENDS",
     "REFERENCE",
     "BackendResult",
     "VerifyReport",
@@ -44,10 +41,6 @@ __all__ = [
 ]
 
 REFERENCE = "eager-fp64"
-#: Every backend lfm-verify knows, in report order.
-ALL_BACKENDS = ("eager-fp32", "ort-cpu", "ort-cpu-split", "ort-cpu-fp16", "ort-cpu-int8", "ov-fp32", "ov-bf16",
-                "ov-int8", "ort-cuda", "trt-fp32", "trt-fp16", "trt-int8")
-DEFAULT_BACKENDS = ALL_BACKENDS
 
 
 # ----------------------------------------------------------------------------- results
@@ -154,125 +147,32 @@ class VerifyReport:
 
 
 # ----------------------------------------------------------------------------- backends
-@dataclass
-class _Backend:
-    name: str
-    precision: str
-    description: str
-    make: Callable | None = None
-    skip: str | None = None
-
-
-def _trt_backend(artifact_dir: Path, precision: str) -> _Backend:
-    from ..tensorrt.engines import EngineFromPlan, find_engines, import_tensorrt
-
-    name = f"trt-{precision}"
-    try:
-        trt = import_tensorrt()
-    except BackendUnavailable as exc:
-        return _Backend(name, precision, "", skip=str(exc))
-    engines = find_engines(artifact_dir, precision)
-    if "episode" not in engines:
-        return _Backend(name, precision, "", skip=f"no {precision} episode engine in {artifact_dir / 'engines'}; "
-                        f"build one with `lfm-build-engine {artifact_dir} --precision {precision}`")
-    loader = EngineFromPlan(engines["episode"])
-    try:
-        _, sidecar = loader.check()
-    except BackendUnavailable as exc:
-        return _Backend(name, precision, "", skip=str(exc))
-
-    def make():
-        from polygraphy.backend.trt import TrtRunner
-
-        return TrtRunner(loader, name=name)
-
-    return _Backend(name, precision, f"TensorRT {trt.__version__} on {sidecar['gpu']['name']}", make)
-
-
-def _plan_backends(artifact_dir: Path, manifest: Manifest, names: Sequence[str], threads: int | None,
-                   fp16_onnx: Path | None, model_loader: Callable[[str], Callable]) -> list[_Backend]:
-    from ..runtime.sessions import SessionFromOnnx
-    from ..parity.runners import CPU, CUDA, EagerRunner, SplitRunner, cuda_ep_available, ort_runner
-
-    shots = manifest.shots
+def _plan_context(artifact_dir: Path, manifest: Manifest, threads: int | None, fp16_onnx: Path | None,
+                  model_loader: Callable[[str], Callable]) -> PlanContext:
     # the float32 graphs, whatever the runtime loads
-    graphs = {g: artifact_dir / manifest.float32_file(g) for g in manifest.graphs}
-    episode = graphs["episode"]
-    int8 = (artifact_dir / manifest.graphs["episode"].file if manifest.served_precision.name == "int8" else None)
-    tdesc = f"{threads} threads" if threads else "default threads"
-    out = []
-    for name in names:
-        if name == "eager-fp32":
-            out.append(_Backend(name, "fp32", f"PyTorch float32, CPU, {tdesc}",
-                                lambda: EagerRunner(model_loader("float32"), "episode", shots=shots, dtype="float32",
-                                                    threads=threads, name="eager-fp32")))
-        elif name == "ort-cpu":
-            out.append(_Backend(name, "fp32", f"onnxruntime CPUExecutionProvider, episode graph, {tdesc}",
-                                lambda: ort_runner(episode, [CPU], threads=threads, name="ort-cpu")))
-        elif name == "ort-cpu-split":
-            if "encoder" not in graphs or "head" not in graphs:
-                out.append(_Backend(name, "fp32", "", skip="the export has no encoder/head graphs (exported without "
-                                    "--split); re-export to check the cached-support path"))
-                continue
-            enc, head = graphs["encoder"], graphs["head"]
-            out.append(_Backend(name, "fp32", f"onnxruntime CPU, encoder -> head (support encoded once), {tdesc}",
-                                lambda: SplitRunner(SessionFromOnnx(enc, [CPU], threads=threads),
-                                                    SessionFromOnnx(head, [CPU], threads=threads), manifest.graphs,
-                                                    shots, name="ort-cpu-split")))
-        elif name == "ort-cpu-fp16":
-            if fp16_onnx is None or not fp16_onnx.is_file():
-                out.append(_Backend(name, "fp16", "", skip=(
-                    f"no fp16 episode graph ({artifact_dir / 'engines' / 'episode.fp16.onnx'}); make one with "
-                    f"`lfm-build-engine {artifact_dir} --precision fp16 --onnx-only` or pass --fp16-onnx")))
-                continue
-            path = fp16_onnx
-            # onnxruntime's CPU EP has few fp16 kernels and runs the rest in fp32 (it inserts and
-            # fuses Casts): this checks the graph, its fp16 weights and island boundaries, while fp16
-            # arithmetic itself is exercised by trt-fp16.
-            out.append(_Backend(name, "fp16", f"onnxruntime CPU, fp16 episode graph with fp32 islands ({path.name}; "
-                                f"ops without CPU fp16 kernels run in fp32), {tdesc}",
-                                lambda: ort_runner(path, [CPU], threads=threads, name="ort-cpu-fp16")))
-        elif name == "ort-cpu-int8":
-            if int8 is None:
-                out.append(_Backend(name, "int8", "", skip=(
-                    f"the export has no int8 graphs; make them with `lfm-export ... --precision int8`")))
-                continue
-            out.append(_Backend(name, "int8", f"onnxruntime CPU, int8 QDQ episode graph ({int8.name}), {tdesc}",
-                                lambda: ort_runner(int8, [CPU], threads=threads, name="ort-cpu-int8")))
-        elif name.startswith("ov-"):
-            out.append(_openvino_backend(name, episode, int8, threads, tdesc))
-        elif name == "ort-cuda":
-            ok, why = cuda_ep_available()
-            if not ok:
-                out.append(_Backend(name, "fp32", "", skip=why))
-                continue
-            out.append(_Backend(name, "fp32", "onnxruntime CUDAExecutionProvider, episode graph",
-                                lambda: ort_runner(episode, [CUDA, CPU], name="ort-cuda")))
-        elif name == "trt-int8" and int8 is None:
-            out.append(_Backend(name, "int8", "", skip="the export has no int8 graphs; make them with "
-                                "`lfm-export ... --precision int8`"))
-        elif name in ("trt-fp32", "trt-fp16", "trt-int8"):
-            out.append(_trt_backend(artifact_dir, name.split("-")[1]))
-        else:
-            raise LFMError(f"unknown backend {name!r}; choose from {', '.join(ALL_BACKENDS)}")
-    return out
+    files = {g: artifact_dir / manifest.float32_file(g) for g in manifest.graphs}
+    files.update(fp32=files.pop("episode"),
+                 int8=artifact_dir / manifest.graphs["episode"].file if manifest.served_precision.name == "int8" else None,
+                 fp16=fp16_onnx if fp16_onnx is not None and fp16_onnx.is_file() else None)
+    missing = {
+        "int8": "the export has no int8 graphs; make them with `lfm-export ... --precision int8`",
+        "fp16": f"no fp16 episode graph ({artifact_dir / 'engines' / 'episode.fp16.onnx'}); make one with "
+                f"`lfm-build-engine {artifact_dir} --precision fp16 --onnx-only` or pass --fp16-onnx",
+    }
+    return PlanContext(artifact_dir, manifest, threads, files, missing, model_loader)
 
 
-def _openvino_backend(name: str, episode: Path, int8: Path | None, threads, tdesc: str) -> _Backend:
-    from ..parity.runners import ov_runner
-    from ..runtime.openvino import openvino_available
-
-    precision = name.split("-")[1]
-    if not openvino_available():
-        return _Backend(name, precision, "", skip="OpenVINO is not installed: pip install 'lfm-deploy[openvino]'")
-    if precision == "int8":
-        if int8 is None:
-            return _Backend(name, precision, "", skip="the export has no int8 graphs; make them with "
-                            "`lfm-export ... --precision int8`")
-        return _Backend(name, precision, f"OpenVINO CPU, int8 QDQ episode graph ({int8.name}), {tdesc}",
-                        lambda: ov_runner(int8, "fp32", threads=threads, name=name))
-    return _Backend(name, precision, f"OpenVINO CPU, {precision} inference precision, episode graph, {tdesc}",
-                    lambda: ov_runner(episode, precision, threads=threads, name=name))
+def _plan(backend: Backend, ctx: PlanContext) -> Planned:
+    """One backend's run: its own plan, or its session on the episode graph of its precision."""
+    if backend.plan is not None:
+        return backend.planner()(backend, ctx)
+    name, precision = backend.name, backend.precision
+    why = backend.unavailable() or (ctx.missing.get(backend.graphs) if ctx.graphs.get(backend.graphs) is None else None)
+    if why:
+        return Planned(name, precision, "", skip=why)
+    path = ctx.graphs[backend.graphs]
+    return Planned(name, precision, f"{backend.description} ({path.name}), {ctx.thread_description}",
+                   lambda: backend.runner(path, threads=ctx.threads, name=name))
 
 
 def _compare(name: str, outputs: dict, reference: dict, tol: Tolerances, margins: list | None) -> list[OutputCheck]:
@@ -322,8 +222,8 @@ def verify_artifacts(
 
     Args:
         artifact_dir: an lfm-export directory (manifest and files verified).
-        backends: which backends (default: all of `ALL_BACKENDS`; the float64 eager reference
-            always runs). Unavailable ones are reported as skipped with the reason.
+        backends: which backends (default: every one in `lfm_deploy.runtime.backends.BACKENDS`;
+            the float64 eager reference always runs). Unavailable ones are reported as skipped with the reason.
         episodes: number of seeded episodes (batch 1 each).
         seed: first seed.
         threads: CPU threads for torch and onnxruntime (None: their defaults).
@@ -360,11 +260,11 @@ def verify_artifacts(
     manifest = read_manifest(artifact_dir)
     if episodes < 1:
         raise LFMError(f"--episodes must be at least 1, got {episodes}")
-    names = list(backends) if backends is not None else list(DEFAULT_BACKENDS)
-    unknown = [n for n in names if n not in ALL_BACKENDS and n != REFERENCE]
+    names = list(backends) if backends is not None else list(BACKENDS)
+    unknown = [n for n in names if n not in BACKENDS and n != REFERENCE]
     if unknown:
-        raise LFMError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
-    names = [n for n in ALL_BACKENDS if n in names]
+        raise LFMError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    names = [n for n in BACKENDS if n in names]
     from ..domains import get_domain
 
     tols = {"fp32": Tolerances.from_manifest(manifest), **get_domain(manifest.domain).precision_gates}
@@ -380,8 +280,10 @@ def verify_artifacts(
 
     try:
         feeds, truths = parity_episodes(manifest, episodes, seed)
-        fp16_path = _fp16_graph(artifact_dir, manifest, fp16_onnx, workdir, seed) if "ort-cpu-fp16" in names else None
-        plan = _plan_backends(artifact_dir, manifest, names, threads, fp16_path, model_loader)
+        fp16_path = (_fp16_graph(artifact_dir, manifest, fp16_onnx, workdir, seed)
+                     if any(BACKENDS[n].graphs == "fp16" for n in names) else None)
+        ctx = _plan_context(artifact_dir, manifest, threads, fp16_path, model_loader)
+        plan = [_plan(get_backend(n), ctx) for n in names]
 
         from tqdm import tqdm
 
@@ -484,7 +386,7 @@ def _fp16_graph(artifact_dir: Path, manifest: Manifest, fp16_onnx, workdir: Path
 def _layerwise(artifact_dir: Path, manifest: Manifest, feed: dict, model_loader, workdir: Path, threads, rel: float,
                label: str) -> dict:
     from .layerwise import LayerwiseEpisode, compare_stages, export_layerwise_graph, first_mismatch
-    from ..parity.runners import CPU, EagerRunner, ModelFromManifest, ort_runner, run_feeds
+    from ..parity.runners import EagerRunner, ModelFromManifest, run_feeds
 
     shots = manifest.shots
     path = workdir / "layerwise.onnx"
@@ -496,7 +398,7 @@ def _layerwise(artifact_dir: Path, manifest: Manifest, feed: dict, model_loader,
     del clean
     ref, _ = run_feeds(EagerRunner(model_loader("float64"), LayerwiseEpisode, shots=shots, dtype="float64", threads=threads,
                               name="eager-fp64-layerwise"), [feed])
-    got, _ = run_feeds(ort_runner(path, [CPU], threads=threads, name=f"{label}-layerwise"), [feed])
+    got, _ = run_feeds(get_backend("ort-cpu").runner(path, threads=threads, name=f"{label}-layerwise"), [feed])
     checks = compare_stages({k: np.concatenate(v) for k, v in got.items()}, {k: np.concatenate(v) for k, v in ref.items()},
                             order, rel)
     first = first_mismatch(checks)

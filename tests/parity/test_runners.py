@@ -16,9 +16,9 @@ from lfm_deploy.parity.runners import (  # noqa: E402
     EagerRunner,
     ModelFromManifest,
     SplitRunner,
-    cuda_ep_available,
 )
 from lfm_deploy.parity.episodes import parity_episodes  # noqa: E402
+from lfm_deploy.runtime.backends import get_backend  # noqa: E402
 from lfm_deploy.runtime.sessions import SessionFromOnnx  # noqa: E402
 from ..conftest import TEST_IMAGE_SIZE  # noqa: E402
 
@@ -109,8 +109,8 @@ def test_split_runner_encodes_the_support_set_once(art, feeds):
 
 
 def test_cuda_session_is_refused_not_silently_cpu(art):
-    ok, why = cuda_ep_available()
-    if ok:
+    why = get_backend("ort-cuda").unavailable()
+    if why is None:
         pytest.skip("this onnxruntime has the CUDA EP")
     assert "onnxruntime-gpu" in why
     with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
@@ -121,8 +121,8 @@ def test_cuda_session_is_refused_not_silently_cpu(art):
 
 @pytest.mark.needs_cuda
 def test_cuda_runner_matches_cpu(art, feeds):
-    ok, why = cuda_ep_available()
-    if not ok:
+    why = get_backend("ort-cuda").unavailable()
+    if why:
         pytest.skip(why)
     cpu = OnnxrtRunner(SessionFromOnnx(art.out_dir / "episode.onnx"), name="cpu")
     gpu = OnnxrtRunner(SessionFromOnnx(art.out_dir / "episode.onnx", [CUDA, "CPUExecutionProvider"]), name="cuda")

@@ -17,7 +17,7 @@ from lfm_deploy.errors import BackendUnavailable, InputError
 from lfm_deploy.manifest import MANIFEST_NAME, file_entry, read_manifest
 from lfm_deploy.runtime import Segmenter, SessionFromOnnx, resolve_providers
 from lfm_deploy.runtime import openvino as lov
-from lfm_deploy.runtime.providers import wants_openvino
+from lfm_deploy.runtime.backends import get_backend, selected_runtime
 
 from . import linked_copy, synthetic_queries, synthetic_support
 
@@ -149,11 +149,11 @@ def test_sessions_match_onnxruntime(exported):
 
 def test_polygraphy_runner(exported):
     pytest.importorskip("polygraphy", reason="Polygraphy is part of the export extra")
-    from lfm_deploy.parity.runners import ov_runner, run_feeds
+    from lfm_deploy.parity.runners import run_feeds
 
     art = exported(shots=1).out_dir
     feed, _ = _feeds(art)
-    outputs, ms = run_feeds(ov_runner(art / "encoder.onnx", threads=2, name="ov"), [feed])
+    outputs, ms = run_feeds(get_backend("ov-fp32").runner(art / "encoder.onnx", threads=2, name="ov"), [feed])
     assert set(outputs) == {"support_l2", "support_l3", "support_l4"} and ms > 0
     want = SessionFromOnnx(art / "encoder.onnx", threads=2)().run(["support_l4"], feed)[0]
     assert np.abs(outputs["support_l4"][0] - want).max() <= FP32_ATOL * np.abs(want).max()
@@ -249,18 +249,19 @@ def test_bf16_needs_openvino(exported):
 @pytest.mark.parametrize("providers", [["openvino", "cuda"], "openvino,cpu", [("openvino", {}), "tensorrt"]])
 def test_openvino_cannot_be_mixed(exported, providers):
     with pytest.raises(InputError, match="pick one"):
-        wants_openvino(providers)
+        selected_runtime(providers)
     with pytest.raises(InputError, match="pick one"):
         Segmenter.from_artifacts(exported(shots=1).out_dir, providers=providers, verify=False)
 
 
 def test_provider_names():
-    assert wants_openvino("openvino") and wants_openvino(["OpenVINO"]) and wants_openvino([("openvino", {})])
-    assert not wants_openvino(None) and not wants_openvino("cpu") and not wants_openvino(["cuda", "cpu"])
+    assert selected_runtime("openvino") == selected_runtime(["OpenVINO"]) == selected_runtime([("openvino", {})]) \
+        == "openvino"
+    assert not selected_runtime(None) and not selected_runtime("cpu") and not selected_runtime(["cuda", "cpu"])
     with pytest.raises(InputError, match="OpenVINO runtime, not an onnxruntime execution provider"):
         resolve_providers("openvino")
     with pytest.raises(InputError, match="takes none"):
-        wants_openvino([("openvino", {"device_type": "GPU"})])
+        selected_runtime([("openvino", {"device_type": "GPU"})])
 
 
 def test_openvino_missing(exported, monkeypatch, caplog):
