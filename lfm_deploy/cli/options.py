@@ -65,16 +65,19 @@ def domain_option(help: str | None = None, required: bool = True):
 
 
 def providers_option(help: str | None = None):
-    """`--providers`: onnxruntime execution providers (`lfm_deploy.runtime.providers`), or openvino alone."""
+    """`--providers`: onnxruntime execution providers (`lfm_deploy.runtime.providers`), or one of the
+    registry's other runtimes alone (`lfm_deploy.runtime.backends.selectors`: openvino)."""
+    from ..runtime.backends import selectors
     from ..runtime.providers import PROVIDER_ALIASES
 
     first = {}
     for alias, name in PROVIDER_ALIASES.items():  # the first short name of each provider
         first.setdefault(name, alias)
     short = ", ".join(first.values())
+    others = " or ".join(f"{name} alone (the {runtime} runtime)" for name, runtime in selectors().items())
     return click.option("--providers", default="cpu",
-                        help=help or f"Execution providers, best first: {short} (comma-separated); or openvino alone "
-                                     "(the OpenVINO CPU runtime, needs the openvino extra).")
+                        help=help or f"Execution providers, best first: {short} (comma-separated)"
+                                     + (f"; or {others}" if others else "") + ". docs/backends.md lists every backend.")
 
 
 def run_precision_option(func):

@@ -125,6 +125,13 @@ class Segmenter:
         self.config = SessionConfig(threads=threads, graph_optimization=graph_optimization, low_memory=low_memory,
                                     spin_wait=spin_wait)
         chosen = select_backend(providers, backend=backend)  # None: onnxruntime with these providers
+        if backend is not None:  # a backend by name runs in its own precision
+            if precision in (None, "auto"):
+                precision = chosen.precision
+            elif precision != chosen.precision:
+                raise InputError(f"backend {backend!r} runs {chosen.precision}, not {precision}",
+                                 api_hint=f"leave precision= out, or pick a backend that runs {precision} "
+                                          "(docs/backends.md)")
         why = chosen.unavailable() if chosen is not None else None
         if why and allow_fallback:
             log.warning("%s; falling back to onnxruntime's CPU provider%s", why, " in fp32" if precision == "bf16" else "")

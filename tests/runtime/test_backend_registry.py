@@ -97,6 +97,10 @@ def test_a_registered_backend_runs_in_the_segmenter_and_lfm_verify(toy, exported
     if get_backend("ov-fp32").unavailable() is None:  # a built-in row by name, without providers=
         with Segmenter.from_artifacts(art, backend="ov-fp32", threads=2, verify=False) as ov:
             assert ov.runs_on.name == "ov-fp32" and ov.backend == "openvino" and ov.providers[0].startswith("OpenVINO")
+        with Segmenter.from_artifacts(art, backend="ov-bf16", threads=2, verify=False) as ov:
+            assert ov.runs_on.name == "ov-bf16" and ov.precision == "bf16"  # a named backend runs in its own precision
+    with pytest.raises(InputError, match="backend 'ort-cpu-basic' runs fp32, not bf16"):
+        Segmenter.from_artifacts(art, backend="ort-cpu-basic", precision="bf16", verify=False)
 
     out = tmp_path / "report"
     result = CliRunner().invoke(main, [str(art), "--out", str(out), "--episodes", "1", "--threads", "2", "--quiet",
