@@ -90,7 +90,10 @@ def _flock(fd: int) -> bool:
 
 
 _HELD: dict[str, "OutputLock"] = {}
-_HELD_GUARD = threading.Lock()
+#: Reentrant: an output's lock is also released by a `weakref.finalize` when its owner is
+#: garbage-collected, and the collector can run inside `acquire` (any allocation, e.g. in
+#: `tempfile.mkstemp`) on the thread that holds the guard; a plain Lock deadlocked there.
+_HELD_GUARD = threading.RLock()
 
 
 class OutputLock:

@@ -482,3 +482,28 @@ def test_an_earlier_output_caught_mid_swap_is_put_back(tmp_path):
         pass
     assert (out / "model.onnx").read_text() == "earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_lock_released_by_the_garbage_collector_inside_acquire_does_not_deadlock(tmp_path, monkeypatch):
+    """An owner collected while another output takes its lock: the finalizer's release runs on
+    the thread that holds the registry's guard (it once hung the whole test session)."""
+    import gc
+    import threading
+
+    from lfm_deploy.utils import locks
+
+    held = [OutputFile(tmp_path / "a.json", flag="--report", kind="test report")]
+    held[0].owner_cycle = held  # collectable only by the cycle collector
+    del held
+    real = locks.tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        gc.collect()  # what an allocation can trigger inside acquire
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(locks.tempfile, "mkstemp", mkstemp)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (OutputFile(tmp_path / "b.json", flag="--report", kind="test report"),
+                                              done.set()), daemon=True)
+    worker.start()
+    assert done.wait(30), "taking an output lock deadlocked while the collector released another"
