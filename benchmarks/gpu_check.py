@@ -68,6 +68,7 @@ EXIT_OK, EXIT_FAILED, EXIT_NO_GPU = 0, 1, 3
 DEFAULT_BUDGET = 600
 EXTRAS = "export,gpu,tensorrt"
 CUDA_EP = "CUDAExecutionProvider"
+#: What `verify_backends` falls back to when the registry cannot be read (the built-in GPU rows).
 GPU_BACKENDS = ("ort-cuda", "trt-fp32", "trt-fp16", "trt-int8")
 BENCH_BACKENDS = ("eager", "ort-matmul", "ort-split", "trt-fp32", "trt-fp16")
 
@@ -376,13 +377,11 @@ def step_engines_int8(ctx: Context) -> StepResult:
 
 
 def verify_backends() -> list[str]:
-    """The GPU backends this lfm-verify knows (trt-int8 is newer than the others)."""
-    try:
-        out = subprocess.run(_console("lfm_deploy.cli.verify", "lfm-verify", "--help")[0], capture_output=True,
-                             text=True, timeout=120, cwd=ROOT).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    return [b for b in GPU_BACKENDS if b in out] or list(GPU_BACKENDS[:3])
+    """The GPU backends of the installed package's registry (`Backend.device`, plugins included),
+    asked in a fresh interpreter after pip may have changed the packages."""
+    names = _probe_python("import json; from lfm_deploy.runtime.backends import backends; "
+                          "print(json.dumps([b.name for b in backends().values() if b.device == 'gpu']))")
+    return names if isinstance(names, list) and names else list(GPU_BACKENDS)
 
 
 def share_float_engines(ctx: Context, result: StepResult) -> list[str]:
@@ -434,8 +433,6 @@ def _verify(ctx: Context, name: str, export: Path) -> StepResult:
     _finish(ctx, result, proc)
     result.figures = verify_figures(report / "verify.json")
     notes = [f"TensorRT {', '.join(shared)} shared from the fp32 export (same float32 episode graph)"] if shared else []
-    if "trt-int8" not in backends:
-        notes.append("this lfm-verify has no trt-int8 backend yet")
     if notes:
         result.figures["note"] = "; ".join(notes)
     rows = result.figures.get("backends", [])

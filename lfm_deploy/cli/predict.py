@@ -138,7 +138,8 @@ def _summary(report, overlay: bool, engine: str) -> None:
     ran = f"{report.model}; ran {report.precision} on {report.backend}{providers}"
     what = f"mask(s){' and overlays' if overlay else ''}"
     if engine == "local":
-        click.echo(f"Wrote {report.succeeded} {what} to {report.out_dir} ({ran}); table: {report.table.name}")
+        skipped = f"; {report.skipped} already complete from an earlier run, skipped" if report.skipped else ""
+        click.echo(f"Wrote {report.succeeded} {what} to {report.out_dir} ({ran}){skipped}; table: {report.table.name}")
     else:
         click.echo(f"{report.total} input(s): {report.succeeded} succeeded, {report.failed} failed, {report.skipped} "
                    f"skipped (already complete); {what} in {report.out_dir} ({ran}), results in {report.table}")

@@ -1,8 +1,10 @@
 """Backends: every way this project runs an exported graph, declared once (`BACKENDS`, `register`).
 
-One row per backend (name, runtime, precision, graphs, availability with the install hint, and
-a lazy loader of an onnxruntime-shaped session, which Polygraphy's `OnnxrtRunner` runs). The
-`Segmenter`'s selection, lfm-verify, the precision gates, serving and docs/backends.md read it.
+One row per backend (name, runtime, device, precision, graphs, availability with the install
+hint, and a lazy loader of an onnxruntime-shaped session, which Polygraphy's `OnnxrtRunner`
+runs). The `Segmenter`'s selection, lfm-verify, the precision gates, serving, the GPU check and
+docs/backends.md read it. Installed packages add rows through the `lfm_deploy.backends` entry
+point group (`load_plugins`), so a new backend is one module in its own package.
 Backends that are not one session per graph (eager, encoder -> head, TensorRT engines) live
 above the runtime: their row names the function that plans their lfm-verify run
 ("module:function", imported only then), so imports keep pointing one way.
@@ -19,8 +21,8 @@ from ..errors import InputError, LFMError
 from ..manifest import Manifest
 from .providers import CPU, CUDA, entries
 
-__all__ = ["BACKENDS", "Backend", "PlanContext", "Planned", "backend_names", "gate_backend", "get_backend", "markdown_table",
-           "register", "select_backend", "selectors", "unregister"]
+__all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "Backend", "PlanContext", "Planned", "backend_names", "backends", "gate_backend",
+           "get_backend", "load_plugins", "markdown_table", "register", "select_backend", "selectors", "unregister"]
 
 
 def _always() -> str | None:
@@ -44,6 +46,7 @@ class Backend:
         selector: the `providers=` name that picks it in the `Segmenter` with `precision=` ("openvino").
         plan: "module:function" planning its lfm-verify run (`function(backend, PlanContext)` ->
             `Planned`), instead of `session`.
+        device: "cpu" or "gpu" (what `benchmarks/gpu_check.py` runs on the GPU machine).
     """
 
     name: str
@@ -55,6 +58,7 @@ class Backend:
     unavailable: Callable[[], str | None] = _always
     selector: str | None = None
     plan: str | None = None
+    device: str = "cpu"
 
     def loader(self, path, **settings) -> Callable:
         """The lazy session loader for one graph file (`session`)."""
@@ -167,11 +171,11 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("ov-int8", "OpenVINO", "int8", "OpenVINO CPU, int8 QDQ graph", graphs="int8",
             session=_openvino("fp32"), unavailable=_openvino_missing),
     Backend("ort-cuda", "onnxruntime", "fp32", "onnxruntime CUDAExecutionProvider",
-            session=_onnxruntime([CUDA, CPU]), unavailable=_cuda_missing),
-    Backend("trt-fp32", "TensorRT", "fp32", "TensorRT fp32 engine", plan=_TRT_PLAN),
-    Backend("trt-fp16", "TensorRT", "fp16", "TensorRT fp16 engine (strongly typed)", plan=_TRT_PLAN),
+            session=_onnxruntime([CUDA, CPU]), unavailable=_cuda_missing, device="gpu"),
+    Backend("trt-fp32", "TensorRT", "fp32", "TensorRT fp32 engine", plan=_TRT_PLAN, device="gpu"),
+    Backend("trt-fp16", "TensorRT", "fp16", "TensorRT fp16 engine (strongly typed)", plan=_TRT_PLAN, device="gpu"),
     Backend("trt-int8", "TensorRT", "int8", "TensorRT int8 engine (explicit quantization)", graphs="int8",
-            plan=_TRT_PLAN),
+            plan=_TRT_PLAN, device="gpu"),
 )}
 
 
@@ -185,6 +189,8 @@ def register(backend: Backend, *, replace: bool = False) -> Backend:
         raise LFMError(f"backend {backend.name!r} is already registered")
     if (backend.session is None) == (backend.plan is None):
         raise LFMError(f"backend {backend.name!r} needs exactly one of session= and plan=")
+    if backend.device not in ("cpu", "gpu"):
+        raise LFMError(f"backend {backend.name!r} has device {backend.device!r}; use 'cpu' or 'gpu'")
     BACKENDS[backend.name] = backend
     return backend
 
@@ -194,9 +200,22 @@ def unregister(name: str) -> None:
     BACKENDS.pop(name, None)
 
 
+_plugins_loaded = False
+
+
+def backends() -> dict[str, Backend]:
+    """The registry, with the installed packages' backends (`load_plugins`, once, on first use:
+    not at import, so a plugin module can import this project freely)."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        load_plugins()
+    return BACKENDS
+
+
 def backend_names() -> list[str]:
     """Every registered backend's name, in report order."""
-    return list(BACKENDS)
+    return list(backends())
 
 
 def get_backend(name: str) -> Backend:
@@ -205,11 +224,11 @@ def get_backend(name: str) -> Backend:
     Raises:
         InputError: no backend has that name (the message lists them).
     """
-    if name not in BACKENDS:
-        names = ", ".join(BACKENDS)
+    if name not in backends():
+        names = ", ".join(backends())
         raise InputError(f"unknown backend {name!r}", api_hint=f"pass one of {names}",
                          cli_hint=f"pass --backend with one of {names}")
-    return BACKENDS[name]
+    return backends()[name]
 
 
 def gate_backend(precision: str) -> Backend:
@@ -218,7 +237,7 @@ def gate_backend(precision: str) -> Backend:
     Raises:
         LFMError: no backend runs that precision in a session.
     """
-    for b in BACKENDS.values():
+    for b in backends().values():
         if b.precision == precision and b.session is not None:
             return b
     raise LFMError(f"no registered backend runs {precision} graphs in a session")
@@ -226,7 +245,7 @@ def gate_backend(precision: str) -> Backend:
 
 def selectors() -> dict[str, str]:
     """{`providers=` name: runtime} of the runtimes the `Segmenter` picks instead of onnxruntime providers."""
-    return {b.selector: b.runtime for b in BACKENDS.values() if b.selector}
+    return {b.selector: b.runtime for b in backends().values() if b.selector}
 
 
 def selected_runtime(providers) -> str | None:
@@ -283,7 +302,7 @@ def select_backend(providers=None, precision: str = "fp32", backend: str | None 
     selector = selected_runtime(providers)
     if selector is None:
         return None
-    rows = [b for b in BACKENDS.values() if b.selector == selector]
+    rows = [b for b in backends().values() if b.selector == selector]
     for b in rows:
         if b.precision == precision:
             return b
@@ -294,9 +313,41 @@ def select_backend(providers=None, precision: str = "fp32", backend: str | None 
 
 def markdown_table() -> str:
     """docs/backends.md's table: one row per registered backend."""
-    lines = ["| backend | runtime | precision | graphs | runs |", "|---|---|---|---|---|"]
-    for b in BACKENDS.values():
+    lines = ["| backend | runtime | device | precision | graphs | runs |", "|---|---|---|---|---|---|"]
+    for b in backends().values():
         how = f"`providers='{b.selector}', precision='{b.precision}'`" if b.selector else "by name"
-        lines.append(f"| `{b.name}` | {b.runtime} | {b.precision} | {b.graphs} | {b.description}; "
+        lines.append(f"| `{b.name}` | {b.runtime} | {b.device} | {b.precision} | {b.graphs} | {b.description}; "
                      f"{'lfm-verify' if b.session is None else 'lfm-verify, Segmenter ' + how} |")
     return "\n".join(lines) + "\n"
+
+
+#: The entry-point group through which installed packages add backends (`load_plugins`).
+ENTRY_POINT_GROUP = "lfm_deploy.backends"
+
+
+def load_plugins() -> list[str]:
+    """Register the backends of installed packages: each entry point of `ENTRY_POINT_GROUP` names a
+    `Backend`, a list of them, or a module that calls `register` when imported, e.g. in the
+    plugin's pyproject.toml: `[project.entry-points."lfm_deploy.backends"] ort-coreml =
+    "my_pkg.backend:COREML"`. A plugin that fails to load is logged and left out; the built-in
+    backends always stay.
+
+    Returns:
+        The names of the entry points loaded.
+    """
+    import logging
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found = point.load()
+            for backend in [found] if isinstance(found, Backend) else found if isinstance(found, (list, tuple)) else []:
+                if BACKENDS.get(backend.name) is not backend:
+                    register(backend)
+        except Exception as exc:  # a broken plugin must not take the built-in backends down with it
+            logging.getLogger(__name__).warning("backend plugin %s (%s) not loaded: %s", point.name, point.value, exc)
+            continue
+        loaded.append(point.name)
+    return loaded
+

@@ -34,7 +34,7 @@ class BatchReport:
     Attributes:
         total: inputs found.
         succeeded: inputs segmented in this run.
-        skipped: inputs whose outputs were already complete (earlier runs; Ray engine).
+        skipped: inputs whose outputs an earlier run of the same job completed (`resume`).
         failed: inputs that could not be segmented (an error row each).
         out_dir: the output folder.
         table: the results table's path.
@@ -119,24 +119,25 @@ def output_names(stem: str, overlay: bool) -> dict:
 
 
 def result_row(item: str, names: dict, out: Path, status: str, *, height=None, width=None, foreground=None,
-               error=None, precision: str | None = None, backend: str | None = None) -> dict:
+               error=None, precision: str | None = None, backend: str | None = None, job: str | None = None) -> dict:
     """One results-table row.
 
     Args:
         item: the input as listed.
         names: its `output_names`.
         out: the output folder.
-        status: "ok", "error", "skipped" (Ray engine: complete from an earlier run) or
+        status: "ok", "error", "skipped" (complete from an earlier run of the same job) or
             "interrupted" (outputs written before Ctrl-C / SIGTERM, if any).
         height, width, foreground: the mask's size and foreground share.
         error: the reason of an "error" row.
         precision, backend: what ran.
+        job: `Job.key` of the run (artifacts, support set, precision, backend): what `resume` matches.
     """
     written = status in ("ok", "skipped")
     return {"input": item, "mask": str(out / names["mask"]) if written else None,
             "overlay": str(out / names["overlay"]) if written and "overlay" in names else None,
             "width": width, "height": height, "foreground": None if foreground is None else round(float(foreground), 6),
-            "status": status, "error": error, "precision": precision, "backend": backend}
+            "status": status, "error": error, "precision": precision, "backend": backend, "job": job}
 
 
 def write_table(out, rows: Sequence[dict]) -> None:
@@ -178,6 +179,48 @@ def claim_outputs(out, inputs: Sequence, overlay: bool) -> Outputs:
     return Outputs(out=out, items=items, stems=stems, names=names)
 
 
+def resume(out, plan: Outputs, key: str) -> tuple[dict[int, dict], list[int]]:
+    """What an earlier run of the same job left complete in the output folder, and what is left.
+
+    An input is done when its previous row says so for the same `Job.key` (the same artifacts,
+    support set, precision and backend: a changed model or support set redoes everything) and
+    every output file it names is there, recorded by lfm-predict and unchanged since (files are
+    renamed into place complete, and the folder's record holds their hashes). Failed,
+    interrupted and unrecorded inputs are done again.
+
+    Returns:
+        ({input index: its "skipped" row}, [indexes still to segment]).
+    """
+    from ..utils.outputs import foreign_files, read_record
+
+    record = read_record(out.path) if out.path.is_dir() else None
+    previous: dict = {}
+    if record is not None and record["kind"] == PREDICT_KIND and (out.path / RESULTS_NAME).is_file():
+        foreign = set(foreign_files(out.path, PREDICT_KIND) or [])
+        try:
+            for line in (out.path / RESULTS_NAME).read_text(encoding="utf-8").splitlines():
+                row = json.loads(line) if line.strip() else None
+                if isinstance(row, dict) and row.get("job") == key and row.get("status") in ("ok", "skipped"):
+                    previous[row.get("input")] = row
+        except (OSError, ValueError):
+            log.warning("%s is unreadable; every input is segmented again", out.path / RESULTS_NAME)
+            previous = {}
+    rows, todo = {}, []
+    for i, (item, names) in enumerate(zip(plan.items, plan.names)):
+        before = previous.get(item)
+        if before and before.get("mask") == str(out.path / names["mask"]) and all(
+                n in record["files"] and n not in foreign and (out.path / n).is_file() for n in names.values()):
+            rows[i] = result_row(item, names, out.path, "skipped", height=before.get("height"),
+                                 width=before.get("width"), foreground=before.get("foreground"),
+                                 precision=before.get("precision"), backend=before.get("backend"), job=key)
+        else:
+            todo.append(i)
+    if rows:
+        log.info("%d of %d input(s) already have complete outputs in %s: skipped", len(rows), len(plan.items),
+                 out.path)
+    return rows, todo
+
+
 def segment_locally(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
                     support_masks: Sequence[str | os.PathLike], inputs: Sequence[str], out_dir: str | os.PathLike,
                     *, batch_size: int = 8, threads: int | None = None, providers="cpu",
@@ -186,10 +229,12 @@ def segment_locally(artifact_dir: str | os.PathLike, support_images: Sequence[st
                     memory_budget: float | None = None) -> BatchReport:
     """Segment a collection of images in this process with a fixed support set.
 
-    The same inputs, outputs and table as `ray_batch.segment_collection`; every output name is
-    claimed before the model is loaded. An input that cannot be read or decoded is an error row
-    (the others are written). Ctrl-C / SIGTERM: the outputs written so far are complete and the
-    table lists them ("interrupted" rows for the rest), then the interrupt goes on.
+    The same checks, inputs, outputs, resumption and table as `ray_batch.segment_collection`:
+    every output name is claimed and the support set checked before the model is loaded, and an
+    input an earlier run of the same job completed is skipped. An input that cannot be read or
+    decoded is an error row (the others are written). Ctrl-C / SIGTERM: the outputs written so
+    far are complete and the table lists them ("interrupted" rows for the rest), then the
+    interrupt goes on.
 
     Args:
         artifact_dir: an lfm-export directory with the encoder/head pair.
@@ -213,27 +258,29 @@ def segment_locally(artifact_dir: str | os.PathLike, support_images: Sequence[st
     from tqdm.auto import tqdm
 
     from ..preprocess import to_pil_rgb
-    from ..runtime import Segmenter
     from .codec import mask_png, overlay_png
-    from .job import predict_isolated
+    from .job import predict_isolated, prepare_job, segmenter_for
 
     out = open_outputs(out_dir, inputs, artifact_dir=artifact_dir, supports=[*support_images, *support_masks],
                        overwrite=overwrite)
     plan = claim_outputs(out, inputs, overlay)
-    supports = [read_bytes(os.fspath(p)) if is_uri(os.fspath(p)) else p for p in (*support_images, *support_masks)]
-    seg = Segmenter.from_artifacts(artifact_dir, providers=providers, allow_fallback=allow_fallback, threads=threads,
-                                   batch_size=batch_size, precision=precision, memory_budget=memory_budget)
-    k = len(support_images)
-    seg.set_support(supports[:k], supports[k:], allow_empty=allow_empty)
-    log.info("running %s on %s (%s), exported at %s", seg.precision, seg.backend, ", ".join(seg.providers),
-             seg.exported_precision)
-    ran = {"precision": seg.precision, "backend": seg.backend}
-    rows: list[dict] = []
+    job = prepare_job(artifact_dir, support_images, support_masks, providers=providers,
+                      allow_fallback=allow_fallback, allow_empty=allow_empty, precision=precision)
+    rows, todo = resume(out, plan, job.key)
+    ran = {"precision": job.precision, "backend": job.backend, "job": job.key}
+    seg, active = None, []
     try:
-        with tqdm(total=len(plan.items), desc="lfm-predict", unit="img",
+        if todo:
+            seg = segmenter_for(job, providers=providers, allow_fallback=allow_fallback, threads=threads,
+                                batch_size=batch_size, allow_empty=allow_empty, precision=precision,
+                                memory_budget=memory_budget)
+            active = seg.providers
+            log.info("running %s on %s (%s), exported at %s", seg.precision, seg.backend, ", ".join(seg.providers),
+                     seg.exported_precision)
+        with tqdm(total=len(plan.items), initial=len(rows), desc="lfm-predict", unit="img",
                   disable=not progress or len(plan.items) < 2) as bar:
-            for start in range(0, len(plan.items), batch_size):
-                chunk = range(start, min(start + batch_size, len(plan.items)))
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
                 sources, readable = {}, []
                 for i in chunk:
                     try:
@@ -245,26 +292,30 @@ def segment_locally(artifact_dir: str | os.PathLike, support_images: Sequence[st
                 for i in chunk:
                     item, names, mask = plan.items[i], plan.names[i], masks.get(i, sources[i])
                     if isinstance(mask, InputError):
-                        rows.append(result_row(item, names, out.path, "error", error=mask.cli_message(), **ran))
+                        rows[i] = result_row(item, names, out.path, "error", error=mask.cli_message(), **ran)
                         continue
                     if overlay:  # the overlay first: the mask, written last, completes the input
                         out.write_bytes(names["overlay"], overlay_png(to_pil_rgb(sources[i], item), mask))
                     out.write_bytes(names["mask"], mask_png(mask))
-                    rows.append(result_row(item, names, out.path, "ok", height=int(mask.shape[0]),
-                                           width=int(mask.shape[1]), foreground=float(mask.mean()), **ran))
+                    rows[i] = result_row(item, names, out.path, "ok", height=int(mask.shape[0]),
+                                         width=int(mask.shape[1]), foreground=float(mask.mean()), **ran)
                 bar.update(len(chunk))
     except KeyboardInterrupt:  # what was written is complete, and the table says what it is
-        if out.written:
+        if out.written or rows:
             written = set(out.written)
-            for i in range(len(rows), len(plan.items)):
-                row = result_row(plan.items[i], plan.names[i], out.path, "interrupted", **ran)
-                row.update({key: str(out.path / n) if n in written else None for key, n in plan.names[i].items()})
-                rows.append(row)
-            write_table(out, rows)
+            for i in set(range(len(plan.items))) - set(rows):
+                rows[i] = result_row(plan.items[i], plan.names[i], out.path, "interrupted", **ran)
+                rows[i].update({k: str(out.path / n) if n in written else None for k, n in plan.names[i].items()})
+            write_table(out, [rows[i] for i in sorted(rows)])
         raise
-    write_table(out, rows)
-    failed = sum(r["status"] == "error" for r in rows)
-    return BatchReport(total=len(plan.items), succeeded=len(rows) - failed, skipped=0, failed=failed,
-                       out_dir=out.path, table=out.path / RESULTS_NAME, rows=rows, renamed=plan.renamed(),
-                       model=f"{seg.domain}, {seg.shots}-shot, exported at {seg.exported_precision}",
-                       weights_label=seg.weights_label, providers=seg.providers, **ran)
+    finally:
+        if seg is not None:
+            seg.close()
+    ordered = [rows[i] for i in sorted(rows)]
+    write_table(out, ordered)
+    failed = sum(r["status"] == "error" for r in ordered)
+    return BatchReport(total=len(plan.items), succeeded=len(ordered) - failed - (len(plan.items) - len(todo)),
+                       skipped=len(plan.items) - len(todo), failed=failed, out_dir=out.path,
+                       table=out.path / RESULTS_NAME, rows=ordered, renamed=plan.renamed(), model=job.describe(),
+                       weights_label=job.manifest.weights_label, providers=active,
+                       precision=job.precision, backend=job.backend)

@@ -8,9 +8,12 @@ to the workers as bytes, so they only need to exist on the machine that submits 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +42,17 @@ class Job:
     #: What runs (`lfm_deploy.runtime.precisions`): the resolved precision and the backend.
     precision: str = "fp32"
     backend: str = "onnxruntime"
+
+    @cached_property
+    def key(self) -> str:
+        """What a run computes, in 16 hex digits: the artifacts' hashes, the support files, the
+        precision and the backend. A batch job skips an input only when an earlier run of the same
+        key completed it (`batch.resume`)."""
+        digest = hashlib.sha256(json.dumps([sorted((n, e.sha256) for n, e in self.manifest.files.items()),
+                                            self.precision, self.backend]).encode())
+        for data in (*self.support_images, *self.support_masks):
+            digest.update(hashlib.sha256(data).digest())
+        return digest.hexdigest()[:16]
 
     def describe(self) -> str:
         """The export in a few words: "deepglobe, 1-shot, exported at int8"."""
@@ -143,7 +157,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
 
 def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, threads: int | None = None,
                   batch_size: int = 8, allow_empty: bool = False, precision: str | None = None,
-                  spin_wait: bool = True):
+                  spin_wait: bool = True, memory_budget: float | None = None):
     """Inside a worker: load the artifacts and encode the job's support set (once).
 
     Returns:
@@ -152,7 +166,8 @@ def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, th
     from ..runtime import Segmenter
 
     seg = Segmenter.from_artifacts(job.artifact_dir, providers=providers, allow_fallback=allow_fallback,
-                                   threads=threads, batch_size=batch_size, precision=precision, spin_wait=spin_wait)
+                                   threads=threads, batch_size=batch_size, precision=precision, spin_wait=spin_wait,
+                                   memory_budget=memory_budget)
     seg.set_support(list(job.support_images), list(job.support_masks), allow_empty=allow_empty)
     return seg
 

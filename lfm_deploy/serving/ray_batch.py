@@ -16,13 +16,12 @@ artifact directory must be readable by every node (a shared filesystem, or URIs 
 Inputs, output names, files and the results table are the local engine's (`batch`); outputs
 go through `lfm_deploy.utils.outputs.OutputDir` (kind "lfm-predict output"): every name is claimed before any model loads, no file lfm-predict did not
 write is replaced, and each file is renamed into place complete and recorded with its hash.
-Resumable: an input whose outputs are recorded and unchanged is skipped; failed inputs are
-tried again.
+Resumable (`batch.resume`): an input that an earlier run of the same job completed is skipped;
+failed inputs are tried again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,8 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..manifest import weights_label
-from .batch import PREDICT_KIND, RESULTS_NAME, BatchReport, claim_outputs, open_outputs, result_row, write_table
+from .batch import RESULTS_NAME, BatchReport, claim_outputs, open_outputs, result_row, resume, write_table
 from .collection import read_bytes
 from .job import Job, predict_isolated, prepare_job, segmenter_for
 
@@ -112,18 +110,8 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     items, names = plan.items, plan.names
     job = prepare_job(artifact_dir, support_images, support_masks, providers=providers,
                       allow_fallback=allow_fallback, allow_empty=allow_empty, precision=precision)
-    done = _completed(out.path, [n for entry in names for n in entry.values()])
-    previous = _previous_rows(out.path / RESULTS_NAME) if done else {}
-    rows: dict[int, dict] = {}
-    todo = []
-    for i, (item, entry) in enumerate(zip(items, names)):
-        if all(n in done for n in entry.values()):
-            rows[i] = _skipped_row(item, entry, out.path, previous.get(item), job)
-        else:
-            todo.append(i)
+    rows, todo = resume(out, plan, job.key)
     skipped = len(rows)
-    if skipped:
-        log.info("%d of %d input(s) already have complete outputs in %s: skipped", skipped, len(items), out.path)
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     timing: dict = {}
     try:
@@ -140,62 +128,14 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     return BatchReport(total=len(items), succeeded=len(ordered) - failed - skipped, skipped=skipped, failed=failed,
                        out_dir=out.path, table=out.path / RESULTS_NAME, rows=ordered, precision=job.precision,
                        backend=job.backend, renamed=plan.renamed(), model=job.describe(),
-                       weights_label=weights_label(job.manifest),
+                       weights_label=job.manifest.weights_label,
                        seconds=timing.get("seconds", 0.0), first_result_s=timing.get("first_result_s"),
                        worker_batches=timing.get("workers", {}))
 
 
 def _row(item, names, out: Path, status, job: Job, **fields) -> dict:
-    """One results-table row (`batch.result_row`), naming the precision and backend the workers run."""
-    return result_row(item, names, out, status, precision=job.precision, backend=job.backend, **fields)
-
-
-def _completed(directory: Path, names: list[str]) -> set[str]:
-    """The names already written by an earlier lfm-predict run and unchanged since (its record).
-
-    A file renamed into place is complete, and the record holds each file's hash, so a file
-    present, recorded and matching is finished work; anything else is done again.
-    """
-    from ..utils.outputs import foreign_files, read_record
-
-    record = read_record(directory) if directory.is_dir() else None
-    if record is None or record["kind"] != PREDICT_KIND:
-        return set()
-    foreign = set(foreign_files(directory, PREDICT_KIND) or [])
-    return {n for n in names if n in record["files"] and (directory / n).is_file() and n not in foreign}
-
-
-def _skipped_row(item: str, names: dict, out: Path, before: dict | None, job: Job) -> dict:
-    """A skipped input's row: the size, foreground, precision and backend from the previous table
-    (else the PNG header and this run's)."""
-    if before and before.get("status") in ("ok", "skipped") and before.get("mask") == str(out / names["mask"]):
-        row = _row(item, names, out, "skipped", job, height=before.get("height"), width=before.get("width"),
-                   foreground=before.get("foreground"))
-        row.update({k: before[k] for k in ("precision", "backend") if before.get(k)})
-        return row
-    from PIL import Image
-
-    try:
-        with Image.open(out / names["mask"]) as img:
-            width, height = img.size
-    except OSError:
-        width = height = None
-    return _row(item, names, out, "skipped", job, height=height, width=width)
-
-
-def _previous_rows(table: Path) -> dict:
-    if not table.is_file():
-        return {}
-    rows = {}
-    try:
-        for line in table.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[row.get("input")] = row
-    except (OSError, ValueError):
-        log.warning("%s is unreadable; resuming from the output files alone", table)
-        return {}
-    return rows
+    """One results-table row (`batch.result_row`) of this job."""
+    return result_row(item, names, out, status, precision=job.precision, backend=job.backend, job=job.key, **fields)
 
 
 def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address, workers, batch_size, threads,

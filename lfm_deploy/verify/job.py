@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, LFMError
 from ..manifest import Manifest
-from ..runtime.backends import BACKENDS, Backend, PlanContext, Planned, get_backend
+from ..runtime.backends import Backend, PlanContext, Planned, backends as registry, get_backend
 from ..parity.compare import OutputCheck, Tolerance, Tolerances, compare_output, decision_margins, evidence_of, \
     foreground_iou
 from ..parity.gate import EVIDENCE_HINT
@@ -260,11 +260,12 @@ def verify_artifacts(
     manifest = read_manifest(artifact_dir)
     if episodes < 1:
         raise LFMError(f"--episodes must be at least 1, got {episodes}")
-    names = list(backends) if backends is not None else list(BACKENDS)
-    unknown = [n for n in names if n not in BACKENDS and n != REFERENCE]
+    known = registry()
+    names = list(backends) if backends is not None else list(known)
+    unknown = [n for n in names if n not in known and n != REFERENCE]
     if unknown:
-        raise LFMError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
-    names = [n for n in BACKENDS if n in names]
+        raise LFMError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    names = [n for n in known if n in names]
     from ..domains import get_domain
 
     tols = {"fp32": Tolerances.from_manifest(manifest), **get_domain(manifest.domain).precision_gates}
@@ -281,7 +282,7 @@ def verify_artifacts(
     try:
         feeds, truths = parity_episodes(manifest, episodes, seed)
         fp16_path = (_fp16_graph(artifact_dir, manifest, fp16_onnx, workdir, seed)
-                     if any(BACKENDS[n].graphs == "fp16" for n in names) else None)
+                     if any(known[n].graphs == "fp16" for n in names) else None)
         ctx = _plan_context(artifact_dir, manifest, threads, fp16_path, model_loader)
         plan = [_plan(get_backend(n), ctx) for n in names]
 

@@ -109,3 +109,40 @@ def test_a_registered_backend_runs_in_the_segmenter_and_lfm_verify(toy, exported
     assert "[ok] ort-cpu-basic (onnxruntime CPU, basic graph optimisations (episode.onnx), 2 threads)" in result.output
     data = json.loads((out / "verify.json").read_text())
     assert [b["name"] for b in data["backends"]] == ["eager-fp64", "ort-cpu", "ort-cpu-basic"]
+
+
+def test_an_installed_package_adds_a_backend_through_the_entry_point(tmp_path):
+    """A backend in its own installed package (a dist-info with an `lfm_deploy.backends` entry point)
+    reaches the registry, `lfm verify --backend` and the GPU rows with no file of this project
+    changed; a plugin that fails to import is named in a warning and the built-ins stay."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "toy_backends").mkdir(parents=True)
+    (site / "toy_backends" / "__init__.py").write_text(
+        "from lfm_deploy.runtime.backends import Backend\n"
+        "from lfm_deploy.runtime import SessionFromOnnx\n"
+        "TOY = Backend('ort-cpu-plugin', 'onnxruntime', 'fp32', 'onnxruntime CPU from a plugin',\n"
+        "              session=lambda path, **_: SessionFromOnnx(path, ['cpu']))\n"
+        "GPU = [Backend('toy-gpu', 'onnxruntime', 'fp32', 'a GPU row from a plugin',\n"
+        "               session=lambda path, **_: SessionFromOnnx(path, ['cpu']), device='gpu')]\n")
+    info = site / "toy_backends-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-backends\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[lfm_deploy.backends]\nort-cpu-plugin = toy_backends:TOY\n"
+                                           "toy-gpu = toy_backends:GPU\nbroken = toy_backends_missing:X\n")
+    root = Path(__file__).resolve().parents[2]
+    code = ("import json; from lfm_deploy.runtime.backends import BACKENDS, backends; backends(); "
+            "from click.testing import CliRunner; "
+            "from lfm_deploy.cli.group import lfm; help = CliRunner().invoke(lfm, ['verify', '--help']).output; "
+            "print(json.dumps([list(BACKENDS), [b.name for b in BACKENDS.values() if b.device == 'gpu'], "
+            "'ort-cpu-plugin' in help]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": f"{site}:{root}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names, gpu, in_help = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert names[:2] == ["eager-fp32", "ort-cpu"] and names[-2:] == ["ort-cpu-plugin", "toy-gpu"]
+    assert gpu == ["ort-cuda", "trt-fp32", "trt-fp16", "trt-int8", "toy-gpu"] and in_help
+    assert "backend plugin broken (toy_backends_missing:X) not loaded" in proc.stderr
+    assert "ort-cpu-plugin" not in BACKENDS  # this process has no such package installed

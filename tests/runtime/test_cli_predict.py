@@ -236,3 +236,35 @@ def test_precision_the_export_lacks_is_refused_before_any_output(exported, files
     lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and "was exported at fp32 and hold no int8 graphs" in lines[0], result.output
     assert "--precision auto (fp32) or fp32" in lines[0] and not any(out.glob("*.png"))
+
+
+def test_a_rerun_of_the_same_job_resumes_and_a_changed_support_set_redoes(exported, files, tmp_path):
+    """One resumption rule for both engines (`serving.batch.resume`): outputs an earlier run of the same
+    artifacts, support set and precision completed are kept and skipped, the rest is done; another
+    support set makes every mask again (the old masks came from another model input)."""
+    art = exported(shots=1).out_dir
+    out = tmp_path / "out"
+    base = [str(art), str(files["qdir"]), str(files["single"]), "--out", str(out), "--threads", "1", "-q"]
+    first = CliRunner().invoke(main, base + ["--support", files["pairs"][0]])
+    assert first.exit_code == 0, first.output
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    (out / "single_mask.png").unlink()  # lost since: that input is segmented again
+
+    again = CliRunner().invoke(main, base + ["--support", files["pairs"][0]])
+    assert again.exit_code == 0, again.output
+    assert "Wrote 1 mask(s) and overlays" in again.output and "2 already complete from an earlier run" in again.output
+    rows = {Path(r["input"]).name: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert {n: r["status"] for n, r in rows.items()} == {"a.png": "skipped", "b.jpg": "skipped", "single.png": "ok"}
+    assert len({r["job"] for r in rows.values()}) == 1
+    assert all(r["foreground"] is not None and r["width"] for r in rows.values())
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if not p.name.startswith("single")}
+    assert kept == {n: t for n, t in stamps.items() if not n.startswith("single")}
+
+    other = CliRunner().invoke(main, base + ["--support", files["pairs"][1]])
+    assert other.exit_code == 0, other.output
+    assert "Wrote 3 mask(s)" in other.output and "already complete" not in other.output
+    rows2 = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in rows2} == {"ok"} and rows2[0]["job"] != rows["a.png"]["job"]
+    seg = Segmenter.from_artifacts(art, threads=1)
+    seg.set_support(*files["pairs"][1].split(":"))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")) // 255, seg.predict(files["qdir"] / "a.png"))
