@@ -1,39 +1,15 @@
 """Torch-free image and mask preprocessing shared by the data readers and the runtime.
 
-Matches the upstream CD-FSS pipeline exactly: images go through PIL bilinear resize to the
-model size (torchvision `Resize` on a PIL image), `ToTensor` scaling and ImageNet
-normalisation; masks are read as grayscale, thresholded at 128 and resized with
-`torch.nn.functional.interpolate(mode="nearest")` semantics (reproduced here in numpy so that
-the runtime needs no torch).
-
-Bit depth: one rule for files, PIL images and numpy arrays, images and masks alike.
-
-- 8-bit: uint8 arrays and PIL's 8-bit modes (1, L, P, LA, PA, RGB, RGBA, RGBX, CMYK, YCbCr)
-  are used as they are (PIL `convert`), the upstream pipeline. 16-bit colour PNGs reach us as
-  8-bit RGB already (Pillow keeps their high byte).
-- 16-bit: uint16 arrays (either byte order) and PIL's I;16 modes (16-bit grayscale PNG and
-  TIFF files) are scaled by their full range, round(v * 255 / 65535) = (v + 128) // 257: 65535
-  is white and an 8-bit value x stored as x * 257 comes back as x. Mode I images decoded from
-  a PNG file (older Pillow reads 16-bit grayscale PNGs as I) hold 16 bits by the PNG format
-  and follow the same rule. Before, PIL clipped such pixels at 255 (a white image).
-- Refused with an `InputError` saying how to convert: float arrays and PIL mode F (no agreed
-  range: [0, 1] and [0, 255] are both common, and guessing from the values would read a dark
-  image in [0, 255] as a bright one), other integer dtypes and PIL mode I (32-bit: the bit
-  depth of the data is unknown), and bool images.
-
-Masks are decoded the same way and are foreground where the 8-bit value is >= 128 (for 16-bit
-masks: v >= 32768). Arrays may also be label masks: a bool, integer or float array holding only
-0 and 1 is used as is, and an integer array of another dtype (int64 from `np.where(m, 255, 0)`)
-holds 8-bit values, which must lie in [0, 255]. `decode_mask` also reports what it read, for
-the warnings of `mask_warnings` (a non-binary, colour or photograph-like mask) and the
-explanation of `empty_mask_hint` (an empty mask that held labels or a 0/1 file).
-
-Images as people see them (`displayed`, one rule for files, encoded bytes and PIL images,
-images and masks alike): the EXIF orientation is applied, so a phone photo stored sideways is
-segmented upright and a mask drawn on the upright photo fits it; a multi-frame file (animated
-GIF/PNG/WebP, multi-page TIFF) is read as its first frame, with a warning naming the file and
-its frame count. Numpy arrays carry no orientation and one frame. Files are opened only when
-they are regular files of at most `MAX_IMAGE_BYTES` (`lfm_deploy.utils.files.regular_file`).
+The upstream CD-FSS pipeline exactly (docs/graph-contract.md, "Preprocessing contract"): PIL
+bilinear resize, `ToTensor` scaling and ImageNet normalisation; masks thresholded at 128 and
+resized with `interpolate(mode="nearest")` semantics, reproduced in numpy. One rule for files,
+encoded bytes, PIL images and arrays, images and masks alike (README, "Production runtime"):
+8-bit pixels as they are; 16-bit ones (uint16 arrays, PIL I;16, and mode I decoded from a PNG,
+as older Pillow reads 16-bit grayscale PNGs) scaled by their full range (`scale_16bit`); float,
+32-bit and bool images refused with how to convert; {0, 1} mask arrays taken as labels; the
+EXIF orientation applied and the first frame of a multi-frame file used, with a warning
+(`displayed`). `decode_mask` also reports what it read, for `mask_warnings` and
+`empty_mask_hint`.
 """
 
 from __future__ import annotations
@@ -272,6 +248,19 @@ def _refuse_dtype(arr: np.ndarray, what: str, kind: str) -> NoReturn:
                      api_hint=f"pass uint8 pixels in [0, 255] or uint16 pixels (scaled by 255/65535) ({why})")
 
 
+def _pil_source(value, what: str, kind: str) -> tuple[Image.Image, bool] | None:
+    """(PIL image, from a file?) of a path, encoded bytes (an HTTP body) or PIL image; None for an array."""
+    if isinstance(value, (str, os.PathLike)):
+        return _open(value, kind), True
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return open_image_bytes(value, what), True
+    if isinstance(value, Image.Image):
+        return value, False
+    if isinstance(value, np.ndarray):
+        return None
+    raise _type_error(value, what, kind)
+
+
 def _image_array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -290,7 +279,7 @@ def _image_array_to_pil(arr: np.ndarray, what: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels))
 
 
-def _image_pil_to_8bit(img: Image.Image, what: str, from_file: bool) -> Image.Image:
+def _image_pil_to_8bit(img: Image.Image, from_file: bool, what: str) -> Image.Image:
     img = _loaded(img, what)
     if _is_16bit_pil(img):
         return Image.fromarray(scale_16bit(_pil_array(img, what)))
@@ -305,23 +294,14 @@ def to_pil_rgb(image: ImageLike, what: str = "image") -> Image.Image:
     Grayscale, palette and RGBA images are converted the way PIL's `convert("RGB")` does, which
     is what the upstream readers do (X-rays are replicated to three channels); the alpha of
     (H, W, 2) gray+alpha and (H, W, 4) RGBA arrays is dropped, as for LA and RGBA images.
-    16-bit pixels are scaled to 8 bits by their full range (see the module docstring).
+    16-bit pixels are scaled to 8 bits by their full range (`scale_16bit`).
 
     Raises:
         InputError: a missing, unreadable or oversized file, a directory; a wrong type, shape
             or dtype; float, 32-bit or NaN/Inf pixels; a PIL mode that cannot become RGB.
     """
-    from_file = isinstance(image, (str, os.PathLike))
-    if from_file:
-        img = _image_pil_to_8bit(_open(image, "image"), what, True)
-    elif isinstance(image, (bytes, bytearray, memoryview)):  # an HTTP body, an object-store read
-        img = _image_pil_to_8bit(open_image_bytes(image, what), what, True)
-    elif isinstance(image, Image.Image):
-        img = _image_pil_to_8bit(image, what, False)
-    elif isinstance(image, np.ndarray):
-        img = _image_array_to_pil(image, what)
-    else:
-        raise _type_error(image, what, "image")
+    source = _pil_source(image, what, "image")
+    img = _image_pil_to_8bit(*source, what) if source else _image_array_to_pil(image, what)
     if img.mode == "RGB":
         return img
     try:
@@ -390,7 +370,7 @@ def _thresholded(levels: np.ndarray, depth: str, raw: np.ndarray, color_share: f
                        from_array=from_array)
 
 
-def _decode_pil_mask(img: Image.Image, what: str, from_file: bool) -> DecodedMask:
+def _decode_pil_mask(img: Image.Image, from_file: bool, what: str) -> DecodedMask:
     img = _loaded(img, what)
     if _is_16bit_pil(img):
         raw = _pil_array(img, what)
@@ -456,15 +436,8 @@ def decode_mask(mask: ImageLike, what: str = "mask") -> DecodedMask:
             or dtype; NaN/Inf, float values other than 0 and 1, integers outside [0, 255];
             float or 32-bit PIL images.
     """
-    if isinstance(mask, (str, os.PathLike)):
-        return _decode_pil_mask(_open(mask, "mask"), what, True)
-    if isinstance(mask, (bytes, bytearray, memoryview)):
-        return _decode_pil_mask(open_image_bytes(mask, what), what, True)
-    if isinstance(mask, Image.Image):
-        return _decode_pil_mask(mask, what, False)
-    if isinstance(mask, np.ndarray):
-        return _decode_array_mask(mask, what)
-    raise _type_error(mask, what, "mask")
+    source = _pil_source(mask, what, "mask")
+    return _decode_pil_mask(*source, what) if source else _decode_array_mask(mask, what)
 
 
 def binarize_mask(mask: ImageLike, what: str = "mask") -> np.ndarray:

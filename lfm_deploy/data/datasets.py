@@ -1,18 +1,13 @@
 """Readers for the CD-FSS benchmark layouts (as on disk upstream) and for a user's support set.
 
-Torch-free (numpy + Pillow). Each layout has one reader, picked through `_READERS` by
-`Domain.layout`; every reader returns the same small `SegmentationDataset`: class names, the
-(image, mask) pairs of each class in the upstream listing order, and `load()` which turns a
-pair into model-ready arrays with the domain's preprocessing.
-
-Listing rules follow the PATNet / HSNet dataset classes: directory entries are sorted as
-strings (`sorted(glob(...))`), an entry counts when the text after its first dot is the
-expected extension (`name.split('.')[1] == 'jpg'`), and a mask is found from its image's
-name up to the first dot. Hidden files are skipped, as `glob('*')` skips them.
+Torch-free (numpy + Pillow). One reader per `Domain.layout` (`_READERS`), each returning a
+`SegmentationDataset`: class names, each class's (image, mask) pairs in upstream listing order,
+and `load()`. The layouts and PATNet / HSNet's listing rules: docs/data.md, "Layouts".
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -20,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import Callable, Iterator, NamedTuple, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -151,12 +146,9 @@ class SegmentationDataset:
         image = open_image(image_path, "image")
         mask = open_image(mask_path, "mask")
         _check_same_size(image_path, image.size, mask_path, mask.size)
-        try:
-            arr = normalize_image(image, size, self.domain.mean, self.domain.std, str(image_path))
-            target = prepare_mask(mask, size, str(mask_path))
-        except InputError as exc:
-            raise DataError(exc.message, api_hint=exc.api_hint, cli_hint=exc.cli_hint) from None
-        return arr, target
+        with _data_errors():
+            return (normalize_image(image, size, self.domain.mean, self.domain.std, str(image_path)),
+                    prepare_mask(mask, size, str(mask_path)))
 
     def check_files(self) -> int:
         """Check every pair without decoding pixels: both files readable, same size.
@@ -200,18 +192,31 @@ def open_image(path: PathLike, what: str = "image") -> Image.Image:
     Raises:
         DataError: the file is missing, not a regular file, or cannot be decoded.
     """
+    def decode(img: Image.Image, path: Path) -> Image.Image:
+        img.load()
+        return displayed(img, f"{what} {path}")
+
+    return _read_image(path, what, decode)
+
+
+def _read_image(path: PathLike, what: str, read: Callable[[Image.Image, Path], object]):
+    """`read(opened image, path)` of a regular image file (`_readable`), every failure a DataError."""
     path = _readable(path, what)
     try:
-        with Image.open(path) as img:
-            img.load()
-            return displayed(img, f"{what} {path}")
+        with _data_errors(), Image.open(path) as img:
+            return read(img, path)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read {what} {path} ({exc}); replace it with a valid PNG/JPEG file "
+                        "or remove it and its pair") from None
+
+
+@contextlib.contextmanager
+def _data_errors() -> Iterator[None]:
+    """`lfm_deploy.preprocess`'s InputErrors as DataErrors, with the same message and hints."""
+    try:
+        yield
     except InputError as exc:
         raise DataError(exc.message, api_hint=exc.api_hint, cli_hint=exc.cli_hint) from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"cannot read {what} {path} ({exc}); replace it with a valid PNG/JPEG file "
-            "or remove it and its pair"
-        ) from None
 
 
 def _readable(path: PathLike, what: str) -> Path:
@@ -225,15 +230,7 @@ def _readable(path: PathLike, what: str) -> Path:
 
 def _header_size(path: Path, what: str) -> tuple[int, int]:
     """(width, height) as displayed (EXIF orientation applied), from the header only."""
-    path = _readable(path, what)
-    try:
-        with Image.open(path) as img:
-            return displayed_size(img)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"cannot read {what} {path} ({exc}); replace it with a valid PNG/JPEG file "
-            "or remove it and its pair"
-        ) from None
+    return _read_image(path, what, lambda img, _: displayed_size(img))
 
 
 def _check_same_size(
@@ -496,26 +493,20 @@ def _index_rows(index: Path) -> list[dict]:
                 "class); add it"
             )
         return rows
-    if index.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"index {index} line {lineno} is not JSON ({exc.msg}); write one "
-                    '{"image": ..., "mask": ...} object per line'
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(
-                    f"index {index} line {lineno} is not an object; write one "
-                    '{"image": ..., "mask": ...} object per line'
-                )
-            rows.append(row)
-        return rows
-    raise AssertionError("unreachable: the suffix was checked above")  # pragma: no cover
+    rows = []  # .jsonl / .json: one object per line
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"index {index} line {lineno} is not JSON ({exc.msg}); write one "
+                            '{"image": ..., "mask": ...} object per line') from None
+        if not isinstance(row, dict):
+            raise DataError(f"index {index} line {lineno} is not an object; write one "
+                            '{"image": ..., "mask": ...} object per line')
+        rows.append(row)
+    return rows
 
 
 def _read_support_index(domain: Domain, index: Path) -> SegmentationDataset:
@@ -690,10 +681,8 @@ def check_support_masks(
     """
     empty = []
     for _, mask_path in pairs:
-        try:
+        with _data_errors():
             mask = binarize_mask(open_image(mask_path, "mask"), str(mask_path))
-        except InputError as exc:
-            raise DataError(exc.message, api_hint=exc.api_hint, cli_hint=exc.cli_hint) from None
         if size is not None:
             mask = resize_mask_nearest(mask, size)
         if not check_foreground(mask, mask_path):

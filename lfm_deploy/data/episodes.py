@@ -1,20 +1,9 @@
 """Test episodes of the CD-FSS benchmark protocol, reproduced without torch.
 
-Upstream (PATNet / HSNet `sample_episode`) seeds numpy's global RNG with 0 before testing and
-draws, per episode, with `np.random.choice(names, 1, replace=False)[0]`; the test loader neither
-shuffles nor uses workers, so the draws form one stream. Here the same stream comes from a
-local `np.random.RandomState(seed)` (the legacy generator behind `np.random.seed`), drawn with
-the same calls over the same lists, so seed 0 gives upstream's episodes and no global state is
-touched.
-
-Two protocols, chosen by `SegmentationDataset.protocol`:
-
-* `class_cycle` (Deepglobe, ISIC, Chest X-ray, user sets): class = episode index mod number of
-  classes; the query is drawn from the class, then each support, redrawn only while it equals
-  the query (supports may repeat each other).
-* `every_query` (FSS-1000): episode i's query is the i-th image of the listing (every test
-  image once), its class is the query's; supports are drawn from the class's images in numeric
-  order (upstream draws a number in 1..10), redrawn only while equal to the query.
+Upstream's draws (`np.random.choice(names, 1, replace=False)[0]` on numpy's global RNG seeded
+with 0, one stream) replayed with the same calls on a local `np.random.RandomState(seed)`, so
+seed 0 gives upstream's episodes and no global state is touched. The two protocols
+(`SegmentationDataset.protocol`: `class_cycle`, `every_query`) are in docs/data.md, "Episodes".
 """
 
 from __future__ import annotations

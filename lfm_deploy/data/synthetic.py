@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from ..domains import Domain, get_domain
 from ..errors import DataError
 from ..utils.outputs import ArtifactDir, check_location
-from .datasets import SUPPORT_MASK_SUFFIX, Pair, PathLike
+from .datasets import SUPPORT_MASK_SUFFIX, Pair, PathLike, _numbered_categories
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +178,6 @@ def _fss_names(count: int) -> list[str]:
     return [f"synthetic_{i:02d}" for i in range(count)]
 
 
-def _numbered(domain: Domain) -> list[str]:
-    return [str(i) for i in range(1, domain.num_classes + 1)]
-
-
 def _write_deepglobe(base: Path, classes: list[str], per_class: int, size: int, seed: Seed) -> None:
     for ci, cat in enumerate(classes):
         for k in range(per_class):
@@ -219,8 +215,8 @@ def _write_fss1000(base: Path, classes: list[str], per_class: int, size: int, se
 
 
 _LAYOUTS: dict[str, _LayoutSpec] = {
-    "deepglobe": _LayoutSpec(_write_deepglobe, _numbered, True, 6),
-    "isic": _LayoutSpec(_write_isic, _numbered, True, 6),
+    "deepglobe": _LayoutSpec(_write_deepglobe, _numbered_categories, True, 6),
+    "isic": _LayoutSpec(_write_isic, _numbered_categories, True, 6),
     "chest_xray": _LayoutSpec(_write_chest_xray, lambda d: ["lung"], True, 6),
     # FSS-1000 classes have 10 images each (upstream draws supports from 1..10).
     "fss1000": _LayoutSpec(_write_fss1000, lambda d: _fss_names(4), False, 10),

@@ -1,21 +1,10 @@
 """FFT lowerings for export: swap the masker's `torch.fft` backend for exportable graphs.
 
-The masker (APM `MaskModule`, ACPA `PhaseAttention`) computes through a pluggable `spectral`
-backend. Three lowerings exist, chosen explicitly when a model is prepared for export (never by
-sniffing whether a trace is running):
-
-- ``"torch"``: `TorchFFT`, eager `torch.fft` (the reference; not exportable to ONNX by the
-  TorchScript exporter, lowered to ONNX `DFT` by the dynamo exporter *with* the sign problem
-  described in docs/numerics.md, "abs, angle and the +pi case").
-- ``"matmul"``: `MatmulFFT`, the 2-D DFT and its inverse as real matrix products with constant
-  matrices (fftshift/ifftshift folded in). Only ops TensorRT 10 supports; the fast path in
-  onnxruntime too.
-- ``"dft"``: `OnnxDFT`, `torch.fft` written so that the dynamo exporter emits ONNX `DFT` nodes,
-  with the atan2 branch-cut and ACPA sign problems fixed. Needs TensorRT >= 11.2 (cuFFT plugin)
-  and is slow in onnxruntime; kept as the second, independent lowering.
-
-ACPA's pooled phase does not need a spectrum at all in either exportable lowering: for real input
-it is an exact function of the signs of at most four real sums (see `self_conjugate_phase_mean`).
+Three lowerings, chosen explicitly (never by sniffing whether a trace is running): ``"torch"``
+(`TorchFFT`, the eager reference), ``"matmul"`` (`MatmulFFT`: constant matrix products, TensorRT
+10 ops only) and ``"dft"`` (`OnnxDFT`: ONNX `DFT` nodes, TensorRT >= 11.2). How each is built
+and why `safe_atan2` and `self_conjugate_phase_mean` exist: docs/numerics.md, "FFT lowering",
+"abs, angle and the +pi case", "ACPA without a spectrum".
 """
 
 from __future__ import annotations
@@ -72,19 +61,12 @@ def safe_atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """atan2(y, x) from Atan, Div, comparisons, Where and Casts, equal to `torch.angle(x + iy)`.
 
     Matches `torch.atan2` / `torch.angle` on every finite input, signed zeros included, to a
-    few ulps (atan(y/x) +- pi rounds twice) and with the same sign everywhere:
-    ``(+0, -1) -> +pi``, ``(-0, -1) -> -pi``, ``(+0, -0) -> +pi``, ``(-0, +0) -> -0``,
-    ``(y != 0, +-0) -> +-pi/2``, ``(0, 0) -> 0``. This is what the ONNX exporter's own atan2
-    decomposition gets wrong: it tests ``y > 0`` and so sends the real-negative bins with a
-    ``+0`` imaginary part (the DC bin of every negative-sum channel) to ``-pi`` instead of
-    ``+pi``. NaN in either argument gives NaN; an infinite ``x`` or ``y`` alone gives atan2's
-    value, both infinite gives NaN (atan2 gives an odd multiple of pi/4).
-
-    Branches are selected with Cast-and-Mul, and `Where` only picks between scalars:
-    onnxruntime's CPU Where with tensor operands is ~30x slower than an Add (5 ms vs 0.15 ms
-    on a (1, 2048, 169) tensor), and the masker runs this on every spectral bin. The division
-    by x = +-0 is intended: it gives +-inf and atan(+-inf) = +-pi/2, as IEEE guarantees in
-    onnxruntime and TensorRT alike.
+    few ulps (the table and the exporter's ``y > 0`` mistake it avoids: docs/numerics.md, "abs,
+    angle and the +pi case"). NaN in either argument gives NaN; an infinite ``x`` or ``y`` alone
+    gives atan2's value, both infinite gives NaN (atan2 gives an odd multiple of pi/4).
+    Branches are selected with Cast-and-Mul, and `Where` only picks between scalars (onnxruntime's
+    CPU Where on tensors is ~30x slower than an Add); the division by x = +-0 is intended
+    (+-inf, and atan(+-inf) = +-pi/2 in onnxruntime and TensorRT alike).
 
     Args:
         y: imaginary parts (floating point; float16/32/64 all work, the dtype is kept).
@@ -138,26 +120,16 @@ def self_conjugate_sums(x: torch.Tensor) -> torch.Tensor:
 def self_conjugate_phase_mean(x: torch.Tensor) -> torch.Tensor:
     """Spatial mean of angle(fft2(x)) for real x, without a Fourier transform.
 
-    For real x the spectrum is conjugate-symmetric, F[-k] = conj(F[k]), so angle(F[-k]) =
-    -angle(F[k]) and every pair of distinct bins k != -k (mod (H, W)) cancels in the mean. What
-    is left are the self-conjugate bins k = -k: DC, plus (H/2, 0), (0, W/2), (H/2, W/2) where
-    the size is even. Each is real with imaginary part exactly +0 (as `torch.fft` returns it),
-    so its angle is +pi when the sum is negative (or -0.0) and 0 otherwise. Hence::
+    For real x only the self-conjugate bins (DC, and Nyquist for even sizes) survive the mean,
+    each real with imaginary part +0, so (docs/numerics.md, "ACPA without a spectrum")::
 
         phase_mean(x) = pi * #{negative self-conjugate bins} / (H * W)
 
-    This is exact, costs a few reductions, and removes the branch-cut trouble of computing the
-    phase of near-real bins (ONNX DFT's DC imaginary parts have random sign: docs/numerics.md,
-    "ACPA without a spectrum"). An
-    exactly zero DC gives angle(0) = 0, as in torch (a -0.0 sum, from an all-(-0.0) map,
-    counts as negative: angle(-0 + 0i) = pi, as torch gives for its -0 DC bin).
-
-    Where it cannot match `torch.fft`: maps whose spectrum has non-self-conjugate bins that are
-    *exactly* real and negative, or exactly zero with signed zeros (point-symmetric maps, a
-    delta, constant maps, even-sized all-zero maps with mixed +-0 entries). Such bins lie on
-    the branch cut, and torch's value depends on the signs of the zero imaginary parts its
-    FFT happens to produce (a delta of -1 gives +pi for every bin, 144 of them at 12x12).
-    No lowering reproduces that, and it carries no information about the features.
+    Exact, a few reductions, no branch cut. An exactly zero DC gives 0, as in torch; a -0.0 sum
+    counts as negative (angle(-0 + 0i) = pi, as torch gives). It cannot match `torch.fft` on
+    degenerate maps whose other bins are exactly real and negative or exactly zero (a delta,
+    constant or point-symmetric maps): torch's value there depends on the signs of the zeros its
+    FFT happens to produce, and carries no information about the features.
 
     Args:
         x: real tensor (B, C, H, W), float32 or float64.
@@ -213,16 +185,11 @@ def _positive_zeros(a: np.ndarray) -> np.ndarray:
 class MatmulFFT(nn.Module):
     """The masker's spectral backend as real matrix products (the ``"matmul"`` lowering).
 
-    The shifted 2-D DFT of an (H, W) map is one (HW x HW) complex matrix, the Kronecker product
-    of the per-axis DFT matrices with fftshift folded into their rows; the inverse, with
-    ifftshift and 1/(HW) folded in, is its conjugate. Both are split into real and imaginary
-    parts, built once in float64 and stored (non-persistent, so state dicts do not change) in
-    the module's dtype. `masked_filter` is then MatMul, Mul, Add, Sqrt, `safe_atan2`, Cos, Sin,
-    MatMul: all TensorRT 10 ops, and one large GEMM per transform instead of many 13x13 ones.
-    On (1, 2048, 13, 13) the four matrices hold 4 x 169^2 values (457 KB in float32).
-
-    `.double()`, `.half()` or `.to(dtype)` rebuild the matrices from the float64 originals, so
-    every dtype gets correctly rounded entries rather than twice-rounded ones.
+    The shifted 2-D DFT of an (H, W) map as one (HW x HW) matrix (Kronecker product, fftshift
+    folded in), its inverse the conjugate, both split into real and imaginary parts, built in
+    float64 and stored as non-persistent buffers (state dicts do not change); construction
+    details: docs/numerics.md, "FFT lowering". `.double()`, `.half()` or `.to(dtype)` rebuild
+    the matrices from the float64 originals, so every dtype gets correctly rounded entries.
 
     Args:
         height: spatial height H of the maps this backend will see.
@@ -324,43 +291,18 @@ class MatmulFFT(nn.Module):
 class OnnxDFT(nn.Module):
     """The masker's spectral backend through ONNX `DFT` nodes (the ``"dft"`` lowering).
 
-    Written with `torch.fft.fft2` / `ifft2` so that the dynamo exporter
-    (`torch.onnx.export(..., dynamo=True)`, opset >= 18) emits one `DFT` per axis, with two
-    deliberate departures from the literal `TorchFFT` code, both invisible in eager mode:
-
-    - The angle is `safe_atan2(imag, real)`, not `torch.angle`: the exporter decomposes
-      `angle` with a ``y > 0`` test and sends real-negative bins with a +0 imaginary part to
-      -pi instead of +pi. For APM that is harmless (those bins are self-conjugate, where only
-      A*cos(P) reaches the real output and cos is even), but using the same atan2 as
-      `MatmulFFT` keeps the exported graph equal to eager bin by bin.
-    - The gates are ifftshifted instead of the spectrum being fftshifted and shifted back
-      (elementwise gating commutes with the permutation): the spectrum-sized Roll pairs
-      (Slice/Concat) disappear and the gate shift constant-folds.
-
-    ACPA's `phase_mean` uses the exact identity of `self_conjugate_phase_mean`, not a DFT.
-    Measured on a (1, 2048, 13, 13) input with 1063 negative-sum channels, in onnxruntime:
-    `torch.angle` through DFT flips 148 channels (error pi*2/169 = 0.037); `safe_atan2` alone
-    still flips 143 (onnxruntime's DC imaginary parts are tiny numbers of random sign); DFT,
-    then forcing the self-conjugate bins' imaginary parts to +0, then `safe_atan2` is right
-    to 4.6e-6, because onnxruntime's DFT is not exactly conjugate-symmetric and the pairs no
-    longer cancel; the identity is right to ~1e-8 (float32 summation of the eager mean). It is
-    what `torch.fft` computes for real input, costs a few reductions, has no branch cut, and
-    keeps DFT nodes out of the ACPA part of the graph.
+    Written with `torch.fft.fft2` / `ifft2` so that the dynamo exporter (opset >= 18) emits one
+    `DFT` per axis, with two departures invisible in eager mode: the angle is `safe_atan2` (the
+    exporter's `angle` sends real-negative bins to -pi), and the gates are ifftshifted instead of
+    the spectrum being shifted there and back (no spectrum-sized Roll pairs). ACPA's `phase_mean`
+    uses `self_conjugate_phase_mean`, not a DFT: onnxruntime's DFT gives DC imaginary parts of
+    random sign (measurements: docs/numerics.md, "ACPA without a spectrum").
     """
 
     def masked_filter(
         self, x: torch.Tensor, amp_gate: torch.Tensor, phase_gate: torch.Tensor
     ) -> torch.Tensor:
-        """real(ifft2(ifftshift(polar(amp_gate*|F|, phase_gate*angle(F))))), F = fftshift(fft2(x)).
-
-        Args:
-            x: real (B, C, H, W).
-            amp_gate: (1, C or 1, H, W) gate on the shifted amplitude spectrum.
-            phase_gate: (1, C or 1, H, W) gate on the shifted phase spectrum.
-
-        Returns:
-            Real (B, C, H, W), dtype of `x`.
-        """
+        """As `MatmulFFT.masked_filter`, through ONNX `DFT` nodes."""
         spectrum = torch.view_as_real(torch.fft.fft2(x))
         re, im = spectrum[..., 0], spectrum[..., 1]
         # Gates are given in fftshifted order; move them to the natural order instead.
@@ -372,10 +314,7 @@ class OnnxDFT(nn.Module):
         return torch.fft.ifft2(filtered).real
 
     def phase_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """Spatial mean of angle(fft2(x)), (B, C, H, W) -> (B, C), via the exact identity.
-
-        See the class docstring for why this is not computed through DFT nodes.
-        """
+        """Spatial mean of angle(fft2(x)), (B, C, H, W) -> (B, C): `self_conjugate_phase_mean`."""
         return self_conjugate_phase_mean(x)
 
 

@@ -1,14 +1,8 @@
 """CD-FSS evaluation on CPU: the benchmark's episodes, K-shot voting, HSNet's mIoU / FB-IoU.
 
-Two protocols:
-
-* `per-domain` (deployment): one masker for the whole domain (the file written by
-  `lfm-finetune`), fixed while every episode is predicted;
-* `per-episode` (the paper's test protocol): before each episode the masker goes back to the
-  same starting point (the `masker` file if given, else `init_masker(seed)`: APM ones as the
-  official `reset_masks`, ACPA re-drawn from the seed) and is fine-tuned on that episode's
-  supports (`finetune_masker`; a 1-shot support is its own query), then the query is predicted.
-
+Two protocols (docs/data.md, "Fine-tuning the masker"): `per-domain` keeps one masker (the
+`lfm-finetune` file) for every episode; `per-episode` resets the masker (the `masker` file if
+given, else `init_masker(seed)`) and fine-tunes it on each episode's supports before predicting.
 Episodes come from `lfm_deploy.data.make_episodes` (seed 0 reproduces upstream); predictions
 from `LFMHSNet.predict_mask_nshot` at the domain's image size; metrics from `SegmentationMeter`.
 """

@@ -1,22 +1,9 @@
 """CPU evaluator with the semantics of HSNet's `Evaluator` and `AverageMeter` (numpy only).
 
-Upstream (HSNet / PATNet `common/evaluation.py`, `common/logger.py`):
-
-* per episode, `Evaluator.classify_prediction` counts, for the bins background (0) and
-  foreground (1), the intersection (pixels where prediction and ground truth agree, by value)
-  and the union (predicted + ground-truth pixels of the bin - intersection), on the {0, 1}
-  prediction and ground truth at evaluation size (400x400);
-* `AverageMeter.update` adds these (2,) counts into (2, num_classes) buffers at the
-  episode's class;
-* `AverageMeter.compute_iou`:
-  - mIoU = mean over *all* classes of the split of fg-intersection / max(fg-union, 1), x 100
-    (a class no episode visited counts as IoU 0);
-  - FB-IoU = mean over {bg, fg} of (intersection summed over classes / union summed over
-    classes), x 100: the sums run over classes first, there is no per-class FB-IoU, and a bin
-    whose summed union is 0 gives NaN (0/0), as upstream.
-
-Upstream accumulates in float32 on the GPU (and its int64 `histc` fails on CPU); here counts are
-exact int64 sums, which differ from float32 sums only past 2**24 pixels (relative 1e-7).
+Upstream: HSNet / PATNet `common/evaluation.py`, `common/logger.py`; the mIoU and FB-IoU
+definitions are in docs/data.md, "Metrics". As upstream, a class no episode visited counts as
+IoU 0 and an FB-IoU bin whose summed union is 0 gives NaN (0/0). Upstream accumulates in float32
+on the GPU; here counts are exact int64 sums (they differ past 2**24 pixels, relative 1e-7).
 """
 
 from __future__ import annotations
@@ -76,7 +63,7 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np
 class SegmentationMeter:
     """Accumulates episodes per class and reports mIoU / FB-IoU as HSNet's `AverageMeter`.
 
-    See the module docstring for the exact formulas.
+    The formulas: docs/data.md, "Metrics".
 
     Args:
         num_classes: classes of the split (all of them count in the mIoU, visited or not).

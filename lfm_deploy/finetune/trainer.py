@@ -1,35 +1,19 @@
 """Fine-tuning the frequency masker (APM + ACPA) on a target domain's labelled support set.
 
-What is trained (LFM, Tong et al. NeurIPS 2024; docs/data.md, "Fine-tuning the masker"): only the masker,
-i.e. the APM masks (`apm.*`) and the ACPA weights (`acpa.*`); the ResNet-50 backbone and the
-HSNet learner stay frozen (`requires_grad=False`, checked bit for bit after training). The loss
-is HSNet's 2-class cross-entropy on the logits. Labels exist only for the support set, so the
-support images serve as queries:
+What is trained and why (only the masker; HSNet's 2-class cross-entropy; support images serve
+as queries, paired within their class, an image alone in its class being its own support) is
+in docs/data.md, "Fine-tuning the masker". Pairs are scheduled round-robin: round r pairs every
+image with the r-th next image of its class, so over n-1 rounds every ordered pair of a class of
+n images occurs once; an iteration is one optimizer step on the next `pairs_per_iteration` pairs.
 
-* a support image is the query and another support image **of the same class** is the support
-  (pairs never cross classes: a support mask defines what "foreground" means);
-* a support image that is alone in its class (the 1-shot case) is its own support: the model
-  must recover the image's mask from the image itself. That is a weaker signal, but it is all
-  a single labelled image offers.
+Speed: the masker only acts on the layer4 features, so the backbone, the layer2/layer3
+correlations and the learner's layer3/layer2 encoders are computed once per image / pair and
+cached within a memory budget (evicted entries are recomputed with the same single-image batches,
+so the result does not depend on the cache).
 
-Pairs are scheduled round-robin: round r pairs every image (in order) with the r-th next image
-of its class, so each round uses every image once as the query and, over n-1 rounds, every
-ordered pair of a class of n images once. An iteration is one optimizer step on the next
-`pairs_per_iteration` pairs of that sequence (default: all images, at most 8, so one iteration
-is one round for small sets).
-
-Speed: the masker only acts on the three layer4 features, so everything upstream of it (the
-backbone) and everything that never meets a layer4 feature (the layer2/layer3 correlations and
-the learner's layer3/layer2 squeezing encoders) is the same in every iteration. Those parts are
-computed once per image / pair and cached (within a memory budget; evicted entries are recomputed
-with the same single-image batches, so the result does not depend on the cache). An iteration then
-runs only APM, mask, ACPA, the layer4 correlation and the learner from its layer4 encoder on.
-
-Determinism: the masker's starting point comes from `init_masker(model, seed)` (APM masks to
-ones as the official `reset_masks`; ACPA re-drawn with PyTorch's default Linear initialisation
-from `seed`), torch's global RNG is forked for the run, deterministic algorithms are switched on
-for its duration, and the pair schedule is fixed. Two runs with the same inputs, seed and thread
-count give bit-identical masks and loss curves.
+Determinism: `init_masker(model, seed)` (APM masks to ones as the official `reset_masks`, ACPA
+re-drawn from `seed`), a forked global RNG, deterministic algorithms and a fixed pair schedule:
+two runs with the same inputs, seed and thread count give bit-identical masks and loss curves.
 """
 
 from __future__ import annotations

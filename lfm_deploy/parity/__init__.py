@@ -1,14 +1,7 @@
-"""Numerical parity, one stack for every backend and precision: Polygraphy-style runners (run
-phase), the comparison phase with one tolerance type and the model's mask rules, and the seeded
-episodes every check runs on. Export validation (`exported.check_export`), lfm-verify
-(`lfm_deploy.verify`), the fp16 range check and the benchmarks all use it.
-
-Modules: `compare` (statistics, `Tolerances`, `compare_output`; pure numpy, imported by the
-domain registry), `episodes` (seeded validation episodes), `runners` (one `BaseRunner`
-interface for eager torch, onnxruntime on the runtime's session loader, and the split
-encoder/head chain; TensorRT through Polygraphy's `TrtRunner`), `numerics` (the eager-side
-quantities the mask rules need: ACPA sign ties), `exported` (an export's graphs against the
-eager model), `gate` (the accuracy gate of every reduced precision against the eager model). Attributes are imported lazily: importing the package costs nothing.
+"""Numerical parity, one stack for every backend and precision: runners (run phase), the
+comparison phase (`compare`, pure numpy) and the seeded episodes every check runs on, used by
+export validation (`exported`), lfm-verify, the reduced-precision `gate`, the fp16 range check
+and the benchmarks. Attributes are imported lazily: importing the package costs nothing.
 """
 
 from __future__ import annotations

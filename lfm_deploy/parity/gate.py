@@ -2,21 +2,10 @@
 faster path's, on labelled episodes, judged by the domain registry's thresholds.
 
 One gate for fp16 graphs, OpenVINO bf16 and int8 QDQ graphs (export, lfm-verify, benchmarks):
-
-- run phase: the eager float32 model (`eager_reference`: per-shot logits, HSNet's vote) and the
-  candidate (any runner with the episode graph's contract: `Backend.runner` of the backend registry,
-  `SplitRunner` over an encoder -> head pair) on the same episodes, through `run_feeds`;
-- comparison phase: `compare_output` with the precision's `Tolerances`
-  (`lfm_deploy.domains.Domain.precision_gates`): pixel agreement, no differing pixel where the
-  eager |logit margin| exceeds the precision's bound, and mIoU against the episodes' ground
-  truth within the bound of the eager model's. Logits (K = 1) are reported, not gated.
-
-The report gives every figure the verdict rests on, including how sure the eager model was on
-each differing pixel (`MaskStats.flipped_margins`) and how much evidence the eager masks give
-(`lfm_deploy.parity.compare.Evidence`): no evidence, no pass. Eager masks that are a single
-class (the untrained default, a checkpoint judged on images unlike its domain) make the gate
-fail with what is missing and how to supply it (docs/precision.md). Where the gate draws its own
-synthetic episodes, `informative_episodes` keeps those whose eager masks carry information.
+the run phase (`eager_reference` and any runner with the episode graph's contract, through
+`run_feeds`), then `compare_output` with the precision's `Tolerances`. The episodes, thresholds,
+evidence rule ("no evidence, no pass"; `informative_episodes` keeps the synthetic episodes whose
+eager masks carry information) and report are in docs/precision.md, "The gate".
 """
 
 from __future__ import annotations
@@ -24,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -35,7 +24,7 @@ from .runners import run_feeds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVIDENCE_HINT", "EagerReference", "GateData", "GateReport", "eager_reference", "gate_runs",
+__all__ = ["EVIDENCE_HINT", "EagerReference", "GateData", "GateReport", "eager_reference",
            "informative_episodes", "run_gate"]
 
 #: How a user supplies evidence, appended to every "no evidence" failure.
@@ -270,12 +259,6 @@ def run_gate(reference: EagerReference, candidate, data: GateData, tolerances: T
     for line in report.lines():  # a failure is the caller's to report (the int8 search expects some)
         log.info("%s", line)
     return report
-
-
-def gate_runs(reports: Sequence[GateReport]) -> dict:
-    """The manifest's record of several gate runs (e.g. the split path and the episode graph)."""
-    return {"passed": all(r.passed for r in reports), "runs": [r.to_dict() for r in reports]}
-
 
 
 def informative_episodes(model, draw: Callable[[int], tuple[list, list]], n: int, first_seed: int, shots: int,

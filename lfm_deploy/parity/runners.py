@@ -1,15 +1,9 @@
 """Runners: one Polygraphy `BaseRunner` interface for every backend (parity and benchmarks).
 
-- `EagerRunner`: the eager PyTorch model (float32 or float64) behind the exported graphs'
-  input/output contract (episode, encoder, head, or the layerwise debug graph);
-- `OnnxrtRunner(SessionFromOnnx(path, providers))`: Polygraphy's onnxruntime runner on the
-  runtime's own session loader (threads, memory options, no silent CPU fallback); the same runner
-  on any registered backend's session (`lfm_deploy.runtime.backends.Backend.runner`: OpenVINO...);
-- `SplitRunner`: the encoder -> head chain behind the episode contract, with the support set
-  encoded once and reused while it does not change (per-query serving cost);
-- TensorRT: Polygraphy's `TrtRunner(EngineFromPlan(path))` (`lfm_deploy.tensorrt`).
-
-Loaders are lazy callables (Polygraphy style): nothing heavy is created before `activate()`.
+`EagerRunner` (the eager model behind a graph's contract, float32 or float64), Polygraphy's
+`OnnxrtRunner` on the runtime's session loaders (`Backend.runner`), `SplitRunner` (encoder ->
+head, the support set encoded once while it does not change) and, for TensorRT, Polygraphy's
+`TrtRunner(EngineFromPlan(path))`. Loaders are lazy: nothing heavy exists before `activate()`.
 `run_feeds` is the run phase for one runner (Polygraphy's `Comparator.run`).
 """
 

@@ -1,24 +1,11 @@
 """fp16 safety: measure activation ranges, then convert a graph to fp16 with fp32 islands.
 
-TensorRT 11 is strongly typed (docs/tensorrt.md, "Precision"): an fp16 engine is built from an
-fp16 ONNX graph, so the choice of what stays fp32 is made here, on the graph, before any build.
-Two steps:
-
-1. `tensor_ranges`: run the fp32 graph in onnxruntime on real activations (validation
-   episodes) with the peak |x| of every intermediate float tensor exposed as an extra scalar
-   output (an Abs -> ReduceMax pair per tensor, so memory stays that of one plain run even at
-   400x400, where the layer2 correlation alone is 25M floats), and flag every node whose
-   output exceeds the fp16 range (65504) or a safety margin below it.
-2. `convert_to_fp16`: every float node becomes fp16 except the islands (`island_nodes`: the
-   masker's DFT-as-matmul block and phase maths, the support-mask resize, the GroupNorm
-   statistics, precision-sensitive ops such as Sqrt/Atan/Div/reductions, and every node the
-   range check flagged), with Cast nodes at the island boundaries and fp32 graph inputs and
-   outputs. Written here rather than with onnxconverter-common's `convert_float_to_float16`,
-   which casts the output of every blocked node back to fp16 (a round trip between two
-   adjacent fp32 nodes), clamps tiny weights up to 1e-7 and, on these graphs, produced Cast
-   nodes whose declared and actual types disagree (onnxruntime refused to load the result).
-
-Works on any ONNX graph; nothing here needs TensorRT or a GPU.
+TensorRT 11 builds fp16 engines from fp16 ONNX graphs only (docs/tensorrt.md, "Precision"), so
+what stays fp32 is decided here, on the graph: `tensor_ranges` measures the peak |x| of every
+intermediate tensor on real episodes, and `convert_to_fp16` makes every float node fp16 except
+the islands (`island_nodes`). The steps, the islands and why the converter is the project's own
+rather than onnxconverter-common's are in docs/numerics.md, "fp16 ranges and islands". Nothing
+here needs TensorRT or a GPU.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """int8 QDQ graphs: static quantization with onnxruntime's quantizer, for onnxruntime and TensorRT.
 
-Format (docs/precision.md, "int8"): QuantizeLinear/DequantizeLinear pairs (QDQ) around the
-inputs of Conv and MatMul, int8 activations with a zero point of 0 (symmetric, the only form
-TensorRT's explicit quantization takes), int8 weights per output channel, symmetric, and float
-biases (TensorRT dequantizes int8/fp8/int4 tensors only, not the int32 biases onnxruntime's
-quantizer writes by default; onnxruntime runs both forms at the same speed here). One graph
-therefore serves onnxruntime on the CPU (which fuses the pairs into integer kernels), OpenVINO
-(which reads QDQ graphs as int8) and a TensorRT engine built from it.
-
-What stays float:
-
-- always, the masker (APM's DFT-as-matmul block and phase arithmetic, ACPA) and the
-  support-mask resize: the same scopes the fp16 conversion keeps fp32
-  (`lfm_deploy.precision.fp16.ISLAND_SCOPES`; docs/numerics.md explains why each is fragile);
-- by measurement, a share of the remaining Conv/MatMul nodes counted from the output end
-  (`float_tail`): quantization error grows along the network, and the 4D-convolution learner
-  next to the logits is where it moves the masks most (docs/precision.md has the figures).
-  The export tries the shares in `lfm_deploy.precision.pipeline.INT8_FLOAT_TAILS` in order
-  and keeps the first whose masks pass the gate on the calibration episodes.
-
-Ranges are calibrated once per graph (min/max over the calibration feeds) and cached in a JSON
-file, so trying another float share only rewrites the graph.
+One graph serves onnxruntime on the CPU, OpenVINO and a TensorRT engine. Its format (symmetric
+int8 activations, per-channel weights, float biases), what stays float (the masker and the
+support-mask resize always; a share of the Conv/MatMul nodes from the output end, chosen by
+`lfm_deploy.precision.pipeline` among `INT8_FLOAT_TAILS`) and why are in docs/precision.md,
+"int8". Ranges are calibrated once per graph (min/max) and cached in a JSON file, so trying
+another float share only rewrites the graph.
 """
 
 from __future__ import annotations

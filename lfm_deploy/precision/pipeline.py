@@ -1,29 +1,13 @@
 """`reduce_precision`: make and gate the reduced-precision version of freshly exported graphs.
 
 Called by `lfm_deploy.export.pipeline.export_domain` after the float32 graphs passed
-validation, inside the export's temporary directory:
-
-- **int8**: calibrate on the calibration episodes (the user's labelled folder, or the domain's
-  validation episodes under seeds the gate does not use), write `*.int8.onnx` QDQ graphs,
-  trying the float shares of `INT8_FLOAT_TAILS` until the encoder -> head path passes the gate
-  on held-out episodes (neither calibration nor gate data; `lfm_deploy.precision.int8`);
-- **fp16**: range-check on the calibration episodes and write `*.fp16.onnx` graphs with float32
-  islands (`lfm_deploy.precision.fp16`);
-- **bf16**: the float32 graphs as they are, run by OpenVINO with bf16 inference precision; the
-  float32 islands (none, or GroupNorm) chosen on held-out episodes like int8's float share.
-
-Then the one accuracy gate (`lfm_deploy.parity.gate`) runs the eager float32 model and the new
-path (the encoder -> head pair the runtime serves, and the episode graph) on the gate's episodes
-(the domain's validation episodes plus the user's labelled images when given) with the domain's
-thresholds for that precision. The caller writes the figures into the manifest and refuses the
+validation, inside the export's temporary directory: int8 QDQ graphs with a float share chosen
+on held-out episodes (`lfm_deploy.precision.int8`), fp16 graphs with float32 islands
+(`lfm_deploy.precision.fp16`), or bf16 (the float32 graphs in OpenVINO, islands chosen the same
+way); then the one accuracy gate (`lfm_deploy.parity.gate`), whose episodes, evidence rule ("no
+evidence, no pass", checked by `plan_gate` before anything is exported) and thresholds are in
+docs/precision.md, "The gate". The caller records the figures in the manifest and refuses the
 export (kept in `<out>.failed/`) when the gate fails.
-
-No evidence, no pass: `plan_gate` draws the gate's episodes and runs the eager model on them
-before anything is exported, keeping synthetic episodes whose eager masks are informative
-(`lfm_deploy.parity.gate.informative_episodes`), and refuses the precision at once when the
-eager masks still carry too little information (`lfm_deploy.parity.compare.EvidenceRule`):
-the untrained default weights, or a checkpoint judged on images unlike its domain, are refused
-with what is missing and how to supply it (`--calibration DIR`), never passed.
 """
 
 from __future__ import annotations

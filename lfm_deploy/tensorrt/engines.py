@@ -5,40 +5,11 @@ that ties each engine to its build.
                   timing_cache="~/.cache/lfm/trt.cache")
     engine = EngineFromPlan("artifacts/deepglobe/engines/episode.fp16.plan")()  # checked load
 
-The build composes `polygraphy.backend.trt` loaders (`NetworkFromOnnxPath` -> [`PostprocessNetwork`]
--> `EngineBytesFromNetwork` with `CreateConfig`), which cover TensorRT 10 and 11; what differs
-between the two majors is decided here, in `plan_build`, before any loader runs:
-
-- **fp32**: the exported float32 graph (`Manifest.reference_graphs` in a reduced-precision
-  export, whose `graphs` name the int8/fp16 files), TF32 off (TensorRT enables it for fp32
-  matmuls by default, which breaks fp32 parity; `CreateConfig(tf32=False)` clears it).
-- **fp16, strongly typed** (default, 10.x and 11.x): an fp16 ONNX graph with fp32 islands made
-  by `lfm_deploy.precision.fp16` after a range check on real activations; the graph's types are
-  the precision (`strongly_typed=True`: required on 10.x, accepted and ignored on 11.x, where
-  every network is strongly typed).
-- **fp16, weakly typed** (`typing="weak"`, 10.x only; TensorRT 11 removed `BuilderFlag.FP16`
-  and `OBEY_PRECISION_CONSTRAINTS`): the fp32 graph with `CreateConfig(fp16=True,
-  precision_constraints="obey")`, the same islands pinned to fp32 by a `PostprocessNetwork` step.
-- **int8, explicit quantization** (10.x and 11.x): the export's gated int8 QDQ graphs
-  (`lfm-export --precision int8`: symmetric int8 Q/DQ around Conv/MatMul inputs, per-channel
-  weights, float masker). The Q/DQ nodes are the precision: a strongly typed network, TF32 off,
-  and no INT8 builder flag and no calibrator (TensorRT docs, "Explicit Quantization": "Use
-  explicit quantization with Strong Typing. Precision-control build flags are not required";
-  TensorRT 11 removed `BuilderFlag.INT8` and the calibrator). The export's accuracy gate has
-  already judged these graphs; `lfm-lint-trt` checks their Q/DQ nodes against TensorRT's rules.
-
-Every build has one optimisation profile over the batch dimension (min 1, opt 1, max N), a
-workspace limit, and optionally a persistent timing cache (loaded before, saved after). Next to
-each engine `<graph>.<precision>.plan` lies `<...>.plan.json` with the TensorRT version, the GPU
-and its compute capability, the precision, the ONNX file's sha256 and the profile: engines only
-load on the TensorRT version and GPU model they were built for (docs/tensorrt.md, "Engines are
-tied to their build"), and `EngineFromPlan` checks that before TensorRT fails with a version-tag
-error.
-
-The TensorRT API is called directly in one place only, the island-pinning callback
-(`_pin_islands`: Polygraphy's `SetLayerPrecisions` matches layer names and sets no output
-types). TensorRT and Polygraphy are imported lazily; without them the TensorRT-free parts
-(plans, profiles, sidecars, `--onnx-only` fp16 graphs) still work.
+How each precision is realised on TensorRT 10 and 11 (decided in `plan_build`), the sidecar
+(`<graph>.<precision>.plan.json`) and the batch profile are in docs/tensorrt.md ("Precision",
+"INT8", "Engines are tied to their build"). TensorRT's API is called directly only in
+`_pin_islands`; TensorRT and Polygraphy are imported lazily, so plans, profiles, sidecars and
+`--onnx-only` fp16 graphs work without them.
 """
 
 from __future__ import annotations
@@ -588,13 +559,9 @@ def build_engines(
 ) -> list[EngineBuild]:
     """Build engines for the graphs of an lfm-export directory into `<dir>/engines/`.
 
-    fp32 and fp16 engines start from the export's float32 graphs (`Manifest.reference_graphs`
-    where the export also made reduced-precision graphs). For fp16, each graph is first
-    range-checked on `fp16_episodes` validation episodes and converted to an fp16 graph with
-    fp32 islands (`engines/<graph>.fp16.onnx` plus a JSON report); strongly typed builds parse
-    that graph, weakly typed ones pin the islands. int8 engines are built from the export's own
-    int8 QDQ graphs (`lfm-export --precision int8`, which gated them against the eager model),
-    as explicit quantization.
+    fp32 and fp16 engines start from the export's float32 graphs; fp16 ones are range-checked
+    and converted first (`engines/<graph>.fp16.onnx` and a JSON report); int8 engines are built
+    from the export's own gated int8 QDQ graphs (docs/tensorrt.md, "Precision", "INT8").
 
     Args:
         artifact_dir: the lfm-export output (manifest verified).

@@ -1,21 +1,9 @@
 """TensorRT-readiness lint for ONNX graphs, without TensorRT: ops, types, constant inputs, ranks.
 
-TensorRT cannot be installed on the development and CI machines (docs/tensorrt.md, "Without
-TensorRT"), so what decides whether its ONNX parser takes these graphs is checked from the graph
-alone, against the onnx-tensorrt operator support matrix for TensorRT 10.0
-(`tensorrt-10.0-onnx-ops.csv`, package data): operators it does not import (ONNX `DFT` before 11.2), tensor types it has none of
-(float64, complex, ...) or that an op does not take (e.g. INT64 MatMul), op inputs the matrix
-requires to be build-time constants (`axes` of reductions, Slice, Squeeze, Unsqueeze), Resize
-modes, and tensors above rank 8 (the 4D-correlation path uses 6-D tensors).
-
-Graphs with QuantizeLinear/DequantizeLinear (Q/DQ) nodes are built by TensorRT with explicit
-quantization, whose rules (TensorRT 10 and 11 docs: "Explicit Quantization", "Quantization
-Schemes", and the Quantize/Dequantize operator pages) are checked per Q/DQ node (`_qdq_findings`):
-the quantized type is int8, fp8 or int4 (not uint8, the asymmetric activations onnxruntime's
-quantizer writes by default, and not int32, the quantized biases it writes unless told not to);
-zero points are 0 (symmetric quantization only); scales and zero points are build-time constants;
-scales are positive and finite; per-channel (per-axis) scales only on weights (constant inputs),
-one scale per tensor on activations; and per-axis Q/DQ needs opset >= 13 (the `axis` attribute).
+Checks a graph against the onnx-tensorrt operator support matrix for TensorRT 10.0
+(`tensorrt-10.0-onnx-ops.csv`, package data; DFT from 11.2) and, per Q/DQ node
+(`_qdq_findings`), against TensorRT's explicit-quantization rules; both are listed in
+docs/tensorrt.md ("What TensorRT 10 can import", "INT8").
 """
 
 from __future__ import annotations
@@ -526,16 +514,8 @@ def _load(model: Union[onnx.ModelProto, str, os.PathLike]) -> Tuple[onnx.ModelPr
 def lint_onnx(model: Union[onnx.ModelProto, str, os.PathLike], trt_version: str = "10.0") -> LintReport:
     """Check an ONNX model for what TensorRT's ONNX parser would reject, without TensorRT.
 
-    Checks, against the TensorRT 10.0 operator support matrix (DFT allowed from 11.2):
-    operators TensorRT does not import (and non-standard domains); tensors of types TensorRT
-    has none of (float64, complex, string, 16-bit and unsigned 32/64-bit integers), once per
-    tensor; data types outside an op's supported list (e.g. INT64 MatMul); inputs the matrix
-    requires as initializers or constants (`axes` of reductions, Slice, Pad, Squeeze,
-    Unsqueeze; CumSum's `axis`); Resize modes; tensors of rank above 8; and, for Q/DQ nodes
-    (explicit quantization), TensorRT's quantization rules: int8/fp8/int4 quantized types (no
-    uint8, no int32 biases), zero points 0, constant scales and zero points, positive finite
-    scales, per-channel scales on weights only, opset >= 13 for per-channel. Types and ranks
-    come from ONNX shape inference; values it cannot infer are not judged.
+    Every check of the module docstring, on every node (subgraphs included) and tensor. Types
+    and ranks come from ONNX shape inference; values it cannot infer are not judged.
 
     Args:
         model: a loaded `onnx.ModelProto` or the path of a `.onnx` file (external weights are

@@ -1,15 +1,12 @@
 """`verify_artifacts`: the whole `lfm-verify` job, as one public function.
 
-Run phase: the same seeded episodes through the eager model in float64 (the reference) and
-every backend of the registry (`lfm_deploy.runtime.backends`, docs/backends.md), one
-Polygraphy `Comparator.run` per backend (so a backend that cannot start is reported as skipped,
-and does not stop the others). Reduced-precision backends are judged by the domain's accuracy gate for their precision
-(`Domain.precision_gates`: agreement, eager-margin bound, mIoU), float32 ones by the export's
-parity tolerances. Comparison phase (`lfm_deploy.parity.compare`): per backend and
-output, error statistics against the reference, mask agreement and IoU, and the mIoU of each
-backend's masks against the episodes' ground truth minus the eager float32 model's, each
-against a named tolerance. Optionally layer-wise: the first intermediate stage outside
-tolerance. Unavailable backends are listed as skipped with the reason, never left out.
+Run phase: the same seeded episodes through the eager model in float64 (the reference) and every
+backend of the registry (docs/backends.md), one Polygraphy `Comparator.run` per backend, so a
+backend that cannot start is listed as skipped with the reason and stops none of the others.
+Comparison phase (`lfm_deploy.parity.compare`): per backend and output, error statistics, mask
+agreement and IoU, and the mIoU difference from the eager float32 model, against the domain's
+gate for reduced precisions (`Domain.precision_gates`) or the export's parity tolerances for
+float32. Optionally layer-wise: the first intermediate stage outside tolerance.
 """
 
 from __future__ import annotations
