@@ -44,27 +44,13 @@ def _shot_logits(model: LFMHSNet, query: list[torch.Tensor], support: list[torch
     return logits.reshape((-1, shots) + tuple(logits.shape[1:]))
 
 
-class _ContractGraph(nn.Module):
-    """An `LFMHSNet` behind the contract's tensors of graph `GRAPH` (`inputs`/`outputs` at size s)."""
+class EpisodeGraph(nn.Module):
+    """A whole K-shot episode: query + supports -> logits (K = 1) and the voted mask."""
 
-    GRAPH = ""
-
-    def __init__(self, model: LFMHSNet, shots: int = 1):
+    def __init__(self, model: LFMHSNet, shots: int):
         super().__init__()
         self.model = model
         self.shots = shots
-
-    def inputs(self, s: int) -> list[TensorSpec]:
-        return graph_specs(self.GRAPH, s, self.shots, self.model.feature_hw)[0]
-
-    def outputs(self, s: int) -> list[TensorSpec]:
-        return graph_specs(self.GRAPH, s, self.shots, self.model.feature_hw)[1]
-
-
-class EpisodeGraph(_ContractGraph):
-    """A whole K-shot episode: query + supports -> logits (K = 1) and the voted mask."""
-
-    GRAPH = "episode"
 
     def forward(self, query_img, support_imgs, support_masks):
         k = self.shots
@@ -79,11 +65,19 @@ class EpisodeGraph(_ContractGraph):
             return logits[:, 0], mask
         return (mask,)
 
+    def inputs(self, s: int) -> list[TensorSpec]:
+        return graph_specs("episode", s, self.shots, self.model.feature_hw)[0]
 
-class EncoderGraph(_ContractGraph):
+    def outputs(self, s: int) -> list[TensorSpec]:
+        return graph_specs("episode", s, self.shots, self.model.feature_hw)[1]
+
+
+class EncoderGraph(nn.Module):
     """Support image + mask -> the support features the head correlates against."""
 
-    GRAPH = "encoder"
+    def __init__(self, model: LFMHSNet):
+        super().__init__()
+        self.model = model
 
     def forward(self, support_img, support_mask):
         feats = self.model.encode_support(self.model.extract_features(support_img), support_mask)
@@ -94,11 +88,20 @@ class EncoderGraph(_ContractGraph):
             torch.stack(feats[n2 + n3 :], dim=1),
         )
 
+    def inputs(self, s: int) -> list[TensorSpec]:
+        return graph_specs("encoder", s, 1, self.model.feature_hw)[0]
 
-class HeadGraph(_ContractGraph):
+    def outputs(self, s: int) -> list[TensorSpec]:
+        return graph_specs("encoder", s, 1, self.model.feature_hw)[1]
+
+
+class HeadGraph(nn.Module):
     """Query images + a cached K-shot support set -> per-shot logits and the voted mask."""
 
-    GRAPH = "head"
+    def __init__(self, model: LFMHSNet, shots: int):
+        super().__init__()
+        self.model = model
+        self.shots = shots
 
     def forward(self, query_img, support_l2, support_l3, support_l4):
         k = self.shots
@@ -112,3 +115,9 @@ class HeadGraph(_ContractGraph):
             support.extend(pairs.unbind(dim=1))
         logits = _shot_logits(self.model, query, support, k, query_img.shape[-2:])
         return logits, _vote(logits)
+
+    def inputs(self, s: int) -> list[TensorSpec]:
+        return graph_specs("head", s, self.shots, self.model.feature_hw)[0]
+
+    def outputs(self, s: int) -> list[TensorSpec]:
+        return graph_specs("head", s, self.shots, self.model.feature_hw)[1]
