@@ -7,26 +7,12 @@ OOM killer sort it out. Every Serve replica and Ray Data worker of this package 
 `segmenter_memory_bytes(...)` instead, and `check_fits` refuses a job or service whose workers
 cannot all be placed (instead of waiting forever for resources that will never come).
 
-The Segmenter's own part is `lfm_deploy.runtime.memory.segmenter_bytes` (the runtime owns the
-model, so a Segmenter can choose its head batch by a budget). Where the figures come from (peak resident set of one fresh process that loads the graphs,
-encodes a 1-shot support set and segments three batches; onnxruntime CPU, fp32, 2 threads;
-`measure`, or `python -m lfm_deploy.serving.resources ARTIFACT_DIR`, repeats it):
-
-| image size | batch 1 | batch 8 |
-|---|---|---|
-| 400 px | 0.65 GB | 2.91 GB |
-| 160 px | 0.35 GB | 0.41 GB |
-
-(400 px agrees with `benchmarks/bench_runtime.py` / `bench_ray.py`, README "Scale out with
-Ray".) So a fixed ~0.34 GB (weights, sessions, arena) plus, per image of the batch, 0.32 GB at
-400 px and 0.009 GB at 160 px: the 4D hypercorrelation of HSNet grows with the square of the
-feature-map area, i.e. with size^4 ((400/160)^4 = 39; measured 35). On top:
-
-- a Ray worker process (core worker, imports): ~0.1 GB (README); `RAY_WORKER_BYTES` rounds up;
-- `HEADROOM`: batch workers were seen at 3.2-3.5 GB at batch 8 and 400 px (issue 19) where the
-  model gives 2.9 + 0.1;
-- decoded request images: `BYTES_PER_PIXEL` per pixel in flight (RGB 3 B, the full-size mask
-  1 B, its 0/255 copy for the PNG 1 B, and the resampling buffers).
+The Segmenter's own part is `lfm_deploy.runtime.memory.segmenter_bytes` (docs/performance.md,
+"Memory"; `measure`, or `python -m lfm_deploy.serving.resources ARTIFACT_DIR`, repeats the
+measurement). On top: a Ray worker process (`RAY_WORKER_BYTES`), `HEADROOM` (batch workers
+were seen at 3.2-3.5 GB at batch 8 and 400 px where the model gives 2.9 + 0.1), and decoded
+request images, `BYTES_PER_PIXEL` per pixel in flight (RGB 3 B, the full-size mask 1 B, its
+0/255 copy for the PNG 1 B, and the resampling buffers).
 """
 
 from __future__ import annotations

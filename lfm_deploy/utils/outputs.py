@@ -1,35 +1,9 @@
 """Safe outputs: every command checks where it will write before it works, never deletes or
 overwrites a file it did not write, and writes atomically.
 
-Three shapes of output cover every command:
-
-- `ArtifactDir`: a directory built in a hidden sibling and swapped in as a whole when complete
-  (`lfm-export --out`, a dataset of `lfm-make-data`, a Triton repository). An existing target is
-  replaced only when it is empty or an earlier output of the same kind.
-- `OutputDir`: a directory filled file by file (`lfm-predict --out`, `lfm-eval --overlays`,
-  `lfm-verify --out`, benchmark results). Each file is written atomically; an existing file is
-  replaced only when this tool wrote it, or with an explicit overwrite.
-- `OutputFile`: one file (`lfm-finetune --out`, `lfm-eval --report`, an engine). An existing
-  file is replaced only when its content shows it is an earlier output of the same kind, or with
-  an explicit overwrite.
-
-"Written by this tool" is decided from content, never from a name: directories carry a small
-record (`.lfm-deploy-outputs.json`: the kind, and each file's size and sha256 when written), and
-single files carry a stamp in their own format (a JSON key, safetensors metadata). A file the
-user changed after it was written no longer matches its record and is treated as the user's.
-
-Faults of the machine and of time (`locks`, `signals`):
-
-- one writer per output: each shape takes an OS-level lock beside its target (`.<name>.lock`)
-  when it is made; a second process writing the same path is refused, naming the first;
-- every temporary is a marked, locked folder beside its target (`.<name>.partial-*`); the
-  leftovers of a run killed outright are removed by the next run that writes there;
-- a full disk, an exceeded quota, a read-only filesystem or an I/O error while writing is a
-  `WriteError` naming the path and the cause, and what the run wrote is removed;
-- `command_run` scopes one command: its locks are released at the end, a `WriteError` removes the
-  files the run created, and `kept` says what an interrupted run left.
-
-Everything here is pure Python (no torch): the torch-free runtime uses it too.
+The three shapes (`ArtifactDir`, `OutputDir`, `OutputFile`), the records and stamps that say
+"written by this tool", locks, leftovers, disk faults and interruptions are described in
+docs/outputs.md. Everything here is pure Python (no torch): the torch-free runtime uses it too.
 """
 
 from __future__ import annotations
