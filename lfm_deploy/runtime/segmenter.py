@@ -14,11 +14,8 @@ upstream evaluation instead upsamples logits bilinearly before the argmax, which
 edges at large sizes; pass `original_size=False` to get the S x S result and resize it yourself.)
 
 Backends: onnxruntime execution providers (CPU, CUDA, TensorRT), or a backend of the registry
-(`lfm_deploy.runtime.backends`, docs/backends.md), picked by `backend=` or by a runtime's name
-in `providers=` with `precision=`: `providers="openvino"` is the OpenVINO CPU runtime, which
-alone offers `precision="bf16"` (1.6-1.9x onnxruntime fp32's speed on CPUs with
-AVX512-BF16/AMX; the logits move by ~0.7 % of their span, flipping mask pixels whose two logits
-are that close; see docs/openvino.md).
+(`lfm_deploy.runtime.backends`, docs/backends.md) picked by `backend=` or by a runtime's name
+in `providers=` with `precision=` (`providers="openvino"`, `precision="bf16"`: docs/openvino.md).
 """
 
 from __future__ import annotations

@@ -12,12 +12,7 @@ Masks are the local `lfm-predict`'s, byte for byte: the workers run the runtime'
 `Segmenter`, and the PNGs are encoded the same way (`codec`). The driver writes every file,
 so the output folder only needs to exist on the submitting machine; the inputs and the
 artifact directory must be readable by every node (a shared filesystem, or URIs for inputs).
-
-Inputs, output names, files and the results table are the local engine's (`batch`); outputs
-go through `lfm_deploy.utils.outputs.OutputDir` (kind "lfm-predict output"): every name is claimed before any model loads, no file lfm-predict did not
-write is replaced, and each file is renamed into place complete and recorded with its hash.
-Resumable (`batch.resume`): an input that an earlier run of the same job completed is skipped;
-failed inputs are tried again.
+Inputs, output names, files, the results table and resumption are the local engine's (`batch`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,5 @@
-"""An HTTP segmentation service on Ray Serve (`lfm-serve`).
-
-Endpoints (the HTTP layer is `api.build_api`, a FastAPI app; `GET /docs` shows them):
-
-    POST /predict            body: the image file's bytes -> the mask as PNG (0/255, image size)
-    POST /predict?format=json -> {"width", "height", "foreground", "rle": COCO uncompressed RLE}
-    POST /predict?support=ID  the same, for a registered support set (default: the startup set)
-    POST /support-sets       multipart 'image' x K, 'mask' x K -> 201 {"id", "shots", "foreground"}
-    GET/DELETE /support-sets/ID   a set's metadata / forget it
-    GET  /                   the page to draw support sets (static/)
-    GET  /healthz            200 once the support set is encoded, 503 before (never needs a token)
-    GET  /metadata           domain, shots, variant, precision, untrained, artifact hashes
+"""An HTTP segmentation service on Ray Serve (`lfm-serve`); endpoints, limits and errors are in
+README.md, "Online: an HTTP service" (the HTTP layer is `api.build_api`; `GET /docs` shows them).
 
 Two deployments, the Ray Serve convention for an HTTP model service:
 
@@ -23,10 +13,6 @@ Two deployments, the Ray Serve convention for an HTTP model service:
   `max_batch` queries per head run) and encodes the answer. A bad image is answered alone (4xx)
   and never fails a batch or a replica. Each replica declares its memory to Ray's scheduler
   (`resources.segmenter_memory_bytes`).
-
-Errors are `{"error": CODE, "message": ...}`: undecodable image 400, body or image over a limit
-413, body too slow 408, missing token 401, wrong method 405, unknown path 404, not ready or
-busy 503 (with Retry-After).
 """
 
 from __future__ import annotations
