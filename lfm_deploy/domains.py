@@ -127,46 +127,15 @@ class Domain:
 # source domain (PASCAL), so it gets the smallest rate; this mapping is an inference and can be
 # overridden with --lr.
 _DOMAINS = [
-    Domain(
-        name="deepglobe",
-        title="Deepglobe (satellite land cover)",
-        layout="deepglobe",
-        folder="Deepglobe",
-        num_classes=6,
-        test_episodes=600,
-        finetune=FinetuneSchedule(iterations=60, lr=0.01),
-    ),
-    Domain(
-        name="isic",
-        title="ISIC2018 (skin lesions)",
-        layout="isic",
-        folder="ISIC",
-        num_classes=3,
-        test_episodes=600,
-        finetune=FinetuneSchedule(iterations=60, lr=0.01),
-        aliases=("isic2018",),
-    ),
-    Domain(
-        name="chest_xray",
-        title="Chest X-ray (lung segmentation)",
-        layout="chest_xray",
-        folder="LungSegmentation",
-        num_classes=1,
-        test_episodes=600,
-        color="grayscale",
-        finetune=FinetuneSchedule(iterations=60, lr=0.1),
-        aliases=("lung", "chest-xray", "chestxray"),
-    ),
-    Domain(
-        name="fss1000",
-        title="FSS-1000 (everyday objects)",
-        layout="fss1000",
-        folder="FSS-1000",
-        num_classes=240,
-        test_episodes=2400,
-        finetune=FinetuneSchedule(iterations=60, lr=1e-5),
-        aliases=("fss-1000", "fss"),
-    ),
+    Domain(name="deepglobe", title="Deepglobe (satellite land cover)", layout="deepglobe", folder="Deepglobe",
+           num_classes=6, test_episodes=600, finetune=FinetuneSchedule(iterations=60, lr=0.01)),
+    Domain(name="isic", title="ISIC2018 (skin lesions)", layout="isic", folder="ISIC", num_classes=3,
+           test_episodes=600, finetune=FinetuneSchedule(iterations=60, lr=0.01), aliases=("isic2018",)),
+    Domain(name="chest_xray", title="Chest X-ray (lung segmentation)", layout="chest_xray", folder="LungSegmentation",
+           num_classes=1, test_episodes=600, color="grayscale", finetune=FinetuneSchedule(iterations=60, lr=0.1),
+           aliases=("lung", "chest-xray", "chestxray")),
+    Domain(name="fss1000", title="FSS-1000 (everyday objects)", layout="fss1000", folder="FSS-1000", num_classes=240,
+           test_episodes=2400, finetune=FinetuneSchedule(iterations=60, lr=1e-5), aliases=("fss-1000", "fss")),
 ]
 
 _REGISTRY: dict[str, Domain] = {d.name: d for d in _DOMAINS}
