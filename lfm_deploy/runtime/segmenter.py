@@ -68,15 +68,11 @@ class Segmenter:
     Build it with `Segmenter.from_artifacts(directory)`, then call `set_support(images, masks)`
     once and `predict(image)` as often as needed, from any number of threads.
 
-    Memory (peak RSS of a serving process at 400x400, batch 1, see benchmarks/bench_runtime.py):
-    only the encoder and head graphs are loaded, never the episode graph; the encoder is freed
-    once the support set is encoded and the head is created only then, so the two are never
-    resident together; sessions run without onnxruntime's memory-pattern planner
-    (`low_memory=True`), which would reserve one block for all of a run's intermediates.
-    After building each session it hands the heap that building freed back to the OS
-    (`trim_heap`, with `low_memory`). Measured (AMD EPYC, benchmarks/bench_memory.py): 0.52 GB at
-    batch 1 (0.65 GB without the trim; onnxruntime defaults: 0.95 GB), ~0.3 GB more per query of a
-    head run; `memory_budget` caps the queries per head run (docs/performance.md).
+    Memory: the encoder is freed once the support set is encoded and the head is created only
+    then, so the two are never resident together; sessions run without onnxruntime's
+    memory-pattern planner (`low_memory=True`), which would reserve one block for all of a run's
+    intermediates, and the heap freed while building each one goes back to the OS (`trim_heap`).
+    `memory_budget` caps the queries per head run. Figures: docs/performance.md, "Memory".
 
     Thread safety: `predict`/`predict_proba` may run concurrently (onnxruntime's `run` is
     thread-safe; an OpenVINO session gives each concurrent call its own infer request); each
@@ -244,22 +240,18 @@ class Segmenter:
             batch_size: default number of queries per head run in `predict([...])`.
             memory_budget: bytes this Segmenter's process may hold at its peak (None: no
                 limit). Each head run then takes at most as many queries as the memory model
-                (`lfm_deploy.runtime.memory.segmenter_bytes`: ~0.34 GB + ~0.32 GB per query at
-                400 px) says fit, whatever `batch_size` asks; results are the same, only the
-                number of head runs changes. E.g. 1.5 GB at 400 px: 3 queries per run. The
-                model is onnxruntime's: OpenVINO holds ~0.5 GB more fixed and ~0.2 GB more per
-                query (docs/performance.md), which the budget does not account for yet.
+                (`lfm_deploy.runtime.memory.segmenter_bytes`, onnxruntime's: an OpenVINO
+                session's is not modelled yet) says fit, whatever `batch_size` asks; results are
+                the same, only the number of head runs changes.
             precision: which graphs run (`lfm_deploy.runtime.precisions`): "auto" (None, what the
                 export was made at), "fp32" (the float32 graphs of any export), "fp16" / "int8"
-                (only an export made at that precision) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
-                faster on CPUs with AVX512-BF16/AMX and moves the logits by ~0.7 % of their
-                span, flipping the mask where fp32's two logits are that close (docs/openvino.md).
+                (only an export made at that precision) or "bf16" (providers="openvino" only;
+                docs/openvino.md).
             spin_wait: onnxruntime's idle threads spin (its default); False when the process
                 shares its cores with busy neighbours (`SessionConfig.spin_wait`).
             openvino_cache: OpenVINO only: a folder of your choice for compiled models
-                (`CACHE_DIR`): a later process loads a 400 px fp32 head in 0.3 s instead of 0.7 s
-                (docs/openvino.md). Never inside the artifact directory, which holds only what
-                lfm-export wrote.
+                (`CACHE_DIR`, docs/openvino.md). Never inside the artifact directory, which holds
+                only what lfm-export wrote.
             backend: a backend of the registry by name (`lfm_deploy.runtime.backends`,
                 docs/backends.md, e.g. "ov-bf16"), instead of `providers` and `precision`.
 
