@@ -349,23 +349,6 @@ def verify_file(directory: str | os.PathLike, entry: FileEntry) -> Path:
     return full
 
 
-__all__ = [
-    "FP32",
-    "MANIFEST_NAME",
-    "SCHEMA_VERSION",
-    "FileEntry",
-    "Manifest",
-    "ParityRecord",
-    "ParityTolerances",
-    "PrecisionGate",
-    "PrecisionRecord",
-    "PrecisionRuntime",
-    "PreprocessingSpec",
-    "WeightsRecord",
-    "file_entry",
-    "read_manifest",
-    "sha256_file",
-    "verify_file",
-    "weights_label",
-    "write_manifest",
-]
+__all__ = ["FP32", "MANIFEST_NAME", "SCHEMA_VERSION", "FileEntry", "Manifest", "ParityRecord", "ParityTolerances",
+           "PrecisionGate", "PrecisionRecord", "PrecisionRuntime", "PreprocessingSpec", "WeightsRecord", "file_entry",
+           "read_manifest", "sha256_file", "verify_file", "weights_label", "write_manifest"]

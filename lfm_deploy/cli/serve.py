@@ -7,7 +7,7 @@ import time
 
 import click
 
-from ..utils.signals import _raise_terminated as _on_sigterm, signal_of
+from ..utils.signals import Terminated, signal_of
 from . import FiniteFloat, setup_logging, user_errors
 from .options import command, providers_option, run_precision_option, threads_option, verbose_option
 from .predict import _parse_support
@@ -15,6 +15,10 @@ from .predict import _parse_support
 
 def _signal_name(exc: BaseException) -> str:
     return "SIGTERM" if signal_of(exc) == signal.SIGTERM else "Ctrl-C"
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 @command()

@@ -44,7 +44,7 @@ ISLANDS = {
     "groupnorm": "the learner's two-stage group normalisations (means, centred variance, square root, division)",
 }
 
-#: Islands kept in f32 by default when running bf16 (measured, module docstring): the group norms.
+#: Islands kept in f32 by default when running bf16 (measured: docs/openvino.md, "Float islands").
 F32_ISLANDS: tuple[str, ...] = ("groupnorm",)
 
 # ORT's type strings for OpenVINO element types (what Polygraphy's OnnxrtRunner parses).
@@ -323,13 +323,10 @@ class SessionFromOpenVINO:
     Args:
         model_path: the .onnx file.
         precision: "fp32" (OpenVINO's f32; logits within ~1e-5 of onnxruntime) or "bf16"
-            (bf16 matrix products and convolutions: 1.6-1.9x onnxruntime's speed on CPUs with
-            AVX512-BF16 or AMX; logits ~0.7 % of their span off, so masks flip where fp32's
-            two logits are that close; module docstring).
+            (bf16 matrix products and convolutions; cost and speed: docs/openvino.md).
         threads: `INFERENCE_NUM_THREADS` (None: OpenVINO's default, the physical cores).
         cache_dir: OpenVINO's compiled-model cache (`CACHE_DIR`): a later load of the same
-            graph and settings imports the compiled blob instead of compiling (fp32 head at
-            400 px: 0.7 -> 0.3 s; bf16 with islands 1.2 -> 1.0 s); None: no cache.
+            graph and settings imports the compiled blob instead of compiling; None: no cache.
         f32_islands: for bf16, the `ISLANDS` kept in f32 (None: `F32_ISLANDS`).
         what: name used in log lines and errors (default: the file name).
 

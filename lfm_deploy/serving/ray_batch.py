@@ -57,10 +57,9 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
         address: join this Ray cluster; None starts a private local one for the job, also
             when RAY_ADDRESS is set (an already connected cluster is used as it is; see
             `cluster.ray_cluster`).
-        workers: actors in the pool (each holds one `Segmenter`: at 400 px 0.65 GB
-            resident at batch 1, ~2.9 GB at batch 8; each declares its memory to Ray,
-            `resources.segmenter_memory_bytes`, and a job whose workers the cluster cannot
-            hold is refused before it starts).
+        workers: actors in the pool (each holds one `Segmenter` and declares its memory to Ray,
+            `resources.segmenter_memory_bytes`; a job whose workers the cluster cannot hold is
+            refused before it starts).
         batch_size: queries per worker call and head run.
         threads: onnxruntime threads per worker (default: this machine's CPUs / `workers`).
         cpus_per_worker: CPUs each actor reserves in Ray's scheduler. Fractional by default: an

@@ -160,12 +160,6 @@ class SegmentModel:
         except ServiceError as exc:
             return exc
 
-    async def forget(self, set_id: str) -> bool:
-        """Drop a set's features from this replica's cache (DELETE /support-sets/{id})."""
-        present = set_id in self._cache
-        self._cache.evict(set_id)
-        return present
-
     async def _features(self, set_id: str, payload):
         """The encoded set `set_id` (cached, or encoded now from `payload`)."""
         support = self._cache.get(set_id)

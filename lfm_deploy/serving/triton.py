@@ -59,14 +59,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from lfm_deploy.errors import ExportError
 
-__all__ = [
-    "GRAPH_KINDS",
-    "load_model_config",
-    "triton_data_type",
-    "validate_triton_repository",
-    "graphs_from_manifest",
-    "write_triton_repository",
-]
+__all__ = ["GRAPH_KINDS", "load_model_config", "triton_data_type", "validate_triton_repository", "graphs_from_manifest",
+           "write_triton_repository"]
 
 logger = logging.getLogger(__name__)
 

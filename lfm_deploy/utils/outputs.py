@@ -1173,22 +1173,6 @@ def safetensors_metadata(path: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-__all__ = [
-    "ArtifactDir",
-    "atomic_write_bytes",
-    "results_dir",
-    "FILE_MODE",
-    "OutputDir",
-    "OutputFile",
-    "JOURNAL_NAME",
-    "RECORD_NAME",
-    "STAMP_KEY",
-    "check_distinct",
-    "check_location",
-    "foreign_files",
-    "json_stamped",
-    "read_record",
-    "safetensors_metadata",
-    "sha256_file",
-    "stamp",
-]
+__all__ = ["ArtifactDir", "atomic_write_bytes", "results_dir", "FILE_MODE", "OutputDir", "OutputFile", "JOURNAL_NAME",
+           "RECORD_NAME", "STAMP_KEY", "check_distinct", "check_location", "foreign_files", "json_stamped",
+           "read_record", "safetensors_metadata", "sha256_file", "stamp"]
