@@ -39,6 +39,10 @@ def float32_parity(logits_atol: float = 1e-3, feature_rel: float = 1e-4, mask_ag
 
 #: The reduced precisions every artifact is gated on (`Domain.precision_gates`).
 REDUCED_PRECISIONS = ("fp16", "bf16", "int8")
+#: What an export can be made at (`lfm-export --precision`), and what `precision=` accepts in the
+#: runtime (`lfm-predict` / `lfm-serve --precision`: which graphs run, `lfm_deploy.runtime.precisions`).
+EXPORT_PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
+RUN_PRECISIONS = ("auto", *EXPORT_PRECISIONS)
 
 
 def reduced_precision_gates(agreement: float = 0.99, miou_points: float = 0.5,

@@ -160,12 +160,6 @@ def encode_brush(mask: np.ndarray) -> list[int]:
     return [int(x) for x in mask2rle(np.asarray(mask, dtype=np.uint8) * np.uint8(255))]
 
 
-def _mask_png(mask: np.ndarray) -> bytes:
-    from .codec import mask_png
-
-    return mask_png(mask)
-
-
 @dataclass
 class Shot:
     """One annotated task's contribution to a label's support set."""
@@ -378,6 +372,8 @@ class LabelStudioBackend:
                 log.warning("Label Studio project %s: %s", project.id, exc)
 
     async def _learn(self, project: Project, task: dict, annotation: dict) -> dict:
+        from .codec import mask_png
+
         task_id = task.get("id") or annotation.get("task")
         if project.schema is None:
             return {"status": "ignored", "reason": "the project's labelling config is unknown (connect the model "
@@ -416,7 +412,7 @@ class LabelStudioBackend:
                 if before[label] is not None:
                     changed.append(label)
                 continue
-            shots[task_id] = Shot(task_id, annotation.get("id"), image, await asyncio.to_thread(_mask_png, mask), at)
+            shots[task_id] = Shot(task_id, annotation.get("id"), image, await asyncio.to_thread(mask_png, mask), at)
             changed.append(label)
         made = {}
         for label in changed:
