@@ -446,9 +446,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         max_body_bytes: request bodies above this get 413.
         spin_wait: onnxruntime's idle threads spin in the replicas (`SessionConfig.spin_wait`).
             Off by default: a replica shares the machine's cores with Serve's proxy and router,
-            and at 16 concurrent clients (400 px, 2 cores) spinning cost ~5% of the throughput
-            (0.90x vs 0.95x of the local Segmenter at batch 8), while one client's p50 went from
-            1.02x to 1.13x of a direct call (benchmarks/bench_ray.py, --serve-spin-wait).
+            where spinning cost throughput and latency (benchmarks/bench_ray.py --serve-spin-wait).
         body_timeout_s: a body not received within this many seconds gets 408.
         max_pixels: an image with more pixels gets 413 (read from its header, before decoding).
         replica_pixels: decoded pixels a replica holds at once (default 3 x `max_pixels`).

@@ -536,16 +536,8 @@ def write_triton_repository(repo_dir: str | os.PathLike, graphs: Mapping[str, tu
 
 def validate_triton_repository(repo_dir: str | os.PathLike) -> list[str]:
     """Check a Triton model repository against Triton's config schema, its ONNX graphs and the
-    data flow of its ensembles.
-
-    Every model directory's ``config.pbtxt`` is parsed into ``inference.ModelConfig`` (unknown
-    fields or enum values are problems). For ONNX Runtime models, every version's model file
-    must exist (with its external data) and match the config: declared tensors are graph
-    tensors with the same element type, rank and static dims, a batching model's leading graph
-    dim is dynamic, and every graph input is declared. For ensembles: every step's model
-    exists, ``input_map``/``output_map`` keys name that model's tensors, all its required
-    inputs are mapped, no tensor is written twice, every step can run from the ensemble inputs,
-    every output is written and every input and intermediate tensor is read.
+    data flow of its ensembles (the module docstring says what is checked; `_check_onnx` and
+    `_check_ensemble` list every rule).
 
     Args:
         repo_dir: the repository root.

@@ -618,13 +618,11 @@ class ArtifactDir:
     temporary directory, so an interrupted or failed command leaves nothing that looks complete.
 
     Args:
-        path: the output directory as the user gave it.
-        flag: the option that set it (named in errors).
+        path, flag, arg: the output directory as the user gave it, and what set it (`check_location`).
         kind: what the directory is, e.g. "lfm-export output" (recorded, and named in errors).
         legacy: optional function(dir) -> set of relative paths this tool wrote, for outputs made
             before records existed (None when the directory is not one).
         hint_flag: the option named in hints when `flag` is None (the path is derived from it).
-        arg: the API argument that set it, where its name is not the flag's.
         inputs: the command's inputs ({CLI label: path or paths}): the directory may be none of
             them, nor hold one.
 
@@ -761,12 +759,11 @@ class OutputDir:
     the work starts. Thread-safe.
 
     Args:
-        path: the directory as the user gave it (created on the first write).
-        flag: the option that set it (named in errors).
+        path, flag, arg: the directory as the user gave it (created on the first write), and what set
+            it (`check_location`).
         kind: what is written, e.g. "lfm-predict output".
         overwrite: replace files this tool did not write (the user asked for it).
         overwrite_flag: the option that sets `overwrite`, named in errors (None: there is none).
-        arg: the API argument that set it, where its name is not the flag's.
         inputs: the command's inputs ({CLI label: path or paths}): the directory may not be one,
             and no file written may be one (checked by `claim`), even with `overwrite`.
 
@@ -997,13 +994,11 @@ class OutputFile:
     this kind (its content carries the tool's stamp), or with `overwrite=True`.
 
     Args:
-        path: the file as the user gave it.
-        flag: the option that set it (named in errors).
+        path, flag, arg: the file as the user gave it, and what set it (`check_location`).
         kind: what the file is, e.g. "lfm-eval report".
         recognise: function(path) -> bool; default: a JSON file stamped with `kind`.
         overwrite: replace a file this tool did not write (the user asked for it).
         overwrite_flag: the option that sets `overwrite` (named in errors).
-        arg: the API argument that set it, where its name is not the flag's.
         inputs: the command's inputs ({CLI label: path or paths}): the file may not be one, even
             with `overwrite`.
         hint_flag: the option named in hints when `flag` is None (the path is derived from it,
