@@ -162,9 +162,7 @@ def get_domain(name: str | Domain) -> Domain:
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
-        raise DomainError(
-            f"unknown domain {name!r}; choose one of: {', '.join(list_domains())}"
-        )
+        raise DomainError(f"unknown domain {name!r}; choose one of: {', '.join(list_domains())}")
     return _REGISTRY[key]
 
 

@@ -49,11 +49,9 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     """Segment a collection of images on a Ray cluster with a fixed support set.
 
     Args:
-        artifact_dir: an lfm-export directory (readable at this path on every node).
-        support_images, support_masks: the K support pairs (read here, shipped to the workers).
-        inputs: images, folders, globs, list files or URIs (see `collection.expand_inputs`).
-        out_dir: the output folder: `<stem>_mask.png` (0/255, the image's size),
-            `<stem>_overlay.png` with `overlay`, and `results.jsonl`.
+        artifact_dir, support_images, support_masks, inputs, out_dir, overlay, allow_empty,
+            overwrite, progress: as `batch.segment_locally`; the artifact directory must be
+            readable at this path on every node, the support pairs are read here and shipped.
         address: join this Ray cluster; None starts a private local one for the job, also
             when RAY_ADDRESS is set (an already connected cluster is used as it is; see
             `cluster.ray_cluster`).
@@ -67,10 +65,6 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
             Ray Data's read tasks, stalling the pipeline. On large nodes set it to `threads`.
         providers, allow_fallback, precision: as `Segmenter` (onnxruntime providers, or
             "openvino" with precision "fp32" / "bf16").
-        overlay: also write `<stem>_overlay.png`.
-        allow_empty: accept support masks without foreground.
-        overwrite: replace files in `out_dir` that lfm-predict did not write (never by default).
-        progress: show a progress bar.
         verbose: > 0 forwards the workers' logs.
 
     Returns:

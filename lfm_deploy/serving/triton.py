@@ -157,9 +157,7 @@ def triton_data_type(dtype: str) -> str:
     key = str(dtype).lower().removeprefix("torch.").removeprefix("numpy.")
     key = {"float": "float32", "half": "float16", "double": "float64", "bytes": "string"}.get(key, key)
     if key not in _TRITON_TYPES:
-        raise ExportError(
-            f"tensor dtype {dtype!r} has no Triton data type; use one of: {', '.join(_TRITON_TYPES)}"
-        )
+        raise ExportError(f"tensor dtype {dtype!r} has no Triton data type; use one of: {', '.join(_TRITON_TYPES)}")
     return _TRITON_TYPES[key]
 
 
