@@ -54,14 +54,9 @@ def reduced_precision_gates(agreement: float = 0.99, miou_points: float = 0.5,
     model's on at least `agreement` of the pixels, its mIoU (against the episodes' ground truth)
     is within `miou_points` points of the eager model's, and no differing pixel had an eager
     |logit margin| above the precision's bound (`margins`): where the eager model was sure, the
-    fast path must not disagree. Logits and features are reported, not gated: reduced precision
-    moves them by design. Bounds per precision (docs/precision.md): fp16 keeps ~3 decimal digits
-    and its logits move by ~1e-2, bf16 ~2 digits (~3e-2), int8 activations move the logits by up
-    to a few tenths on the test checkpoints.
-
-    No verdict without evidence: the gate fails unless the eager masks are informative on enough
-    episodes (`evidence`, default `EvidenceRule()`: at least 2 episodes where each class holds
-    2% of the pixels decisively, and 2,000 decided pixels of each class).
+    fast path must not disagree (bounds per precision: docs/precision.md). Logits and features
+    are reported, not gated: reduced precision moves them by design. No verdict without evidence:
+    the gate fails unless the eager masks are informative enough (`evidence`, `EvidenceRule`).
     """
     evidence = evidence or EvidenceRule()
     bounds = {"fp16": 0.1, "bf16": 0.25, "int8": 0.5, **(margins or {})}
@@ -114,16 +109,9 @@ class Domain:
 
     def preprocessing(self) -> dict:
         """The preprocessing contract, as written into export manifests."""
-        return {
-            "image_size": [self.image_size, self.image_size],
-            "color": self.color,
-            "scale": 1.0 / 255.0,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "image_resize": "PIL bilinear",
-            "mask_resize": "nearest (torch.nn.functional.interpolate semantics)",
-            "mask_threshold": 128,
-        }
+        return {"image_size": [self.image_size, self.image_size], "color": self.color, "scale": 1.0 / 255.0,
+                "mean": list(self.mean), "std": list(self.std), "image_resize": "PIL bilinear",
+                "mask_resize": "nearest (torch.nn.functional.interpolate semantics)", "mask_threshold": 128}
 
 
 # Learning rates: the paper reports 0.1 for Chest X-ray and 0.01 / 1e-5 for the others without

@@ -25,18 +25,10 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 
 #: Short names accepted wherever providers are given (case-insensitive).
-PROVIDER_ALIASES = {
-    "cpu": CPU,
-    "cuda": CUDA,
-    "gpu": CUDA,
-    "tensorrt": TENSORRT,
-    "trt": TENSORRT,
-    "dml": "DmlExecutionProvider",
-    "directml": "DmlExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-    "migraphx": "MIGraphXExecutionProvider",
-}
+PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT,
+                    "dml": "DmlExecutionProvider", "directml": "DmlExecutionProvider",
+                    "coreml": "CoreMLExecutionProvider", "rocm": "ROCMExecutionProvider",
+                    "migraphx": "MIGraphXExecutionProvider"}
 
 ProviderSpec = Union[str, tuple]
 
