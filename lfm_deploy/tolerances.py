@@ -66,15 +66,10 @@ class Tolerance:
 @dataclass(frozen=True)
 class EvidenceRule:
     """What a reduced-precision verdict must rest on: masks of the eager model that carry
-    information. Agreement with a mask that is a single class (or nearly: the untrained default
-    weights, a checkpoint judged on images unlike its domain) says nothing about the fast path,
-    so a gate without enough evidence fails; it never passes.
-
-    An episode is *informative* when each class (background, foreground) of the eager mask
-    covers at least `min_class_share` of its pixels with pixels the eager model decided
-    (|logit margin| above the precision's tie margin). The verdict needs at least
-    `min_episodes` informative episodes and, over them, at least `min_decisive_pixels` decided
-    pixels of each class.
+    information (docs/precision.md, "Evidence"). A gate without enough evidence fails; it never
+    passes. An episode is *informative* when each class of the eager mask covers at least
+    `min_class_share` of its pixels with pixels the eager model decided (|logit margin| above the
+    precision's tie margin).
 
     Attributes:
         min_class_share: per informative episode, the smallest share of the pixels each class

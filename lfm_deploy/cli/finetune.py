@@ -1,9 +1,6 @@
-"""`lfm finetune`, `lfm eval` and `lfm make-data` (aliases `lfm-finetune`, ...): fine-tune a domain's masker, evaluate it on
-the CD-FSS episodes, and write a synthetic dataset to try both on.
-
-Each command parses its options and calls one public function (`finetune_domain`, `evaluate`,
-`make_synthetic_dataset`); torch is imported only when a command runs, so `--help` is instant.
-"""
+"""`lfm finetune`, `lfm eval` and `lfm make-data` (aliases `lfm-finetune`, ...): fine-tune a domain's masker,
+evaluate it on the CD-FSS episodes, and write a synthetic dataset to try both on. Each calls one public
+function (`finetune_domain`, `evaluate`, `make_synthetic_dataset`), importing torch only when it runs."""
 
 from __future__ import annotations
 

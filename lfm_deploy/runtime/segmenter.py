@@ -217,17 +217,13 @@ class Segmenter:
 
         Args:
             path: the export directory (holds manifest.json, encoder.onnx, head.onnx).
-            providers: execution providers, best first: None (CPU), "cpu", "cuda", "tensorrt"
-                (short or full onnxruntime names, a comma-separated string, or (name, options)
-                pairs). The CPU EP is always appended as the last resort. Or "openvino" alone:
-                the OpenVINO CPU runtime instead of onnxruntime (`lfm_deploy.runtime.openvino`), or
-                another runtime's name in `lfm_deploy.runtime.backends.selectors()`.
-            allow_fallback: when a requested accelerator is missing, log a warning and run on
-                what onnxruntime activated instead of raising (OpenVINO not installed:
-                onnxruntime's CPU provider, in fp32).
-            threads: intra-op threads per session (None: onnxruntime's default; OpenVINO's
-                `INFERENCE_NUM_THREADS`); more than the CPU cores this process may use is
-                capped at that count, with a warning.
+            providers: onnxruntime execution providers, best first (`resolve_providers`: None is
+                the CPU, which is always appended last), or a runtime's name alone
+                (`lfm_deploy.runtime.backends.selectors()`: "openvino").
+            allow_fallback: when a requested accelerator (or OpenVINO) is missing, log a warning
+                and run on what onnxruntime activated (its CPU provider, in fp32) instead of raising.
+            threads: intra-op threads per session (None: the runtime's default), capped at the
+                CPU cores this process may use, with a warning.
             graph_optimization: "all", "extended", "basic" or "disable" (onnxruntime only).
             verify: check every file's size and sha256 against the manifest (refuses tampered
                 or truncated models), and re-check a graph before each later session creation
@@ -415,17 +411,15 @@ class Segmenter:
 
         Args:
             images: exactly K = manifest.shots support images (paths, PIL images or uint8 /
-                uint16 arrays (H, W), (H, W, 1..4)); a single image is accepted when
-                K = 1. 16-bit pixels are scaled by 255/65535; float and 32-bit pixels are
-                refused (`lfm_deploy.preprocess`).
+                uint16 arrays; bit depths as `lfm_deploy.preprocess` reads them); a single image
+                is accepted when K = 1.
             masks: one mask per image, at the image's size: 8-bit masks (files, PIL images,
                 uint8 arrays with values above 1) are foreground where >= 128, 16-bit ones where
                 >= 32768; {0, 1} or bool arrays are used as they are. An accepted mask that
                 looks wrong (grey levels, colour, a photograph) is logged as a warning.
-            allow_empty: accept a mask without foreground (at model resolution). HSNet then
-                correlates against all-zero features and predicts noise, so by default such a
-                mask is refused as the mistake it almost always is; with True it is used and a
-                warning is logged.
+            allow_empty: accept a mask without foreground (at model resolution), with a warning.
+                HSNet then correlates against all-zero features and predicts noise, so by default
+                such a mask is refused as the mistake it almost always is.
 
         Raises:
             InputError: the Segmenter is closed, the wrong number of pairs, unreadable or invalid images/masks, a mask
@@ -545,10 +539,7 @@ class Segmenter:
         where the two logits are equal to float rounding.
 
         Args:
-            images: one image or a list/tuple of them (see `predict`).
-            batch_size: queries per head run.
-            original_size: resize back to each image's size (nearest), else S x S.
-            support: a set from `encode_support` (default: the one `set_support` made).
+            images, batch_size, original_size, support: as `predict`.
 
         Returns:
             float32 (H, W) in [0, 1], or a list of them for a list input.

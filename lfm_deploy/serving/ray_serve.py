@@ -493,8 +493,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         ray_actor_options={"num_cpus": cpus_per_replica, "memory": memory},
         # Enough requests in flight per replica to fill a batch while the previous one runs; the
         # pixel budget bounds what they hold.
-        max_ongoing_requests=max(32, 4 * max_batch),
-        health_check_period_s=10,
+        max_ongoing_requests=max(32, 4 * max_batch), health_check_period_s=10,
     ).bind(job, options, max_batch=max_batch, batch_wait_s=batch_wait_s, max_pixels=max_pixels,
            replica_pixels=replica_pixels, default_id=default_set_id(job), cache_bytes=cache_bytes)
     settings = ApiSettings(max_body_bytes=int(max_body_bytes), body_timeout_s=float(body_timeout_s),
@@ -504,9 +503,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         Ingress, name=INGRESS_NAME, num_replicas=1,
         # It awaits I/O only; its memory is the request bytes it may buffer (bounded by the API).
         ray_actor_options={"num_cpus": 0, "memory": int(0.3 * (1 << 30)) + settings.buffer_bytes},
-        max_ongoing_requests=INGRESS_MAX_ONGOING,
-        graceful_shutdown_timeout_s=DEFAULT_DRAIN_TIMEOUT_S,
-    )
+        max_ongoing_requests=INGRESS_MAX_ONGOING, graceful_shutdown_timeout_s=DEFAULT_DRAIN_TIMEOUT_S)
     app = ingress.bind(model, settings, job.metadata(), job, max_support_sets, store)
     app.lfm_model_memory = (memory, replicas)  # checked against the cluster by start_service
     app.lfm_runs = f"{job.describe()}; runs {job.precision} on {job.backend}"  # said by lfm serve
