@@ -1,10 +1,9 @@
 """The tolerance types: what a comparison of a backend with the eager model is held to.
 
-`Tolerance` (one statistic and its bound), `EvidenceRule` (what a reduced-precision verdict
-must rest on) and `Tolerances` (the bounds of one comparison). Plain frozen dataclasses with no
-numerics: the domain registry (`lfm_deploy.domains`) declares its parity tolerances and
-precision gates with them, and the comparison phase (`lfm_deploy.parity.compare`) applies them.
-They sit here, below both, so that neither imports the other.
+Plain frozen dataclasses with no numerics: the domain registry (`lfm_deploy.domains`) declares
+its parity tolerances and precision gates with them, and the comparison phase
+(`lfm_deploy.parity.compare`) applies them. They sit here, below both, so that neither imports
+the other.
 """
 
 from __future__ import annotations

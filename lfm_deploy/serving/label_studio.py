@@ -52,8 +52,7 @@ class LabelStudioSettings:
         url: Label Studio's base URL (`LABEL_STUDIO_URL`); None: the `hostname` Label Studio
             sends with /setup.
         api_key: a personal access token (or legacy token) (`LABEL_STUDIO_API_KEY`); None: the
-            token Label Studio sends with /setup (a legacy token, which current Label Studio
-            versions refuse unless legacy tokens are enabled).
+            legacy token Label Studio sends with /setup (refused by current versions by default).
         timeout_s: per request to Label Studio.
     """
 

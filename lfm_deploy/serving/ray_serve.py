@@ -68,12 +68,9 @@ class SegmentModel:
 
     Args:
         job: the checked job (`prepare_job`): artifact path, support bytes (or none), metadata.
-        options: `Segmenter.from_artifacts` keyword arguments (providers, threads, batch_size,
-            ...) and `allow_empty`.
-        max_batch: largest dynamic batch.
-        batch_wait_s: how long to wait for a batch to fill.
+        options: `Segmenter.from_artifacts` keyword arguments and `allow_empty`.
+        max_batch, batch_wait_s, replica_pixels: as `build_app`.
         max_pixels: an image's pixel limit (checked again here: the model never trusts its caller).
-        replica_pixels: decoded pixels in flight at most (`PixelBudget`).
         default_id: the startup set's id (`support_sets.content_id`), None without one.
         cache_bytes: encoded support features this replica keeps (the startup set is pinned).
         encode: start loading now (False: call `start()`).
@@ -349,11 +346,9 @@ class Ingress:
 
     Args:
         model: the `SegmentModel` deployment (Serve passes a `DeploymentHandle`).
-        settings: the limits and the token.
-        metadata: GET /metadata's answer.
+        settings, metadata: as `api.build_api`.
         job: the checked job (its startup set, if any, is the default set).
-        max_sets: `--max-support-sets`.
-        store: `--store DIR` (None: sets live as long as the service).
+        max_sets, store: `--max-support-sets`, `--store DIR` (None: sets live as long as the service).
     """
 
     def __init__(self, model, settings: ApiSettings, metadata: dict, job: Job | None = None,
