@@ -1,30 +1,9 @@
 """The graph contract, defined once: the exported graphs, their tensors and what each one means.
 
-Three graphs per export, at the domain's static image size S (400), batch dynamic:
-
-========  =============  =======  ======================  ====================================
-graph     tensor         dtype    shape                   role
-========  =============  =======  ======================  ====================================
-episode   query_img      float32  (B, 3, S, S)            query: normalised query images
-          support_imgs   float32  (B, K, 3, S, S)         supports: normalised support images
-          support_masks  float32  (B, K, S, S)            masks: support masks in {0, 1}
-       -> logits         float32  (B, 2, S, S)            logits (K = 1 only)
-          mask           uint8    (B, S, S)               mask: K-shot vote
-encoder   support_img    float32  (N, 3, S, S)            image: one support image per row
-          support_mask   float32  (N, S, S)               mask
-       -> support_l2     float32  (N, 4, 512, S/8, S/8)   l2: masked layer2 features
-          support_l3     float32  (N, 6, 1024, S/16, ..)  l3
-          support_l4     float32  (N, 3, 2048, S/32, ..)  l4: masked, APM/ACPA-filtered layer4
-head      query_img      float32  (B, 3, S, S)            query
-          support_l2/3/4 (K, ...) from the encoder        l2, l3, l4: the cached support set
-       -> shot_logits    float32  (B, K, 2, S, S)         per_shot: logits of each shot
-          mask           uint8    (B, S, S)               mask
-========  =============  =======  ======================  ====================================
-
-The export declares each graph's tensors with `graph_specs` and writes them into the manifest.
-Every consumer (the runtime, the validation runners, Triton, the engine builder) reads them back
-from the manifest with `Manifest.io(graph)` (`graph_io(manifest.graphs, graph)`) and refers to tensors by role
-(`io.input("query")`), so no tensor name is spelled anywhere but here. See docs/graph-contract.md.
+`graph_specs` declares each graph's tensors (table: docs/graph-contract.md, "Tensors"); the
+export writes them into the manifest, and every consumer reads them back with
+`Manifest.io(graph)` (`graph_io(manifest.graphs, graph)`) and refers to tensors by role
+(`io.input("query")`), so no tensor name is spelled anywhere but here.
 
 Pure Python (no torch, no numpy): the runtime uses it.
 """

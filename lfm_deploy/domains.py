@@ -39,6 +39,10 @@ def float32_parity(logits_atol: float = 1e-3, feature_rel: float = 1e-4, mask_ag
 
 #: The reduced precisions every artifact is gated on (`Domain.precision_gates`).
 REDUCED_PRECISIONS = ("fp16", "bf16", "int8")
+#: What an export can be made at (`lfm-export --precision`), and what `precision=` accepts in the
+#: runtime (`lfm-predict` / `lfm-serve --precision`: which graphs run, `lfm_deploy.runtime.precisions`).
+EXPORT_PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
+RUN_PRECISIONS = ("auto", *EXPORT_PRECISIONS)
 
 
 def reduced_precision_gates(agreement: float = 0.99, miou_points: float = 0.5,
@@ -50,14 +54,9 @@ def reduced_precision_gates(agreement: float = 0.99, miou_points: float = 0.5,
     model's on at least `agreement` of the pixels, its mIoU (against the episodes' ground truth)
     is within `miou_points` points of the eager model's, and no differing pixel had an eager
     |logit margin| above the precision's bound (`margins`): where the eager model was sure, the
-    fast path must not disagree. Logits and features are reported, not gated: reduced precision
-    moves them by design. Bounds per precision (docs/precision.md): fp16 keeps ~3 decimal digits
-    and its logits move by ~1e-2, bf16 ~2 digits (~3e-2), int8 activations move the logits by up
-    to a few tenths on the test checkpoints.
-
-    No verdict without evidence: the gate fails unless the eager masks are informative on enough
-    episodes (`evidence`, default `EvidenceRule()`: at least 2 episodes where each class holds
-    2% of the pixels decisively, and 2,000 decided pixels of each class).
+    fast path must not disagree (bounds per precision: docs/precision.md). Logits and features
+    are reported, not gated: reduced precision moves them by design. No verdict without evidence:
+    the gate fails unless the eager masks are informative enough (`evidence`, `EvidenceRule`).
     """
     evidence = evidence or EvidenceRule()
     bounds = {"fp16": 0.1, "bf16": 0.25, "int8": 0.5, **(margins or {})}
@@ -110,16 +109,9 @@ class Domain:
 
     def preprocessing(self) -> dict:
         """The preprocessing contract, as written into export manifests."""
-        return {
-            "image_size": [self.image_size, self.image_size],
-            "color": self.color,
-            "scale": 1.0 / 255.0,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "image_resize": "PIL bilinear",
-            "mask_resize": "nearest (torch.nn.functional.interpolate semantics)",
-            "mask_threshold": 128,
-        }
+        return {"image_size": [self.image_size, self.image_size], "color": self.color, "scale": 1.0 / 255.0,
+                "mean": list(self.mean), "std": list(self.std), "image_resize": "PIL bilinear",
+                "mask_resize": "nearest (torch.nn.functional.interpolate semantics)", "mask_threshold": 128}
 
 
 # Learning rates: the paper reports 0.1 for Chest X-ray and 0.01 / 1e-5 for the others without
@@ -127,46 +119,15 @@ class Domain:
 # source domain (PASCAL), so it gets the smallest rate; this mapping is an inference and can be
 # overridden with --lr.
 _DOMAINS = [
-    Domain(
-        name="deepglobe",
-        title="Deepglobe (satellite land cover)",
-        layout="deepglobe",
-        folder="Deepglobe",
-        num_classes=6,
-        test_episodes=600,
-        finetune=FinetuneSchedule(iterations=60, lr=0.01),
-    ),
-    Domain(
-        name="isic",
-        title="ISIC2018 (skin lesions)",
-        layout="isic",
-        folder="ISIC",
-        num_classes=3,
-        test_episodes=600,
-        finetune=FinetuneSchedule(iterations=60, lr=0.01),
-        aliases=("isic2018",),
-    ),
-    Domain(
-        name="chest_xray",
-        title="Chest X-ray (lung segmentation)",
-        layout="chest_xray",
-        folder="LungSegmentation",
-        num_classes=1,
-        test_episodes=600,
-        color="grayscale",
-        finetune=FinetuneSchedule(iterations=60, lr=0.1),
-        aliases=("lung", "chest-xray", "chestxray"),
-    ),
-    Domain(
-        name="fss1000",
-        title="FSS-1000 (everyday objects)",
-        layout="fss1000",
-        folder="FSS-1000",
-        num_classes=240,
-        test_episodes=2400,
-        finetune=FinetuneSchedule(iterations=60, lr=1e-5),
-        aliases=("fss-1000", "fss"),
-    ),
+    Domain(name="deepglobe", title="Deepglobe (satellite land cover)", layout="deepglobe", folder="Deepglobe",
+           num_classes=6, test_episodes=600, finetune=FinetuneSchedule(iterations=60, lr=0.01)),
+    Domain(name="isic", title="ISIC2018 (skin lesions)", layout="isic", folder="ISIC", num_classes=3,
+           test_episodes=600, finetune=FinetuneSchedule(iterations=60, lr=0.01), aliases=("isic2018",)),
+    Domain(name="chest_xray", title="Chest X-ray (lung segmentation)", layout="chest_xray", folder="LungSegmentation",
+           num_classes=1, test_episodes=600, color="grayscale", finetune=FinetuneSchedule(iterations=60, lr=0.1),
+           aliases=("lung", "chest-xray", "chestxray")),
+    Domain(name="fss1000", title="FSS-1000 (everyday objects)", layout="fss1000", folder="FSS-1000", num_classes=240,
+           test_episodes=2400, finetune=FinetuneSchedule(iterations=60, lr=1e-5), aliases=("fss-1000", "fss")),
 ]
 
 _REGISTRY: dict[str, Domain] = {d.name: d for d in _DOMAINS}
@@ -189,9 +150,7 @@ def get_domain(name: str | Domain) -> Domain:
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
-        raise DomainError(
-            f"unknown domain {name!r}; choose one of: {', '.join(list_domains())}"
-        )
+        raise DomainError(f"unknown domain {name!r}; choose one of: {', '.join(list_domains())}")
     return _REGISTRY[key]
 
 

@@ -1,11 +1,9 @@
 """The artifact manifest: what an export directory holds and how to use it.
 
-Pure Python (json + hashlib): built and written by `lfm_deploy.export` (with its precision
-step), read and verified by the torch-free `lfm_deploy.runtime`. `read_manifest` parses
-the JSON once into an immutable `Manifest` (frozen dataclasses, `lfm_deploy.utils.records`) whose
-fields are every field a reader uses, so a malformed manifest is one `ManifestError` naming the
-field, never a KeyError or TypeError deep inside a consumer; readers take the object, never the
-dict.
+Pure Python (json + hashlib): built and written by `lfm_deploy.export`, read and verified by
+the torch-free `lfm_deploy.runtime`. `read_manifest` parses the JSON once into an immutable
+`Manifest` (`lfm_deploy.utils.records`), so a malformed manifest is one `ManifestError` naming
+the field, never a KeyError or TypeError deep inside a consumer that reads the dict.
 """
 
 from __future__ import annotations
@@ -349,23 +347,6 @@ def verify_file(directory: str | os.PathLike, entry: FileEntry) -> Path:
     return full
 
 
-__all__ = [
-    "FP32",
-    "MANIFEST_NAME",
-    "SCHEMA_VERSION",
-    "FileEntry",
-    "Manifest",
-    "ParityRecord",
-    "ParityTolerances",
-    "PrecisionGate",
-    "PrecisionRecord",
-    "PrecisionRuntime",
-    "PreprocessingSpec",
-    "WeightsRecord",
-    "file_entry",
-    "read_manifest",
-    "sha256_file",
-    "verify_file",
-    "weights_label",
-    "write_manifest",
-]
+__all__ = ["FP32", "MANIFEST_NAME", "SCHEMA_VERSION", "FileEntry", "Manifest", "ParityRecord", "ParityTolerances",
+           "PrecisionGate", "PrecisionRecord", "PrecisionRuntime", "PreprocessingSpec", "WeightsRecord", "file_entry",
+           "read_manifest", "sha256_file", "verify_file", "weights_label", "write_manifest"]

@@ -1,10 +1,9 @@
 """The tolerance types: what a comparison of a backend with the eager model is held to.
 
-`Tolerance` (one statistic and its bound), `EvidenceRule` (what a reduced-precision verdict
-must rest on) and `Tolerances` (the bounds of one comparison). Plain frozen dataclasses with no
-numerics: the domain registry (`lfm_deploy.domains`) declares its parity tolerances and
-precision gates with them, and the comparison phase (`lfm_deploy.parity.compare`) applies them.
-They sit here, below both, so that neither imports the other.
+Plain frozen dataclasses with no numerics: the domain registry (`lfm_deploy.domains`) declares
+its parity tolerances and precision gates with them, and the comparison phase
+(`lfm_deploy.parity.compare`) applies them. They sit here, below both, so that neither imports
+the other.
 """
 
 from __future__ import annotations
@@ -66,15 +65,10 @@ class Tolerance:
 @dataclass(frozen=True)
 class EvidenceRule:
     """What a reduced-precision verdict must rest on: masks of the eager model that carry
-    information. Agreement with a mask that is a single class (or nearly: the untrained default
-    weights, a checkpoint judged on images unlike its domain) says nothing about the fast path,
-    so a gate without enough evidence fails; it never passes.
-
-    An episode is *informative* when each class (background, foreground) of the eager mask
-    covers at least `min_class_share` of its pixels with pixels the eager model decided
-    (|logit margin| above the precision's tie margin). The verdict needs at least
-    `min_episodes` informative episodes and, over them, at least `min_decisive_pixels` decided
-    pixels of each class.
+    information (docs/precision.md, "Evidence"). A gate without enough evidence fails; it never
+    passes. An episode is *informative* when each class of the eager mask covers at least
+    `min_class_share` of its pixels with pixels the eager model decided (|logit margin| above the
+    precision's tie margin).
 
     Attributes:
         min_class_share: per informative episode, the smallest share of the pixels each class

@@ -1,9 +1,6 @@
-"""`lfm finetune`, `lfm eval` and `lfm make-data` (aliases `lfm-finetune`, ...): fine-tune a domain's masker, evaluate it on
-the CD-FSS episodes, and write a synthetic dataset to try both on.
-
-Each command parses its options and calls one public function (`finetune_domain`, `evaluate`,
-`make_synthetic_dataset`); torch is imported only when a command runs, so `--help` is instant.
-"""
+"""`lfm finetune`, `lfm eval` and `lfm make-data` (aliases `lfm-finetune`, ...): fine-tune a domain's masker,
+evaluate it on the CD-FSS episodes, and write a synthetic dataset to try both on. Each calls one public
+function (`finetune_domain`, `evaluate`, `make_synthetic_dataset`), importing torch only when it runs."""
 
 from __future__ import annotations
 
@@ -21,6 +18,15 @@ _TORCH_THREADS = "torch intra-op threads, at most the CPU cores (more are capped
 
 #: Peak memory of writing one synthetic image per pixel (float64 textures; 98 measured, with margin).
 _SYNTHETIC_BYTES_PER_PIXEL = 112
+
+
+# Options lfm finetune and lfm eval spell the same way (a click.option decorator makes a new Option each use).
+_checkpoint_option = click.option(
+    "--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Base HSNet-ResNet50 checkpoint (see README 'Published checkpoints'). Without it the synthetic-data default "
+         "(built once and cached; not a real model); 'untrained' for the seeded untrained one.")
+_image_size_option = click.option("--image-size", type=click.IntRange(32, 2048), default=None, hidden=True,
+                                  help="Model input side (default: the domain's, 400). For tests and experiments only.")
 
 
 def _fmt(value) -> str:
@@ -62,9 +68,7 @@ def _untrained_note(weights: dict) -> None:
     help="Your own support set: a folder of <stem>.jpg with <stem>_mask.png, or a CSV/JSONL index. "
     "Exclusive with --data-root.",
 )
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Base HSNet-ResNet50 checkpoint (see README 'Published checkpoints'). Without it the synthetic-data "
-                   "default (built once and cached; not a real model); 'untrained' for the seeded untrained one.")
+@_checkpoint_option
 @click.option("--shots", type=SHOTS, default=None,
               help="Support images per class. Default: the domain's default (1) with --data-root, all with --support.")
 @click.option("--apm", type=click.Choice(["m", "s", "none"]), default="m", callback=_apm_value,
@@ -82,8 +86,7 @@ def _untrained_note(weights: dict) -> None:
               "[default: masker-<domain>.safetensors]")
 @click.option("--pairs-per-iteration", type=click.IntRange(1, 256), default=None,
               help="(query, support) pairs per step. Default: number of support images, at most 8.")
-@click.option("--image-size", type=click.IntRange(32, 2048), default=None, hidden=True,
-              help="Model input side (default: the domain's, 400). For tests and experiments only.")
+@_image_size_option
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --out file (or its log) that is not an earlier lfm-finetune output.")
 @threads_option(_TORCH_THREADS)
@@ -135,9 +138,7 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
               help="Supports per episode (the benchmark reports 1 and 5). Default: the domain's (1).")
 @click.option("--masker", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Masker file from lfm-finetune (sets --apm/--acpa from its metadata).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Base HSNet-ResNet50 checkpoint (see README 'Published checkpoints'). Without it the synthetic-data "
-                   "default (built once and cached; not a real model); 'untrained' for the seeded untrained one.")
+@_checkpoint_option
 @click.option("--protocol", type=click.Choice(["per-domain", "per-episode"]), default="per-domain",
               help="per-domain: one fixed masker for all episodes. per-episode (the paper's): reset and "
               "re-tune the masker on each episode's supports before predicting its query.")
@@ -156,8 +157,7 @@ def finetune_main(domain, data_root, support, checkpoint, shots, apm, acpa, iter
 @click.option("--overlay-count", type=click.IntRange(0, 10**4), default=4, help="Number of overlay PNGs.")
 @click.option("--report", type=OutputFilePath(path_type=Path), default=None,
               help="Write the JSON report here.")
-@click.option("--image-size", type=click.IntRange(32, 2048), default=None, hidden=True,
-              help="Model input side (default: the domain's, 400). For tests and experiments only.")
+@_image_size_option
 @click.option("--overwrite", is_flag=True,
               help="Replace existing --report / --overlays files that lfm-eval did not write.")
 @threads_option(_TORCH_THREADS)

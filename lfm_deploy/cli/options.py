@@ -13,16 +13,12 @@ import functools
 
 import click
 
-from ..domains import REDUCED_PRECISIONS, list_domains
+from ..domains import EXPORT_PRECISIONS, RUN_PRECISIONS, list_domains
 from . import THREADS, domain_choice_callback, verbose_option
 
 #: context_settings of every command (and of the `lfm` group).
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
-#: --precision of lfm-export: what the graphs are made at.
-EXPORT_PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
-#: --precision of lfm-predict and lfm-serve: which graphs run (`lfm_deploy.runtime.precisions`).
-RUN_PRECISIONS = ("auto", *EXPORT_PRECISIONS)
 #: --precision of lfm-build-engine: the TensorRT engine's (bf16 is an OpenVINO mode, not an engine).
 ENGINE_PRECISIONS = tuple(p for p in EXPORT_PRECISIONS if p != "bf16")
 

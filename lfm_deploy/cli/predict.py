@@ -1,9 +1,7 @@
 """`lfm predict` (alias `lfm-predict`): segment query images with an exported model and a support set.
 
-The command parses and checks its options, then calls one library function per engine:
-`lfm_deploy.serving.batch.segment_locally` (this process) or
-`lfm_deploy.serving.ray_batch.segment_collection` (a Ray Data job). Both take the same inputs,
-write the same files and the same results table (`lfm_deploy.serving.batch`).
+The command checks its options and calls `serving.batch.segment_locally` (this process) or
+`serving.ray_batch.segment_collection` (a Ray Data job): one predict path (`serving.batch`).
 """
 
 from __future__ import annotations

@@ -7,25 +7,18 @@ import time
 
 import click
 
+from ..utils.signals import Terminated, signal_of
 from . import FiniteFloat, setup_logging, user_errors
 from .options import command, providers_option, run_precision_option, threads_option, verbose_option
 from .predict import _parse_support
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM arrived (systemd, Docker, Kubernetes): stop like Ctrl-C (a KeyboardInterrupt, so
-    that no `except Exception` on the way swallows it)."""
-
-    signum = signal.SIGTERM
-
-
 def _signal_name(exc: BaseException) -> str:
-    """'SIGTERM' for this module's (or any) KeyboardInterrupt that carries `signum` SIGTERM."""
-    return "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "Ctrl-C"
+    return "SIGTERM" if signal_of(exc) == signal.SIGTERM else "Ctrl-C"
 
 
 def _on_sigterm(signum, frame):
-    raise _Terminated()
+    raise Terminated()
 
 
 @command()

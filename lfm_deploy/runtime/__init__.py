@@ -18,19 +18,6 @@ from .providers import PROVIDER_ALIASES, available_providers, resolve_providers
 from .segmenter import DEFAULT_BATCH_SIZE, Segmenter, SupportSet
 from .sessions import SessionConfig, SessionFromOnnx
 
-__all__ = [
-    "BackendUnavailable",
-    "DEFAULT_BATCH_SIZE",
-    "InputError",
-    "ManifestError",
-    "PROVIDER_ALIASES",
-    "Preprocessing",
-    "Segmenter",
-    "SessionConfig",
-    "SessionFromOnnx",
-    "SupportSet",
-    "available_providers",
-    "limit_heap_retention",
-    "resolve_providers",
-    "trim_heap",
-]
+__all__ = ["BackendUnavailable", "DEFAULT_BATCH_SIZE", "InputError", "ManifestError", "PROVIDER_ALIASES",
+           "Preprocessing", "Segmenter", "SessionConfig", "SessionFromOnnx", "SupportSet", "available_providers",
+           "limit_heap_retention", "resolve_providers", "trim_heap"]

@@ -1,13 +1,10 @@
 """Backends: every way this project runs an exported graph, declared once (`BACKENDS`, `register`).
 
-One row per backend (name, runtime, device, precision, graphs, availability with the install
-hint, and a lazy loader of an onnxruntime-shaped session, which Polygraphy's `OnnxrtRunner`
-runs). The `Segmenter`'s selection, lfm-verify, the precision gates, serving, the GPU check and
-docs/backends.md read it. Installed packages add rows through the `lfm_deploy.backends` entry
-point group (`load_plugins`), so a new backend is one module in its own package.
-Backends that are not one session per graph (eager, encoder -> head, TensorRT engines) live
-above the runtime: their row names the function that plans their lfm-verify run
-("module:function", imported only then), so imports keep pointing one way.
+One row per backend, read by the `Segmenter`'s selection, lfm-verify, the precision gates,
+serving, the GPU check and docs/backends.md (generated from `markdown_table`). How a row is
+made, by this package or by an installed plugin (`load_plugins`): docs/backends.md, "Adding a
+backend". Rows that are not one session per graph name the function that plans their lfm-verify
+run ("module:function", imported only then), so imports keep pointing one way.
 """
 
 from __future__ import annotations

@@ -3,14 +3,8 @@
 Everything goes through `lfm_deploy.preprocess`, the same functions the training and export
 data readers use, so a served image is normalised exactly as during fine-tuning and export
 validation (PIL bilinear resize, /255, mean/std; masks >= 128, torch-style nearest resize).
-
-Bit depth (the rule of `lfm_deploy.preprocess`, the same for files, PIL images and arrays):
-8-bit pixels are used as they are; 16-bit ones (uint16 arrays, 16-bit grayscale PNG/TIFF, PIL
-I;16) are scaled by their full range, round(v * 255 / 65535); float (PIL F) and 32-bit integer
-(PIL I) pixels are refused with an `InputError` saying how to convert them. Support masks are
-decoded the same way and are foreground where the 8-bit value >= 128; {0, 1} arrays are used as
-they are. A support mask that is accepted but looks wrong (values other than black and white, a
-colour image, a photograph) is logged as a warning; an empty one is refused with the reason.
+Bit depth, EXIF orientation and the warnings for masks that look wrong follow its rules
+(README.md, "Production runtime").
 """
 
 from __future__ import annotations

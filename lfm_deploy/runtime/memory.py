@@ -1,28 +1,10 @@
 """Memory of a serving process: what a Segmenter holds per batch, and glibc's allocator controls.
 
-**What a Segmenter holds** (peak resident set of one fresh process that loads the graphs, encodes
-a 1-shot support set and segments batches of B queries; onnxruntime CPU, fp32, 2 threads;
-`benchmarks/bench_memory.py` and `python -m lfm_deploy.serving.resources DIR` measure it): a fixed
-~0.34 GB (weights, sessions, support features, the arena's first regions) plus, per query of a
-head run, ~0.32 GB at 400 px. The per-query part is HSNet's 4D hypercorrelation and its
-re-laid-out copies inside the learner: the layer2 correlation alone is (4, 50, 50, 50, 50) float32,
-100 MB per query at 400 px, and it grows with the square of the feature-map area, i.e. with
-size^4 (160 px: 0.009 GB). `segmenter_bytes` is that model; `head_batch_for_budget` inverts it, so
-a Segmenter given a `memory_budget` runs its head on as many queries at a time as fit.
-
-**glibc's allocator.**
-
-onnxruntime takes its large buffers (the CPU arena's regions, initializers, outputs) from
-malloc. glibc raises its mmap threshold dynamically after large blocks are freed, so later
-multi-megabyte blocks come from the heap, which fragments and keeps freed pages resident.
-`limit_heap_retention` pins the threshold so that large blocks are mmapped and returned to the
-OS when freed (measured at 400x400, batch 1, `benchmarks/bench_runtime.py`: serving peak RSS
-0.53 GB instead of 0.65 GB, per-query latency within run-to-run noise; with the arena off it
-was ~+30 % per query). It changes the whole process, so it is an explicit opt-in for dedicated
-serving processes, never done by the Segmenter itself. Most of that gain came from the pages that
-building a session frees (onnxruntime's layout rewrite copies the convolution weights), and the
-Segmenter now returns exactly those with `trim_heap` after each session it builds (issue 20:
-0.65 -> 0.52 GB at batch 1, the same as `limit_heap_retention`, without changing the process).
+`segmenter_bytes` models a Segmenter's peak resident set (a fixed ~0.34 GB plus ~0.32 GB per
+query of a head run at 400 px: HSNet's 4D hypercorrelation grows with size^4);
+`head_batch_for_budget` inverts it for `memory_budget`. `trim_heap` (after each session built)
+and the opt-in, process-wide `limit_heap_retention` return freed pages to the OS. Measurements
+and the levers tried: docs/performance.md, "Memory".
 """
 
 from __future__ import annotations

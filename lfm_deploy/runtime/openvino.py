@@ -6,49 +6,8 @@ answers the part of `onnxruntime.InferenceSession` this project calls (`run`, `g
 `get_outputs`, `get_providers`), so the `Segmenter`, Polygraphy's `OnnxrtRunner` and
 `run_feeds` use it unchanged. `import openvino` happens only when a session is created.
 
-Measured (docs/openvino.md has the commands and the full tables): untrained deepglobe export,
-1 shot, encoder and head both on the backend named, against onnxruntime fp32; masks made mixed
-by shifting the last foreground bias (tests/runtime/test_segmenter.py, `balanced`); this
-project's 2-core Sapphire Rapids VM (AMX + AVX512-BF16: bf16 runs natively), 2 threads, head
-time per query at batch 1 (median of 8 rounds that interleave the variants: the VM is shared).
-
-===============================  ==============  ==============  ================  ============
-400 px, 3 queries (49 % fg)      max |logit      rms margin      masks equal to    head ms
-                                 error|          error           onnxruntime's     (vs ORT)
-===============================  ==============  ==============  ================  ============
-onnxruntime fp32 (reference)     -               -               -                 482
-OpenVINO fp32                    3.4e-6          6.5e-7          99.97 %           600 (0.80x)
-OpenVINO bf16, no islands        7.0e-4          2.5e-4          87.1 %            295 (1.63x)
-OpenVINO bf16 (default islands)  6.4e-4          1.8e-4          91.0 %            289 (1.67x)
-===============================  ==============  ==============  ================  ============
-
-A second interleaved run gave 0.86x, 1.88x and 1.72x: OpenVINO fp32 runs at about
-onnxruntime's speed, bf16 at 1.6-1.9x onnxruntime's and ~2x OpenVINO fp32's. The agreement
-figures are low because the untrained weights give logits that span only 0..0.1 with a median
-|margin| of 6e-4: bf16 flips the pixels whose fp32 margin is below its ~7e-4 error (0.7 % of
-the logit span). At 160 px (3 queries) bf16 agrees on 98.7 % (99.0 % with the default
-islands); on a 400 px episode with 14 % foreground, 99.60 % (99.67 %). Backbone features
-carry ~1.5 % relative rms error in bf16; the masker raises layer4's from 1.9 % to 5.3 % (its
-phase arithmetic is ill-conditioned near zero-magnitude bins and at ACPA's sign sums,
-docs/numerics.md), whether it runs in f32 or not.
-
-bf16 float islands (`ISLANDS`, `F32_ISLANDS`), each measured at 160 and 400 px:
-- "groupnorm" (the learner's two-stage GroupNorm, already precision-sensitive in fp32:
-  docs/numerics.md): rms margin error -27 % and +3.9 points of mask agreement at 400 px
-  (+0.3 at 160, +0.07 on the 14 % episode) for 0-10 % of the bf16 speed. Kept (the default).
-- "masker" (APM's DFT matrix products, magnitude, atan2 phase arithmetic; ACPA): -9 % rms error
-  at 400 px but -0.1 points of agreement at 160 px; its input is already bf16-rounded, so its
-  ill-conditioning is not removed. Not kept. (Sin, Cos and Atan run in f32 anyway.)
-- "correlation" (L2 normalisations and cosine matrix products): no gain (-4 % rms at 400 px,
-  -0.1 points at 160), ~40 % slower at 400 px. Not kept.
-There is no softmax in the graphs (the mask is an argmax). Islands are marked with OpenVINO's
-precision-conversion rt_info; CPU-plugin passes that rebuild a node drop it, so only part of an
-island runs f32 (group norms: 15 of 75 fused layers, the variance's square root; masker: 81 of
-93; `runtime_precisions` counts them).
-
-Start-up, head at 400 px: fp32 compiles in 0.7 s and loads from `cache_dir` in 0.3 s (2.2x
-faster start-up, ~110 MB of disk per graph and precision); bf16 with islands takes 1.1-1.4 s
-and 1.0 s from the cache, as the islands' IR round trip (`keep_in_f32`) is not cached.
+docs/openvino.md has the measurements (bf16 cost and accuracy, why `F32_ISLANDS` keeps only
+"groupnorm", how islands are marked, start-up with `cache_dir`) and the commands to rerun them.
 """
 
 from __future__ import annotations
@@ -85,7 +44,7 @@ ISLANDS = {
     "groupnorm": "the learner's two-stage group normalisations (means, centred variance, square root, division)",
 }
 
-#: Islands kept in f32 by default when running bf16 (measured, module docstring): the group norms.
+#: Islands kept in f32 by default when running bf16 (measured: docs/openvino.md, "Float islands").
 F32_ISLANDS: tuple[str, ...] = ("groupnorm",)
 
 # ORT's type strings for OpenVINO element types (what Polygraphy's OnnxrtRunner parses).
@@ -364,13 +323,10 @@ class SessionFromOpenVINO:
     Args:
         model_path: the .onnx file.
         precision: "fp32" (OpenVINO's f32; logits within ~1e-5 of onnxruntime) or "bf16"
-            (bf16 matrix products and convolutions: 1.6-1.9x onnxruntime's speed on CPUs with
-            AVX512-BF16 or AMX; logits ~0.7 % of their span off, so masks flip where fp32's
-            two logits are that close; module docstring).
+            (bf16 matrix products and convolutions; cost and speed: docs/openvino.md).
         threads: `INFERENCE_NUM_THREADS` (None: OpenVINO's default, the physical cores).
         cache_dir: OpenVINO's compiled-model cache (`CACHE_DIR`): a later load of the same
-            graph and settings imports the compiled blob instead of compiling (fp32 head at
-            400 px: 0.7 -> 0.3 s; bf16 with islands 1.2 -> 1.0 s); None: no cache.
+            graph and settings imports the compiled blob instead of compiling; None: no cache.
         f32_islands: for bf16, the `ISLANDS` kept in f32 (None: `F32_ISLANDS`).
         what: name used in log lines and errors (default: the file name).
 

@@ -18,15 +18,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..domains import REDUCED_PRECISIONS
+from ..domains import EXPORT_PRECISIONS, RUN_PRECISIONS
 from ..errors import InputError, ManifestError
 
 log = logging.getLogger(__name__)
 
-#: Precisions an export can be made at (`lfm-export --precision`).
-EXPORT_PRECISIONS = ("fp32", *REDUCED_PRECISIONS)
-#: What `precision=` accepts in the runtime (`lfm-predict` / `lfm-serve --precision`).
-RUN_PRECISIONS = ("auto", *EXPORT_PRECISIONS)
+__all__ = ["EXPORT_PRECISIONS", "RUN_PRECISIONS", "RunPrecision", "exported_precision", "resolve_precision"]
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,8 @@ onnxruntime silently drops a requested execution provider it cannot load (only
 session is checked after creation and a missing accelerator is an error unless the caller allows
 the CPU fallback.
 
-A runtime that runs the graphs itself is not an onnxruntime provider: its name ("openvino",
-`lfm_deploy.runtime.backends.selectors`) picks its backend, alone. onnxruntime's own OpenVINO
-execution provider stays reachable by its full name, "OpenVINOExecutionProvider", in
-onnxruntime-openvino builds.
+A runtime that runs the graphs itself ("openvino", `lfm_deploy.runtime.backends.selectors`) is
+not an onnxruntime provider and is given alone (docs/openvino.md).
 """
 
 from __future__ import annotations
@@ -25,18 +23,10 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 
 #: Short names accepted wherever providers are given (case-insensitive).
-PROVIDER_ALIASES = {
-    "cpu": CPU,
-    "cuda": CUDA,
-    "gpu": CUDA,
-    "tensorrt": TENSORRT,
-    "trt": TENSORRT,
-    "dml": "DmlExecutionProvider",
-    "directml": "DmlExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-    "migraphx": "MIGraphXExecutionProvider",
-}
+PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT,
+                    "dml": "DmlExecutionProvider", "directml": "DmlExecutionProvider",
+                    "coreml": "CoreMLExecutionProvider", "rocm": "ROCMExecutionProvider",
+                    "migraphx": "MIGraphXExecutionProvider"}
 
 ProviderSpec = Union[str, tuple]
 

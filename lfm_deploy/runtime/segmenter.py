@@ -14,11 +14,8 @@ upstream evaluation instead upsamples logits bilinearly before the argmax, which
 edges at large sizes; pass `original_size=False` to get the S x S result and resize it yourself.)
 
 Backends: onnxruntime execution providers (CPU, CUDA, TensorRT), or a backend of the registry
-(`lfm_deploy.runtime.backends`, docs/backends.md), picked by `backend=` or by a runtime's name
-in `providers=` with `precision=`: `providers="openvino"` is the OpenVINO CPU runtime, which
-alone offers `precision="bf16"` (1.6-1.9x onnxruntime fp32's speed on CPUs with
-AVX512-BF16/AMX; the logits move by ~0.7 % of their span, flipping mask pixels whose two logits
-are that close; see docs/openvino.md).
+(`lfm_deploy.runtime.backends`, docs/backends.md) picked by `backend=` or by a runtime's name
+in `providers=` with `precision=` (`providers="openvino"`, `precision="bf16"`: docs/openvino.md).
 """
 
 from __future__ import annotations
@@ -71,15 +68,11 @@ class Segmenter:
     Build it with `Segmenter.from_artifacts(directory)`, then call `set_support(images, masks)`
     once and `predict(image)` as often as needed, from any number of threads.
 
-    Memory (peak RSS of a serving process at 400x400, batch 1, see benchmarks/bench_runtime.py):
-    only the encoder and head graphs are loaded, never the episode graph; the encoder is freed
-    once the support set is encoded and the head is created only then, so the two are never
-    resident together; sessions run without onnxruntime's memory-pattern planner
-    (`low_memory=True`), which would reserve one block for all of a run's intermediates.
-    After building each session it hands the heap that building freed back to the OS
-    (`trim_heap`, with `low_memory`). Measured (AMD EPYC, benchmarks/bench_memory.py): 0.52 GB at
-    batch 1 (0.65 GB without the trim; onnxruntime defaults: 0.95 GB), ~0.3 GB more per query of a
-    head run; `memory_budget` caps the queries per head run (docs/performance.md).
+    Memory: the encoder is freed once the support set is encoded and the head is created only
+    then, so the two are never resident together; sessions run without onnxruntime's
+    memory-pattern planner (`low_memory=True`), which would reserve one block for all of a run's
+    intermediates, and the heap freed while building each one goes back to the OS (`trim_heap`).
+    `memory_budget` caps the queries per head run. Figures: docs/performance.md, "Memory".
 
     Thread safety: `predict`/`predict_proba` may run concurrently (onnxruntime's `run` is
     thread-safe; an OpenVINO session gives each concurrent call its own infer request); each
@@ -224,17 +217,13 @@ class Segmenter:
 
         Args:
             path: the export directory (holds manifest.json, encoder.onnx, head.onnx).
-            providers: execution providers, best first: None (CPU), "cpu", "cuda", "tensorrt"
-                (short or full onnxruntime names, a comma-separated string, or (name, options)
-                pairs). The CPU EP is always appended as the last resort. Or "openvino" alone:
-                the OpenVINO CPU runtime instead of onnxruntime (`lfm_deploy.runtime.openvino`), or
-                another runtime's name in `lfm_deploy.runtime.backends.selectors()`.
-            allow_fallback: when a requested accelerator is missing, log a warning and run on
-                what onnxruntime activated instead of raising (OpenVINO not installed:
-                onnxruntime's CPU provider, in fp32).
-            threads: intra-op threads per session (None: onnxruntime's default; OpenVINO's
-                `INFERENCE_NUM_THREADS`); more than the CPU cores this process may use is
-                capped at that count, with a warning.
+            providers: onnxruntime execution providers, best first (`resolve_providers`: None is
+                the CPU, which is always appended last), or a runtime's name alone
+                (`lfm_deploy.runtime.backends.selectors()`: "openvino").
+            allow_fallback: when a requested accelerator (or OpenVINO) is missing, log a warning
+                and run on what onnxruntime activated (its CPU provider, in fp32) instead of raising.
+            threads: intra-op threads per session (None: the runtime's default), capped at the
+                CPU cores this process may use, with a warning.
             graph_optimization: "all", "extended", "basic" or "disable" (onnxruntime only).
             verify: check every file's size and sha256 against the manifest (refuses tampered
                 or truncated models), and re-check a graph before each later session creation
@@ -247,22 +236,18 @@ class Segmenter:
             batch_size: default number of queries per head run in `predict([...])`.
             memory_budget: bytes this Segmenter's process may hold at its peak (None: no
                 limit). Each head run then takes at most as many queries as the memory model
-                (`lfm_deploy.runtime.memory.segmenter_bytes`: ~0.34 GB + ~0.32 GB per query at
-                400 px) says fit, whatever `batch_size` asks; results are the same, only the
-                number of head runs changes. E.g. 1.5 GB at 400 px: 3 queries per run. The
-                model is onnxruntime's: OpenVINO holds ~0.5 GB more fixed and ~0.2 GB more per
-                query (docs/performance.md), which the budget does not account for yet.
+                (`lfm_deploy.runtime.memory.segmenter_bytes`, onnxruntime's: an OpenVINO
+                session's is not modelled yet) says fit, whatever `batch_size` asks; results are
+                the same, only the number of head runs changes.
             precision: which graphs run (`lfm_deploy.runtime.precisions`): "auto" (None, what the
                 export was made at), "fp32" (the float32 graphs of any export), "fp16" / "int8"
-                (only an export made at that precision) or "bf16". bf16 needs providers="openvino"; it is 1.6-1.9x
-                faster on CPUs with AVX512-BF16/AMX and moves the logits by ~0.7 % of their
-                span, flipping the mask where fp32's two logits are that close (docs/openvino.md).
+                (only an export made at that precision) or "bf16" (providers="openvino" only;
+                docs/openvino.md).
             spin_wait: onnxruntime's idle threads spin (its default); False when the process
                 shares its cores with busy neighbours (`SessionConfig.spin_wait`).
             openvino_cache: OpenVINO only: a folder of your choice for compiled models
-                (`CACHE_DIR`): a later process loads a 400 px fp32 head in 0.3 s instead of 0.7 s
-                (docs/openvino.md). Never inside the artifact directory, which holds only what
-                lfm-export wrote.
+                (`CACHE_DIR`, docs/openvino.md). Never inside the artifact directory, which holds
+                only what lfm-export wrote.
             backend: a backend of the registry by name (`lfm_deploy.runtime.backends`,
                 docs/backends.md, e.g. "ov-bf16"), instead of `providers` and `precision`.
 
@@ -426,17 +411,15 @@ class Segmenter:
 
         Args:
             images: exactly K = manifest.shots support images (paths, PIL images or uint8 /
-                uint16 arrays (H, W), (H, W, 1..4)); a single image is accepted when
-                K = 1. 16-bit pixels are scaled by 255/65535; float and 32-bit pixels are
-                refused (`lfm_deploy.preprocess`).
+                uint16 arrays; bit depths as `lfm_deploy.preprocess` reads them); a single image
+                is accepted when K = 1.
             masks: one mask per image, at the image's size: 8-bit masks (files, PIL images,
                 uint8 arrays with values above 1) are foreground where >= 128, 16-bit ones where
                 >= 32768; {0, 1} or bool arrays are used as they are. An accepted mask that
                 looks wrong (grey levels, colour, a photograph) is logged as a warning.
-            allow_empty: accept a mask without foreground (at model resolution). HSNet then
-                correlates against all-zero features and predicts noise, so by default such a
-                mask is refused as the mistake it almost always is; with True it is used and a
-                warning is logged.
+            allow_empty: accept a mask without foreground (at model resolution), with a warning.
+                HSNet then correlates against all-zero features and predicts noise, so by default
+                such a mask is refused as the mistake it almost always is.
 
         Raises:
             InputError: the Segmenter is closed, the wrong number of pairs, unreadable or invalid images/masks, a mask
@@ -556,10 +539,7 @@ class Segmenter:
         where the two logits are equal to float rounding.
 
         Args:
-            images: one image or a list/tuple of them (see `predict`).
-            batch_size: queries per head run.
-            original_size: resize back to each image's size (nearest), else S x S.
-            support: a set from `encode_support` (default: the one `set_support` made).
+            images, batch_size, original_size, support: as `predict`.
 
         Returns:
             float32 (H, W) in [0, 1], or a list of them for a list input.

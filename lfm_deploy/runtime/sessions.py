@@ -49,9 +49,7 @@ class SessionConfig:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InputError(f"threads must be a positive integer or None, got {self.threads!r}")
         if self.graph_optimization not in _OPT_LEVELS:
-            raise InputError(
-                f"graph_optimization {self.graph_optimization!r} is not one of {', '.join(_OPT_LEVELS)}"
-            )
+            raise InputError(f"graph_optimization {self.graph_optimization!r} is not one of {', '.join(_OPT_LEVELS)}")
 
     def session_options(self):
         """A fresh `onnxruntime.SessionOptions` for this configuration."""

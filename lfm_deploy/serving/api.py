@@ -2,25 +2,11 @@
 
 `build_api(model, settings)` returns the ASGI app that Serve's ingress deployment runs
 (`ray_serve.Ingress`); tests run it directly with an in-process model. It owns everything a
-client can abuse, so that none of it reaches the pool that runs the model:
-
-- request bodies are read here, incrementally, with a deadline (`body_timeout_s`: 408) and a
-  size limit (`max_body_bytes`: 413, also for chunked bodies, which are drained up to a bound
-  so that the client reads the answer instead of a connection reset), and the bytes buffered by
-  all requests together are bounded (`buffer_bytes`: 503 with Retry-After);
-- the image header is checked before anything is decoded (`max_pixels`, `MAX_IMAGE_SIDE`: 413);
-- an optional bearer token (`token`: every endpoint but /healthz answers 401 without it);
-- every error, FastAPI's own included (unknown path 404, wrong method 405, validation),
-  is one JSON object `{"error": CODE, "message": TEXT}` (`ServiceError` and its handlers);
-- `draining` (set by `lfm-serve` on SIGTERM): /healthz says 503 and new predictions are
-  refused, while the requests in flight finish (`Gate.drain`).
-
-Support sets are resources (`support_sets.SupportRegistry`, owned by this app): `POST
-/support-sets` (multipart: `image` and `mask`, K of each, in order) checks the upload's sizes
-here, has the model encode it with the runtime's own checks (so a bad set is a 4xx naming the
-pair), and registers it under an id derived from its content and the artifact; `POST
-/predict?support=ID` uses it, `/predict` alone the startup set. `GET /` and `/static/*` serve the
-page in `static/` (no token: the page asks for it and sends it with each API call).
+client can abuse (body deadline and size, buffered bytes, image headers, the token, draining),
+so that none of it reaches the pool that runs the model, and answers every error, FastAPI's own
+included, as `{"error": CODE, "message": TEXT}`. It also owns the support sets
+(`support_sets.SupportRegistry`) and serves the page in `static/`. Routes, limits and status
+codes: README.md, "Online: an HTTP service" and "Support sets through the API".
 
 The model is any object with the coroutines `status() -> dict`,
 `predict(body, fmt, set_id, payload) -> dict | ServiceError` and

@@ -216,8 +216,7 @@ def resume(out, plan: Outputs, key: str) -> tuple[dict[int, dict], list[int]]:
         else:
             todo.append(i)
     if rows:
-        log.info("%d of %d input(s) already have complete outputs in %s: skipped", len(rows), len(plan.items),
-                 out.path)
+        log.info("%d of %d input(s) already have complete outputs in %s: skipped", len(rows), len(plan.items), out.path)
     return rows, todo
 
 

@@ -63,24 +63,17 @@ class Job:
         """What the service's `GET /metadata` returns: the model and the artifacts' hashes."""
         m = self.manifest
         return {
-            "domain": m.domain,
-            "shots": m.shots,
-            "variant": m.variant,
-            "apm": m.apm,
-            "acpa": m.acpa,
+            "domain": m.domain, "shots": m.shots, "variant": m.variant, "apm": m.apm, "acpa": m.acpa,
             "lowering": m.lowering,
             # The graphs the runtime serves: fp32, or an lfm-export --precision fp16 / int8 / bf16 export.
             "precision": m.served_precision.name,
             # What the workers run: the resolved --precision and the backend.
             "run": {"precision": self.precision, "backend": self.backend},
-            "image_size": m.image_size,
-            "untrained": m.untrained,
+            "image_size": m.image_size, "untrained": m.untrained,
             # Which not-real weights ("" for a trained checkpoint): the untrained or the synthetic-data default.
-            "weights_label": m.weights_label,
-            "created_by": m.created_by,
+            "weights_label": m.weights_label, "created_by": m.created_by,
             "artifacts": {name: entry.sha256 for name, entry in sorted(m.files.items())},
-            "support": list(self.support_names),
-        }
+            "support": list(self.support_names)}
 
 
 def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],

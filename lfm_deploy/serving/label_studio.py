@@ -1,31 +1,15 @@
 """Label Studio's ML backend protocol, spoken by `lfm-serve` under `/label-studio`.
 
 A labelling team annotates one image (K for a K-shot export) with a brush in Label Studio; the
-service turns that annotation into a support set and drafts the masks of every other task. Label
-Studio reaches a backend at the URL pasted in a project's Model settings and calls:
-
-- `GET  /label-studio/health`: `{"status": "UP"}` (also `GET /label-studio/`).
-- `POST /label-studio/setup`: `{"project": "ID.TIMESTAMP", "schema": LABEL_CONFIG, ...}`. The
-  labelling config is checked here (an `<Image>` and a `<BrushLabels>` bound to it, with at least
-  one `<Label>`); a config the backend cannot serve gets 400 naming what is missing. The answer's
-  `model_version` names the project's current support sets: Label Studio asks before each batch
-  of predictions and only re-predicts tasks whose predictions carry another version.
-- `POST /label-studio/webhook`: every project event. `ANNOTATION_CREATED` / `ANNOTATION_UPDATED`
-  with brush results make the K most recently annotated tasks of each label that project's
-  support set for that label; `ANNOTATIONS_DELETED` forgets them. Other events are ignored.
-- `POST /label-studio/predict`: `{"tasks": [...], "project": ...}` -> `{"results": [one
-  prediction per task]}`: `brushlabels` results in Label Studio's RLE at the image's own size,
-  one per label that has a support set, a `score` (the mask's mean confidence) and a
-  `model_version` naming the artifact and the support sets.
-
-Support sets go through the service's own registry (`support_sets.SupportRegistry`), so a set
-made here is also `/predict?support=ID` for the API and the page. Task images are fetched from
-Label Studio with its URL and an API token (`--label-studio-url` / `LABEL_STUDIO_URL`,
-`--label-studio-api-key` / `LABEL_STUDIO_API_KEY`: a personal access token, exchanged for
-short-lived access tokens as Label Studio requires, or a legacy token); brush masks are decoded
-and encoded with `label-studio-sdk`'s own converter. When the service knows no annotation of a
-project (it started after the annotations were made), it reads them from Label Studio's API.
-A project with no brush annotation yet gets empty predictions and a line in the log.
+service turns that annotation into a support set and drafts the masks of every other task.
+Label Studio calls `GET /health`, `POST /setup` (the labelling config is checked: an `<Image>`
+and a `<BrushLabels>` bound to it), `POST /webhook` (`ANNOTATION_CREATED` / `_UPDATED` make
+the K most recently annotated tasks of each label its support set, `ANNOTATIONS_DELETED`
+forgets them) and `POST /predict` (`brushlabels` RLE per label, a `score` and a
+`model_version` naming the artifact and the support sets, which Label Studio compares to
+decide what to re-predict). Sets go through the service's own `support_sets.SupportRegistry`.
+Setup, what is refused and how task images are fetched: README.md, "Pre-annotate in Label
+Studio".
 """
 
 from __future__ import annotations
@@ -68,8 +52,7 @@ class LabelStudioSettings:
         url: Label Studio's base URL (`LABEL_STUDIO_URL`); None: the `hostname` Label Studio
             sends with /setup.
         api_key: a personal access token (or legacy token) (`LABEL_STUDIO_API_KEY`); None: the
-            token Label Studio sends with /setup (a legacy token, which current Label Studio
-            versions refuse unless legacy tokens are enabled).
+            legacy token Label Studio sends with /setup (refused by current versions by default).
         timeout_s: per request to Label Studio.
     """
 
@@ -174,12 +157,6 @@ def encode_brush(mask: np.ndarray) -> list[int]:
     from label_studio_sdk.converter.brush import mask2rle
 
     return [int(x) for x in mask2rle(np.asarray(mask, dtype=np.uint8) * np.uint8(255))]
-
-
-def _mask_png(mask: np.ndarray) -> bytes:
-    from .codec import mask_png
-
-    return mask_png(mask)
 
 
 @dataclass
@@ -394,6 +371,8 @@ class LabelStudioBackend:
                 log.warning("Label Studio project %s: %s", project.id, exc)
 
     async def _learn(self, project: Project, task: dict, annotation: dict) -> dict:
+        from .codec import mask_png
+
         task_id = task.get("id") or annotation.get("task")
         if project.schema is None:
             return {"status": "ignored", "reason": "the project's labelling config is unknown (connect the model "
@@ -432,7 +411,7 @@ class LabelStudioBackend:
                 if before[label] is not None:
                     changed.append(label)
                 continue
-            shots[task_id] = Shot(task_id, annotation.get("id"), image, await asyncio.to_thread(_mask_png, mask), at)
+            shots[task_id] = Shot(task_id, annotation.get("id"), image, await asyncio.to_thread(mask_png, mask), at)
             changed.append(label)
         made = {}
         for label in changed:

@@ -12,12 +12,7 @@ Masks are the local `lfm-predict`'s, byte for byte: the workers run the runtime'
 `Segmenter`, and the PNGs are encoded the same way (`codec`). The driver writes every file,
 so the output folder only needs to exist on the submitting machine; the inputs and the
 artifact directory must be readable by every node (a shared filesystem, or URIs for inputs).
-
-Inputs, output names, files and the results table are the local engine's (`batch`); outputs
-go through `lfm_deploy.utils.outputs.OutputDir` (kind "lfm-predict output"): every name is claimed before any model loads, no file lfm-predict did not
-write is replaced, and each file is renamed into place complete and recorded with its hash.
-Resumable (`batch.resume`): an input that an earlier run of the same job completed is skipped;
-failed inputs are tried again.
+Inputs, output names, files, the results table and resumption are the local engine's (`batch`).
 """
 
 from __future__ import annotations
@@ -54,18 +49,15 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
     """Segment a collection of images on a Ray cluster with a fixed support set.
 
     Args:
-        artifact_dir: an lfm-export directory (readable at this path on every node).
-        support_images, support_masks: the K support pairs (read here, shipped to the workers).
-        inputs: images, folders, globs, list files or URIs (see `collection.expand_inputs`).
-        out_dir: the output folder: `<stem>_mask.png` (0/255, the image's size),
-            `<stem>_overlay.png` with `overlay`, and `results.jsonl`.
+        artifact_dir, support_images, support_masks, inputs, out_dir, overlay, allow_empty,
+            overwrite, progress: as `batch.segment_locally`; the artifact directory must be
+            readable at this path on every node, the support pairs are read here and shipped.
         address: join this Ray cluster; None starts a private local one for the job, also
             when RAY_ADDRESS is set (an already connected cluster is used as it is; see
             `cluster.ray_cluster`).
-        workers: actors in the pool (each holds one `Segmenter`: at 400 px 0.65 GB
-            resident at batch 1, ~2.9 GB at batch 8; each declares its memory to Ray,
-            `resources.segmenter_memory_bytes`, and a job whose workers the cluster cannot
-            hold is refused before it starts).
+        workers: actors in the pool (each holds one `Segmenter` and declares its memory to Ray,
+            `resources.segmenter_memory_bytes`; a job whose workers the cluster cannot hold is
+            refused before it starts).
         batch_size: queries per worker call and head run.
         threads: onnxruntime threads per worker (default: this machine's CPUs / `workers`).
         cpus_per_worker: CPUs each actor reserves in Ray's scheduler. Fractional by default: an
@@ -73,10 +65,6 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
             Ray Data's read tasks, stalling the pipeline. On large nodes set it to `threads`.
         providers, allow_fallback, precision: as `Segmenter` (onnxruntime providers, or
             "openvino" with precision "fp32" / "bf16").
-        overlay: also write `<stem>_overlay.png`.
-        allow_empty: accept support masks without foreground.
-        overwrite: replace files in `out_dir` that lfm-predict did not write (never by default).
-        progress: show a progress bar.
         verbose: > 0 forwards the workers' logs.
 
     Returns:

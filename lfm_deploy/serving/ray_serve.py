@@ -1,15 +1,5 @@
-"""An HTTP segmentation service on Ray Serve (`lfm-serve`).
-
-Endpoints (the HTTP layer is `api.build_api`, a FastAPI app; `GET /docs` shows them):
-
-    POST /predict            body: the image file's bytes -> the mask as PNG (0/255, image size)
-    POST /predict?format=json -> {"width", "height", "foreground", "rle": COCO uncompressed RLE}
-    POST /predict?support=ID  the same, for a registered support set (default: the startup set)
-    POST /support-sets       multipart 'image' x K, 'mask' x K -> 201 {"id", "shots", "foreground"}
-    GET/DELETE /support-sets/ID   a set's metadata / forget it
-    GET  /                   the page to draw support sets (static/)
-    GET  /healthz            200 once the support set is encoded, 503 before (never needs a token)
-    GET  /metadata           domain, shots, variant, precision, untrained, artifact hashes
+"""An HTTP segmentation service on Ray Serve (`lfm-serve`); endpoints, limits and errors are in
+README.md, "Online: an HTTP service" (the HTTP layer is `api.build_api`; `GET /docs` shows them).
 
 Two deployments, the Ray Serve convention for an HTTP model service:
 
@@ -23,10 +13,6 @@ Two deployments, the Ray Serve convention for an HTTP model service:
   `max_batch` queries per head run) and encodes the answer. A bad image is answered alone (4xx)
   and never fails a batch or a replica. Each replica declares its memory to Ray's scheduler
   (`resources.segmenter_memory_bytes`).
-
-Errors are `{"error": CODE, "message": ...}`: undecodable image 400, body or image over a limit
-413, body too slow 408, missing token 401, wrong method 405, unknown path 404, not ready or
-busy 503 (with Retry-After).
 """
 
 from __future__ import annotations
@@ -82,12 +68,9 @@ class SegmentModel:
 
     Args:
         job: the checked job (`prepare_job`): artifact path, support bytes (or none), metadata.
-        options: `Segmenter.from_artifacts` keyword arguments (providers, threads, batch_size,
-            ...) and `allow_empty`.
-        max_batch: largest dynamic batch.
-        batch_wait_s: how long to wait for a batch to fill.
+        options: `Segmenter.from_artifacts` keyword arguments and `allow_empty`.
+        max_batch, batch_wait_s, replica_pixels: as `build_app`.
         max_pixels: an image's pixel limit (checked again here: the model never trusts its caller).
-        replica_pixels: decoded pixels in flight at most (`PixelBudget`).
         default_id: the startup set's id (`support_sets.content_id`), None without one.
         cache_bytes: encoded support features this replica keeps (the startup set is pinned).
         encode: start loading now (False: call `start()`).
@@ -173,12 +156,6 @@ class SegmentModel:
             return {"foreground": list(support.foreground), "replica": self._replica}
         except ServiceError as exc:
             return exc
-
-    async def forget(self, set_id: str) -> bool:
-        """Drop a set's features from this replica's cache (DELETE /support-sets/{id})."""
-        present = set_id in self._cache
-        self._cache.evict(set_id)
-        return present
 
     async def _features(self, set_id: str, payload):
         """The encoded set `set_id` (cached, or encoded now from `payload`)."""
@@ -369,11 +346,9 @@ class Ingress:
 
     Args:
         model: the `SegmentModel` deployment (Serve passes a `DeploymentHandle`).
-        settings: the limits and the token.
-        metadata: GET /metadata's answer.
+        settings, metadata: as `api.build_api`.
         job: the checked job (its startup set, if any, is the default set).
-        max_sets: `--max-support-sets`.
-        store: `--store DIR` (None: sets live as long as the service).
+        max_sets, store: `--max-support-sets`, `--store DIR` (None: sets live as long as the service).
     """
 
     def __init__(self, model, settings: ApiSettings, metadata: dict, job: Job | None = None,
@@ -466,9 +441,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         max_body_bytes: request bodies above this get 413.
         spin_wait: onnxruntime's idle threads spin in the replicas (`SessionConfig.spin_wait`).
             Off by default: a replica shares the machine's cores with Serve's proxy and router,
-            and at 16 concurrent clients (400 px, 2 cores) spinning cost ~5% of the throughput
-            (0.90x vs 0.95x of the local Segmenter at batch 8), while one client's p50 went from
-            1.02x to 1.13x of a direct call (benchmarks/bench_ray.py, --serve-spin-wait).
+            where spinning cost throughput and latency (benchmarks/bench_ray.py --serve-spin-wait).
         body_timeout_s: a body not received within this many seconds gets 408.
         max_pixels: an image with more pixels gets 413 (read from its header, before decoding).
         replica_pixels: decoded pixels a replica holds at once (default 3 x `max_pixels`).
@@ -509,15 +482,13 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
     options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads, "precision": precision,
                "spin_wait": spin_wait, "batch_size": max_batch, "allow_empty": allow_empty}
     cache_bytes = int(support_cache_mb * (1 << 20))
-    memory = segmenter_memory_bytes(job.manifest.image_size, max_batch,
-                                    decoded_pixels=replica_pixels) + cache_bytes
+    memory = segmenter_memory_bytes(job.manifest.image_size, max_batch, decoded_pixels=replica_pixels) + cache_bytes
     model = serve.deployment(
         SegmentModel, name=MODEL_NAME, num_replicas=replicas,
         ray_actor_options={"num_cpus": cpus_per_replica, "memory": memory},
         # Enough requests in flight per replica to fill a batch while the previous one runs; the
         # pixel budget bounds what they hold.
-        max_ongoing_requests=max(32, 4 * max_batch),
-        health_check_period_s=10,
+        max_ongoing_requests=max(32, 4 * max_batch), health_check_period_s=10,
     ).bind(job, options, max_batch=max_batch, batch_wait_s=batch_wait_s, max_pixels=max_pixels,
            replica_pixels=replica_pixels, default_id=default_set_id(job), cache_bytes=cache_bytes)
     settings = ApiSettings(max_body_bytes=int(max_body_bytes), body_timeout_s=float(body_timeout_s),
@@ -527,9 +498,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         Ingress, name=INGRESS_NAME, num_replicas=1,
         # It awaits I/O only; its memory is the request bytes it may buffer (bounded by the API).
         ray_actor_options={"num_cpus": 0, "memory": int(0.3 * (1 << 30)) + settings.buffer_bytes},
-        max_ongoing_requests=INGRESS_MAX_ONGOING,
-        graceful_shutdown_timeout_s=DEFAULT_DRAIN_TIMEOUT_S,
-    )
+        max_ongoing_requests=INGRESS_MAX_ONGOING, graceful_shutdown_timeout_s=DEFAULT_DRAIN_TIMEOUT_S)
     app = ingress.bind(model, settings, job.metadata(), job, max_support_sets, store)
     app.lfm_model_memory = (memory, replicas)  # checked against the cluster by start_service
     app.lfm_runs = f"{job.describe()}; runs {job.precision} on {job.backend}"  # said by lfm serve

@@ -7,26 +7,11 @@ OOM killer sort it out. Every Serve replica and Ray Data worker of this package 
 `segmenter_memory_bytes(...)` instead, and `check_fits` refuses a job or service whose workers
 cannot all be placed (instead of waiting forever for resources that will never come).
 
-The Segmenter's own part is `lfm_deploy.runtime.memory.segmenter_bytes` (the runtime owns the
-model, so a Segmenter can choose its head batch by a budget). Where the figures come from (peak resident set of one fresh process that loads the graphs,
-encodes a 1-shot support set and segments three batches; onnxruntime CPU, fp32, 2 threads;
-`measure`, or `python -m lfm_deploy.serving.resources ARTIFACT_DIR`, repeats it):
-
-| image size | batch 1 | batch 8 |
-|---|---|---|
-| 400 px | 0.65 GB | 2.91 GB |
-| 160 px | 0.35 GB | 0.41 GB |
-
-(400 px agrees with `benchmarks/bench_runtime.py` / `bench_ray.py`, README "Scale out with
-Ray".) So a fixed ~0.34 GB (weights, sessions, arena) plus, per image of the batch, 0.32 GB at
-400 px and 0.009 GB at 160 px: the 4D hypercorrelation of HSNet grows with the square of the
-feature-map area, i.e. with size^4 ((400/160)^4 = 39; measured 35). On top:
-
-- a Ray worker process (core worker, imports): ~0.1 GB (README); `RAY_WORKER_BYTES` rounds up;
-- `HEADROOM`: batch workers were seen at 3.2-3.5 GB at batch 8 and 400 px (issue 19) where the
-  model gives 2.9 + 0.1;
-- decoded request images: `BYTES_PER_PIXEL` per pixel in flight (RGB 3 B, the full-size mask
-  1 B, its 0/255 copy for the PNG 1 B, and the resampling buffers).
+The Segmenter's own part is `lfm_deploy.runtime.memory.segmenter_bytes` (docs/performance.md,
+"Memory"; `benchmarks/bench_memory.py` repeats the measurement). On top: a Ray worker process
+(`RAY_WORKER_BYTES`), `HEADROOM` (batch workers were seen at 3.2-3.5 GB at batch 8 and 400 px
+where the model gives 2.9 + 0.1), and decoded request images, `BYTES_PER_PIXEL` per pixel in
+flight (RGB 3 B, the full-size mask 1 B, its 0/255 copy for the PNG 1 B, resampling buffers).
 """
 
 from __future__ import annotations
@@ -139,33 +124,3 @@ class PixelBudget:
         async with cond:
             self.used -= pixels
             cond.notify_all()
-
-
-def measure(artifact_dir: str, batch_size: int) -> float:  # pragma: no cover - a measuring tool
-    """Peak resident GB of a fresh process that loads `artifact_dir`, encodes a support set and
-    segments three batches of `batch_size` (Linux: VmHWM)."""
-    import subprocess
-    import sys
-
-    code = f"""
-import numpy as np
-from PIL import Image
-from lfm_deploy.runtime import Segmenter
-seg = Segmenter.from_artifacts({artifact_dir!r}, threads=2, batch_size={batch_size})
-rng = np.random.default_rng(0)
-img = Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
-mask = np.zeros((300, 400), np.uint8); mask[100:200, 100:300] = 255
-seg.set_support([img], [Image.fromarray(mask)])
-for _ in range(3):
-    seg.predict([img] * {batch_size})
-print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return int(out.strip().splitlines()[-1]) / (1 << 20)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    for b in (1, 8):
-        print(f"{sys.argv[1]} batch {b}: peak {measure(sys.argv[1], b):.2f} GB")

@@ -1,15 +1,13 @@
 """Support sets as resources of `lfm-serve`: content ids, the ingress's registry, its optional
-store on disk, and the model replicas' cache of encoded features.
+store on disk, and the model replicas' cache of encoded features (README.md, "Support sets
+through the API").
 
-- A set's id is derived from its content: sha256 over the artifact's identity (the manifest's
-  file hashes, so a set is never used with another model's features), K, and each image's and
-  mask's bytes. The same images and masks give the same id on every replica and after a restart.
+- `content_id`: sha256 over the artifact's identity (`artifact_key`: the manifest's file hashes,
+  so a set is never used with another model's features), K, and each image's and mask's bytes.
 - `SupportRegistry` (one, in the single ingress replica): id -> the set's raw bytes (in Ray's
   object store when the service runs on Ray) and its metadata, bounded by `max_sets`.
-- `SupportStore` (`lfm-serve --store DIR`): one file per set, named by its id, written through
-  `utils.outputs.OutputDir` (atomic writes, a record of what it wrote, never a file it did not
-  write replaced or removed); reloaded at start. Nothing a client sends becomes a path: file
-  names are ids this module computed.
+- `SupportStore` (`--store DIR`): one file per set, named by its id (nothing a client sends
+  becomes a path), written through `utils.outputs.OutputDir`; reloaded at start.
 - `FeatureCache` (one per model replica): id -> encoded `SupportSet`, least recently used out
   first, bounded in bytes; the startup set is pinned.
 """

@@ -59,14 +59,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from lfm_deploy.errors import ExportError
 
-__all__ = [
-    "GRAPH_KINDS",
-    "load_model_config",
-    "triton_data_type",
-    "validate_triton_repository",
-    "graphs_from_manifest",
-    "write_triton_repository",
-]
+__all__ = ["GRAPH_KINDS", "load_model_config", "triton_data_type", "validate_triton_repository", "graphs_from_manifest",
+           "write_triton_repository"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +157,7 @@ def triton_data_type(dtype: str) -> str:
     key = str(dtype).lower().removeprefix("torch.").removeprefix("numpy.")
     key = {"float": "float32", "half": "float16", "double": "float64", "bytes": "string"}.get(key, key)
     if key not in _TRITON_TYPES:
-        raise ExportError(
-            f"tensor dtype {dtype!r} has no Triton data type; use one of: {', '.join(_TRITON_TYPES)}"
-        )
+        raise ExportError(f"tensor dtype {dtype!r} has no Triton data type; use one of: {', '.join(_TRITON_TYPES)}")
     return _TRITON_TYPES[key]
 
 
@@ -200,21 +192,12 @@ def _add_tensor(field, spec, *, drop_batch: bool = False, leading: int | None = 
     )
 
 
-def _plan(
-    graphs: Mapping[str, tuple],
-    *,
-    prefix: str,
-    shots: int,
-    max_batch_size: int,
-    instances: tuple[int, str],
-    dynamic_batching: bool,
-) -> list[_Model]:
+def _plan(graphs: Mapping[str, tuple], *, prefix: str, shots: int, max_batch_size: int, instances: tuple[int, str],
+          dynamic_batching: bool) -> list[_Model]:
     unknown = sorted(set(graphs) - set(GRAPH_KINDS))
     if unknown:
-        raise ExportError(
-            f"unknown graph kind(s) {', '.join(map(repr, unknown))} for the Triton repository; "
-            f"expected some of: {', '.join(GRAPH_KINDS)}"
-        )
+        raise ExportError(f"unknown graph kind(s) {', '.join(map(repr, unknown))} for the Triton repository; "
+                          f"expected some of: {', '.join(GRAPH_KINDS)}")
     if not graphs:
         raise ExportError("no graphs to put in the Triton repository; export at least one graph")
     pb2 = _model_config_pb2()
@@ -223,9 +206,7 @@ def _plan(
         try:
             onnx_path, inputs, outputs = graphs[kind]
         except (TypeError, ValueError):
-            raise ExportError(
-                f"graphs[{kind!r}] must be (onnx_path, inputs, outputs), got {graphs[kind]!r}"
-            ) from None
+            raise ExportError(f"graphs[{kind!r}] must be (onnx_path, inputs, outputs), got {graphs[kind]!r}") from None
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise ExportError(f"ONNX file {str(onnx_path)!r} for the {kind} graph does not exist; export it first")
@@ -234,9 +215,8 @@ def _plan(
         batching = batching and all(s.shape and _is_batch(s.shape[0]) for s in specs)
         # Current Triton selects the ONNX Runtime backend by `backend`; `platform:
         # "onnxruntime_onnx"` is the older spelling, still accepted (backend repo README).
-        config = pb2.ModelConfig(
-            name=f"{prefix}_{kind}", backend="onnxruntime", max_batch_size=max_batch_size if batching else 0
-        )
+        config = pb2.ModelConfig(name=f"{prefix}_{kind}", backend="onnxruntime",
+                                 max_batch_size=max_batch_size if batching else 0)
         for spec in inputs:
             _add_tensor(config.input, spec, drop_batch=batching)
         for spec in outputs:
@@ -262,10 +242,8 @@ def _plan_split(graphs: Mapping[str, tuple], *, prefix: str, shots: int) -> _Mod
     names = [s.name for s in [*queries, *enc_in]]
     clash = sorted({n for n in names if names.count(n) > 1} | (set(names) & produced))
     if clash:
-        raise ExportError(
-            f"the encoder and head graphs both use tensor name(s) {', '.join(clash)}; the split "
-            "ensemble needs distinct names, rename them in the graph contract"
-        )
+        raise ExportError(f"the encoder and head graphs both use tensor name(s) {', '.join(clash)}; the split "
+                          "ensemble needs distinct names, rename them in the graph contract")
     config = _model_config_pb2().ModelConfig(name=f"{prefix}_split", platform="ensemble", max_batch_size=0)
     for spec in queries:
         _add_tensor(config.input, spec)
@@ -273,10 +251,8 @@ def _plan_split(graphs: Mapping[str, tuple], *, prefix: str, shots: int) -> _Mod
         _add_tensor(config.input, spec, leading=shots if spec.shape and _is_batch(spec.shape[0]) else None)
     for spec in head_out:
         _add_tensor(config.output, spec)
-    for model, inputs, outputs in (
-        ("encoder", enc_in, [s for s in head_in if s.name in produced]),
-        ("head", head_in, head_out),
-    ):
+    for model, inputs, outputs in (("encoder", enc_in, [s for s in head_in if s.name in produced]),
+                                   ("head", head_in, head_out)):
         step = config.ensemble_scheduling.step.add(model_name=f"{prefix}_{model}", model_version=-1)
         step.input_map.update({s.name: s.name for s in inputs})
         step.output_map.update({s.name: s.name for s in outputs})
@@ -344,10 +320,8 @@ def _render_readme(models: Sequence[_Model], *, domain: str, shots: int, preproc
         for direction, tensors in (("input", config.input), ("output", config.output)):
             for io in tensors:
                 shape = ", ".join(str(d) for d in lead + list(io.dims))
-                lines.append(
-                    f"| `{io.name}` | {direction} | {pb2.DataType.Name(io.data_type)} | [{shape}] | "
-                    f"{model.descriptions.get(io.name, '')} |"
-                )
+                lines.append(f"| `{io.name}` | {direction} | {pb2.DataType.Name(io.data_type)} | [{shape}] | "
+                             f"{model.descriptions.get(io.name, '')} |")
         lines.append("")
     lines += _render_client_example(next((m for m in models if m.source is None), models[0]).config)
     return "\n".join(lines)
@@ -440,10 +414,8 @@ def _write_model(repo: Path, model: _Model, header: str) -> list[Path]:
         for location in _external_data_locations(onnx.load(str(model.source), load_external_data=False)):
             src = model.source.parent / location
             if not src.is_file():
-                raise ExportError(
-                    f"ONNX file {str(model.source)!r} refers to external data {location!r}, which is "
-                    "missing; re-export the graph or keep its data file next to it"
-                )
+                raise ExportError(f"ONNX file {str(model.source)!r} refers to external data {location!r}, which is "
+                                  "missing; re-export the graph or keep its data file next to it")
             _place(src, folder / _VERSION / location)
             written.append(folder / _VERSION / location)
     return written
@@ -466,18 +438,9 @@ def graphs_from_manifest(graphs: Mapping, directory: str | os.PathLike) -> dict[
     return out
 
 
-def write_triton_repository(
-    repo_dir: str | os.PathLike,
-    graphs: Mapping[str, tuple],
-    *,
-    domain,
-    shots: int,
-    max_batch_size: int = 8,
-    instance_count: int = 1,
-    kind: str = "cpu",
-    model_prefix: str | None = None,
-    dynamic_batching: bool = True,
-) -> list[Path]:
+def write_triton_repository(repo_dir: str | os.PathLike, graphs: Mapping[str, tuple], *, domain, shots: int,
+                            max_batch_size: int = 8, instance_count: int = 1, kind: str = "cpu",
+                            model_prefix: str | None = None, dynamic_batching: bool = True) -> list[Path]:
     """Write a Triton Inference Server model repository serving the exported ONNX graphs.
 
     One model per graph (``<prefix>_episode``, ``<prefix>_encoder``, ``<prefix>_head``, ONNX
@@ -513,32 +476,20 @@ def write_triton_repository(
     _check_int("instance_count", instance_count, 1, "Triton needs one instance at least")
     instance_kind = _INSTANCE_KINDS.get(str(kind).lower())
     if instance_kind is None:
-        raise ExportError(
-            f"kind must be one of {', '.join(_INSTANCE_KINDS)}, got {kind!r}; choose where instances run"
-        )
+        raise ExportError(f"kind must be one of {', '.join(_INSTANCE_KINDS)}, got {kind!r}; choose where instances run")
     prefix = model_prefix if model_prefix is not None else f"lfm_{domain_name}_{shots}shot"
     if not _NAME_RE.match(prefix):
-        raise ExportError(
-            f"Triton model prefix {prefix!r} is not a valid model directory name; use letters, "
-            "digits, '_', '.' and '-' (pass another model_prefix)"
-        )
+        raise ExportError(f"Triton model prefix {prefix!r} is not a valid model directory name; use letters, "
+                          "digits, '_', '.' and '-' (pass another model_prefix)")
 
-    models = _plan(
-        graphs,
-        prefix=prefix,
-        shots=shots,
-        max_batch_size=max_batch_size,
-        instances=(instance_count, instance_kind),
-        dynamic_batching=dynamic_batching,
-    )
+    models = _plan(graphs, prefix=prefix, shots=shots, max_batch_size=max_batch_size,
+                   instances=(instance_count, instance_kind), dynamic_batching=dynamic_batching)
     names = [m.config.name for m in models]
     repo = Path(repo_dir)
     taken = [name for name in names if (repo / name).exists()]
     if taken:
-        raise ExportError(
-            f"Triton repository {str(repo)!r} already holds model(s) {', '.join(taken)}; write to "
-            "an empty directory or pass another model prefix"
-        )
+        raise ExportError(f"Triton repository {str(repo)!r} already holds model(s) {', '.join(taken)}; write to "
+                          "an empty directory or pass another model prefix")
     readme = repo / "README.md"
     if readme.exists():
         raise ExportError(f"{str(readme)!r} already exists; write the Triton repository to an empty directory")
@@ -557,18 +508,15 @@ def write_triton_repository(
         repo.mkdir(parents=True, exist_ok=True)
         for model in models:
             written += _write_model(repo, model, header)
-        readme.write_text(
-            _render_readme(models, domain=domain_name, shots=shots, preprocessing=preprocessing), encoding="utf-8"
-        )
+        readme.write_text(_render_readme(models, domain=domain_name, shots=shots, preprocessing=preprocessing),
+                          encoding="utf-8")
         written.append(readme)
         problems = _validate(repo, only=names)
         if problems:
-            raise ExportError(
-                f"the Triton repository written to {str(repo)!r} is invalid:\n"
-                + "\n".join(f"  - {p}" for p in problems)
-                + "\nThe ONNX graphs do not match their TensorSpec contract or the options; "
-                "re-export the graphs, or fix the specs passed to write_triton_repository."
-            )
+            raise ExportError(f"the Triton repository written to {str(repo)!r} is invalid:\n"
+                              + "\n".join(f"  - {p}" for p in problems)
+                              + "\nThe ONNX graphs do not match their TensorSpec contract or the options; "
+                              "re-export the graphs, or fix the specs passed to write_triton_repository.")
     except BaseException:
         for name in names:
             shutil.rmtree(repo / name, ignore_errors=True)
@@ -586,16 +534,8 @@ def write_triton_repository(
 
 def validate_triton_repository(repo_dir: str | os.PathLike) -> list[str]:
     """Check a Triton model repository against Triton's config schema, its ONNX graphs and the
-    data flow of its ensembles.
-
-    Every model directory's ``config.pbtxt`` is parsed into ``inference.ModelConfig`` (unknown
-    fields or enum values are problems). For ONNX Runtime models, every version's model file
-    must exist (with its external data) and match the config: declared tensors are graph
-    tensors with the same element type, rank and static dims, a batching model's leading graph
-    dim is dynamic, and every graph input is declared. For ensembles: every step's model
-    exists, ``input_map``/``output_map`` keys name that model's tensors, all its required
-    inputs are mapped, no tensor is written twice, every step can run from the ensemble inputs,
-    every output is written and every input and intermediate tensor is read.
+    data flow of its ensembles (the module docstring says what is checked; `_check_onnx` and
+    `_check_ensemble` list every rule).
 
     Args:
         repo_dir: the repository root.
@@ -676,11 +616,8 @@ def _check_onnx(path: Path, config) -> list[str]:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx.load: truncated or foreign file
         return [f"cannot be read as an ONNX model ({exc}); re-export it"]
-    problems = [
-        f"external data file {location!r} is missing next to it"
-        for location in _external_data_locations(proto)
-        if not (path.parent / location).is_file()
-    ]
+    problems = [f"external data file {location!r} is missing next to it"
+                for location in _external_data_locations(proto) if not (path.parent / location).is_file()]
     graph = proto.graph
     type_name = _model_config_pb2().DataType.Name
     for field, declared, actual in (
@@ -701,17 +638,13 @@ def _check_onnx(path: Path, config) -> list[str]:
             if onnx_dims is None:  # the graph does not record a shape: nothing to compare
                 continue
             if len(shape) != len(onnx_dims):
-                problems.append(
-                    f"{field} {io.name!r} has rank {len(shape)} in the config ({shape}) but "
-                    f"{len(onnx_dims)} in the graph ({onnx_dims})"
-                )
+                problems.append(f"{field} {io.name!r} has rank {len(shape)} in the config ({shape}) but "
+                                f"{len(onnx_dims)} in the graph ({onnx_dims})")
                 continue
             for axis, (want, have) in enumerate(zip(shape, onnx_dims)):
                 if have != -1 and want != have:
-                    problems.append(
-                        f"{field} {io.name!r} dim {axis} is {'any size (-1)' if want == -1 else want} in the "
-                        f"config but {have} in the graph (config {shape}, graph {onnx_dims})"
-                    )
+                    problems.append(f"{field} {io.name!r} dim {axis} is {'any size (-1)' if want == -1 else want} in "
+                                    f"the config but {have} in the graph (config {shape}, graph {onnx_dims})")
         undeclared = sorted(set(actual) - {io.name for io in declared})
         if field == "input" and undeclared:
             problems.append(f"graph input(s) {undeclared} are not declared in the config")
@@ -734,25 +667,18 @@ def _check_ensemble(config, configs: Mapping[str, Any]) -> list[str]:
         target = configs.get(step.model_name)
         if target is None:
             missing = step.model_name not in configs
-            problems.append(
-                f"{label}: model {step.model_name!r} is not in the repository" if missing
-                else f"{label}: the config of model {step.model_name!r} cannot be parsed"
-            )
+            problems.append(f"{label}: model {step.model_name!r} is not in the repository" if missing
+                            else f"{label}: the config of model {step.model_name!r} cannot be parsed")
             continue
-        for field, mapping, tensors in (
-            ("input", step.input_map, target.input),
-            ("output", step.output_map, target.output),
-        ):
+        for field, mapping, tensors in (("input", step.input_map, target.input),
+                                        ("output", step.output_map, target.output)):
             names = sorted(io.name for io in tensors)
             problems += [
                 f"{label}: {field}_map key {key!r} is not an {field} of {step.model_name} ({names})"
                 for key in sorted(set(mapping) - set(names))
             ]
-        problems += [
-            f"{label}: input {io.name!r} of {step.model_name} is not mapped"
-            for io in target.input
-            if io.name not in step.input_map and not io.optional
-        ]
+        problems += [f"{label}: input {io.name!r} of {step.model_name} is not mapped"
+                     for io in target.input if io.name not in step.input_map and not io.optional]
 
     # A step runs once all its inputs are ready; every output must be reached and every tensor
     # read (Triton: "ensemble tensor ... is unused").

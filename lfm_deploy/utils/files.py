@@ -7,9 +7,8 @@ the process), and a socket cannot be read at all. Links are followed, so the che
 the path finally names, and the message says where the link led. Each kind of input has a
 plausible size (`MAX_*_BYTES`); a larger file is refused before a byte of it is read.
 
-`working_folder` and `absolute` turn a deleted current folder (a shell left in a folder that
-was removed or moved) into one message instead of a `FileNotFoundError` from deep inside a
-command: relative paths cannot be resolved then, and the fix is to `cd` somewhere that exists.
+`working_folder` and `absolute` turn a deleted current folder (a shell left in a folder that was
+removed or moved) into one message instead of a `FileNotFoundError` from deep inside a command.
 
 Pure Python: importable by the torch-free runtime.
 """
@@ -37,13 +36,8 @@ MAX_IMAGE_BYTES = 1 * GiB
 #: Manifests, index and list files.
 MAX_TEXT_BYTES = 64 * MiB
 
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def _size(n: int) -> str:

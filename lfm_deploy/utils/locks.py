@@ -1,15 +1,9 @@
 """One writer per output, and temporaries a later run recognises: both by OS-level locks.
 
-- `OutputLock`: `fcntl.flock` on a small lock file beside an output (`.<name>.lock`, JSON naming
-  the process that holds it). The kernel releases the lock when the process dies, however it
-  dies, so a stale lock file never blocks anyone: the next run takes it over. Only the holder
-  removes the file; a file of that name the tool did not write is never touched.
-- `Partial`: a hidden temporary folder beside a target (`.<name>.partial-<random>`, or
-  `.<name>.old-<random>` for an earlier output on its way out) holding a marker file
-  (`.lfm-deploy-partial`, JSON) that the writing process keeps locked while it works.
-- `clean_leftovers`: removes the `Partial` folders of runs killed outright (SIGKILL, power
-  loss): recognised by their marker, never by name alone, and only when no live process holds
-  the marker's lock.
+`OutputLock` (`fcntl.flock` on `.<name>.lock` beside an output), `Partial` (a hidden, marked
+and locked temporary folder beside a target) and `clean_leftovers` (removes the `Partial`
+folders of runs killed outright, recognised by their marker and lock, never by name alone):
+docs/outputs.md, "Temporary folders and leftovers" and "One writer per output".
 
 Pure standard library (fcntl: POSIX only, like the rest of the tool).
 """

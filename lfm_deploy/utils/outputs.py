@@ -1,35 +1,9 @@
 """Safe outputs: every command checks where it will write before it works, never deletes or
 overwrites a file it did not write, and writes atomically.
 
-Three shapes of output cover every command:
-
-- `ArtifactDir`: a directory built in a hidden sibling and swapped in as a whole when complete
-  (`lfm-export --out`, a dataset of `lfm-make-data`, a Triton repository). An existing target is
-  replaced only when it is empty or an earlier output of the same kind.
-- `OutputDir`: a directory filled file by file (`lfm-predict --out`, `lfm-eval --overlays`,
-  `lfm-verify --out`, benchmark results). Each file is written atomically; an existing file is
-  replaced only when this tool wrote it, or with an explicit overwrite.
-- `OutputFile`: one file (`lfm-finetune --out`, `lfm-eval --report`, an engine). An existing
-  file is replaced only when its content shows it is an earlier output of the same kind, or with
-  an explicit overwrite.
-
-"Written by this tool" is decided from content, never from a name: directories carry a small
-record (`.lfm-deploy-outputs.json`: the kind, and each file's size and sha256 when written), and
-single files carry a stamp in their own format (a JSON key, safetensors metadata). A file the
-user changed after it was written no longer matches its record and is treated as the user's.
-
-Faults of the machine and of time (`locks`, `signals`):
-
-- one writer per output: each shape takes an OS-level lock beside its target (`.<name>.lock`)
-  when it is made; a second process writing the same path is refused, naming the first;
-- every temporary is a marked, locked folder beside its target (`.<name>.partial-*`); the
-  leftovers of a run killed outright are removed by the next run that writes there;
-- a full disk, an exceeded quota, a read-only filesystem or an I/O error while writing is a
-  `WriteError` naming the path and the cause, and what the run wrote is removed;
-- `command_run` scopes one command: its locks are released at the end, a `WriteError` removes the
-  files the run created, and `kept` says what an interrupted run left.
-
-Everything here is pure Python (no torch): the torch-free runtime uses it too.
+The three shapes (`ArtifactDir`, `OutputDir`, `OutputFile`), the records and stamps that say
+"written by this tool", locks, leftovers, disk faults and interruptions are described in
+docs/outputs.md. Everything here is pure Python (no torch): the torch-free runtime uses it too.
 """
 
 from __future__ import annotations
@@ -644,13 +618,11 @@ class ArtifactDir:
     temporary directory, so an interrupted or failed command leaves nothing that looks complete.
 
     Args:
-        path: the output directory as the user gave it.
-        flag: the option that set it (named in errors).
+        path, flag, arg: the output directory as the user gave it, and what set it (`check_location`).
         kind: what the directory is, e.g. "lfm-export output" (recorded, and named in errors).
         legacy: optional function(dir) -> set of relative paths this tool wrote, for outputs made
             before records existed (None when the directory is not one).
         hint_flag: the option named in hints when `flag` is None (the path is derived from it).
-        arg: the API argument that set it, where its name is not the flag's.
         inputs: the command's inputs ({CLI label: path or paths}): the directory may be none of
             them, nor hold one.
 
@@ -787,12 +759,11 @@ class OutputDir:
     the work starts. Thread-safe.
 
     Args:
-        path: the directory as the user gave it (created on the first write).
-        flag: the option that set it (named in errors).
+        path, flag, arg: the directory as the user gave it (created on the first write), and what set
+            it (`check_location`).
         kind: what is written, e.g. "lfm-predict output".
         overwrite: replace files this tool did not write (the user asked for it).
         overwrite_flag: the option that sets `overwrite`, named in errors (None: there is none).
-        arg: the API argument that set it, where its name is not the flag's.
         inputs: the command's inputs ({CLI label: path or paths}): the directory may not be one,
             and no file written may be one (checked by `claim`), even with `overwrite`.
 
@@ -1023,13 +994,11 @@ class OutputFile:
     this kind (its content carries the tool's stamp), or with `overwrite=True`.
 
     Args:
-        path: the file as the user gave it.
-        flag: the option that set it (named in errors).
+        path, flag, arg: the file as the user gave it, and what set it (`check_location`).
         kind: what the file is, e.g. "lfm-eval report".
         recognise: function(path) -> bool; default: a JSON file stamped with `kind`.
         overwrite: replace a file this tool did not write (the user asked for it).
         overwrite_flag: the option that sets `overwrite` (named in errors).
-        arg: the API argument that set it, where its name is not the flag's.
         inputs: the command's inputs ({CLI label: path or paths}): the file may not be one, even
             with `overwrite`.
         hint_flag: the option named in hints when `flag` is None (the path is derived from it,
@@ -1199,22 +1168,6 @@ def safetensors_metadata(path: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-__all__ = [
-    "ArtifactDir",
-    "atomic_write_bytes",
-    "results_dir",
-    "FILE_MODE",
-    "OutputDir",
-    "OutputFile",
-    "JOURNAL_NAME",
-    "RECORD_NAME",
-    "STAMP_KEY",
-    "check_distinct",
-    "check_location",
-    "foreign_files",
-    "json_stamped",
-    "read_record",
-    "safetensors_metadata",
-    "sha256_file",
-    "stamp",
-]
+__all__ = ["ArtifactDir", "atomic_write_bytes", "results_dir", "FILE_MODE", "OutputDir", "OutputFile", "JOURNAL_NAME",
+           "RECORD_NAME", "STAMP_KEY", "check_distinct", "check_location", "foreign_files", "json_stamped",
+           "read_record", "safetensors_metadata", "sha256_file", "stamp"]

@@ -4,13 +4,11 @@ One drawing for every picture the package writes: `lfm-predict`'s and the Ray ba
 `<stem>_overlay.png` (through `lfm_deploy.serving.codec.overlay_png`) and `lfm-eval`'s episode
 panels. Needs numpy and Pillow only (the torch-free runtime's dependencies).
 
-What a picture must say, whatever the image: where the foreground is (a semi-transparent tint
-and a two-tone outline, the colour inside and white outside, so the edge shows on dark, light
-and same-coloured images alike), what the colour means and how much of the image it covers (a
-legend: swatch, label, share in %), and, for an empty mask, a "no foreground" banner, so that
-an empty mask never looks like the untouched input. Text, outline and legend scale with the
-image (`text_px`): readable at 160 px and at 2000 px. The font is Pillow's built-in scalable
-one (`ImageFont.load_default(size=...)`, Pillow >= 10.1), so no font file is shipped.
+The outline is two-tone (the colour inside, white outside) so the edge shows on dark, light and
+same-coloured images alike; an empty mask gets a "no foreground" banner so it never looks like
+the untouched input. Text, outline and legend scale with the image (`text_px`); the font is
+Pillow's built-in scalable one (`ImageFont.load_default(size=...)`, Pillow >= 10.1), so no font
+file is shipped.
 """
 
 from __future__ import annotations
