@@ -51,12 +51,6 @@ _PHOTO_MID_SHARE = 0.25
 _COLOR_SHARE = 0.01
 
 
-def _type_error(value, what: str, kind: str) -> InputError:
-    accepted = "uint8 or uint16 array" if kind == "image" else "{0, 1} or 0/255 array"
-    hint = f"pass a file path, encoded file bytes, PIL image or {accepted}"
-    return InputError(f"{what} has type {type(value).__name__}", api_hint=hint)
-
-
 def _open(path: str | os.PathLike, kind: str) -> Image.Image:
     """Open and decode an image file (`kind`: "image" or "mask"), every failure an InputError.
 
@@ -258,7 +252,9 @@ def _pil_source(value, what: str, kind: str) -> tuple[Image.Image, bool] | None:
         return value, False
     if isinstance(value, np.ndarray):
         return None
-    raise _type_error(value, what, kind)
+    accepted = "uint8 or uint16 array" if kind == "image" else "{0, 1} or 0/255 array"
+    raise InputError(f"{what} has type {type(value).__name__}",
+                     api_hint=f"pass a file path, encoded file bytes, PIL image or {accepted}")
 
 
 def _image_array_to_pil(arr: np.ndarray, what: str) -> Image.Image:

@@ -37,12 +37,6 @@ def _parse_support(ctx, param, values):
     return pairs
 
 
-def _is_pattern_or_uri(query: str) -> bool:
-    from ..serving.collection import is_uri
-
-    return is_uri(query) or any(c in query for c in "*?[")
-
-
 @command()
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("queries", nargs=-1, required=True, type=click.Path(), metavar="QUERY...")
@@ -102,11 +96,12 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
         raise click.UsageError("--memory-budget is for --engine local (Ray workers declare their memory from "
                                "--batch-size)")
     from ..runtime.backends import selected_runtime
+    from ..serving.collection import is_uri
 
     if precision == "bf16" and not selected_runtime(providers):  # (which refuses openvino mixed with others)
         raise click.UsageError("--precision bf16 needs --providers openvino (onnxruntime has no bf16)")
     for query in queries:  # a mistyped path is a usage error, before --out is touched
-        if not _is_pattern_or_uri(query) and not Path(query).exists():
+        if not (is_uri(query) or any(c in query for c in "*?[")) and not Path(query).exists():
             raise click.BadParameter(f"Path {query!r} does not exist.", param_hint="'QUERY...'")
     images, masks = [img for img, _ in supports], [mask for _, mask in supports]
     if engine == "ray":

@@ -234,11 +234,10 @@ class LayoutLearner(HPNLearner):
         """Correlation + squeezing block -> support-major (B, Hs*Ws, C, Hq, Wq)."""
         hq, wq = query_feats[0].shape[-2:]
         hs, ws = support_feats[0].shape[-2:]
-        for i, (conv, gn, _) in enumerate(_triples(block)):
-            if i:
-                y = self._pivot(conv, *self._conv_inputs(x, hs, ws, conv.stride[2:]), hq, wq)
-            else:
-                y = self._correlation_pivot(conv, query_feats, support_feats)
+        x = None
+        for conv, gn, _ in _triples(block):
+            y = (self._correlation_pivot(conv, query_feats, support_feats) if x is None
+                 else self._pivot(conv, *self._conv_inputs(x, hs, ws, conv.stride[2:]), hq, wq))
             x = F.relu(gn(y, channel_axis=1))
             hs, ws = (CenterPivotConv4d.output_size(n, k, st, pd)
                       for n, k, st, pd in zip((hs, ws), conv.kernel_size[2:], conv.stride[2:], conv.padding[2:]))

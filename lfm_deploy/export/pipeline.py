@@ -27,7 +27,7 @@ from ..contract import GraphIO, default_io
 from ..domains import Domain, get_domain
 from ..errors import ExportError, ParityError, PrecisionGateError
 from ..manifest import FP32, SCHEMA_VERSION, FileEntry, Manifest, ParityRecord, PreprocessingSpec, WeightsRecord, \
-    file_entry, write_manifest
+    file_entry, sha256_file, write_manifest
 from ..models import read_masker
 from ..models.checkpoints import check_masker_domain, masker_variant
 from ..pretrain import build_default_model
@@ -271,8 +271,10 @@ def export_domain(
             extra_files = _write_triton(job, graphs, tmp, steps)
 
             steps.start("writing manifest and reports")
+            # every file the manifest lists: the float32 graphs, the served ones, the Triton files
+            listed = {GRAPH_FILES[g] for g in graphs} | {io.file for io in graphs.values()} | set(extra_files)
             manifest = _build_manifest(job, model.variant, weights, graphs, reduced, checks, sign_case, lint,
-                                      _listed_files(tmp, graphs, extra_files))
+                                       {f: file_entry(tmp, f) for f in sorted(listed)})
             result = ExportResult(out_dir=target.path, manifest=manifest, checks=checks, lint=lint, precision=reduced)
             write_reports(tmp, manifest, checks, lint, time.perf_counter() - t0)
             write_manifest(tmp, manifest)
@@ -422,7 +424,9 @@ def _export_graphs(job: _Job, prepared, episode: dict, tmp: Path, steps: _Steps)
             examples["head"] = (q, *modules["encoder"](s[0], m[0]))
     if job.lowering == "dft":
         # torch.export specialises dims whose example size is 1: give the batch two rows.
-        examples = {g: _with_batch_two(g, ex) for g, ex in examples.items()}
+        # Only the head's query is batched; its support set has a static K.
+        examples = {g: tuple(t.repeat(2, *([1] * (t.dim() - 1))) if g != "head" or i == 0 else t
+                             for i, t in enumerate(ex)) for g, ex in examples.items()}
     specs = {}
     # Each traced graph is simplified and saved in the background while the next is traced.
     with GraphFinisher() as finisher:
@@ -489,12 +493,6 @@ def _write_triton(job: _Job, graphs: dict[str, GraphIO], tmp: Path, steps: _Step
     return [str(p.relative_to(tmp)) for p in written if p.is_file()]
 
 
-def _listed_files(tmp: Path, graphs: dict[str, GraphIO], extra: list[str]) -> dict[str, FileEntry]:
-    """{path: entry} of every file the manifest lists: the float32 graphs, the served ones, `extra`."""
-    files = {GRAPH_FILES[g] for g in graphs} | {io.file for io in graphs.values()} | set(extra)
-    return {f: file_entry(tmp, f) for f in sorted(files)}
-
-
 def _build_manifest(job: _Job, variant: str, weights, graphs: dict[str, GraphIO], reduced, checks: list[OutputCheck],
                    sign_case, lint: dict, files: dict[str, FileEntry]) -> Manifest:
     """The export's `Manifest`, from its typed parts, checked by the reader's own validator
@@ -509,7 +507,9 @@ def _build_manifest(job: _Job, variant: str, weights, graphs: dict[str, GraphIO]
         reference_graphs=FrozenDict({g: GRAPH_FILES[g] for g in graphs}),
         weights=parse(WeightsRecord, weights.to_dict()), untrained=bool(weights.untrained),
         warning=weights.label if weights.untrained else None,
-        inputs=freeze(_input_hashes(job.checkpoint, job.masker)), tolerances=job.tolerances.to_manifest(),
+        inputs=freeze({k: {"path": str(p), "sha256": sha256_file(p)} if p else None
+                       for k, p in (("checkpoint", job.checkpoint), ("masker", job.masker))}),
+        tolerances=job.tolerances.to_manifest(),
         parity=ParityRecord(job.validate, all(c.passed for c in checks), freeze([c.to_dict() for c in checks]),
                             freeze(sign_case)),
         tensorrt_lint=freeze(lint), versions=freeze({k: v for k, v in library_versions().items() if v is not None}),
@@ -545,21 +545,6 @@ def _promote(job: _Job, result: ExportResult, target: ArtifactDir, failed_target
         )
     target.commit()
     steps.close()
-
-
-def _with_batch_two(graph: str, example: tuple) -> tuple:
-    if graph == "head":  # only the query is batched; the support set has a static K
-        return (example[0].repeat(2, 1, 1, 1), *example[1:])
-    return tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in example)
-
-
-def _input_hashes(checkpoint, masker) -> dict:
-    from ..manifest import sha256_file
-
-    return {
-        "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)} if checkpoint else None,
-        "masker": {"path": str(masker), "sha256": sha256_file(masker)} if masker else None,
-    }
 
 
 def _lint(tmp: Path, files: dict, lowering: str) -> dict:

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.hsnet import BilinearMaskResize, LFMHSNet
-from .learner_layout import LayoutLearner, TwoStageGroupNorm  # noqa: F401  (re-exported)
+from .learner_layout import LayoutLearner, TwoStageGroupNorm
 from .lowering import apply_lowering
 
+__all__ = ["LOWERINGS", "MatrixMaskResize", "TwoStageGroupNorm", "bilinear_matrix", "prepare_for_export"]  # re-exports
 LOWERINGS = ("matmul", "dft")
 
 

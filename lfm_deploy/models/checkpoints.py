@@ -178,12 +178,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _strip_prefix(state: dict, prefix: str) -> dict:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def classify_state_dict(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
     """Recognise a checkpoint's kind and normalise its keys to LFMHSNet's names.
 
@@ -191,7 +185,8 @@ def classify_state_dict(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, 
         (kind, state) with kind one of "hsnet" (upstream HSNet, possibly with apm/acpa),
         "resnet50" (torchvision ImageNet backbone), "masker" (apm/acpa only), "unknown".
     """
-    state = _strip_prefix(state, "module.")  # nn.DataParallel checkpoints (upstream)
+    if state and all(k.startswith("module.") for k in state):  # nn.DataParallel checkpoints (upstream)
+        state = {k[len("module."):]: v for k, v in state.items()}
     keys = set(state)
     if any(k.startswith("hpn_learner.") for k in keys) or any(k.startswith("backbone.") for k in keys):
         return "hsnet", state

@@ -129,7 +129,7 @@ def _openvino_missing() -> str | None:
     from .openvino import INSTALL_HINT
 
     try:
-        import openvino  # noqa: F401 (lazy: an optional extra)
+        importlib.import_module("openvino")  # lazy: an optional extra
     except ImportError:
         return f"OpenVINO is not installed: {INSTALL_HINT}"
     return None

@@ -205,18 +205,15 @@ class NodeArg:
     type: str
 
 
-def _tensor_name(port) -> str:
+def _node_arg(port) -> NodeArg:
     names = sorted(port.get_names())
     # An ONNX graph output can carry the name of the node output it aliases too: prefer the
     # graph's own name over exporter-generated ones ("/conv1/Conv_output_0").
     plain = [n for n in names if not n.startswith("/")]
-    return (plain or names or [port.get_any_name()])[0]
-
-
-def _node_arg(port) -> NodeArg:
     shape = [d.get_length() if d.is_static else str(d) for d in port.get_partial_shape()]
     element = port.get_element_type().get_type_name()
-    return NodeArg(name=_tensor_name(port), shape=shape, type=_ORT_TYPES.get(element, f"tensor({element})"))
+    return NodeArg(name=(plain or names or [port.get_any_name()])[0], shape=shape,
+                   type=_ORT_TYPES.get(element, f"tensor({element})"))
 
 
 class OpenVINOSession:

@@ -31,12 +31,6 @@ PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT,
 ProviderSpec = Union[str, tuple]
 
 
-def _known_names() -> str:
-    from .backends import selectors
-
-    return ", ".join(sorted(set(PROVIDER_ALIASES) | set(selectors())))
-
-
 def entries(providers) -> list:
     """A providers argument as a list of entries (names or (name, options) pairs); None: []."""
     if providers is None:
@@ -44,12 +38,6 @@ def entries(providers) -> list:
     if isinstance(providers, str):
         return [p for p in providers.split(",") if p.strip()]
     return list(providers)
-
-
-def _all_provider_names() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_all_providers())
 
 
 def available_providers() -> list[str]:
@@ -78,11 +66,14 @@ def _canonical(name: str) -> str:
     alias = PROVIDER_ALIASES.get(key.lower())
     if alias is not None:
         return alias
-    known = _all_provider_names()
-    for full in known:
+    import onnxruntime as ort
+
+    for full in ort.get_all_providers():
         if full.lower() == key.lower() or full.lower() == key.lower() + "executionprovider":
             return full
-    names = _known_names()
+    from .backends import selectors
+
+    names = ", ".join(sorted(set(PROVIDER_ALIASES) | set(selectors())))
     raise InputError(
         f"unknown execution provider {name!r}",
         api_hint=f"use one of {names} or a full onnxruntime name (onnxruntime.get_all_providers())",

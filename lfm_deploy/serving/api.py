@@ -222,10 +222,9 @@ def check_image_size(size: tuple[int, int] | None, max_pixels: int) -> int:
     return width * height
 
 
-def _http_code(status: int) -> str:
-    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-            405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
-            415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable"}.get(status, "http_error")
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable"}
 
 
 async def read_support_form(request, body: bytes, shots: int) -> tuple[list[bytes], list[bytes]]:
@@ -336,7 +335,8 @@ def build_api(model: Any, settings: ApiSettings, *, metadata: dict | None = None
         elif exc.status_code == 405:
             allow = (exc.headers or {}).get("Allow", "")
             message = f"{request.method} is not allowed on {request.url.path}; use {allow.replace(', ', ' or ')}"
-        return ServiceError(exc.status_code, _http_code(exc.status_code), message, dict(exc.headers or {})).response()
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return ServiceError(exc.status_code, code, message, dict(exc.headers or {})).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

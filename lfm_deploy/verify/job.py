@@ -191,14 +191,6 @@ def _miou(masks: list[np.ndarray], truths: list[np.ndarray]) -> float:
     return float(np.mean([foreground_iou(m, t) for m, t in zip(masks, truths)]))
 
 
-def _environment() -> dict:
-    import onnxruntime
-
-    from ..utils.versions import library_versions, machine
-
-    return {**library_versions(), **machine(), "onnxruntime_providers": onnxruntime.get_available_providers()}
-
-
 # ----------------------------------------------------------------------------- main
 def verify_artifacts(
     artifact_dir: str | os.PathLike,
@@ -353,7 +345,13 @@ def verify_artifacts(
                                                     "untrained")}
         model["weights_label"] = manifest.weights_label
         bar.close()
-        report = VerifyReport(str(artifact_dir), model, episodes, seed, REFERENCE, results, lw, _environment(),
+        import onnxruntime
+
+        from ..utils.versions import library_versions, machine
+
+        report = VerifyReport(str(artifact_dir), model, episodes, seed, REFERENCE, results, lw,
+                              {**library_versions(), **machine(),
+                               "onnxruntime_providers": onnxruntime.get_available_providers()},
                               time.perf_counter() - t0)
         for line in report.summary_lines():
             log.info("%s", line)
