@@ -318,18 +318,6 @@ class OnnxDFT(nn.Module):
         return self_conjugate_phase_mean(x)
 
 
-def _infer_spatial(model: nn.Module) -> Optional[Tuple[int, int]]:
-    sizes = {m.shape[-2:] for m in model.modules() if isinstance(m, MaskModule)}
-    return sizes.pop() if len(sizes) == 1 else None
-
-
-def _module_dtype(module: nn.Module) -> torch.dtype:
-    for tensor in module.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.get_default_dtype()
-
-
 def _backend(lowering: str, spatial: Tuple[int, int], dtype: torch.dtype) -> nn.Module:
     if lowering == "torch":
         return TorchFFT()
@@ -374,7 +362,8 @@ def apply_lowering(
         if len(spatial) != 2 or min(spatial) < 1:
             raise ExportError(f"spatial must be (height, width) with positive sizes, got {spatial}")
     lowered = copy.deepcopy(model)
-    acpa_spatial = spatial if spatial is not None else _infer_spatial(lowered)
+    sizes = {m.shape[-2:] for m in lowered.modules() if isinstance(m, MaskModule)}
+    acpa_spatial = spatial if spatial is not None else sizes.pop() if len(sizes) == 1 else None
     for module in lowered.modules():
         if isinstance(module, MaskModule):
             module.spectral = _backend(lowering, module.shape[-2:], module.mask_amplitude.dtype)
@@ -384,5 +373,6 @@ def apply_lowering(
                     "cannot size the matmul lowering of PhaseAttention: the model has no single "
                     "APM map size to infer it from; pass spatial=(height, width)"
                 )
-            module.spectral = _backend(lowering, acpa_spatial, _module_dtype(module))
+            dtype = next((t.dtype for t in module.parameters() if t.is_floating_point()), torch.get_default_dtype())
+            module.spectral = _backend(lowering, acpa_spatial, dtype)
     return lowered

@@ -22,10 +22,6 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 20
 
 
-def _dynamic_axes(specs: list[TensorSpec]) -> dict:
-    return {s.name: {i: d for i, d in enumerate(s.shape) if d in DYNAMIC_DIMS} for s in specs if any(d in DYNAMIC_DIMS for d in s.shape)}
-
-
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporters' chatter (warnings, stdout, torch.onnx's log) unless debugging."""
@@ -97,8 +93,9 @@ def export_onnx(
                 buffer = io.BytesIO()
                 torch.onnx.export(
                     module, example_inputs, buffer, dynamo=False, opset_version=opset,
-                    input_names=names_in, output_names=names_out, dynamic_axes=_dynamic_axes(inputs + outputs),
-                    do_constant_folding=True,
+                    input_names=names_in, output_names=names_out, do_constant_folding=True,
+                    dynamic_axes={s.name: {i: d for i, d in enumerate(s.shape) if d in DYNAMIC_DIMS}
+                                  for s in inputs + outputs if any(d in DYNAMIC_DIMS for d in s.shape)},
                 )
                 model = onnx.load_from_string(buffer.getvalue())
     except Exception as exc:  # the exporters raise many types; report one clear error

@@ -87,13 +87,6 @@ def ensure_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return onnx.defs.onnx_opset_version()
-
-
 def _load(model_or_path) -> onnx.ModelProto:
     if isinstance(model_or_path, onnx.ModelProto):
         model = onnx.ModelProto()
@@ -431,7 +424,8 @@ def convert_to_fp16(
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         raise ExportError("convert_to_fp16 does not handle graphs with subgraphs (If/Loop/Scan)")
     _constants_to_initializers(model)
-    opset = _opset(model)
+    opset = next((int(i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")),
+                 onnx.defs.onnx_opset_version())
     types = _elem_types(model)
     islands = dict(keep_fp32) if isinstance(keep_fp32, Mapping) else {n: "requested" for n in keep_fp32}
     report = ConversionReport()

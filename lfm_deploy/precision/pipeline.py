@@ -96,15 +96,6 @@ class PrecisionResult:
                                freeze(self.details))
 
 
-def _calibration_data(domain_manifest: EpisodeShape, calibration, seed: int, episodes: int) -> GateData:
-    if calibration is not None:
-        feeds, truths = labelled_episodes(calibration, domain_manifest, limit=MAX_LABELLED)
-        return GateData(feeds, truths, f"your labelled images: {calibration} ({len(feeds)} episodes)")
-    first = seed + CALIBRATION_SEED_OFFSET
-    feeds, truths = parity_episodes(domain_manifest, episodes, first)
-    return GateData(feeds, truths, f"validation episodes (synthetic, seeds {first}..{first + episodes - 1})")
-
-
 @dataclass
 class GatePlan:
     """The episodes a reduced-precision gate runs on, with the eager model's results, drawn
@@ -239,16 +230,22 @@ def reduce_precision(
         return _bf16(fp32, graphs, ios, shots, gate_data, ref_gate, gate, threads, step, held_out, ref_held_out,
                      selection)
     step("reading calibration data")
-    calib = _calibration_data(meta, calibration, seed, calibration_episodes)
+    if calibration is not None:
+        calib_feeds, _ = labelled_episodes(calibration, meta, limit=MAX_LABELLED)
+        calib_label = f"your labelled images: {calibration} ({len(calib_feeds)} episodes)"
+    else:
+        first = seed + CALIBRATION_SEED_OFFSET
+        calib_feeds, _ = parity_episodes(meta, calibration_episodes, first)
+        calib_label = f"validation episodes (synthetic, seeds {first}..{first + calibration_episodes - 1})"
     encoder32 = SessionFromOnnx(fp32["encoder"], threads=threads, what="encoder graph")
-    feeds = {g: graph_feeds_of(calib.feeds, g, ios, encoder32) for g in fp32}
+    feeds = {g: graph_feeds_of(calib_feeds, g, ios, encoder32) for g in fp32}
     if precision == "int8":
         made, details = _int8(workdir, fp32, feeds, held_out, ref_held_out, lambda *a: gate(*a, tol=selection),
                               lambda out: _split(out, ios, shots, precision, threads=threads), step)
     else:
         made, details = _fp16(workdir, fp32, feeds, threads, step)
     result = PrecisionResult(precision, {g: p.name for g, p in made.items()},
-                             {"backend": "onnxruntime", "precision": precision}, calib.label, details=details)
+                             {"backend": "onnxruntime", "precision": precision}, calib_label, details=details)
     step(f"{precision} gate: encoder -> head on {len(gate_data)} episodes")
     result.gates.append(gate(_split(made, ios, shots, precision, threads=threads), gate_data, ref_gate,
                              f"onnxruntime CPU, {precision} encoder -> head"))

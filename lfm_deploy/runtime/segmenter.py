@@ -499,14 +499,6 @@ class Segmenter:
                 head = self._head
         return head
 
-    def _snapshot(self) -> SupportSet:
-        self._check_open()
-        support = self._support
-        if support is None:
-            raise InputError("no support set", api_hint="call set_support(images, masks) before predict",
-                             cli_hint="pass --support IMAGE:MASK")
-        return support
-
     # ------------------------------------------------------------------ prediction
     def predict(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int | None = None,
                 original_size: bool = True, support: SupportSet | None = None) -> np.ndarray | list[np.ndarray]:
@@ -590,12 +582,14 @@ class Segmenter:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         batch_size = self.head_batch(batch_size)
-        if support is None:
-            support = self._snapshot()
-        elif not isinstance(support, SupportSet):
+        if support is not None and not isinstance(support, SupportSet):
             raise InputError(f"support must be a SupportSet from encode_support, not {type(support).__name__}")
-        else:
-            self._check_open()
+        self._check_open()
+        if support is None:
+            support = self._support
+            if support is None:
+                raise InputError("no support set", api_hint="call set_support(images, masks) before predict",
+                                 cli_hint="pass --support IMAGE:MASK")
         head = self._ensure_head()
         outputs = [self._io["head"].output("per_shot" if proba else "mask")]
         if confidence:
