@@ -127,7 +127,9 @@ def _expand_uri(uri: str) -> list[str]:
         # List from the last folder before the first wildcard, then match the full path.
         head = _GLOB.split(uri, 1)[0].rsplit("/", 1)[0]
         filesystem, base = _filesystem(head + "/")
-        pattern = _filesystem_path(uri)
+        # the path part pyarrow uses (bucket/key for object stores, /abs/path for file://)
+        pattern = uri.split("://", 1)[1]
+        pattern = "/" + pattern.lstrip("/") if scheme == "file" else pattern
         infos = filesystem.get_file_info(pafs.FileSelector(base.rstrip("/"), recursive="**" in uri))
         found = sorted(_to_uri(scheme, i.path) for i in infos
                        if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, pattern))
@@ -148,12 +150,6 @@ def _expand_uri(uri: str) -> list[str]:
                     if line.strip() and not line.strip().startswith("#")]
         return [uri]
     raise InputError(f"input {uri!r} does not exist; check the URI")
-
-
-def _filesystem_path(uri: str) -> str:
-    """The path part pyarrow uses for `uri` (bucket/key for object stores, /abs/path for file://)."""
-    rest = uri.split("://", 1)[1]
-    return rest if not uri.startswith("file://") else "/" + rest.lstrip("/")
 
 
 def _to_uri(scheme: str, path: str) -> str:

@@ -535,7 +535,10 @@ def start_service(app, *, host: str = "127.0.0.1", port: int = 8000, ready_timeo
     shown = f"[{host}]" if ":" in host else host
     local = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, shown)
     url = f"http://{shown}:{port}"
-    wanted = _replica_count()
+    try:
+        wanted = max(1, sum(serve.status().applications[APP_NAME].deployments[MODEL_NAME].replica_states.values()))
+    except (KeyError, AttributeError):
+        wanted = 1
     ready: set = set()
     deadline = time.monotonic() + ready_timeout_s
     # /healthz names the model replica that answered; calls are spread over the replicas, so
@@ -553,14 +556,6 @@ def start_service(app, *, host: str = "127.0.0.1", port: int = 8000, ready_timeo
                                "(/tmp/ray/session_latest/logs/serve)")
         time.sleep(0.2)
     return url
-
-
-def _replica_count() -> int:
-    try:
-        deployment = serve.status().applications[APP_NAME].deployments[MODEL_NAME]
-        return max(1, sum(deployment.replica_states.values()))
-    except (KeyError, AttributeError):
-        return 1
 
 
 def drain_service(timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> int:
