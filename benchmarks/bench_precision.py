@@ -100,6 +100,10 @@ def _checkpoint(args, shots: int) -> Path | None:
     return path
 
 
+class _NoEvidence(Exception):
+    """lfm-export refused the int8 export before exporting anything: this K has no evidence."""
+
+
 def _exports(args, shots: int) -> Path:
     """The int8 export (float32 graphs kept) of the test checkpoint for K = shots, made once."""
     from lfm_deploy.export.pipeline import export_domain
@@ -117,8 +121,7 @@ def _exports(args, shots: int) -> Path:
     except Exception as exc:  # a refused int8 export is a result too: its graphs are in .failed
         failed = out.with_name(out.name + ".failed")
         if not (failed / "manifest.json").is_file():  # refused before exporting: no evidence for any gate
-            raise SystemExit(f"Error: the int8 export was refused before anything was exported, so no row can be "
-                             f"judged: {str(exc).splitlines()[0]}")
+            raise _NoEvidence(str(exc).splitlines()[0]) from None
         log.warning("int8 export refused (%s); benchmarking the kept graphs in %s", str(exc).splitlines()[0], failed)
         return failed
     read_manifest(out)
@@ -220,7 +223,13 @@ def _bench_k(args, shots: int) -> dict:
     from lfm_deploy.parity.runners import ModelFromManifest
     from lfm_deploy.runtime.sessions import SessionFromOnnx
 
-    art = _exports(args, shots)
+    try:
+        art = _exports(args, shots)
+    except _NoEvidence as exc:  # recorded, not fatal: the other K still run
+        log.warning("K=%d: %s", shots, exc)
+        return {"shots": shots, "artifacts": None, "refused": str(exc), "foreground": 0.0, "episodes": "none",
+                "evidence": {"sufficient": False, "informative_episodes": 0,
+                             "decisive_pixels": {"background": 0, "foreground": 0}}, "rows": []}
     manifest = read_manifest(art, verify_files=False)
     rows = _rows(art, manifest, args.threads)
     model = ModelFromManifest(manifest)()
@@ -323,6 +332,10 @@ def _markdown(result: dict) -> str:
              "at the same batch.", ""]
     for k in result["per_shots"]:
         ev = k["evidence"]
+        if k.get("refused"):
+            lines += [f"## K = {k['shots']}: no row judged", "", f"The int8 export was refused before anything was "
+                      f"exported, so no path can be gated or ranked: {k['refused']}", ""]
+            continue
         lines += [f"## K = {k['shots']} (eager masks {100 * k['foreground']:.0f}% foreground)", "",
                   f"Episodes: {k['episodes']}. Evidence: {ev['informative_episodes']} informative episodes, "
                   f"{ev['decisive_pixels']['background']} background / {ev['decisive_pixels']['foreground']} foreground "
