@@ -201,8 +201,7 @@ def export_domain(
     Args:
         domain: registry name (or a `Domain`).
         out: output directory (default `artifacts/<domain>`); replaced atomically on success.
-        checkpoint: HSNet checkpoint; None uses the synthetic-data default (not a real model, flagged
-            everywhere), "untrained" the seeded UNTRAINED default.
+        checkpoint: as `lfm_deploy.finetune.finetune_domain`.
         masker: masker file from `lfm-finetune`.
         apm: "m", "s", None/"none", or "auto" (the masker file's variant, else "m").
         acpa: ACPA on/off, or None (the masker file's choice, else on).

@@ -145,8 +145,7 @@ def evaluate(
         data_root: dataset root holding the domain's folder.
         shots: supports per episode; default `domain.default_shots`.
         masker: masker file from `lfm-finetune`; its metadata sets the variant (APM, ACPA).
-        checkpoint: base HSNet checkpoint; None uses the synthetic-data default (not a real model;
-            reported), "untrained" the seeded UNTRAINED default.
+        checkpoint: as `finetune_domain`.
         protocol: "per-domain" or "per-episode" (see the module docstring).
         episodes: number of episodes; default the benchmark's (`domain.test_episodes`).
         seed: episode sampling seed (0 reproduces upstream) and, per-episode without a masker

@@ -669,9 +669,8 @@ def finetune_domain(
 ) -> FinetuneResult:
     """Fine-tune a masker for one target domain and write it with a JSON log.
 
-    Builds the model (`lfm_deploy.pretrain.build_default_model`: the checkpoint, or the labelled
-    synthetic-data default, or with checkpoint="untrained" the seeded untrained one),
-    reads the support set (`load_support_set`), resets the masker (`init_masker`) and trains it
+    Builds the model (`lfm_deploy.pretrain.build_default_model`), reads the support set
+    (`load_support_set`), resets the masker (`init_masker`) and trains it
     (`finetune_masker`). Writes the masker (`save_masker`, atomically; metadata: domain, variant,
     image size, base checkpoint sha256, settings) and `<name>.finetune.json` next to it (settings,
     loss curve, weights incl. the untrained flag, support files, timings, versions). Nothing is
@@ -681,8 +680,8 @@ def finetune_domain(
         domain: registry name/alias or a `Domain`.
         data_root: benchmark dataset root (exclusive with `support`).
         support: a user support folder or index file (exclusive with `data_root`).
-        checkpoint: base HSNet checkpoint; None uses the synthetic-data default (not a real model,
-            labelled), "untrained" the seeded untrained default.
+        checkpoint: base HSNet checkpoint; None: the synthetic-data default, "untrained": the
+            seeded untrained one (both labelled: not a real model).
         shots: support images per class (see `load_support_set`).
         apm: "m", "s" or None.
         acpa: whether the model has ACPA.

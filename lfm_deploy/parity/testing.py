@@ -90,11 +90,8 @@ def make_trained_checkpoint(path: str | os.PathLike, *, train_size: int = 160, i
     episodes'). Unlike `make_mixed_checkpoint`, its margins are those of a model that has
     learned the task: large where it is sure, small only near object boundaries (at 160 px, 200
     steps: foreground IoU ~0.5 on the validation episodes, median |logit margin| ~4.5, 2% of the
-    pixels within 0.1 of a tie). The weights do not depend on the image size.
-
-    Training is `lfm_deploy.pretrain.train_learner` (the synthetic-data default's code) with whole
-    `train_size` images, in float64 by default: the same weights on every CPU family (see
-    `lfm_deploy.pretrain.Recipe.dtype`). The weights are saved as float32.
+    pixels within 0.1 of a tie). The weights do not depend on the image size. Training is
+    `lfm_deploy.pretrain.train_learner` on whole `train_size` images; the weights are saved as float32.
 
     Args:
         path: where to write it (a `torch.save` state dict of backbone and learner).
@@ -104,7 +101,8 @@ def make_trained_checkpoint(path: str | os.PathLike, *, train_size: int = 160, i
         seed: the default weights' seed, and the training data's.
         threads: torch threads while training.
         progress: optional callable(step, loss) called every 20 steps.
-        dtype: "float64" (default, the same weights on every CPU) or "float32".
+        dtype: "float64" (default, the same weights on every CPU family) or "float32"
+            (`lfm_deploy.pretrain.Recipe.dtype`).
 
     Returns:
         {"path", "loss" (mean over the last 20 steps)}.

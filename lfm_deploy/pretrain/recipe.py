@@ -34,34 +34,24 @@ class Recipe:
     data seeds far from the validation episodes' small ones), support and query. With
     `render_sizes`, the pair is drawn at a side picked in that range and each image cropped to
     `train_size` around one of its object pixels, so the learner sees objects as many feature
-    cells wide as at the larger size. That is what carries a cheap 160 px training to the
-    deepglobe domain's 400 px: HSNet's 4D-conv head measures its receptive field in feature
-    cells, and a learner trained on whole 160 px images (objects 2 to 5 layer2 cells in radius)
-    leaves 17 of 18 validation episodes without a usable mask at 400 px (objects 6 to 12 cells).
+    cells wide as at the larger size (why: README "Default weights").
 
     Attributes:
         train_size: side of the training episodes.
         iterations: optimiser steps.
         lr: Adam's learning rate.
-        dtype: "float64" (the same weights on every CPU family: in float32 the order of the CPU's
-            sums moved 200 Adam steps far enough apart that one seed gave mixed masks on an Intel
-            Xeon and empty ones on an AMD EPYC) or "float32" (the weights then depend on the CPU
-            family, but it is 10 to 20 times faster: torch's CPU convolutions have no fast float64
-            path; measured 0.55 s against ~20 s per 160 px step on a loaded 2-core AMD EPYC).
+        dtype: "float64" (the same weights on every CPU family) or "float32" (the weights then
+            depend on the CPU family, but it is 10 to 20 times faster; docs/precision.md).
         threads: torch threads while training: fixed, because the thread count changes the
             order of float32 sums, so that one CPU type always builds the same weights.
         render_sizes: (smallest, largest) side the pairs are drawn at before cropping, or None to
             draw them at `train_size + 37` and resize, as the validation episodes are.
         min_detail: with `render_sizes`, the pairs are drawn at a fraction of the side picked in
             [min_detail, 1] and enlarged to it (bilinear, masks nearest), as small images are by
-            the model's preprocessing: `lfm-make-data` writes 96 px images by default, which the
-            deepglobe domain enlarges to 400 px. None: always drawn at full detail.
-        train_layer4: train the backbone's last stage (layer4) with the learner. A learner over
-            the seeded random backbone alone learns to read the layer2/layer3 correlations and
-            all but ignores layer4 (its random features barely tell object from background at
-            13x13), which is the stage the masker filters; with layer4 trained, the default's
-            mean IoU on 18 validation episodes at 400 px went from 0.31 to 0.78, and its mIoU on `lfm-make-data`'s tiles from
-            19.4 to 68.5 (README "Default weights"). Costs ~60 MB more in the cache file.
+            the model's preprocessing. None: always drawn at full detail.
+        train_layer4: train the backbone's last stage (layer4) with the learner, which otherwise
+            all but ignores the seeded random layer4, the stage the masker filters (README
+            "Default weights"). Costs ~60 MB more in the cache file.
         domain: whose image style (colour or grayscale) and normalisation.
         version: bumped whenever the training code changes what a recipe produces, so cached
             weights of an earlier version are rebuilt, never reused.

@@ -225,29 +225,24 @@ class Segmenter:
             threads: intra-op threads per session (None: the runtime's default), capped at the
                 CPU cores this process may use, with a warning.
             graph_optimization: "all", "extended", "basic" or "disable" (onnxruntime only).
-            verify: check every file's size and sha256 against the manifest (refuses tampered
-                or truncated models), and re-check a graph before each later session creation
-                (the head after `set_support`, a re-created encoder). Turn off only for
-                trusted, already verified copies.
+            verify: check every file's size and sha256 against the manifest, now and before each
+                later session creation. Turn off only for trusted, already verified copies.
             low_memory: disable onnxruntime's memory-pattern planner (smaller resident set;
                 onnxruntime only).
             release_encoder: free the encoder session after `set_support` (re-created on the
                 next `set_support`); a server with a fixed support set never needs it again.
             batch_size: default number of queries per head run in `predict([...])`.
             memory_budget: bytes this Segmenter's process may hold at its peak (None: no
-                limit). Each head run then takes at most as many queries as the memory model
-                (`lfm_deploy.runtime.memory.segmenter_bytes`, onnxruntime's: an OpenVINO
-                session's is not modelled yet) says fit, whatever `batch_size` asks; results are
-                the same, only the number of head runs changes.
+                limit): caps the queries per head run by `lfm_deploy.runtime.memory.segmenter_bytes`
+                (onnxruntime's model; docs/performance.md). Results are the same.
             precision: which graphs run (`lfm_deploy.runtime.precisions`): "auto" (None, what the
                 export was made at), "fp32" (the float32 graphs of any export), "fp16" / "int8"
                 (only an export made at that precision) or "bf16" (providers="openvino" only;
                 docs/openvino.md).
             spin_wait: onnxruntime's idle threads spin (its default); False when the process
                 shares its cores with busy neighbours (`SessionConfig.spin_wait`).
-            openvino_cache: OpenVINO only: a folder of your choice for compiled models
-                (`CACHE_DIR`, docs/openvino.md). Never inside the artifact directory, which holds
-                only what lfm-export wrote.
+            openvino_cache: OpenVINO only: a folder for compiled models (`CACHE_DIR`), never
+                inside the artifact directory (docs/openvino.md).
             backend: a backend of the registry by name (`lfm_deploy.runtime.backends`,
                 docs/backends.md, e.g. "ov-bf16"), instead of `providers` and `precision`.
 

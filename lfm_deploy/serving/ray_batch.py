@@ -53,16 +53,14 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
             overwrite, progress: as `batch.segment_locally`; the artifact directory must be
             readable at this path on every node, the support pairs are read here and shipped.
         address: join this Ray cluster; None starts a private local one for the job, also
-            when RAY_ADDRESS is set (an already connected cluster is used as it is; see
-            `cluster.ray_cluster`).
+            when RAY_ADDRESS is set (`cluster.ray_cluster`).
         workers: actors in the pool (each holds one `Segmenter` and declares its memory to Ray,
             `resources.segmenter_memory_bytes`; a job whose workers the cluster cannot hold is
             refused before it starts).
         batch_size: queries per worker call and head run.
         threads: onnxruntime threads per worker (default: this machine's CPUs / `workers`).
-        cpus_per_worker: CPUs each actor reserves in Ray's scheduler. Fractional by default: an
-            actor pool asking for whole CPUs can hold every core of a small machine and starve
-            Ray Data's read tasks, stalling the pipeline. On large nodes set it to `threads`.
+        cpus_per_worker: CPUs each actor reserves in Ray's scheduler; fractional by default so
+            as not to starve Ray Data's read tasks on a small machine. On large nodes: `threads`.
         providers, allow_fallback, precision: as `Segmenter` (onnxruntime providers, or
             "openvino" with precision "fp32" / "bf16").
         verbose: > 0 forwards the workers' logs.

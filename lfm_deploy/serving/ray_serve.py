@@ -439,9 +439,8 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         providers, allow_fallback, allow_empty, precision: as `Segmenter` ("openvino" with
             precision "bf16" for OpenVINO bf16).
         max_body_bytes: request bodies above this get 413.
-        spin_wait: onnxruntime's idle threads spin in the replicas (`SessionConfig.spin_wait`).
-            Off by default: a replica shares the machine's cores with Serve's proxy and router,
-            where spinning cost throughput and latency (benchmarks/bench_ray.py --serve-spin-wait).
+        spin_wait: onnxruntime's idle threads spin in the replicas (`SessionConfig.spin_wait`);
+            off by default, as replicas share the cores with Serve's proxy and router.
         body_timeout_s: a body not received within this many seconds gets 408.
         max_pixels: an image with more pixels gets 413 (read from its header, before decoding).
         replica_pixels: decoded pixels a replica holds at once (default 3 x `max_pixels`).

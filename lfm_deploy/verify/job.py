@@ -220,8 +220,7 @@ def verify_artifacts(
             the same prepared model, run in onnxruntime CPU) on the first episode and report the
             first stage outside tolerance.
         layerwise_backend: label of the layerwise comparison (only onnxruntime CPU is supported).
-        workdir: where the layerwise debug graph and a generated fp16 graph go (default: a
-            temporary directory).
+        workdir: where the layerwise debug graph and a generated fp16 graph go (default: temporary).
         fp16_onnx: True: make the fp16 episode graph (range check + islands) in `workdir` if
             `<artifact_dir>/engines/episode.fp16.onnx` does not exist; a path: use that graph.
             False: use the engines/ one when present, else skip "ort-cpu-fp16".
