@@ -481,10 +481,9 @@ def build_model(
     With no `checkpoint`, backbone and learner get a deterministic seeded initialisation,
     labelled untrained. With a `learner` file (the synthetic-data default's, built by
     `lfm_deploy.pretrain.default_learner`), the seeded model gets that file's learner and is
-    labelled the synthetic-data default (still `untrained`: not a real model). The commands'
-    default with no `--checkpoint` is the synthetic one (`lfm_deploy.pretrain.build_default_model`);
-    this low-level builder never trains anything. A `masker` file must match `apm`/`acpa` (a
-    mismatch is an error, never silently adapted).
+    labelled the synthetic-data default (still `untrained`: not a real model); this builder never
+    trains anything (the commands use `lfm_deploy.pretrain.build_default_model`). A `masker` file
+    must match `apm`/`acpa` (a mismatch is an error, never silently adapted).
 
     Args:
         apm, acpa: the masker variant.

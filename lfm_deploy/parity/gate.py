@@ -266,12 +266,10 @@ def informative_episodes(model, draw: Callable[[int], tuple[list, list]], n: int
                          threads: int | None = None) -> tuple[GateData, EagerReference]:
     """Draw seeded synthetic episodes until `n` of them are informative for the eager model.
 
-    An episode whose eager mask is (nearly) one class is no evidence (`EvidenceRule`), so the
-    gate does not spend its budget on it: episodes are drawn under seeds `first_seed`,
-    `first_seed + 1`, ... and kept when informative, until `n` are kept and they hold enough
-    decided pixels of each class (small images need more episodes for that), up to `max_draws`
-    draws (default 3n). The label says how many were drawn and kept; the caller checks the
-    evidence of what was kept.
+    An episode whose eager mask is (nearly) one class is no evidence (`EvidenceRule`): episodes
+    are drawn under seeds `first_seed`, `first_seed + 1`, ... and kept when informative, until `n`
+    are kept and they hold enough decided pixels of each class, up to `max_draws` draws. The
+    label says how many were drawn and kept; the caller checks the evidence of what was kept.
 
     Args:
         model: the eager float32 model.

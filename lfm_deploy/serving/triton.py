@@ -445,9 +445,8 @@ def write_triton_repository(repo_dir: str | os.PathLike, graphs: Mapping[str, tu
 
     One model per graph (``<prefix>_episode``, ``<prefix>_encoder``, ``<prefix>_head``, ONNX
     Runtime backend, version 1), the ``<prefix>_split`` ensemble (encoder -> head) when both
-    halves are given, and a README. The module docstring explains the batch dimensions.
-    Written files are identical, byte for byte, for identical inputs. The repository is
-    validated (`validate_triton_repository`) before returning.
+    halves are given, and a README (batch dimensions: module docstring). Byte-identical output
+    for identical inputs; validated (`validate_triton_repository`) before returning.
 
     Args:
         repo_dir: the repository root; created if missing. Models already in it are kept.
