@@ -1,29 +1,10 @@
 """Export twin of the correlation + learner, laid out so the exported graph moves less memory.
 
-The eager learner keeps its 6D tensors as (B, C, Hq, Wq, Hs, Ws) and, in every center-pivot
-4D conv, permutes the whole input twice and the whole output twice to bring the query or the
-support dims next to the channels. In onnxruntime those permutations, a Gather for the
-support pruning and a transposed-operand correlation product were a third of the head's time.
-
-`LayoutLearner` computes the same function with the same parameters, laid out so that every
-convolution reads its input through a reshape or one of onnxruntime's fast transposes:
-
-* squeezing blocks (large support dims, strided): a channel-major hub ``(B, C, Hs*Ws, Hq*Wq)``.
-  The support-dims conv reads it query-major ``(B*Hq*Wq, C, Hs, Ws)`` and the query-dims conv
-  reads the pruned (4-16x smaller) support positions support-major ``(B*Hs'*Ws', C, Hq, Wq)``;
-  both conversions are 2D transposes or axis swaps above a contiguous block. The first layer
-  consumes the correlation GEMMs one feature at a time (the support-dims conv is linear in its
-  input channels: each clamped product goes through its own slice of the weights and the results
-  are summed), so the stacked correlation (100 MB per query for layer2 at 400 px) and the n
-  products alive together never exist; the pruned inputs come from a second, small GEMM.
-* mixing blocks (support dims 2x2 at 400 px, stride 1): support-major ``(B, Hs*Ws, C, Hq, Wq)``.
-  The query-dims conv is a Conv2d on ``(B*Hs*Ws, C, Hq, Wq)``, the query-dims resize a plain 4D
-  Resize, and the support-dims conv, which over a 2x2 support only ever touches 4 of its 9 taps,
-  becomes one 1x1 conv with a (P*O, P*C) matrix gathered from the same 3x3 weights (2.2x fewer
-  multiply-adds, no im2col over padding).
-
-Every reordering is exact (sums of the same products; only the float summation order changes),
-and the tests compare this twin with the eager learner on random inputs.
+`LayoutLearner` computes the eager learner's function with the same parameters, its tensors
+laid out so that every convolution reads its input through a reshape or a fast transpose, and
+the correlation consumed by the first 4D conv one feature at a time; every reordering is exact
+(same products, other summation order). docs/performance.md ("The head's layout in the
+exported graph") explains the layouts; the tests compare the twin with the eager learner.
 """
 
 from __future__ import annotations

@@ -1,48 +1,8 @@
 """Triton Inference Server model repository for the exported graphs, and its validation.
 
-Layout written by `write_triton_repository` (``<p>`` is the model prefix, by default
-``lfm_<domain>_<K>shot``; every ONNX model is version ``1``)::
-
-    <repo>/README.md                      how to launch, and every model's tensors
-    <repo>/<p>_episode/config.pbtxt       onnxruntime backend, batching, dynamic batcher
-    <repo>/<p>_episode/1/model.onnx
-    <repo>/<p>_encoder/config.pbtxt       onnxruntime backend, max_batch_size 0
-    <repo>/<p>_encoder/1/model.onnx
-    <repo>/<p>_head/config.pbtxt          onnxruntime backend, max_batch_size 0
-    <repo>/<p>_head/1/model.onnx
-    <repo>/<p>_split/config.pbtxt         ensemble: <p>_encoder -> <p>_head
-    <repo>/<p>_split/1/                   (empty: Triton wants a version directory)
-
-Batch dimensions (see `lfm_deploy.contract` for the graph contract):
-
-* **episode**: every input and output leads with the query batch B and each row carries its
-  own K-shot support set, so the model is batchable in Triton's sense: ``max_batch_size`` =
-  the argument, ``dims`` leave B out, and ``dynamic_batching {}`` lets Triton merge concurrent
-  requests.
-* **head**: ``query_img`` leads with B but ``support_l2/l3/l4`` lead with the static K (the
-  shots), which is *not* a batch dimension: one support set serves the whole query batch.
-  Triton's batching prepends the same batch dimension to every input, so the head must be
-  written with ``max_batch_size: 0`` and explicit full shapes, B written as -1
-  (``query_img: [-1, 3, S, S]``, ``support_l2: [K, 4, 512, S/8, S/8]``, ...).
-* **encoder**: batchable on its own, but it is written with ``max_batch_size: 0`` too and its
-  row dimension N as -1, so that its output shapes read exactly like the head's inputs and the
-  ensemble's K support rows are not limited by a ``max_batch_size`` or split by a batcher.
-* **split** ensemble: its inputs are ``query_img`` [-1, 3, S, S] and the K support rows
-  ``support_img`` [K, 3, S, S] / ``support_mask`` [K, S, S] (the encoder's input names), its
-  outputs the head's ``shot_logits`` [-1, K, 2, S, S] and ``mask`` [-1, S, S]. A batching
-  ensemble would give each query its own support set, which is what the episode model is
-  for, so the ensemble is ``max_batch_size: 0`` as well. Step 1 runs the encoder on the K
-  supports, step 2 the head on the queries and the encoder's ``support_l2/l3/l4``. The query
-  batch of the split models is therefore bounded by memory, not by ``max_batch_size``; throughput
-  comes from ``instance_count`` and Triton pipelining the two steps of concurrent requests.
-
-Configs are built as ``inference.ModelConfig`` messages (the ``model_config_pb2`` shipped with
-``tritonclient``) and written with ``google.protobuf.text_format``, so their syntax, field names
-and enum values are right by construction. Validation parses every ``config.pbtxt`` back into
-that message (unknown fields and enum values are errors) and checks what the schema cannot:
-each ONNX model's config against the graph's own inputs and outputs (names, element types,
-ranks, static dims), and each ensemble's data flow (mirroring triton-inference-server/core
-``ensemble_utils.cc``).
+Episode, encoder and head models on Triton's onnxruntime backend and a `split` ensemble (encoder
+-> head); configs built as `inference.ModelConfig` messages and validated against the graphs.
+docs/triton.md explains the layout, each model's batching and what the validation checks.
 """
 
 from __future__ import annotations
