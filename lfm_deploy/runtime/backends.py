@@ -323,15 +323,9 @@ ENTRY_POINT_GROUP = "lfm_deploy.backends"
 
 
 def load_plugins() -> list[str]:
-    """Register the backends of installed packages: each entry point of `ENTRY_POINT_GROUP` names a
-    `Backend`, a list of them, or a module that calls `register` when imported, e.g. in the
-    plugin's pyproject.toml: `[project.entry-points."lfm_deploy.backends"] ort-coreml =
-    "my_pkg.backend:COREML"`. A plugin that fails to load is logged and left out; the built-in
-    backends always stay.
-
-    Returns:
-        The names of the entry points loaded.
-    """
+    """Register the backends installed packages name in `ENTRY_POINT_GROUP` (a `Backend`, a list of
+    them, or a module that calls `register`); returns the entry points loaded. A plugin that fails
+    to load is logged and left out (docs/backends.md, "Adding a backend")."""
     import logging
     from importlib.metadata import entry_points
 

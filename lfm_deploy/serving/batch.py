@@ -118,6 +118,14 @@ def output_names(stem: str, overlay: bool) -> dict:
     return names
 
 
+def source_stamp(item: str) -> list | None:
+    """[size, mtime_ns] of a local input file (an edited or replaced one is redone); None for a URI."""
+    try:
+        return None if is_uri(item) else [(st := os.stat(item)).st_size, st.st_mtime_ns]
+    except OSError:
+        return None
+
+
 def result_row(item: str, names: dict, out: Path, status: str, *, height=None, width=None, foreground=None,
                error=None, precision: str | None = None, backend: str | None = None, job: str | None = None) -> dict:
     """One results-table row.
@@ -131,13 +139,15 @@ def result_row(item: str, names: dict, out: Path, status: str, *, height=None, w
         height, width, foreground: the mask's size and foreground share.
         error: the reason of an "error" row.
         precision, backend: what ran.
-        job: `Job.key` of the run (artifacts, support set, precision, backend): what `resume` matches.
+        job: `Job.key` of the run (artifacts, support set, precision, backend): what `resume` matches,
+            with the input's `source_stamp`.
     """
     written = status in ("ok", "skipped")
     return {"input": item, "mask": str(out / names["mask"]) if written else None,
             "overlay": str(out / names["overlay"]) if written and "overlay" in names else None,
             "width": width, "height": height, "foreground": None if foreground is None else round(float(foreground), 6),
-            "status": status, "error": error, "precision": precision, "backend": backend, "job": job}
+            "status": status, "error": error, "precision": precision, "backend": backend, "job": job,
+            "source": source_stamp(item) if written else None}
 
 
 def write_table(out, rows: Sequence[dict]) -> None:
@@ -183,8 +193,9 @@ def resume(out, plan: Outputs, key: str) -> tuple[dict[int, dict], list[int]]:
     """What an earlier run of the same job left complete in the output folder, and what is left.
 
     An input is done when its previous row says so for the same `Job.key` (the same artifacts,
-    support set, precision and backend: a changed model or support set redoes everything) and
-    every output file it names is there, recorded by lfm-predict and unchanged since (files are
+    support set, precision and backend: a changed model or support set redoes everything), a
+    local input file has the same size and modification time (`source_stamp`), and every output
+    file it names is there, recorded by lfm-predict and unchanged since (files are
     renamed into place complete, and the folder's record holds their hashes). Failed,
     interrupted and unrecorded inputs are done again.
 
@@ -208,7 +219,8 @@ def resume(out, plan: Outputs, key: str) -> tuple[dict[int, dict], list[int]]:
     rows, todo = {}, []
     for i, (item, names) in enumerate(zip(plan.items, plan.names)):
         before = previous.get(item)
-        if before and before.get("mask") == str(out.path / names["mask"]) and all(
+        if before and before.get("mask") == str(out.path / names["mask"]) and before.get("source") == source_stamp(
+                item) and all(
                 n in record["files"] and n not in foreign and (out.path / n).is_file() for n in names.values()):
             rows[i] = result_row(item, names, out.path, "skipped", height=before.get("height"),
                                  width=before.get("width"), foreground=before.get("foreground"),

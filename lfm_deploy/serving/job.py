@@ -45,9 +45,7 @@ class Job:
 
     @cached_property
     def key(self) -> str:
-        """What a run computes, in 16 hex digits: the artifacts' hashes, the support files, the
-        precision and the backend. A batch job skips an input only when an earlier run of the same
-        key completed it (`batch.resume`)."""
+        """What a run computes (artifact hashes, support files, precision, backend): `batch.resume`'s key."""
         digest = hashlib.sha256(json.dumps([sorted((n, e.sha256) for n, e in self.manifest.files.items()),
                                             self.precision, self.backend]).encode())
         for data in (*self.support_images, *self.support_masks):

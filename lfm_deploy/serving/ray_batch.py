@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -119,11 +119,6 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
                        worker_batches=timing.get("workers", {}))
 
 
-def _row(item, names, out: Path, status, job: Job, **fields) -> dict:
-    """One results-table row (`batch.result_row`) of this job."""
-    return result_row(item, names, out, status, precision=job.precision, backend=job.backend, job=job.key, **fields)
-
-
 def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address, workers, batch_size, threads,
          cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial,
          precision=None) -> None:
@@ -135,6 +130,7 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
 
     # Told to Ray's scheduler, so that it never starts more workers than the nodes hold.
     memory = segmenter_memory_bytes(job.manifest.image_size, batch_size)
+    row = partial(result_row, precision=job.precision, backend=job.backend, job=job.key)
     t0 = time.perf_counter()
     with ray_cluster(address, verbose=verbose) as ray:
         import ray.data
@@ -180,11 +176,11 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
                         if overlay:
                             out.write_bytes(names[i]["overlay"], bytes(batch["overlay"][j]))
                         out.write_bytes(names[i]["mask"], bytes(batch["mask"][j]))
-                        rows[i] = _row(items[i], names[i], out.path, "ok", job, height=int(batch["height"][j]),
+                        rows[i] = row(items[i], names[i], out.path, "ok", height=int(batch["height"][j]),
                                        width=int(batch["width"][j]), foreground=float(batch["foreground"][j]))
                     else:
                         failed += 1
-                        rows[i] = _row(items[i], names[i], out.path, "error", job, error=str(batch["error"][j]))
+                        rows[i] = row(items[i], names[i], out.path, "error", error=str(batch["error"][j]))
                         log.warning("%s", batch["error"][j])
                     bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)

@@ -260,6 +260,19 @@ def test_a_rerun_of_the_same_job_resumes_and_a_changed_support_set_redoes(export
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if not p.name.startswith("single")}
     assert kept == {n: t for n, t in stamps.items() if not n.startswith("single")}
 
+    # An input replaced since (another picture at the same path) is segmented again, the others not.
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (edited / name).write_bytes((files["qdir"] / name).read_bytes())
+    moved = [str(edited), str(files["single"]), "--out", str(tmp_path / "out2"), "--threads", "1", "-q",
+             "--support", files["pairs"][0]]
+    assert CliRunner().invoke(main, [str(art)] + moved).exit_code == 0
+    Image.open(files["qdir"] / "b.jpg").rotate(90).save(edited / "a.png")
+    redo = CliRunner().invoke(main, [str(art)] + moved)
+    assert "Wrote 1 mask(s)" in redo.output and "2 already complete" in redo.output, redo.output
+    assert np.asarray(Image.open(tmp_path / "out2" / "a_mask.png")).shape == Image.open(edited / "a.png").size[::-1]
+
     other = CliRunner().invoke(main, base + ["--support", files["pairs"][1]])
     assert other.exit_code == 0, other.output
     assert "Wrote 3 mask(s)" in other.output and "already complete" not in other.output
