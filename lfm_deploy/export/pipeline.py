@@ -30,7 +30,7 @@ from ..manifest import FP32, SCHEMA_VERSION, FileEntry, Manifest, ParityRecord, 
     file_entry, sha256_file, write_manifest
 from ..models import read_masker
 from ..models.checkpoints import check_masker_domain, masker_variant
-from ..pretrain import build_default_model
+from ..pretrain import build_default_model, checkpoint_file
 from ..models.graphs import EncoderGraph, EpisodeGraph, HeadGraph
 from ..parity.compare import OutputCheck, format_checks
 from ..parity.episodes import validation_episode
@@ -246,7 +246,7 @@ def export_domain(
                          calibration_episodes=calibration_episodes)
     # Both places this export may write are checked before any work (nothing of the user's is replaced).
     target = ArtifactDir(job.out, flag="--out", kind=EXPORT_KIND, legacy=_earlier_export,
-                         inputs={"--checkpoint": checkpoint, "--masker": masker, "--calibration": calibration})
+                         inputs={"--checkpoint": checkpoint_file(checkpoint), "--masker": masker, "--calibration": calibration})
     failed_target = ArtifactDir(target.path.with_name(target.path.name + ".failed"), flag=None, kind=FAILED_KIND)
     t0 = time.perf_counter()
     steps = _Steps(total=2 + len(job.graphs) * (2 if validate else 1) + 2 + int(triton) + 2 * job.reduced,
@@ -507,7 +507,7 @@ def _build_manifest(job: _Job, variant: str, weights, graphs: dict[str, GraphIO]
         weights=parse(WeightsRecord, weights.to_dict()), untrained=bool(weights.untrained),
         warning=weights.label if weights.untrained else None,
         inputs=freeze({k: {"path": str(p), "sha256": sha256_file(p)} if p else None
-                       for k, p in (("checkpoint", job.checkpoint), ("masker", job.masker))}),
+                       for k, p in (("checkpoint", checkpoint_file(job.checkpoint)), ("masker", job.masker))}),
         tolerances=job.tolerances.to_manifest(),
         parity=ParityRecord(job.validate, all(c.passed for c in checks), freeze([c.to_dict() for c in checks]),
                             freeze(sign_case)),

@@ -23,7 +23,7 @@ from ..data import load_episode, make_episodes, open_dataset
 from ..domains import Domain, get_domain
 from ..errors import CheckpointError
 from ..models.checkpoints import check_masker_domain, masker_state, masker_variant, read_masker
-from ..pretrain import build_default_model
+from ..pretrain import build_default_model, checkpoint_file
 from .metrics import SegmentationMeter, intersection_union
 from ..utils.outputs import OutputDir, OutputFile, check_distinct
 from ..utils.overlays import draw_overlay, font, text_px
@@ -180,7 +180,7 @@ def evaluate(
     size = domain.image_size if image_size is None else int(image_size)
     started = time.perf_counter()
 
-    inputs = {"--data-root": data_root, "--masker": masker, "--checkpoint": checkpoint}
+    inputs = {"--data-root": data_root, "--masker": masker, "--checkpoint": checkpoint_file(checkpoint)}
     report_out = None if report_path is None else OutputFile(
         report_path, flag="--report", arg="report_path", kind=REPORT_KIND, overwrite=overwrite, inputs=inputs)
     overlay_out = None if overlays_dir is None or overlay_count <= 0 else OutputDir(

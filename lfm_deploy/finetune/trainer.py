@@ -42,7 +42,7 @@ from ..models.backbone import FEATURE_LAYERS
 from ..models.checkpoints import MASKER_FORMAT
 from ..models.correlation import correlation
 from ..models.hsnet import LAYER4_START
-from ..pretrain import build_default_model
+from ..pretrain import build_default_model, checkpoint_file
 from ..utils.outputs import OutputFile, safetensors_metadata
 
 log = logging.getLogger(__name__)
@@ -715,7 +715,7 @@ def finetune_domain(
     out = default_masker_path(domain) if out is None else Path(out)
     # Both files are checked before any work: an existing file is replaced only when it is an
     # earlier masker / log of lfm-finetune (or with overwrite).
-    inputs = {"--checkpoint": checkpoint, "--data-root": data_root, "--support": support}
+    inputs = {"--checkpoint": checkpoint_file(checkpoint), "--data-root": data_root, "--support": support}
     masker_out = OutputFile(out, flag="--out", kind=MASKER_KIND, recognise=is_masker_file, overwrite=overwrite,
                             inputs=inputs)
     log_out = OutputFile(log_path_for(out), flag=None, kind=LOG_KIND, overwrite=overwrite, inputs=inputs,

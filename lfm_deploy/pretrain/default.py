@@ -37,7 +37,7 @@ from .recipe import Recipe, train_learner
 log = logging.getLogger(__name__)
 
 __all__ = ["CACHE_ENV", "DEFAULT_RECIPE", "UNTRAINED", "WEIGHTS_ENV", "build_default_model", "cache_dir",
-           "default_learner", "learner_path", "recipe_of"]
+           "checkpoint_file", "default_learner", "learner_path", "recipe_of"]
 
 #: The environment variable naming the cache folder.
 CACHE_ENV = "LFM_DEPLOY_CACHE"
@@ -52,6 +52,11 @@ UNTRAINED = "untrained"
 DEFAULT_RECIPE = Recipe(train_size=160, iterations=200, lr=1e-3, dtype="float32", render_sizes=(160, 440), threads=1,
                         min_detail=0.2, train_layer4=True)
 _WAIT_S = 0.5
+
+
+def checkpoint_file(checkpoint: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The file a `checkpoint=` argument names: None for the defaults (None, "untrained")."""
+    return None if checkpoint is None or checkpoint == UNTRAINED else checkpoint
 
 
 def cache_dir() -> Path:

@@ -116,10 +116,12 @@ def test_dft_lowering_exports_and_matches(exported):
 
 def test_reexport_is_byte_identical(exported, tmp_path):
     first = exported(1)
+    # `checkpoint="untrained"` (`--checkpoint untrained`) names the default the tests run on, not a file
     again = pipeline.export_domain("deepglobe", out=tmp_path / "again", shots=1, split=False, validate=False,
-                                   image_size=S, progress=False)
+                                   image_size=S, progress=False, checkpoint="untrained")
     assert sha256_file(again.out_dir / "episode.onnx") == first.manifest.files["episode.onnx"].sha256
     assert again.manifest.parity.validated is False
+    assert again.manifest.inputs["checkpoint"] is None and again.manifest.untrained
 
 
 def test_failed_parity_keeps_previous_output_and_reports(exported, tmp_path, monkeypatch):
