@@ -20,7 +20,11 @@ Settings (`SETTINGS`; pass any subset with `--settings`):
 * `heap`: `limit_heap_retention()` before loading (glibc mmaps large blocks);
 * `sub-batch-N`: `predict([...], batch_size=B)` run as head runs of at most N queries
   (`predict(..., batch_size=N)`);
-* `budget-G`: the head batch chosen by a memory budget of G GB (`Segmenter(memory_budget=G GB)`).
+* `budget-G`: the head batch chosen by a memory budget of G GB (`Segmenter(memory_budget=G GB)`);
+* `no-budget`: no memory budget (`memory_budget=None`): the whole batch in one head run.
+
+Each cell also reports what the runtime's memory model (`lfm_deploy.runtime.memory`) predicts
+for it, so a model that under-estimates shows in the table.
 
     python benchmarks/bench_memory.py --export artifacts/bench-deepglobe-400 --batch-sizes 1 8 \\
         --backends ort ov --settings default plain no-arena heap sub-batch-2
@@ -100,7 +104,9 @@ for _ in range(cfg["rounds"]):
     times.append(time.perf_counter() - t)
 print(json.dumps({"peak_mb": status("VmHWM"), "after_load_mb": load_mb, "after_support_mb": support_mb,
                   "rss_end_mb": status("VmRSS"), "predict_s": times,
-                  "head_batch": seg.head_batch(cfg.get("sub_batch") or cfg["batch"])}))
+                  "head_batch": seg.head_batch(cfg.get("sub_batch") or cfg["batch"]),
+                  "modelled_mb": seg.memory_model.peak(size, seg.head_batch(cfg.get("sub_batch") or cfg["batch"]))
+                  / 2**20}))
 """
 
 
@@ -126,6 +132,8 @@ def setting(name: str) -> dict:
         return {"heap": True}
     if name.startswith("sub-batch-"):
         return {"sub_batch": int(name.rsplit("-", 1)[1])}
+    if name == "no-budget":
+        return {"kwargs": {"memory_budget": None}}
     if name.startswith("budget-"):
         return {"kwargs": {"memory_budget": float(name.split("-", 1)[1]) * (1 << 30)}}
     if "+" in name:
@@ -156,18 +164,18 @@ def markdown(result: dict) -> str:
              f"{result['load_average_end'][0]:.2f} at the end. One fresh process per cell (load, 1-shot support, "
              f"{result['rounds']} predicts of B queries); median of {result['repeat']} processes. "
              "'per image' is the median predict time / B (first predict included: it is where the arena grows).", "",
-             "| backend | batch | setting | head batch | peak RSS GB | goal | per image ms | vs default |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "| backend | batch | setting | head batch | peak RSS GB | modelled GB | goal | per image ms | vs default |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         if "error" in row:
-            lines.append(f"| {row['backend']} | {row['batch']} | {row['setting']} | - | error: {row['error']} | | | |")
+            lines.append(f"| {row['backend']} | {row['batch']} | {row['setting']} | - | error: {row['error']} | | | | |")
             continue
         goal = GOAL_GB.get(row["batch"])
         base = next((r for r in result["rows"] if r["backend"] == row["backend"] and r["batch"] == row["batch"]
                      and r["setting"] == "default" and "error" not in r), None)
         vs = f"{row['per_image_ms'] / base['per_image_ms']:.2f}x" if base else "-"
         lines.append(f"| {row['backend']} | {row['batch']} | {row['setting']} | {row.get('head_batch', '-')} | "
-                     f"{row['peak_gb']:.2f} | {'<= ' + str(goal) if goal else '-'} "
+                     f"{row['peak_gb']:.2f} | {row['modelled_gb']:.2f} | {'<= ' + str(goal) if goal else '-'} "
                      f"{'met' if goal and row['peak_gb'] <= goal else ''} | {row['per_image_ms']:.0f} | {vs} |")
     lines += ["", "Reproduce: `" + result["command"] + "`", ""]
     return "\n".join(lines)
@@ -229,6 +237,7 @@ def main(argv=None) -> dict:
             continue
         rows.append({"backend": backend, "batch": batch, "setting": name, "head_batch": ok[0].get("head_batch"),
                      "peak_gb": float(np.median([s["peak_mb"] for s in ok])) / 1024,
+                     "modelled_gb": ok[0]["modelled_mb"] / 1024,
                      "after_load_gb": float(np.median([s["after_load_mb"] for s in ok])) / 1024,
                      "after_support_gb": float(np.median([s["after_support_mb"] for s in ok])) / 1024,
                      "per_image_ms": float(np.median([np.median(s["predict_s"]) for s in ok])) * 1e3 / batch,

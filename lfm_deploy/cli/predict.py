@@ -45,10 +45,11 @@ def _parse_support(ctx, param, values):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm predict did not write.")
 @click.option("--batch-size", type=BATCH_SIZE, default=8, help="Queries per inference run.")
-@click.option("--memory-budget", type=FiniteFloat(min=0, min_open=True), default=None, metavar="GB",
-              help="Peak memory this process may use, in GB: each inference run takes at most the queries that fit "
-                   "(~0.34 GB + ~0.32 GB per query at 400 px, lfm_deploy.runtime.memory), whatever --batch-size says; "
-                   "masks are the same. Default: no budget. --engine local only.")
+@click.option("--memory-budget", type=FiniteFloat(min=0, min_open=True), default=1.5, show_default=True,
+              metavar="GB",
+              help="Peak memory a model process (this one, or each Ray worker) may use, in GB: each inference run "
+                   "takes at most the queries that fit (measured per runtime: lfm_deploy.runtime.memory), whatever "
+                   "--batch-size says; masks are the same.")
 @providers_option()
 @run_precision_option
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU when a requested accelerator is unavailable.")
@@ -92,9 +93,6 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
         for name, flag in _RAY_ONLY.items():
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
                 raise click.UsageError(f"{flag} is for --engine ray; add --engine ray, or drop {flag}")
-    elif memory_budget is not None:
-        raise click.UsageError("--memory-budget is for --engine local (Ray workers declare their memory from "
-                               "--batch-size)")
     from ..runtime.backends import selected_runtime
     from ..serving.collection import is_uri
 
@@ -111,7 +109,7 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
             artifact_dir, images, masks, list(queries), out_dir, address=address, workers=workers,
             batch_size=batch_size, threads=threads, cpus_per_worker=cpus_per_worker, providers=providers,
             allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty_mask, progress=progress,
-            verbose=verbose, overwrite=overwrite, precision=precision)
+            verbose=verbose, overwrite=overwrite, precision=precision, memory_budget=memory_budget * (1 << 30))
     else:
         from ..serving.batch import segment_locally
 
@@ -119,7 +117,7 @@ def main(artifact_dir, queries, supports, out_dir, overwrite, batch_size, memory
             artifact_dir, images, masks, list(queries), out_dir, batch_size=batch_size, threads=threads,
             providers=providers, allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty_mask,
             overwrite=overwrite, progress=progress, precision=precision,
-            memory_budget=None if memory_budget is None else memory_budget * (1 << 30))
+            memory_budget=memory_budget * (1 << 30))
     _summary(report, overlay, engine)
 
 

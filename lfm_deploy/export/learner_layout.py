@@ -19,6 +19,9 @@ from ..models.learner import HPNLearner
 
 #: Largest support grid (Hs*Ws) for which a stride-1 support conv becomes a dense 1x1 conv.
 DENSE_SUPPORT_MAX = 16
+#: How `LayoutLearner` makes the correlation (`Manifest.correlation`): each product is clamped and
+#: convolved by its slice of the first 4D conv as soon as it is made, never stacked.
+CORRELATION = "per-feature"
 
 
 def _triples(block: nn.Sequential):

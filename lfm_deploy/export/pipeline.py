@@ -39,6 +39,7 @@ from ..utils.outputs import ArtifactDir
 from ..utils.records import FrozenDict, freeze, parse
 from ..utils.versions import library_versions
 from .finish import GraphFinisher
+from .learner_layout import CORRELATION
 from .onnx_export import DEFAULT_OPSET, export_onnx
 from .prepare import LOWERINGS, prepare_for_export
 from .report import REPORT_JSON, REPORT_MD, write_reports
@@ -508,7 +509,7 @@ def _build_manifest(job: _Job, variant: str, weights, graphs: dict[str, GraphIO]
         warning=weights.label if weights.untrained else None,
         inputs=freeze({k: {"path": str(p), "sha256": sha256_file(p)} if p else None
                        for k, p in (("checkpoint", checkpoint_file(job.checkpoint)), ("masker", job.masker))}),
-        tolerances=job.tolerances.to_manifest(),
+        tolerances=job.tolerances.to_manifest(), correlation=CORRELATION,
         parity=ParityRecord(job.validate, all(c.passed for c in checks), freeze([c.to_dict() for c in checks]),
                             freeze(sign_case)),
         tensorrt_lint=freeze(lint), versions=freeze({k: v for k, v in library_versions().items() if v is not None}),

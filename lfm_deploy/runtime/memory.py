@@ -1,10 +1,12 @@
 """Memory of a serving process: what a Segmenter holds per batch, and glibc's allocator controls.
 
-`segmenter_bytes` models a Segmenter's peak resident set (a fixed ~0.34 GB plus ~0.32 GB per
-query of a head run at 400 px: HSNet's 4D hypercorrelation grows with size^4);
-`head_batch_for_budget` inverts it for `memory_budget`. `trim_heap` (after each session built)
+`MemoryModel` is a Segmenter's measured peak resident set: a fixed part plus a part per query of
+a head run, which grows with size^4 (HSNet's 4D hypercorrelation). Which model applies depends
+on the runtime (OpenVINO keeps its own blocked copies of the weights and buffers) and on how the
+export's head makes the correlation (`Manifest.correlation`): `model_for` picks it, and
+`MemoryModel.head_batch` inverts it for `memory_budget`. `trim_heap` (after each session built)
 and the opt-in, process-wide `limit_heap_retention` return freed pages to the OS. Measurements
-and the levers tried: docs/performance.md, "Memory".
+(`benchmarks/bench_memory.py`) and the levers tried: docs/performance.md, "Memory".
 """
 
 from __future__ import annotations
@@ -13,49 +15,67 @@ import ctypes
 import ctypes.util
 import logging
 import platform
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 GB = 1 << 30
-#: A Segmenter's fixed memory and its memory per query of a head run at 400 px (module docstring).
-SEGMENTER_FIXED_BYTES = int(0.34 * GB)
-PER_QUERY_BYTES_400 = int(0.32 * GB)
 
 
-def per_query_bytes(image_size: int) -> int:
-    """Memory one query adds to a head run at `image_size` (scales with size^4, module docstring)."""
-    return int(PER_QUERY_BYTES_400 * (float(image_size) / 400.0) ** 4)
+@dataclass(frozen=True)
+class MemoryModel:
+    """Peak resident bytes of a process serving one Segmenter: `fixed` + `per_query_400` x
+    (image size / 400)^4 per query of a head run. The figures are fits to measured peaks, rounded up."""
+
+    fixed: int
+    per_query_400: int
+
+    def per_query(self, image_size: int) -> int:
+        """Memory one query adds to a head run at `image_size`."""
+        return int(self.per_query_400 * (float(image_size) / 400.0) ** 4)
+
+    def peak(self, image_size: int, head_batch: int) -> int:
+        """Modelled peak bytes when the head runs `head_batch` queries at `image_size`."""
+        return self.fixed + self.per_query(image_size) * max(1, int(head_batch))
+
+    def head_batch(self, image_size: int, budget_bytes: int | float) -> int:
+        """The most queries per head run that keep `peak` within `budget_bytes` (at least 1: a
+        single query cannot be split; the Segmenter logs that the budget cannot be met).
+
+        Raises:
+            InputError: a budget that is not a positive number.
+        """
+        from ..errors import InputError
+
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, float)) or not budget_bytes > 0:
+            raise InputError(f"memory_budget must be a positive number of bytes, got {budget_bytes!r}",
+                             api_hint="pass e.g. memory_budget=1.5 * 2**30 for 1.5 GB")
+        return max(1, int((budget_bytes - self.fixed) // self.per_query(image_size)))
 
 
-def segmenter_bytes(image_size: int, head_batch: int) -> int:
-    """Modelled peak resident bytes of a process serving one Segmenter whose head runs `head_batch` queries.
-
-    Args:
-        image_size: the export's input size (`Manifest.image_size`).
-        head_batch: queries per head run.
-    """
-    return SEGMENTER_FIXED_BYTES + per_query_bytes(image_size) * max(1, int(head_batch))
+def _gb(fixed: float, per_query: float) -> MemoryModel:
+    return MemoryModel(int(fixed * GB), int(per_query * GB))
 
 
-def head_batch_for_budget(image_size: int, budget_bytes: int | float) -> int:
-    """The most queries per head run that keep `segmenter_bytes` within `budget_bytes` (at least 1).
+#: {(runtime, correlation): model}, measured at 400 px on fp32 exports (AMD EPYC, 2 threads;
+#: docs/performance.md "Memory"). onnxruntime, per-feature: 0.40 / 0.59 / 0.96 / 1.69 GB at
+#: batch 1 / 2 / 4 / 8 in one head run, 1.42 GB for 8 queries in head runs of 6 + 2 (the model
+#: gives 1.40); OpenVINO: 0.85 / 1.23 / 1.96 / 3.33 GB. Stacked (exports from before the
+#: per-feature correlation): onnxruntime 0.52 GB at batch 1, 2.81 GB at 8; OpenVINO 1.01 / 4.65 GB.
+MODELS = {("onnxruntime", "per-feature"): _gb(0.26, 0.19), ("onnxruntime", "stacked"): _gb(0.34, 0.32),
+          ("openvino", "per-feature"): _gb(0.50, 0.37), ("openvino", "stacked"): _gb(0.50, 0.53)}
+#: The budget a Segmenter keeps unless told otherwise (`memory_budget=`): the issue's 1.5 GB for a
+#: serving process, which costs nothing measurable per image (head runs of 2 to 8 queries run within
+#: a few % of each other per image on 2 cores; docs/performance.md).
+DEFAULT_BUDGET = int(1.5 * GB)
 
-    A budget below the batch-1 figure still gives 1: a single query cannot be split (the
-    Segmenter logs that the budget cannot be met).
 
-    Args:
-        image_size: the export's input size.
-        budget_bytes: the process's memory budget in bytes.
-
-    Raises:
-        InputError: a budget that is not a positive number.
-    """
-    from ..errors import InputError
-
-    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, float)) or not budget_bytes > 0:
-        raise InputError(f"memory_budget must be a positive number of bytes, got {budget_bytes!r}",
-                         api_hint="pass e.g. memory_budget=1.5 * 2**30 for 1.5 GB")
-    return max(1, int((budget_bytes - SEGMENTER_FIXED_BYTES) // per_query_bytes(image_size)))
+def model_for(runtime: str = "onnxruntime", correlation: str | None = None) -> MemoryModel:
+    """The memory model of a Segmenter on `runtime` ("onnxruntime" or "openvino"; other
+    runtimes get onnxruntime's) serving an export whose head makes the correlation `correlation`
+    (`Manifest.correlation`; None, an export that does not say, is taken as "stacked")."""
+    runtime = "openvino" if str(runtime).lower() == "openvino" else "onnxruntime"
+    return MODELS[runtime, correlation or "stacked"]
 
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h

@@ -34,7 +34,7 @@ from ..manifest import Manifest, read_manifest, verify_file
 from ..preprocess import ImageLike, resize_mask_nearest
 from ..utils.limits import cap_threads
 from .inputs import Preprocessing, describe
-from .memory import GB, head_batch_for_budget, segmenter_bytes, trim_heap
+from .memory import DEFAULT_BUDGET, GB, model_for, trim_heap
 from .backends import select_backend
 from .precisions import resolve_precision
 from .providers import ProviderSpec, check_available, resolve_providers
@@ -93,25 +93,13 @@ class Segmenter:
                  threads: int | None = None, graph_optimization: str = "all", low_memory: bool = True,
                  release_encoder: bool = True, batch_size: int = DEFAULT_BATCH_SIZE, verify: bool = True,
                  precision: str | None = None, spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
-                 memory_budget: int | float | None = None, backend: str | None = None):
+                 memory_budget: int | float | None = DEFAULT_BUDGET, backend: str | None = None):
         self.directory = Path(directory)
         self._manifest = manifest
         self._verify = bool(verify)
         self.preprocessing = Preprocessing.from_manifest(manifest)
         self.shots = manifest.shots
         self.batch_size = _check_batch_size(batch_size)
-        #: Most queries per head run that the memory budget allows (None: no budget).
-        self.max_head_batch = None
-        if memory_budget is not None:
-            size = self.preprocessing.size
-            self.max_head_batch = head_batch_for_budget(size, memory_budget)
-            if segmenter_bytes(size, self.max_head_batch) > memory_budget:
-                log.warning("memory_budget %.2f GB is below what one query needs at %d px (~%.2f GB modelled, "
-                            "lfm_deploy.runtime.memory); running one query per head run", memory_budget / GB, size,
-                            segmenter_bytes(size, 1) / GB)
-            else:
-                log.info("memory_budget %.2f GB: at most %d queries per head run at %d px", memory_budget / GB,
-                         self.max_head_batch, size)
         self.release_encoder = bool(release_encoder)
         if isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads > 0:
             threads = cap_threads(int(threads))  # more threads than cores: minutes instead of seconds
@@ -136,6 +124,20 @@ class Segmenter:
         #: The registry backend the graphs run on (`lfm_deploy.runtime.backends`; None: onnxruntime
         #: with the given providers).
         self.runs_on = chosen
+        #: The memory model of this runtime and export (`lfm_deploy.runtime.memory`), and the most
+        #: queries per head run that the memory budget allows (None: no budget).
+        self.memory_model = model_for(self.backend, manifest.correlation)
+        self.max_head_batch = None
+        if memory_budget is not None:
+            size, model = self.preprocessing.size, self.memory_model
+            self.max_head_batch = model.head_batch(size, memory_budget)
+            if model.peak(size, self.max_head_batch) > memory_budget:
+                log.warning("memory_budget %.2f GB is below what one query needs at %d px (~%.2f GB modelled, "
+                            "lfm_deploy.runtime.memory); running one query per head run", memory_budget / GB, size,
+                            model.peak(size, 1) / GB)
+            else:
+                log.info("memory_budget %.2f GB: at most %d queries per head run at %d px", memory_budget / GB,
+                         self.max_head_batch, size)
         #: The precision the graphs run in: "fp32", "fp16", "int8" (graphs of such an export) or
         #: "bf16" (OpenVINO only); `precision="auto"` (None) resolves to the export's own
         #: (`lfm_deploy.runtime.precisions`).
@@ -212,7 +214,7 @@ class Segmenter:
                        verify: bool = True, *, low_memory: bool = True, release_encoder: bool = True,
                        batch_size: int = DEFAULT_BATCH_SIZE, precision: str | None = None,
                        spin_wait: bool = True, openvino_cache: str | os.PathLike | None = None,
-                       memory_budget: int | float | None = None, backend: str | None = None) -> "Segmenter":
+                       memory_budget: int | float | None = DEFAULT_BUDGET, backend: str | None = None) -> "Segmenter":
         """Load an lfm-export directory.
 
         Args:
@@ -232,9 +234,10 @@ class Segmenter:
             release_encoder: free the encoder session after `set_support` (re-created on the
                 next `set_support`); a server with a fixed support set never needs it again.
             batch_size: default number of queries per head run in `predict([...])`.
-            memory_budget: bytes this Segmenter's process may hold at its peak (None: no
-                limit): caps the queries per head run by `lfm_deploy.runtime.memory.segmenter_bytes`
-                (onnxruntime's model; docs/performance.md). Results are the same.
+            memory_budget: bytes this Segmenter's process may hold at its peak (default 1.5 GB,
+                `lfm_deploy.runtime.memory.DEFAULT_BUDGET`; None: no limit): caps the queries per
+                head run by the runtime's measured `memory_model` (docs/performance.md). Results
+                are the same.
             precision: which graphs run (`lfm_deploy.runtime.precisions`): "auto" (None, what the
                 export was made at), "fp32" (the float32 graphs of any export), "fp16" / "int8"
                 (only an export made at that precision) or "bf16" (providers="openvino" only;

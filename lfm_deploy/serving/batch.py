@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
+from ..runtime.memory import DEFAULT_BUDGET
 from .collection import _name_parts, expand_inputs, is_uri, output_stems, read_bytes
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ def segment_locally(artifact_dir: str | os.PathLike, support_images: Sequence[st
                     *, batch_size: int = 8, threads: int | None = None, providers="cpu",
                     allow_fallback: bool = False, overlay: bool = True, allow_empty: bool = False,
                     overwrite: bool = False, progress: bool = True, precision: str | None = None,
-                    memory_budget: float | None = None) -> BatchReport:
+                    memory_budget: float | None = DEFAULT_BUDGET) -> BatchReport:
     """Segment a collection of images in this process with a fixed support set.
 
     The same checks, inputs, outputs, resumption and table as `ray_batch.segment_collection`:

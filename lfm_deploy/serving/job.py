@@ -19,6 +19,7 @@ from typing import Sequence
 
 from ..errors import BackendUnavailable, InputError, ManifestError
 from ..manifest import Manifest, read_manifest
+from ..runtime.memory import DEFAULT_BUDGET, model_for
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ class Job:
         for data in (*self.support_images, *self.support_masks):
             digest.update(hashlib.sha256(data).digest())
         return digest.hexdigest()[:16]
+
+    @property
+    def memory_model(self):
+        """What a worker's Segmenter holds (`lfm_deploy.runtime.memory.model_for` this backend and export)."""
+        return model_for(self.backend, self.manifest.correlation)
 
     def describe(self) -> str:
         """The export in a few words: "deepglobe, 1-shot, exported at int8"."""
@@ -148,7 +154,7 @@ def prepare_job(artifact_dir: str | os.PathLike, support_images: Sequence[str | 
 
 def segmenter_for(job: Job, *, providers="cpu", allow_fallback: bool = False, threads: int | None = None,
                   batch_size: int = 8, allow_empty: bool = False, precision: str | None = None,
-                  spin_wait: bool = True, memory_budget: float | None = None):
+                  spin_wait: bool = True, memory_budget: float | None = DEFAULT_BUDGET):
     """Inside a worker: load the artifacts and encode the job's support set (once).
 
     Returns:

@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import InputError
 from .batch import RESULTS_NAME, BatchReport, claim_outputs, open_outputs, result_row, resume, write_table
 from .collection import read_bytes
+from ..runtime.memory import DEFAULT_BUDGET
 from .job import Job, predict_isolated, prepare_job, segmenter_for
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
                        threads: int | None = None, cpus_per_worker: float = DEFAULT_WORKER_CPUS,
                        providers="cpu", allow_fallback: bool = False, overlay: bool = True,
                        allow_empty: bool = False, overwrite: bool = False, progress: bool = True,
-                       verbose: int = 0, precision: str | None = None) -> BatchReport:
+                       verbose: int = 0, precision: str | None = None,
+                       memory_budget: float | None = DEFAULT_BUDGET) -> BatchReport:
     """Segment a collection of images on a Ray cluster with a fixed support set.
 
     Args:
@@ -63,6 +65,8 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
             as not to starve Ray Data's read tasks on a small machine. On large nodes: `threads`.
         providers, allow_fallback, precision: as `Segmenter` (onnxruntime providers, or
             "openvino" with precision "fp32" / "bf16").
+        memory_budget: peak bytes each worker's Segmenter may use (`Segmenter.from_artifacts`);
+            what a worker declares to Ray follows from it.
         verbose: > 0 forwards the workers' logs.
 
     Returns:
@@ -105,7 +109,8 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
             _run(timing, job, items, names, todo, out, rows, address=address, workers=workers, batch_size=batch_size,
                  threads=threads, cpus_per_worker=cpus_per_worker, providers=providers,
                  allow_fallback=allow_fallback, overlay=overlay, allow_empty=allow_empty,
-                 progress=progress, verbose=verbose, initial=skipped, precision=precision)
+                 progress=progress, verbose=verbose, initial=skipped, precision=precision,
+                 memory_budget=memory_budget)
     finally:
         # Also when interrupted: the table lists what was done (a re-run resumes from the files).
         ordered = [rows[i] for i in sorted(rows)]
@@ -121,7 +126,7 @@ def segment_collection(artifact_dir: str | os.PathLike, support_images: Sequence
 
 def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address, workers, batch_size, threads,
          cpus_per_worker, providers, allow_fallback, overlay, allow_empty, progress, verbose, initial,
-         precision=None) -> None:
+         precision=None, memory_budget=None) -> None:
     from tqdm.auto import tqdm
 
     from .cluster import ray_cluster
@@ -129,7 +134,7 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
     from .resources import check_fits, segmenter_memory_bytes
 
     # Told to Ray's scheduler, so that it never starts more workers than the nodes hold.
-    memory = segmenter_memory_bytes(job.manifest.image_size, batch_size)
+    memory = segmenter_memory_bytes(job, batch_size, budget=memory_budget)
     row = partial(result_row, precision=job.precision, backend=job.backend, job=job.key)
     t0 = time.perf_counter()
     with ray_cluster(address, verbose=verbose) as ray:
@@ -148,7 +153,8 @@ def _run(timing: dict, job: Job, items, names, todo, out, rows: dict, *, address
             fn_constructor_kwargs={"job_ref": [job_ref], "options": {"providers": providers, "allow_fallback": allow_fallback,
                                                            "precision": precision,
                                                            "threads": threads, "batch_size": batch_size,
-                                                           "allow_empty": allow_empty},
+                                                           "allow_empty": allow_empty,
+                                                           "memory_budget": memory_budget},
                                    "overlay": overlay},
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus_per_worker,

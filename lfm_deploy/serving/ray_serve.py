@@ -481,7 +481,7 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
     options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads, "precision": precision,
                "spin_wait": spin_wait, "batch_size": max_batch, "allow_empty": allow_empty}
     cache_bytes = int(support_cache_mb * (1 << 20))
-    memory = segmenter_memory_bytes(job.manifest.image_size, max_batch, decoded_pixels=replica_pixels) + cache_bytes
+    memory = segmenter_memory_bytes(job, max_batch, decoded_pixels=replica_pixels) + cache_bytes
     model = serve.deployment(
         SegmentModel, name=MODEL_NAME, num_replicas=replicas,
         ray_actor_options={"num_cpus": cpus_per_replica, "memory": memory},

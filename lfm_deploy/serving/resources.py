@@ -7,10 +7,11 @@ OOM killer sort it out. Every Serve replica and Ray Data worker of this package 
 `segmenter_memory_bytes(...)` instead, and `check_fits` refuses a job or service whose workers
 cannot all be placed (instead of waiting forever for resources that will never come).
 
-The Segmenter's own part is `lfm_deploy.runtime.memory.segmenter_bytes` (docs/performance.md,
+The Segmenter's own part is its `lfm_deploy.runtime.memory.MemoryModel` (docs/performance.md,
 "Memory"; `benchmarks/bench_memory.py` repeats the measurement). On top: a Ray worker process
-(`RAY_WORKER_BYTES`), `HEADROOM` (batch workers were seen at 3.2-3.5 GB at batch 8 and 400 px
-where the model gives 2.9 + 0.1), and decoded request images, `BYTES_PER_PIXEL` per pixel in
+(`RAY_WORKER_BYTES`), `HEADROOM` (Ray's own buffers and Arrow blocks: before the default budget,
+batch workers at batch 8 and 400 px held 3.2-3.5 GB where the model then gave 2.9 + 0.1, up to
+1.17x), and decoded request images, `BYTES_PER_PIXEL` per pixel in
 flight (RGB 3 B, the full-size mask 1 B, its 0/255 copy for the PNG 1 B, resampling buffers).
 """
 
@@ -19,29 +20,33 @@ from __future__ import annotations
 import logging
 import math
 
-from ..runtime.memory import GB, segmenter_bytes
+from ..runtime.memory import DEFAULT_BUDGET, GB
 
 log = logging.getLogger(__name__)
 #: A Ray worker process (core worker, imports) beside the Segmenter.
 RAY_WORKER_BYTES = int(0.15 * GB)
-#: Declared = modelled x HEADROOM (batch workers measured 3.2-3.5 GB where 2.9 + 0.1 was modelled).
+#: Declared = modelled x HEADROOM (see the module docstring).
 HEADROOM = 1.15
 #: Memory per decoded pixel in flight (see the module docstring).
 BYTES_PER_PIXEL = 8
 
 
-def segmenter_memory_bytes(image_size: int, batch_size: int, *, decoded_pixels: int = 0) -> int:
-    """Memory to declare for one Ray actor holding one `Segmenter`.
+def segmenter_memory_bytes(job, batch_size: int, *, budget: float | None = DEFAULT_BUDGET,
+                           decoded_pixels: int = 0) -> int:
+    """Memory to declare for one Ray actor holding one `Segmenter` of `job` (`lfm_deploy.serving.job.Job`).
 
     Args:
-        image_size: the export's input size (`Manifest.image_size`).
+        job: what the actor serves: its backend and export choose the memory model.
         batch_size: the largest batch it runs.
+        budget: the Segmenter's `memory_budget` (it caps the queries per head run).
         decoded_pixels: decoded image pixels it may hold at once (the replica's pixel budget).
 
     Returns:
         Bytes, with `HEADROOM`.
     """
-    total = segmenter_bytes(image_size, batch_size) + RAY_WORKER_BYTES + BYTES_PER_PIXEL * int(decoded_pixels)
+    model, size = job.memory_model, job.manifest.image_size
+    head = min(batch_size, model.head_batch(size, budget)) if budget is not None else batch_size
+    total = model.peak(size, head) + RAY_WORKER_BYTES + BYTES_PER_PIXEL * int(decoded_pixels)
     return int(math.ceil(total * HEADROOM))
 
 

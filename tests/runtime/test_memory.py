@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import pytest
 
 from lfm_deploy.errors import InputError
+from lfm_deploy.manifest import read_manifest
 from lfm_deploy.runtime import Segmenter
-from lfm_deploy.runtime.memory import (GB, SEGMENTER_FIXED_BYTES, head_batch_for_budget, per_query_bytes,
-                                       segmenter_bytes)
+from lfm_deploy.runtime.memory import DEFAULT_BUDGET, GB, MODELS, model_for
 
 from . import synthetic_queries, synthetic_support
 
@@ -18,30 +19,52 @@ SIZE = 160  # tests/conftest.py TEST_IMAGE_SIZE
 
 
 def test_model_and_its_inverse():
-    # 400 px: ~0.34 GB + ~0.32 GB per query; the 1.5 GB at batch 8 means head runs of 3.
-    assert head_batch_for_budget(400, 1.5 * GB) == 3
-    assert segmenter_bytes(400, 3) <= 1.5 * GB < segmenter_bytes(400, 4)
+    ort = model_for("onnxruntime", "per-feature")
+    # 400 px, onnxruntime, per-feature correlation: measured 1.69 GB for 8 queries in one head run
+    # (over the 1.5 GB goal), so the default budget runs head batches of 6.
+    assert ort.peak(400, 8) > DEFAULT_BUDGET and ort.head_batch(400, DEFAULT_BUDGET) == 6
+    assert ort.peak(400, 6) <= 1.5 * GB < ort.peak(400, 7)
+    # exports that do not say how their head correlates are taken as the stacked, larger one
+    assert model_for("onnxruntime", None) == model_for("onnxruntime", "stacked")
+    assert model_for("onnxruntime", None).head_batch(400, 1.5 * GB) == 3
+    assert model_for("OpenVINO", "per-feature") == MODELS["openvino", "per-feature"]
+    assert model_for("openvino", "per-feature").head_batch(400, 1.5 * GB) == 2
+    assert model_for("tensorrt", "per-feature") == ort  # other runtimes: onnxruntime's
     # size^4: 160 px queries cost (160/400)^4 of a 400 px one.
-    assert per_query_bytes(160) == pytest.approx(per_query_bytes(400) * 0.4 ** 4, rel=1e-6)
-    for size in (160, 400, 473):
-        for budget in (0.5 * GB, 1.5 * GB, 4 * GB):
-            b = head_batch_for_budget(size, budget)
-            assert b == 1 or segmenter_bytes(size, b) <= budget
-            assert segmenter_bytes(size, b + 1) > budget
-    # Below one query: still 1 (a query cannot be split).
-    assert head_batch_for_budget(400, SEGMENTER_FIXED_BYTES) == 1
+    assert ort.per_query(160) == pytest.approx(ort.per_query(400) * 0.4 ** 4, rel=1e-6)
+    for model in MODELS.values():
+        for size in (160, 400, 473):
+            for budget in (0.5 * GB, 1.5 * GB, 4 * GB):
+                b = model.head_batch(size, budget)
+                assert b == 1 or model.peak(size, b) <= budget
+                assert model.peak(size, b + 1) > budget
+        # Below one query: still 1 (a query cannot be split).
+        assert model.head_batch(400, model.fixed) == 1
 
 
 @pytest.mark.parametrize("budget", [0, -1.0, float("nan"), True, "1GB", None])
 def test_invalid_budget(budget):
     with pytest.raises(InputError, match="memory_budget"):
-        head_batch_for_budget(400, budget)
+        model_for().head_batch(400, budget)
 
 
-def test_serving_declaration_builds_on_the_runtime_model():
+def test_serving_declaration_builds_on_the_runtime_model(exported):
+    from lfm_deploy.serving.job import Job
     from lfm_deploy.serving.resources import HEADROOM, RAY_WORKER_BYTES, segmenter_memory_bytes
 
-    assert segmenter_memory_bytes(400, 8) == int(np.ceil((segmenter_bytes(400, 8) + RAY_WORKER_BYTES) * HEADROOM))
+    manifest = read_manifest(exported(shots=1).out_dir)
+    assert manifest.correlation == "per-feature"  # what today's exports record
+    at400 = dataclasses.replace(manifest, image_size=400)
+
+    def job(backend):
+        return Job("x", at400, (), (), (), backend=backend)
+
+    ort, ov = model_for("onnxruntime", "per-feature"), model_for("openvino", "per-feature")
+    # a worker declares the head batch its Segmenter will run: the default budget caps 8 at 6
+    assert segmenter_memory_bytes(job("onnxruntime"), 8) == int(np.ceil((ort.peak(400, 6) + RAY_WORKER_BYTES) * HEADROOM))
+    assert segmenter_memory_bytes(job("onnxruntime"), 8, budget=None) == int(
+        np.ceil((ort.peak(400, 8) + RAY_WORKER_BYTES) * HEADROOM))
+    assert segmenter_memory_bytes(job("openvino"), 8) == int(np.ceil((ov.peak(400, 2) + RAY_WORKER_BYTES) * HEADROOM))
 
 
 class _CountingHead:
@@ -61,11 +84,13 @@ class _CountingHead:
 
 def test_budget_caps_the_head_batch_and_keeps_the_masks(exported, caplog):
     src = exported(shots=1).out_dir
-    budget = segmenter_bytes(SIZE, 2) + 1
+    budget = model_for("onnxruntime", "per-feature").peak(SIZE, 2) + 1
     seg = Segmenter.from_artifacts(src, threads=2, verify=False, memory_budget=budget)
-    plain = Segmenter.from_artifacts(src, threads=2, verify=False)
-    assert seg.max_head_batch == 2 and plain.max_head_batch is None
-    assert seg.head_batch() == 2 and seg.head_batch(1) == 1 and plain.head_batch() == 8
+    plain = Segmenter.from_artifacts(src, threads=2, verify=False, memory_budget=None)
+    default = Segmenter.from_artifacts(src, threads=1, verify=False)  # 1.5 GB: 160 px queries are small
+    assert seg.memory_model == model_for("onnxruntime", "per-feature")
+    assert seg.max_head_batch == 2 and plain.max_head_batch is None and default.max_head_batch > 8
+    assert seg.head_batch() == 2 and seg.head_batch(1) == 1 and plain.head_batch() == 8 == default.head_batch()
     support = synthetic_support(1, SIZE)
     seg.set_support(*support)
     plain.set_support(*support)

@@ -285,18 +285,20 @@ def test_replica_pixel_budget_waits_then_503():
 
 
 def test_memory_declared_to_ray_from_the_measured_model(exported, support_files):
+    from lfm_deploy.serving.job import prepare_job
     from lfm_deploy.serving.ray_serve import build_app
     from lfm_deploy.serving.resources import GB, segmenter_memory_bytes
 
-    # the measured 400 px figures (2.9 GB at batch 8) with headroom; a 160 px model is small
-    assert 3.2 * GB <= segmenter_memory_bytes(400, 8) <= 3.6 * GB
-    assert segmenter_memory_bytes(400, 1) < segmenter_memory_bytes(400, 8)
-    assert segmenter_memory_bytes(160, 8) < 0.7 * GB
-    app = build_app(exported(shots=1).out_dir, [support_files[0]], [support_files[1]], max_batch=2,
+    out_dir = exported(shots=1).out_dir
+    job = prepare_job(out_dir, [support_files[0]], [support_files[1]])
+    # a 160 px model is small; more queries per batch cost more, up to the budget's head batch
+    assert segmenter_memory_bytes(job, 8) < 0.7 * GB
+    assert segmenter_memory_bytes(job, 1) < segmenter_memory_bytes(job, 8, budget=None)
+    app = build_app(out_dir, [support_files[0]], [support_files[1]], max_batch=2,
                     max_pixels=10**6, replica_pixels=3 * 10**6, support_cache_mb=64)
     memory, replicas = app.lfm_model_memory
     # the model, its batch and decoded-pixel budget, and the support-feature cache it may fill
-    assert memory == segmenter_memory_bytes(160, 2, decoded_pixels=3 * 10**6) + 64 * (1 << 20) and replicas == 1
+    assert memory == segmenter_memory_bytes(job, 2, decoded_pixels=3 * 10**6) + 64 * (1 << 20) and replicas == 1
 
 
 def test_ray_engine_refuses_an_output_that_is_an_input(exported, support_files, tmp_path):
