@@ -10,6 +10,9 @@ This script, on one export (default: a 400x400 deepglobe export, made if missing
 * profiles the head graph's run with onnxruntime's per-node profiler (`enable_profiling`, the
   JSON trace parsed) and OpenVINO's per-layer counters (`PERF_COUNT`, `get_profiling_info()`),
   on the inputs the Segmenter feeds it (the cached support features, a preprocessed query);
+  `ov-int8` profiles the int8 QDQ head graph of an `--precision int8` export (the file the
+  Segmenter loads for it), the others the float32 graph; OpenVINO rows also say which kernel ran
+  (exec type) and in what precision (the runtime layer's `runtimePrecision`: I8/U8, FP32, BF16);
 * groups node times by op type and by graph region (backbone, masker, correlation, 4D-conv
   head, decoder, layout reorders) with the share of the total and, for the groups that hold
   convolutions and matrix products, the FLOPs they do and the GFLOP/s they achieve;
@@ -96,7 +99,8 @@ def graph_regions(onnx_path: Path) -> dict[str, str]:
 
     from_support = downstream([c for i in support_inputs for c in consumers.get(i, [])])
     clamps = [n for n in nodes if n.op_type in ("Clip", "Relu") and n.name in from_support
-              and n.input[0] in producer and producer[n.input[0]].op_type in ("Concat", "MatMul", "Reshape")]
+              and n.input[0] in producer
+              and producer[n.input[0]].op_type in ("Concat", "MatMul", "Reshape", "DequantizeLinear")]
     learner = downstream([c for n in clamps for o in n.output for c in consumers.get(o, [])])
     decoder = downstream([n for n in nodes if "decoder" in n.name])
     masker = {n.name for n in nodes if n.name.startswith(("/apm", "/acpa"))}
@@ -241,12 +245,12 @@ def matmul_throughput(threads: int, n: int = 2048, repeats: int = 5) -> dict:
 
 
 # ----------------------------------------------------------------------------- inputs
-def served_inputs(export: Path, batch: int, threads: int):
+def served_inputs(export: Path, batch: int, threads: int, precision: str | None = None):
     """A Segmenter with a support set, the head's feed for `batch` queries, and the uint8 queries."""
     from lfm_deploy.data.synthetic import synthetic_pair
     from lfm_deploy.runtime import Segmenter
 
-    seg = Segmenter.from_artifacts(export, threads=threads)
+    seg = Segmenter.from_artifacts(export, threads=threads, precision=precision)
     size = seg.image_size
     image, mask = synthetic_pair(size, 0, 0, 1)
     seg.set_support([np.asarray(image)], [np.asarray(mask)])
@@ -257,9 +261,29 @@ def served_inputs(export: Path, batch: int, threads: int):
     return seg, feed, queries, [io.output("mask")]
 
 
+#: backend -> (Segmenter providers, precision the Segmenter runs, OpenVINO inference precision)
+BACKENDS = {"ort": (None, "fp32", None), "ov": ("openvino", "fp32", "fp32"), "ov-bf16": ("openvino", "bf16", "bf16"),
+            "ov-int8": ("openvino", "int8", "fp32")}
+#: backend -> key of its profile in the results
+PROFILE_KEYS = {"ort": "onnxruntime", "ov": "openvino", "ov-bf16": "openvino-bf16", "ov-int8": "openvino-int8"}
+
+
+def head_file(export: Path, backend: str) -> Path:
+    """The head graph a backend's Segmenter loads: the int8 QDQ file for ov-int8, else the float32 one
+    (`lfm_deploy.runtime.precisions`; an int8 export's float32 graphs are its `reference_graphs`)."""
+    from lfm_deploy.manifest import read_manifest
+    from lfm_deploy.runtime.precisions import resolve_precision
+
+    manifest = read_manifest(export, verify_files=False)
+    providers, precision, _ = BACKENDS[backend]
+    run = resolve_precision(manifest, precision, openvino=providers == "openvino")
+    return export / ((run.files or {}).get("head") or manifest.graphs["head"].file)
+
+
 # ----------------------------------------------------------------------------- profiles
 def _summarise(nodes: list[dict], total_us: float) -> dict:
-    """Group node records ({name, op, us, flops}) by op type and by region."""
+    """Group node records ({name, op, us, flops}, OpenVINO's with exec_type and precision) by op
+    type, by region and (OpenVINO) by executed precision and by region x precision."""
     def group(key):
         out = {}
         for n in nodes:
@@ -273,8 +297,15 @@ def _summarise(nodes: list[dict], total_us: float) -> dict:
         return dict(sorted(out.items(), key=lambda kv: -kv[1]["us"]))
 
     top = sorted(nodes, key=lambda n: -n["us"])[:15]
-    return {"total_ms": total_us / 1e3, "by_op": group("op"), "by_region": group("region"),
-            "top_nodes": [{**n, "share": n["us"] / total_us} for n in top]}
+    summary = {"total_ms": total_us / 1e3, "by_op": group("op"), "by_region": group("region"),
+               "top_nodes": [{**n, "share": n["us"] / total_us} for n in top]}
+    if nodes and "precision" in nodes[0]:
+        for n in nodes:
+            n["region_precision"] = f"{n['region']} / {n['precision']}"
+            n["op_precision"] = f"{n['op']} / {n['precision']}"
+        summary.update(by_precision=group("precision"), by_region_precision=group("region_precision"),
+                       by_op_precision=group("op_precision"))
+    return summary
 
 
 def profile_onnxruntime(export: Path, feed: dict, outputs: list[str], threads: int, runs: int,
@@ -288,7 +319,7 @@ def profile_onnxruntime(export: Path, feed: dict, outputs: list[str], threads: i
     opts.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="lfm-ortprof-") as tmp:
         opts.profile_file_prefix = os.path.join(tmp, "head")
-        sess = ort.InferenceSession(str(export / "head.onnx"), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(head_file(export, "ort")), opts, providers=["CPUExecutionProvider"])
         for _ in range(runs + 1):
             sess.run(outputs, feed)
         trace = json.loads(Path(sess.end_profiling()).read_text())
@@ -318,25 +349,26 @@ def profile_onnxruntime(export: Path, feed: dict, outputs: list[str], threads: i
     return summary
 
 
-def profile_openvino(export: Path, feed: dict, outputs: list[str], threads: int, runs: int, precision: str,
+def profile_openvino(head: Path, feed: dict, outputs: list[str], threads: int, runs: int, precision: str,
                      layer_flops: dict[str, int], regions: dict[str, str]) -> dict:
-    """Per-layer times of the head graph under OpenVINO's CPU plugin (`PERF_COUNT`), mean over `runs`."""
+    """Per-layer times of a head graph under OpenVINO's CPU plugin (`PERF_COUNT`), mean over `runs`."""
     import openvino as ov
 
     from lfm_deploy.runtime.openvino import SessionFromOpenVINO
 
-    loader = SessionFromOpenVINO(export / "head.onnx", precision, threads=threads)
+    loader = SessionFromOpenVINO(head, precision, threads=threads)
     core = ov.Core()
-    compiled = core.compile_model(str(export / "head.onnx"), "CPU", {**loader.config(), "PERF_COUNT": True})
+    compiled = core.compile_model(str(head), "CPU", {**loader.config(), "PERF_COUNT": True})
     request = compiled.create_infer_request()
     names = {port.get_any_name(): port for port in compiled.inputs}
     inputs = {names[k]: v for k, v in feed.items() if k in names}
     request.infer(inputs)
     # Fused runtime layers -> the original layers they execute (their FLOPs).
-    fused = {}
+    fused, executed = {}, {}
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         fused[op.get_friendly_name()] = info["originalLayersNames"].astype(str).split(",")
+        executed[op.get_friendly_name()] = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
     nodes, wall = {}, []
     for _ in range(runs):
         t = time.perf_counter()
@@ -351,6 +383,7 @@ def profile_openvino(export: Path, feed: dict, outputs: list[str], threads: int,
                 originals = fused.get(p.node_name, [p.node_name])
                 rec = nodes[p.node_name] = {
                     "name": p.node_name, "op": p.node_type, "exec_type": p.exec_type,
+                    "precision": executed.get(p.node_name, "?"),
                     "region": _ov_region(p.node_name, p.node_type, originals, regions),
                     "us": 0.0, "flops": int(sum(layer_flops.get(o, 0) for o in originals))}
             rec["us"] += us / runs
@@ -389,8 +422,7 @@ def time_served(export: Path, backends: list[str], batch: int, threads: int, war
     queries = [np.asarray(synthetic_pair(size, 0, 0, 100 + i)[0]) for i in range(batch)]
     calls = {}
     for backend in backends:
-        providers, precision = {"ort": (None, None), "ov": ("openvino", "fp32"),
-                                "ov-bf16": ("openvino", "bf16")}[backend]
+        providers, precision, _ = BACKENDS[backend]
         seg = Segmenter.from_artifacts(export, providers=providers, precision=precision, threads=threads)
         seg.set_support([image], [mask])
         calls[backend] = (lambda s: lambda: s.predict(queries, batch_size=batch))(seg)
@@ -455,19 +487,25 @@ def markdown(result: dict) -> str:
         lines += ["", "(eager: the whole 1-shot episode, whose support backbone roughly doubles the backbone "
                   "FLOPs; its GFLOP/s uses 2x the head's count as an approximation.)", ""]
     for key, title in (("onnxruntime", "onnxruntime fp32 (per-node profiler)"),
-                       ("openvino", "OpenVINO fp32 (PERF_COUNT)"), ("openvino-bf16", "OpenVINO bf16 (PERF_COUNT)")):
+                       ("openvino", "OpenVINO fp32 (PERF_COUNT)"), ("openvino-bf16", "OpenVINO bf16 (PERF_COUNT)"),
+                       ("openvino-int8", "OpenVINO int8 QDQ graph (PERF_COUNT)")):
         p = result["profiles"].get(key)
         if not p:
             continue
         lines += [f"## {title}: {p['total_ms']:.0f} ms of node time per run "
                   f"(run {p['run_ms_mean']:.0f} ms), {p['flops'] / 1e9:.1f} GFLOP counted", "",
                   "By region:", ""] + _table(p["by_region"], p["total_ms"]) + ["", "By op type:", ""] \
-            + _table(p["by_op"], p["total_ms"]) + ["", "Top nodes:", "", "| node | op | region | ms | share | GFLOP/s |",
-                                                    "|---|---|---|---:|---:|---:|"]
-        for n in p["top_nodes"][:10]:
+            + _table(p["by_op"], p["total_ms"])
+        if "by_precision" in p:  # OpenVINO: the precision each runtime layer executed in
+            lines += ["", "By executed precision:", ""] + _table(p["by_precision"], p["total_ms"]) \
+                + ["", "By region x executed precision:", ""] + _table(p["by_region_precision"], p["total_ms"], 20) \
+                + ["", "By op type x executed precision:", ""] + _table(p["by_op_precision"], p["total_ms"], 20)
+        lines += ["", "Top nodes:", "", "| node | op | exec type | precision | region | ms | share | GFLOP/s |",
+                  "|---|---|---|---|---|---:|---:|---:|"]
+        for n in p["top_nodes"][:15]:
             rate = f"{n['flops'] / (n['us'] * 1e3):.0f}" if n["flops"] and n["us"] else "-"
-            lines.append(f"| `{n['name'][-60:]}` | {n['op']} | {n['region']} | {n['us'] / 1e3:.1f} | "
-                         f"{n['share']:.1%} | {rate} |")
+            lines.append(f"| `{n['name'][-60:]}` | {n['op']} | {n.get('exec_type', '-')} | {n.get('precision', '-')} | "
+                         f"{n['region']} | {n['us'] / 1e3:.1f} | {n['share']:.1%} | {rate} |")
         lines.append("")
     lines += ["Reproduce: `" + result["command"] + "`", ""]
     return "\n".join(lines)
@@ -492,7 +530,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--runs", type=int, default=3, help="profiled runs per backend (after one warm-up)")
     parser.add_argument("--warmup", type=int, default=1, help="timing: warm-up rounds")
     parser.add_argument("--iters", type=int, default=5, help="timing: rounds (every path once per round)")
-    parser.add_argument("--backends", nargs="+", default=["ort", "ov", "ov-bf16"], choices=["ort", "ov", "ov-bf16"])
+    parser.add_argument("--backends", nargs="+", default=["ort", "ov", "ov-bf16"], choices=list(BACKENDS),
+                        help="ov-int8: the int8 QDQ graphs of an --precision int8 export")
     parser.add_argument("--eager", action="store_true", help="also time the eager 1-shot episode (needs torch)")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "profile_query"),
@@ -517,23 +556,29 @@ def main(argv=None) -> dict:
               "command": "python benchmarks/profile_query.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     log.info("matmul throughput (%d^3, %d threads)", args.matmul_n, args.threads)
     result["matmul"] = matmul_throughput(args.threads, args.matmul_n)
-    seg, feed, _, outputs = served_inputs(export, args.batch, args.threads)
+    seg, feed, _, outputs = served_inputs(export, args.batch, args.threads, "fp32")
     result["size"] = seg.image_size
     seg.close()
-    flops, layer_flops = model_flops_openvino(export / "head.onnx", args.batch)
+    flops, layer_flops = model_flops_openvino(head_file(export, "ov"), args.batch)
     result["flops_per_query"] = flops / args.batch
-    regions = graph_regions(export / "head.onnx")
+    regions = graph_regions(head_file(export, "ov"))
     result["profiles"] = {}
     if "ort" in args.backends:
         log.info("onnxruntime profile (%d runs)", args.runs)
         result["profiles"]["onnxruntime"] = profile_onnxruntime(export, feed, outputs, args.threads, args.runs,
                                                                 regions)
-    for backend, precision in (("ov", "fp32"), ("ov-bf16", "bf16")):
+    for backend in ("ov", "ov-bf16", "ov-int8"):
         if backend in args.backends:
-            log.info("OpenVINO %s profile (%d runs)", precision, args.runs)
-            key = "openvino" if precision == "fp32" else "openvino-bf16"
-            result["profiles"][key] = profile_openvino(export, feed, outputs, args.threads, args.runs, precision,
-                                                       layer_flops, regions)
+            _, precision, ov_precision = BACKENDS[backend]
+            head, backend_feed, backend_regions, backend_flops = head_file(export, backend), feed, regions, layer_flops
+            if precision == "int8":  # its own graph, fed by its own (int8) encoder's support features
+                seg, backend_feed, _, _ = served_inputs(export, args.batch, args.threads, precision)
+                seg.close()
+                backend_regions = graph_regions(head)
+                backend_flops = model_flops_openvino(head, args.batch)[1]
+            log.info("OpenVINO %s profile of %s (%d runs)", backend, head.name, args.runs)
+            result["profiles"][PROFILE_KEYS[backend]] = profile_openvino(
+                head, backend_feed, outputs, args.threads, args.runs, ov_precision, backend_flops, backend_regions)
     log.info("timing Segmenter.predict%s (%d rounds)", " and the eager episode" if args.eager else "", args.iters)
     result["timing"] = time_served(export, args.backends, args.batch, args.threads, args.warmup, args.iters, args.eager)
     result["load_average_end"] = os.getloadavg()
