@@ -14,7 +14,7 @@ import functools
 import click
 
 from ..domains import EXPORT_PRECISIONS, RUN_PRECISIONS, list_domains
-from . import THREADS, domain_choice_callback, verbose_option
+from . import THREADS, FiniteFloat, domain_choice_callback, verbose_option
 
 #: context_settings of every command (and of the `lfm` group).
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
@@ -58,6 +58,15 @@ def domain_option(help: str | None = None, required: bool = True):
     names = ", ".join(list_domains())
     return click.option("--domain", "domain", required=required, callback=domain_choice_callback, metavar="DOMAIN",
                         help=help or f"Target domain: {names} (aliases accepted).")
+
+
+def memory_budget_option(process: str):
+    """`--memory-budget GB` (default 1.5, `lfm_deploy.runtime.memory.DEFAULT_BUDGET`): the peak a model
+    process may use; each inference run takes at most the queries that fit. `process` names it."""
+    return click.option("--memory-budget", type=FiniteFloat(min=0, min_open=True), default=1.5, metavar="GB",
+                        help=f"Peak memory {process} may use, in GB: each inference run takes at most the queries "
+                             "that fit (measured per runtime: lfm_deploy.runtime.memory), whatever the batch size "
+                             "says; masks are the same.")
 
 
 def providers_option(help: str | None = None):

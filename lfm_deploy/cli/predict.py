@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from . import BATCH_SIZE, WORKERS, FiniteFloat, setup_logging, user_errors
-from .options import command, progress_option, providers_option, run_precision_option, threads_option, verbose_option
+from .options import (command, memory_budget_option, progress_option, providers_option, run_precision_option,
+                      threads_option, verbose_option)
 
 #: Error rows named in the one-line error (the rest are in the results table).
 _SHOWN_ERRORS = 3
@@ -45,11 +46,7 @@ def _parse_support(ctx, param, values):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace files in --out that lfm predict did not write.")
 @click.option("--batch-size", type=BATCH_SIZE, default=8, help="Queries per inference run.")
-@click.option("--memory-budget", type=FiniteFloat(min=0, min_open=True), default=1.5, show_default=True,
-              metavar="GB",
-              help="Peak memory a model process (this one, or each Ray worker) may use, in GB: each inference run "
-                   "takes at most the queries that fit (measured per runtime: lfm_deploy.runtime.memory), whatever "
-                   "--batch-size says; masks are the same.")
+@memory_budget_option("a model process (this one, or each Ray worker)")
 @providers_option()
 @run_precision_option
 @click.option("--allow-fallback", is_flag=True, help="Run on the CPU when a requested accelerator is unavailable.")

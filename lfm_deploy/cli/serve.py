@@ -9,7 +9,7 @@ import click
 
 from ..utils.signals import Terminated, signal_of
 from . import FiniteFloat, setup_logging, user_errors
-from .options import command, providers_option, run_precision_option, threads_option, verbose_option
+from .options import command, memory_budget_option, providers_option, run_precision_option, threads_option, verbose_option
 from .predict import _parse_support
 
 
@@ -32,6 +32,7 @@ def _on_sigterm(signum, frame):
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, help="HTTP port.")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, help="Replicas (each one model in memory).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=8, help="Largest dynamic batch per replica.")
+@memory_budget_option("each replica")
 @click.option("--batch-wait-ms", type=FiniteFloat(min=0), default=5.0, help="How long a replica waits to fill a batch.")
 @threads_option("onnxruntime (or OpenVINO) threads per replica, at most the CPU cores (more are capped). "
                 "Default: this machine's CPUs / --replicas.")
@@ -75,7 +76,7 @@ def _on_sigterm(signum, frame):
 @click.option("--allow-empty-mask", is_flag=True, help="Accept support masks without foreground.")
 @verbose_option
 @user_errors
-def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms, threads, cpus_per_replica,
+def main(artifact_dir, supports, host, port, replicas, max_batch, memory_budget, batch_wait_ms, threads, cpus_per_replica,
          max_body_mb, body_timeout_s, max_megapixels, replica_megapixels, token, max_support_sets, support_cache_mb,
          store, label_studio_url, label_studio_api_key, drain_timeout_s, address,
          providers, precision, allow_fallback, allow_empty_mask, verbose):
@@ -112,7 +113,8 @@ def main(artifact_dir, supports, host, port, replicas, max_batch, batch_wait_ms,
 
     # The artifacts and the support set are checked before any cluster starts.
     app = build_app(artifact_dir, [img for img, _ in supports], [mask for _, mask in supports], replicas=replicas,
-                    max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000.0, threads=threads,
+                    max_batch=max_batch, memory_budget=memory_budget * (1 << 30), batch_wait_s=batch_wait_ms / 1000.0,
+                    threads=threads,
                     cpus_per_replica=cpus_per_replica, providers=providers, allow_fallback=allow_fallback,
                     allow_empty=allow_empty_mask, max_body_bytes=int(max_body_mb * (1 << 20)), precision=precision,
                     body_timeout_s=body_timeout_s, max_pixels=int(max_megapixels * 1e6),

@@ -28,6 +28,7 @@ from typing import Sequence
 from ray import serve
 
 from ..errors import InputError
+from ..runtime.memory import DEFAULT_BUDGET
 from .api import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, ApiSettings, ServiceError,
                   build_api, check_image_size, image_size)
 from .job import Job, predict_isolated, prepare_job
@@ -417,7 +418,7 @@ def default_set_id(job: Job) -> str | None:
 
 def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os.PathLike],
               support_masks: Sequence[str | os.PathLike], *, replicas: int = 1, max_batch: int = DEFAULT_MAX_BATCH,
-              batch_wait_s: float = DEFAULT_BATCH_WAIT_S, threads: int | None = None,
+              memory_budget: float | None = DEFAULT_BUDGET, batch_wait_s: float = DEFAULT_BATCH_WAIT_S, threads: int | None = None,
               cpus_per_replica: float = DEFAULT_REPLICA_CPUS, providers="cpu", allow_fallback: bool = False,
               allow_empty: bool = False, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, precision: str | None = None,
               spin_wait: bool = False, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
@@ -433,6 +434,8 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         replicas: replicas of the model deployment (each one `Segmenter`; its memory, declared
             to Ray, is `resources.segmenter_memory_bytes`).
         max_batch: largest dynamic batch per replica.
+        memory_budget: peak bytes each replica's Segmenter may use (`Segmenter.from_artifacts`:
+            it caps the queries per head run; None: no limit); declared to Ray with the rest.
         batch_wait_s: how long a replica waits to fill a batch.
         threads: onnxruntime threads per replica (default: this machine's CPUs / `replicas`).
         cpus_per_replica: CPUs each replica reserves in Ray's scheduler.
@@ -479,9 +482,10 @@ def build_app(artifact_dir: str | os.PathLike, support_images: Sequence[str | os
         store = os.path.abspath(store)
     threads = threads or max(1, (os.cpu_count() or 1) // replicas)
     options = {"providers": providers, "allow_fallback": allow_fallback, "threads": threads, "precision": precision,
-               "spin_wait": spin_wait, "batch_size": max_batch, "allow_empty": allow_empty}
+               "spin_wait": spin_wait, "batch_size": max_batch, "allow_empty": allow_empty,
+               "memory_budget": memory_budget}
     cache_bytes = int(support_cache_mb * (1 << 20))
-    memory = segmenter_memory_bytes(job, max_batch, decoded_pixels=replica_pixels) + cache_bytes
+    memory = segmenter_memory_bytes(job, max_batch, budget=memory_budget, decoded_pixels=replica_pixels) + cache_bytes
     model = serve.deployment(
         SegmentModel, name=MODEL_NAME, num_replicas=replicas,
         ray_actor_options={"num_cpus": cpus_per_replica, "memory": memory},

@@ -203,6 +203,31 @@ def test_lfm_serve_user_errors(exported, support_files, tmp_path):
     Image.new("L", Image.open(support_files[1]).size).save(empty)
     result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", f"{support_files[0]}:{empty}"])
     assert result.exit_code == 1 and "has no foreground pixels" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", pair, "--memory-budget", "0"])
+    assert result.exit_code == 2 and "--memory-budget" in result.output
+
+
+def test_lfm_serve_passes_the_memory_budget(exported, support_files, monkeypatch):
+    """`--memory-budget GB` reaches build_app in bytes (default 1.5 GB), like lfm predict's."""
+    from click.testing import CliRunner
+
+    import lfm_deploy.serving.ray_serve as ray_serve
+    from lfm_deploy.cli.serve import main
+    from lfm_deploy.errors import InputError
+    from lfm_deploy.runtime.memory import DEFAULT_BUDGET
+
+    seen = []
+
+    def stop_here(*args, **kwargs):  # before any cluster starts
+        seen.append(kwargs["memory_budget"])
+        raise InputError("stopped by the test")
+
+    monkeypatch.setattr(ray_serve, "build_app", stop_here)
+    pair = ":".join(support_files)
+    for extra in ([], ["--memory-budget", "0.75"]):
+        result = CliRunner().invoke(main, [str(exported(shots=1).out_dir), "--support", pair, *extra])
+        assert result.exit_code == 1 and "stopped by the test" in result.output, result.output
+    assert seen == [DEFAULT_BUDGET, 0.75 * 2**30]
 
 
 def test_openvino_and_precision_options_are_checked_before_any_cluster(exported, support_files):

@@ -299,6 +299,14 @@ def test_memory_declared_to_ray_from_the_measured_model(exported, support_files)
     memory, replicas = app.lfm_model_memory
     # the model, its batch and decoded-pixel budget, and the support-feature cache it may fill
     assert memory == segmenter_memory_bytes(job, 2, decoded_pixels=3 * 10**6) + 64 * (1 << 20) and replicas == 1
+    # lfm serve --memory-budget: the replicas' Segmenters get it, and Ray is told the head batch it allows
+    model = job.memory_model
+    budget = model.fixed + 1.5 * model.per_query(job.manifest.image_size)  # one query per head run
+    capped = build_app(out_dir, [support_files[0]], [support_files[1]], max_batch=8, memory_budget=budget)
+    unlimited = build_app(out_dir, [support_files[0]], [support_files[1]], max_batch=8, memory_budget=None)
+    assert capped.lfm_model_memory[0] < unlimited.lfm_model_memory[0]
+    assert capped.lfm_model_memory[0] - unlimited.lfm_model_memory[0] == (
+        segmenter_memory_bytes(job, 8, budget=budget) - segmenter_memory_bytes(job, 8, budget=None))
 
 
 def test_ray_engine_refuses_an_output_that_is_an_input(exported, support_files, tmp_path):
