@@ -187,8 +187,8 @@ class Manifest:
     parity: ParityRecord | None = None
     #: How the head graph makes the 4D correlation, which sets its memory per query
     #: (`lfm_deploy.runtime.memory`): "per-feature" (each product convolved as soon as it is made,
-    #: `LayoutLearner`) or "stacked" (all products held at once); None: an export from before this
-    #: was recorded, which stacks them.
+    #: the cached shots shared by every query, `LayoutLearner`) or "stacked" (all products held at
+    #: once); None: an export from before this was recorded, which stacks them.
     correlation: Literal["per-feature", "stacked"] | None = None
     #: The export's inputs ({"checkpoint"/"masker": {path, sha256} or null}), library versions,
     #: TensorRT lint and engines: records for people, which no reader checks.

@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.conv4d import CenterPivotConv4d
-from ..models.correlation import NORM_EPS
+from ..models.correlation import NORM_EPS, paired_matmul
 from ..models.learner import HPNLearner
 
 #: Largest support grid (Hs*Ws) for which a stride-1 support conv becomes a dense 1x1 conv.
 DENSE_SUPPORT_MAX = 16
 #: How `LayoutLearner` makes the correlation (`Manifest.correlation`): each product is clamped and
-#: convolved by its slice of the first 4D conv as soon as it is made, never stacked.
+#: convolved by its slice of the first 4D conv as soon as it is made, never stacked, against
+#: the K cached shots shared by all queries (`paired_matmul`), never copied per query.
 CORRELATION = "per-feature"
 
 
@@ -143,7 +144,7 @@ class LayoutLearner(HPNLearner):
 
     @staticmethod
     def _unit_features(q: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query (B, C, Hq, Wq) -> (B, Q, C), support (B, C, Hs, Ws) -> (B, C, S), each divided
+        """Query (B, C, Hq, Wq) -> (B, Q, C), support (G, C, Hs, Ws) -> (G, C, S), each divided
         by its channel L2 norm + `NORM_EPS` (upstream's eps: added to the norm, not under it).
 
         The query operand is materialised as (B, Q, C): a transposed left operand (onnxruntime's
@@ -152,7 +153,7 @@ class LayoutLearner(HPNLearner):
         b, c, hq, wq = q.shape
         qt = q.permute(0, 2, 3, 1)
         qt = (qt / (qt.norm(dim=3, p=2, keepdim=True) + NORM_EPS)).reshape(b, hq * wq, c)
-        s = s.reshape(b, c, -1)
+        s = s.reshape(s.shape[0], c, -1)
         return qt, s / (s.norm(dim=1, p=2, keepdim=True) + NORM_EPS)
 
     @staticmethod
@@ -178,12 +179,12 @@ class LayoutLearner(HPNLearner):
         out2, pruned = None, []
         for i, (q, s) in enumerate(zip(query_feats, support_feats)):
             qt, s = LayoutLearner._unit_features(q, s)
-            c = s.shape[1]
-            corr = torch.matmul(qt, s).clamp(min=0).reshape(b * hq * wq, 1, hs, ws)
+            g, c = s.shape[:2]  # support rows: one per query, or the K shared shots (paired_matmul)
+            corr = paired_matmul(qt, s).clamp(min=0).reshape(b * hq * wq, 1, hs, ws)
             y = F.conv2d(corr, conv2.weight[:, i : i + 1], conv2.bias if i == 0 else None,
                          stride=conv2.stride, padding=conv2.padding)
             out2 = y if out2 is None else out2 + y
-            pruned.append(torch.matmul(qt, s.reshape(b, c, hs, ws)[:, :, ::sh, ::sw].reshape(b, c, -1)))
+            pruned.append(paired_matmul(qt, s.reshape(g, c, hs, ws)[:, :, ::sh, ::sw].reshape(g, c, -1)))
         n = len(pruned)
         o, ohs, ows = out2.shape[1:]
         p, q = ohs * ows, hq * wq

@@ -8,23 +8,37 @@ import torch
 NORM_EPS = 1e-5
 
 
+def paired_matmul(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """(N, M, C) @ (G, C, S) -> (N, M, S), query row n against support row n % G (G divides N).
+
+    A head graph serves B queries against one cached K-shot set: its N = B*K (query, shot) pairs
+    are query-major and shot-minor, so pair n uses shot n % K. Broadcasting the K supports over
+    the B queries in the product itself, instead of copying them B times beforehand, gives the
+    same products (each is the same GEMM) without the copies. G = N is the plain batched product.
+    """
+    g = support.shape[0]
+    out = torch.matmul(query.reshape((-1, g) + tuple(query.shape[1:])), support.unsqueeze(0))
+    return out.reshape((-1,) + tuple(out.shape[2:]))
+
+
 def correlation(query_feat: torch.Tensor, support_feat: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every query position with every support position, clamped at 0.
 
     Args:
-        query_feat: (B, C, Hq, Wq).
-        support_feat: (B, C, Hs, Ws).
+        query_feat: (N, C, Hq, Wq).
+        support_feat: (G, C, Hs, Ws): one per query (G = N), or K shots shared by N = B*K
+            query-major pairs (`paired_matmul`).
 
     Returns:
-        (B, Hq, Wq, Hs, Ws).
+        (N, Hq, Wq, Hs, Ws).
     """
     b, c, hq, wq = query_feat.shape
     hs, ws = support_feat.shape[-2:]
     q = query_feat.reshape(b, c, hq * wq)
-    s = support_feat.reshape(b, c, hs * ws)
+    s = support_feat.reshape(support_feat.shape[0], c, hs * ws)
     q = q / (q.norm(dim=1, p=2, keepdim=True) + NORM_EPS)
     s = s / (s.norm(dim=1, p=2, keepdim=True) + NORM_EPS)
-    corr = torch.bmm(q.transpose(1, 2), s).reshape(b, hq, wq, hs, ws)
+    corr = paired_matmul(q.transpose(1, 2), s).reshape(b, hq, wq, hs, ws)
     return corr.clamp(min=0)
 
 

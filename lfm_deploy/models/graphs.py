@@ -106,13 +106,9 @@ class HeadGraph(nn.Module):
     def forward(self, query_img, support_l2, support_l3, support_l4):
         k = self.shots
         query = pair_with_shots(self.model.encode_query(self.model.extract_features(query_img)), k)
-        b = query_img.shape[0]
-        support = []
-        for stage in (support_l2, support_l3, support_l4):
-            # The same K shots for every query: (K, n, C, h, w) -> (B*K, n, C, h, w).
-            tail = tuple(stage.shape[1:])
-            pairs = stage.unsqueeze(0).expand((b, -1) + tail).reshape((-1,) + tail)
-            support.extend(pairs.unbind(dim=1))
+        # The same K shots for every query: (K, n, C, h, w), never copied per query; the
+        # correlation pairs each of the B*K query rows with its shot (correlation.paired_matmul).
+        support = [f for stage in (support_l2, support_l3, support_l4) for f in stage.unbind(dim=1)]
         logits = _shot_logits(self.model, query, support, k, query_img.shape[-2:])
         return logits, _vote(logits)
 

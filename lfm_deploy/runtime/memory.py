@@ -58,12 +58,12 @@ def _gb(fixed: float, per_query: float) -> MemoryModel:
 
 
 #: {(runtime, correlation): model}, measured at 400 px on fp32 exports (AMD EPYC, 2 threads;
-#: docs/performance.md "Memory"). onnxruntime, per-feature: 0.40 / 0.59 / 0.96 / 1.69 GB at
-#: batch 1 / 2 / 4 / 8 in one head run, 1.42 GB for 8 queries in head runs of 6 + 2 (the model
-#: gives 1.40); OpenVINO: 0.85 / 1.23 / 1.96 / 3.33 GB. Stacked (exports from before the
-#: per-feature correlation): onnxruntime 0.52 GB at batch 1, 2.81 GB at 8; OpenVINO 1.01 / 4.65 GB.
-MODELS = {("onnxruntime", "per-feature"): _gb(0.26, 0.19), ("onnxruntime", "stacked"): _gb(0.34, 0.32),
-          ("openvino", "per-feature"): _gb(0.50, 0.37), ("openvino", "stacked"): _gb(0.50, 0.53)}
+#: docs/performance.md "Memory"). onnxruntime, per-feature (the K shots shared by the queries,
+#: never copied per query): 0.39 / 0.53 / 0.82 / 1.41 GB at batch 1 / 2 / 4 / 8 in one head run;
+#: OpenVINO: 0.82 / 1.16 / 1.79 / 2.95 GB. Stacked (exports from before the per-feature
+#: correlation): onnxruntime 0.52 GB at batch 1, 2.81 GB at 8; OpenVINO 1.01 / 4.65 GB.
+MODELS = {("onnxruntime", "per-feature"): _gb(0.25, 0.15), ("onnxruntime", "stacked"): _gb(0.34, 0.32),
+          ("openvino", "per-feature"): _gb(0.52, 0.33), ("openvino", "stacked"): _gb(0.50, 0.53)}
 #: The budget a Segmenter keeps unless told otherwise (`memory_budget=`): the issue's 1.5 GB for a
 #: serving process, which costs nothing measurable per image (head runs of 2 to 8 queries run within
 #: a few % of each other per image on 2 cores; docs/performance.md).

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lfm_deploy.models import LFMHSNet, vote_masks
 from lfm_deploy.models.conv4d import CenterPivotConv4d
-from lfm_deploy.models.correlation import correlation, multilayer_correlation
+from lfm_deploy.models.correlation import correlation, multilayer_correlation, paired_matmul
 from lfm_deploy.models.learner import HPNLearner
 
 
@@ -25,6 +25,17 @@ def test_correlation_matches_cosine_loops():
                         u, v = q[b, :, i, j], s[b, :, k, l]
                         cos = (u @ v) / ((u.norm() + 1e-5) * (v.norm() + 1e-5))
                         assert out[b, i, j, k, l].item() == pytest.approx(max(cos.item(), 0.0), abs=1e-12)
+
+
+@pytest.mark.parametrize("pairs,shots", [(6, 2), (5, 5), (4, 1), (1, 1)])
+def test_shared_supports_give_the_products_of_copied_ones(pairs, shots):
+    """A head's B*K query rows against its K cached shots, unrepeated: the same products, bit for bit,
+    as against the shots copied per query (query-major, shot-minor: row n uses shot n % K)."""
+    torch.manual_seed(pairs * 10 + shots)
+    q, s = torch.randn(pairs, 7, 5), torch.randn(shots, 5, 9)
+    assert torch.equal(paired_matmul(q, s), torch.bmm(q, s.repeat(pairs // shots, 1, 1)))
+    qf, sf = torch.randn(pairs, 5, 4, 4), torch.randn(shots, 5, 3, 3)
+    assert torch.equal(correlation(qf, sf), correlation(qf, sf.repeat(pairs // shots, 1, 1, 1)))
 
 
 def test_multilayer_correlation_stacks_coarsest_first():
