@@ -27,9 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..runtime.memory import DEFAULT_BUDGET
 from .batch import RESULTS_NAME, BatchReport, claim_outputs, open_outputs, result_row, resume, write_table
 from .collection import read_bytes
-from ..runtime.memory import DEFAULT_BUDGET
 from .job import Job, predict_isolated, prepare_job, segmenter_for
 
 log = logging.getLogger(__name__)
