@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lfm_deploy.cli import FiniteFloat  # noqa: E402  (after the path set-up above)
+from lfm_deploy.utils.versions import describe_cpu  # noqa: E402
 
 #: Targets from the issue.
 TARGET_ORT_RATIO = 0.7  # best onnxruntime episode path / eager episode, batch 1
@@ -322,7 +323,7 @@ def markdown(results: dict, command: str) -> str:
     lines = [
         f"Measured with `{command}`",
         f"({results['size']}x{results['size']}, 1-shot, {results['threads']} threads, {results['warmup']} warm-up + "
-        f"{results['iters']} timed runs per cell; {m.get('cpu')}, {m.get('logical_cpus')} logical CPUs; "
+        f"{results['iters']} timed runs per cell; {describe_cpu(m)}, {m.get('logical_cpus')} logical CPUs; "
         f"torch {v['torch']}, onnxruntime {v['onnxruntime']}; load average {results['load_average']['start'][0]:.1f} -> "
         f"{results['load_average']['end'][0]:.1f}).",
         "",

@@ -46,6 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lfm_deploy.utils.versions import describe_cpu  # noqa: E402  (after the path set-up above)
+
 log = logging.getLogger("bench_memory")
 
 #: The issue's goals: peak RSS of the served path at batch 1 and 8 (400 px).
@@ -159,7 +161,7 @@ def run_cell(export: Path, backend: str, batch: int, name: str, threads: int, ro
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# Peak RSS of the served path ({result['size']} px)", "",
-             f"CPU: {m.get('cpu')}, {m.get('physical_cores')} physical cores, {m.get('memory_gb')} GB; "
+             f"CPU: {describe_cpu(m)}, {m.get('physical_cores')} physical cores, {m.get('memory_gb')} GB; "
              f"{result['threads']} threads; load average {result['load_average'][0]:.2f} at start, "
              f"{result['load_average_end'][0]:.2f} at the end. One fresh process per cell (load, 1-shot support, "
              f"{result['rounds']} predicts of B queries); median of {result['repeat']} processes. "

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lfm_deploy.cli import FiniteFloat  # noqa: E402
+from lfm_deploy.utils.versions import describe_cpu  # noqa: E402
 
 log = logging.getLogger("bench_precision")
 
@@ -324,7 +325,7 @@ def _bench_k(args, shots: int) -> dict:
 def _markdown(result: dict) -> str:
     bs = result["batch_sizes"]
     lines = [f"# Backends x precisions ({result['size']}x{result['size']}, {result['threads']} threads, "
-             f"{result['machine'].get('cpu', '')})", "",
+             f"{describe_cpu(result['machine'])})", "",
              f"Masks: agreement with the eager float32 model and mIoU difference over {result['episodes']} seeded "
              f"validation episodes, test checkpoint `{result['checkpoint']}` (see the script's docstring); gate = the reduced-precision accuracy gate "
              "(>= 99% agreement, |mIoU diff| <= 0.5 points, eager-margin bound). Speed: p50 ms per image of the "

@@ -43,6 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lfm_deploy.utils.versions import describe_cpu  # noqa: E402  (after the path set-up above)
+
 log = logging.getLogger("profile_query")
 
 #: Graph regions. onnxslim flattens most module scopes out of node names ("/conv1_29/Conv"), so
@@ -466,7 +468,7 @@ def _table(groups: dict, total_ms: float, limit: int = 12) -> list[str]:
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# Per-query profile of the served path ({result['size']} px, batch {result['batch']})", "",
-             f"CPU: {m.get('cpu')}, {m.get('physical_cores')} physical cores, {result['threads']} threads; "
+             f"CPU: {describe_cpu(m)}, {m.get('physical_cores')} physical cores, {result['threads']} threads; "
              f"load average at start {result['load_average'][0]:.2f} "
              f"({'shared machine: timings are noisy' if result['load_average'][0] > 0.5 else 'quiet'}). "
              f"onnxruntime {result['versions'].get('onnxruntime')}, OpenVINO {result['versions'].get('openvino')}.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -24,6 +25,8 @@ LEARNER_PREFIX = "hpn_learner."
 #: The state-dict prefix of the backbone's last stage, which `Recipe.train_layer4` trains too.
 LAYER4_PREFIX = "backbone.layer4."
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: Learning-rate schedules: the rate at step t of n as a fraction of `Recipe.lr`.
+SCHEDULES = {"constant": lambda t, n: 1.0, "cosine": lambda t, n: 0.5 * (1.0 + math.cos(math.pi * t / n))}
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class Recipe:
             all but ignores the seeded random layer4, the stage the masker filters (README
             "Default weights"). Costs ~60 MB more in the cache file.
         domain: whose image style (colour or grayscale) and normalisation.
+        schedule: "constant" (Adam at `lr` throughout) or "cosine" (the rate decays from `lr` to
+            0 over the steps, so the last steps average the one-episode gradients' noise instead
+            of leaving the weights wherever the last few episodes pushed them).
         version: bumped whenever the training code changes what a recipe produces, so cached
             weights of an earlier version are rebuilt, never reused.
     """
@@ -66,9 +72,12 @@ class Recipe:
     threads: int | None = None
     min_detail: float | None = None
     train_layer4: bool = False
+    schedule: str = "constant"
     version: int = 1
 
     def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.train_size < 32 or self.iterations < 1 or not self.lr > 0:
@@ -82,8 +91,11 @@ class Recipe:
 
     def to_dict(self) -> dict:
         data = {**asdict(self), "render_sizes": list(self.render_sizes) if self.render_sizes else None}
-        if not data["train_layer4"]:  # recipes from before the field keep their digest (the cache key)
+        # recipes from before a field keep their digest (the cache key) while it has its old value
+        if not data["train_layer4"]:
             del data["train_layer4"]
+        if data["schedule"] == "constant":
+            del data["schedule"]
         return data
 
     @property
@@ -181,6 +193,8 @@ def train_learner(recipe: Recipe, *, seed: int = DEFAULT_SEED, threads: int | No
     t0 = time.perf_counter()
     try:
         for step in range(recipe.iterations):
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr * SCHEDULES[recipe.schedule](step, recipe.iterations)
             data_seed, cls = int(rng.integers(10_000, 10**9)), int(rng.integers(0, 6))
             side = None
             if recipe.render_sizes is not None:

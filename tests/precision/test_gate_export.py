@@ -66,7 +66,8 @@ def _reduce(trained_int8_export, tmp_path, precision, **kwargs):
 
 def test_trained_checkpoint_masks_are_informative(trained_checkpoint):
     """Loud, before any verdict is trusted: the test checkpoint's eager masks carry evidence on the
-    gate's episodes on this CPU (an AMD EPYC once got an all-background float32-trained model)."""
+    gate's episodes on this CPU (an AMD EPYC once got an all-background float32-trained model, an Intel
+    Xeon an all-background float64 one trained at a constant rate)."""
     from lfm_deploy.models import build_model
     from lfm_deploy.parity.episodes import EpisodeShape, parity_episodes
     from lfm_deploy.parity.gate import informative_episodes
