@@ -20,9 +20,12 @@ SIZE = 160  # tests/conftest.py TEST_IMAGE_SIZE
 
 def test_model_and_its_inverse():
     ort = model_for("onnxruntime", "per-feature")
-    # 400 px, onnxruntime, per-feature correlation: measured 1.41 GB for 8 queries in one head run,
-    # so the default budget runs lfm predict's default batch of 8 whole; a 9th query would not fit.
-    assert ort.peak(400, 8) <= DEFAULT_BUDGET < ort.peak(400, 9) and ort.head_batch(400, DEFAULT_BUDGET) == 8
+    # 400 px, onnxruntime, per-feature correlation: 8 queries in one head run measured 1.41 GB on
+    # an AMD EPYC but 1.61 GB on an Intel Xeon; split into head runs of 7, the batch still held
+    # 1.52 GB there (the encoder's features of all 8 stay), so the default budget runs runs of 6
+    # (measured 1.36 GB on the Intel Xeon).
+    assert ort.peak(400, 6) <= DEFAULT_BUDGET < ort.peak(400, 7) and ort.head_batch(400, DEFAULT_BUDGET) == 6
+    assert ort.peak(400, 8) >= 1.61 * GB and ort.peak(400, 1) >= 0.41 * GB  # at or above every measured peak
     # exports that do not say how their head correlates are taken as the stacked, larger one
     assert model_for("onnxruntime", None) == model_for("onnxruntime", "stacked")
     assert model_for("onnxruntime", None).head_batch(400, 1.5 * GB) == 3
@@ -59,8 +62,8 @@ def test_serving_declaration_builds_on_the_runtime_model(exported):
         return Job("x", at400, (), (), (), backend=backend)
 
     ort, ov = model_for("onnxruntime", "per-feature"), model_for("openvino", "per-feature")
-    # a worker declares the head batch its Segmenter will run: the default budget caps 16 at 8
-    assert segmenter_memory_bytes(job("onnxruntime"), 16) == int(np.ceil((ort.peak(400, 8) + RAY_WORKER_BYTES) * HEADROOM))
+    # a worker declares the head batch its Segmenter will run: the default budget caps 16 at 6
+    assert segmenter_memory_bytes(job("onnxruntime"), 16) == int(np.ceil((ort.peak(400, 6) + RAY_WORKER_BYTES) * HEADROOM))
     assert segmenter_memory_bytes(job("onnxruntime"), 16, budget=None) == int(
         np.ceil((ort.peak(400, 16) + RAY_WORKER_BYTES) * HEADROOM))
     assert segmenter_memory_bytes(job("openvino"), 8) == int(np.ceil((ov.peak(400, 2) + RAY_WORKER_BYTES) * HEADROOM))
