@@ -108,7 +108,8 @@ def make_trained_checkpoint(path: str | os.PathLike, *, train_size: int = 160, i
             leave the weights wherever they pushed them, and on an Intel Xeon the float64 model
             trained so predicted background almost everywhere (1 informative episode of 9 at
             160 px) where the same recipe on an AMD EPYC segmented; float64 alone does not make
-            the weights the same on every CPU family (their BLAS kernels sum in other orders).
+            the weights the same on every CPU family (the seeded backbone's BatchNorm statistics,
+            for one, are calibrated in float32 before the model is widened).
 
     Returns:
         {"path", "loss" (mean over the last 20 steps)}.
