@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -80,13 +79,15 @@ def main(argv=None) -> dict:
             t = time.perf_counter()
             sess.run(outputs, feed)
             times.append(time.perf_counter() - t)
+    from lfm_deploy.utils.versions import describe_cpu, machine
+
     ta, tb = np.array(ta), np.array(tb)
     result = {
         "a": str(args.a), "b": str(args.b), "batch": args.batch, "threads": args.threads, "iters": args.iters,
         "a_ms_median": float(np.median(ta) * 1e3), "b_ms_median": float(np.median(tb) * 1e3),
         "ratio_b_over_a_median": float(np.median(tb / ta)),
         "ratio_b_over_a_range": [float((tb / ta).min()), float((tb / ta).max())],
-        "load_average": os.getloadavg(), "cpu": platform.processor() or platform.machine(),
+        "load_average": os.getloadavg(), "cpu": describe_cpu(machine()),
         "onnxruntime": ort.__version__, "agreement": agreement,
     }
     print(f"A {result['a_ms_median']:.0f} ms, B {result['b_ms_median']:.0f} ms per head run (batch {args.batch}); "

@@ -26,6 +26,8 @@ import numpy as np
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lfm_deploy.utils.versions import describe_cpu, machine  # noqa: E402  (after the path set-up above)
+
 SHAPE = (1, 2048, 13, 13)
 #: The target from the issue: the matmul lowering at least this much faster than ONNX DFT.
 TARGET_RATIO = 10.0
@@ -174,7 +176,7 @@ def run(warmup: int, iters: int, threads: int, matmul_exporter: str, seed: int) 
         "meets_target": ratio >= TARGET_RATIO,
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": describe_cpu(machine()),
             "cpu_count": os.cpu_count(),
         },
         "versions": _versions(),

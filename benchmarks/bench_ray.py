@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lfm_deploy.cli import FiniteFloat  # noqa: E402  (after the path set-up above)
+from lfm_deploy.utils.versions import describe_cpu, machine  # noqa: E402
 
 #: Targets from issue 14 (ratios within one run).
 TARGET_BATCH_RATIO = 0.9  # Ray Data images/s / local Segmenter at its best batch size
@@ -60,12 +61,8 @@ def _pct(values, q) -> float:
 
 
 def _machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": describe_cpu(machine())}
     versions = {}
     for name in ("ray", "onnxruntime", "numpy", "PIL", "httpx"):
         try:

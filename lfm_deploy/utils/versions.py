@@ -87,4 +87,4 @@ def describe_cpu(info: dict) -> str:
     return f"{cpu} ({', '.join(shown)})"
 
 
-__all__ = ["ISA_FLAGS", "describe_cpu", "library_versions", "LIBRARIES", "machine"]
+__all__ = ["ISA_FLAGS", "LIBRARIES", "describe_cpu", "library_versions", "machine"]
