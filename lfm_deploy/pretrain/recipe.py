@@ -43,8 +43,9 @@ class Recipe:
         train_size: side of the training episodes.
         iterations: optimiser steps.
         lr: Adam's learning rate.
-        dtype: "float64" (the same weights on every CPU family) or "float32" (the weights then
-            depend on the CPU family, but it is 10 to 20 times faster; docs/precision.md).
+        dtype: "float64" (closer weights across CPU families, not the same: the backbone's
+            BatchNorm calibration is float32) or "float32" (the weights then depend on the CPU
+            family more, but it is 10 to 20 times faster; docs/precision.md).
         threads: torch threads while training: fixed, because the thread count changes the
             order of float32 sums, so that one CPU type always builds the same weights.
         render_sizes: (smallest, largest) side the pairs are drawn at before cropping, or None to
