@@ -409,7 +409,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (interleaved over the rows)")
     parser.add_argument("--checkpoint", choices=("trained", "mixed", "default"), default="trained",
                         help="test checkpoint: 'trained' (learner trained on synthetic data at --size, in float64: "
-                             "a trained model's margins, informative on Intel and AMD alike at 160 px; hours at 400 px on 2 cores), "
+                             "a trained model's margins, its evidence checked before any verdict; hours at 400 px on 2 cores), "
                              "'mixed' (untrained, re-biased: margins crowd at zero, the hard case) or 'default' "
                              "(the commands' synthetic-data default: learner and layer4 trained at 160 px in "
                              "float32, informative at 400 px, built once per machine in minutes)")
