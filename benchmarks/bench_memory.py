@@ -21,7 +21,17 @@ Settings (`SETTINGS`; pass any subset with `--settings`):
 * `sub-batch-N`: `predict([...], batch_size=B)` run as head runs of at most N queries
   (`predict(..., batch_size=N)`);
 * `budget-G`: the head batch chosen by a memory budget of G GB (`Segmenter(memory_budget=G GB)`);
-* `no-budget`: no memory budget (`memory_budget=None`): the whole batch in one head run.
+* `no-budget`: no memory budget (`memory_budget=None`): the whole batch in one head run;
+* `precision-NAME`: the export's graphs at precision NAME (`Segmenter(precision=NAME)`: fp32, bf16
+  on OpenVINO, or the export's own reduced precision); settings combine with `+`.
+
+OpenVINO settings (cells of other backends skip them, as OpenVINO cells skip onnxruntime's):
+
+* `ov-cache-N`: `CPU_RUNTIME_CACHE_CAPACITY` N (0: no cache of kernels compiled per input shape);
+* `ov-no-snippets`: `SNIPPETS_MODE` DISABLE (no fused element-wise kernels, and no buffers of theirs);
+* `ov-static`: `Segmenter(openvino_static_shapes=True)`: each graph compiled for the shapes of
+  its calls, where OpenVINO plans the memory of every intermediate at compile time and reuses it,
+  instead of allocating per inference (recompiled when the shapes change).
 
 Each cell also reports what the runtime's memory model (`lfm_deploy.runtime.memory`) predicts
 for it, so a model that under-estimates shows in the table.
@@ -88,6 +98,11 @@ if entries or options:
 if cfg.get("no_trim"):
     import lfm_deploy.runtime.segmenter as segmenter_module
     segmenter_module.trim_heap = lambda: False
+if cfg.get("ov_props"):
+    from lfm_deploy.runtime import openvino as ov_runtime
+    props = cfg.get("ov_props") or {}
+    base_config = ov_runtime.SessionFromOpenVINO.config
+    ov_runtime.SessionFromOpenVINO.config = lambda self: {**base_config(self), **props}
 kwargs = cfg.get("kwargs") or {}
 seg = Segmenter.from_artifacts(cfg["export"], providers=cfg.get("providers"), threads=cfg["threads"], **kwargs)
 load_mb = status("VmHWM")
@@ -114,6 +129,12 @@ print(json.dumps({"peak_mb": status("VmHWM"), "after_load_mb": load_mb, "after_s
 
 def setting(name: str) -> dict:
     """The cell configuration of a setting name (see the module docstring)."""
+    if "+" in name:
+        merged: dict = {}
+        for part in name.split("+"):
+            for k, v in setting(part).items():
+                merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
+        return merged
     if name == "default":
         return {}
     if name == "plain":
@@ -138,12 +159,14 @@ def setting(name: str) -> dict:
         return {"kwargs": {"memory_budget": None}}
     if name.startswith("budget-"):
         return {"kwargs": {"memory_budget": float(name.split("-", 1)[1]) * (1 << 30)}}
-    if "+" in name:
-        merged: dict = {}
-        for part in name.split("+"):
-            for k, v in setting(part).items():
-                merged[k] = {**merged.get(k, {}), **v} if isinstance(v, dict) else v
-        return merged
+    if name.startswith("precision-"):
+        return {"kwargs": {"precision": name.split("-", 1)[1]}}
+    if name.startswith("ov-cache-"):
+        return {"ov_props": {"CPU_RUNTIME_CACHE_CAPACITY": int(name.rsplit("-", 1)[1])}}
+    if name == "ov-no-snippets":
+        return {"ov_props": {"SNIPPETS_MODE": "DISABLE"}}
+    if name == "ov-static":
+        return {"ov_static": True, "kwargs": {"openvino_static_shapes": True}}
     raise argparse.ArgumentTypeError(f"unknown setting {name!r}")
 
 
@@ -165,7 +188,7 @@ def markdown(result: dict) -> str:
              f"{result['threads']} threads; load average {result['load_average'][0]:.2f} at start, "
              f"{result['load_average_end'][0]:.2f} at the end. One fresh process per cell (load, 1-shot support, "
              f"{result['rounds']} predicts of B queries); median of {result['repeat']} processes. "
-             "'per image' is the median predict time / B (first predict included: it is where the arena grows).", "",
+             "'per image' is the median predict time / B (first predict included: it is where the arena grows). 'vs' compares a cell with its setting's first part (A+B with A), else with 'default'.", "",
              "| backend | batch | setting | head batch | peak RSS GB | modelled GB | goal | per image ms | vs default |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
@@ -173,8 +196,10 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['backend']} | {row['batch']} | {row['setting']} | - | error: {row['error']} | | | | |")
             continue
         goal = GOAL_GB.get(row["batch"])
+        # a combined setting is compared with its first part (precision-bf16+ov-static: precision-bf16)
+        base_name = row["setting"].split("+")[0] if "+" in row["setting"] else "default"
         base = next((r for r in result["rows"] if r["backend"] == row["backend"] and r["batch"] == row["batch"]
-                     and r["setting"] == "default" and "error" not in r), None)
+                     and r["setting"] == base_name and "error" not in r), None)
         vs = f"{row['per_image_ms'] / base['per_image_ms']:.2f}x" if base else "-"
         lines.append(f"| {row['backend']} | {row['batch']} | {row['setting']} | {row.get('head_batch', '-')} | "
                      f"{row['peak_gb']:.2f} | {row['modelled_gb']:.2f} | {'<= ' + str(goal) if goal else '-'} "
@@ -217,7 +242,8 @@ def main(argv=None) -> dict:
     from lfm_deploy.manifest import read_manifest
 
     cells = [(b, n, s) for b in args.backends for n in args.batch_sizes for s in args.settings
-             if not (b == "ov" and setting(s).keys() & {"ort_entries", "ort_options", "env_arena"})]
+             if not (b == "ov" and setting(s).keys() & {"ort_entries", "ort_options", "env_arena"})
+             and not (b == "ort" and setting(s).keys() & {"ov_props", "ov_static"})]
     result = {"size": read_manifest(export, verify_files=False).image_size, "threads": args.threads,
               "rounds": args.rounds, "repeat": args.repeat, "machine": machine(args.threads),
               "versions": library_versions(("numpy", "onnxruntime", "openvino")), "load_average": os.getloadavg(),

@@ -37,7 +37,7 @@ class Backend:
         description: what runs, for reports and the docs.
         graphs: which of an export's graphs it takes: "fp32", "fp16" or "int8".
         session: `session(path, **settings)` -> lazy loader of an onnxruntime-shaped session; each
-            setting (threads, config, allow_fallback, what, cache_dir, f32_islands) is taken where it
+            setting (threads, config, allow_fallback, what, cache_dir, f32_islands, static_shapes) is taken where it
             applies and ignored elsewhere.
         unavailable: () -> None, or why it cannot run here in one sentence with the install hint.
         selector: the `providers=` name that picks it in the `Segmenter` with `precision=` ("openvino").
@@ -116,11 +116,11 @@ def _onnxruntime(providers):
 
 
 def _openvino(precision):
-    def session(path, *, threads=None, cache_dir=None, f32_islands=None, what=None, **_):
+    def session(path, *, threads=None, cache_dir=None, f32_islands=None, static_shapes=False, what=None, **_):
         from .openvino import SessionFromOpenVINO
 
         return SessionFromOpenVINO(path, precision, threads=threads, cache_dir=cache_dir, f32_islands=f32_islands,
-                                   what=what)
+                                   static_shapes=static_shapes, what=what)
 
     return session
 

@@ -220,6 +220,48 @@ def test_dynamic_batch(ov_seg):
     assert [p.shape for p in proba] == [(SIZE + 37, SIZE + 37)] * 3
 
 
+def test_static_shapes_give_the_dynamic_results_and_compile_once_per_shape(mixed, ov_seg, caplog):
+    """`openvino_static_shapes`: the same masks and logits as the dynamic compilation, one
+    compilation per change of the head's batch, none while it stays the same, and the same
+    results when threads with different batch sizes share the session."""
+    _, _, queries = _episode()
+    with _segmenter(mixed, providers="openvino", openvino_static_shapes=True) as seg:
+        head = seg._ensure_head()
+        assert head.static_shapes[0][0] == 1 and head.compilations == 1  # compiled for batch 1 on load
+        assert [a.shape[0] for a in head.get_inputs()][:1] != [1]  # still reports the dynamic batch
+        for q in queries:
+            np.testing.assert_allclose(_margins(seg, [q]), _margins(ov_seg, [q]), atol=FP32_ATOL)
+        assert head.compilations == 1, "a steady batch of 1 compiled again"
+        with caplog.at_level(logging.INFO, logger="lfm_deploy.runtime.openvino"):
+            batched = seg.predict(queries, batch_size=2)  # runs of 2, then 1: two changes of shape
+        assert head.compilations == 3 and head.static_shapes[0][0] == 1
+        assert "OpenVINO static shapes" in caplog.text
+        for q, mask in zip(queries, batched):
+            np.testing.assert_array_equal(mask, ov_seg.predict(q))
+        errors: list = []
+
+        def work(i):
+            try:
+                got = seg.predict(queries[: 1 + i % 2], batch_size=2)
+                for q, mask in zip(queries, got):
+                    np.testing.assert_array_equal(mask, ov_seg.predict(q))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+
+
+def test_static_shapes_are_said_to_be_openvino_only(mixed, caplog):
+    with caplog.at_level(logging.WARNING):
+        Segmenter.from_artifacts(mixed, threads=2, openvino_static_shapes=True).close()
+    assert "applies to OpenVINO only" in caplog.text
+
+
 def test_bf16_islands_run_in_f32(exported):
     """The f32-island mechanism still works with the installed OpenVINO (islands are off by default)."""
     import openvino as ov
