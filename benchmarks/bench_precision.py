@@ -13,7 +13,9 @@ K = 1 and K = 5, with
   (`lfm_deploy.parity.gate`), so every row also says whether it passes that gate.
 
 Rows: eager (PyTorch float32), onnxruntime fp32 / int8 / fp16 graph (CPU EP), OpenVINO fp32 /
-bf16 / int8 (the `openvino` extra), TensorRT fp32 / fp16 / int8 where TensorRT and engines are
+bf16 / int8 (the `openvino` extra), each OpenVINO row also with static shapes (compiled for the
+batch size it runs, `Segmenter(openvino_static_shapes=True)`; the warm-up absorbs the
+compilation), TensorRT fp32 / fp16 / int8 where TensorRT and engines are
 present (otherwise listed as skipped with the reason). Timing rounds interleave the rows so
 they see the same machine load.
 
@@ -63,6 +65,9 @@ log = logging.getLogger("bench_precision")
 #: (OpenVINO bf16 without islands 0.18x). With the rest every call starts cold and takes a little
 #: longer, but the ratios agree with `profile_query.py`'s (that row 0.31x; profile: bf16 0.35x, int8 0.32x).
 SETTLE_S = 0.2
+
+#: The `what` of the OpenVINO rows compiled for fixed shapes (`Segmenter(openvino_static_shapes=True)`).
+STATIC = "static shapes"
 
 #: The issue's targets: best reduced-precision CPU path per query (support cached) vs the eager
 #: episode, with mask agreement against eager.
@@ -170,9 +175,10 @@ def _rows(art: Path, manifest, threads: int) -> list[Row]:
                                     SessionFromOnnx(paths["head"], threads=threads), manifest.graphs,
                                     manifest.shots))
 
-    def ov(paths, precision, islands=None):
+    def ov(paths, precision, islands=None, static=False):
         def load(g):
-            return get_backend(f"ov-{precision}").loader(paths[g], threads=threads, f32_islands=islands)
+            return get_backend(f"ov-{precision}").loader(paths[g], threads=threads, f32_islands=islands,
+                                                         static_shapes=static)
 
         return (lambda: load("head")(), lambda: SplitRunner(load("encoder"), load("head"), manifest.graphs, manifest.shots))
 
@@ -190,6 +196,13 @@ def _rows(art: Path, manifest, threads: int) -> list[Row]:
         rows.append(Row("OpenVINO", "bf16", "CPU, bf16 inference precision, no f32 islands", *ov(fp32, "bf16", ())))
         rows.append(Row("OpenVINO", "int8", "CPU, int8 QDQ graphs", *ov(int8, "fp32")) if int8 else
                     Row("OpenVINO", "int8", "", skip=no_int8))
+        # Static shapes (`Segmenter(openvino_static_shapes=True)`): compiled for each batch size
+        # it is called with; the warm-up round absorbs the compilation at each batch size.
+        rows.append(Row("OpenVINO", "fp32", f"CPU, f32 inference precision, {STATIC}", *ov(fp32, "fp32", static=True)))
+        rows.append(Row("OpenVINO", "bf16", f"CPU, bf16 inference precision, no f32 islands, {STATIC}",
+                        *ov(fp32, "bf16", (), static=True)))
+        rows.append(Row("OpenVINO", "int8", f"CPU, int8 QDQ graphs, {STATIC}", *ov(int8, "fp32", static=True)) if int8
+                    else Row("OpenVINO", "int8", STATIC, skip=no_int8))
     else:
         for p in ("fp32", "bf16", "int8"):
             rows.append(Row("OpenVINO", p, "", skip=ov_missing))
@@ -366,7 +379,9 @@ def _markdown(result: dict) -> str:
             else:
                 gate = "-" if r["gate"] is None else ("n/a (fp32)" if r["precision"] == "fp32" else
                                                      ("pass" if r["gate"]["passed"] else "FAIL: " + "; ".join(r["gate"]["failures"])))
-            label = r["precision"] + (" (no islands)" if "no f32 islands" in (r["what"] or "") else "")
+            notes = [n for key, n in (("no f32 islands", "no islands"), (STATIC, "static shapes"))
+                     if key in (r["what"] or "")]
+            label = r["precision"] + (f" ({', '.join(notes)})" if notes else "")
             lines.append(f"| {r['backend']} | {label} | {speed} | {100 * r['agreement']:.2f}% | "
                          f"{r['miou_delta_points']:+.2f} | {gate} |")
         lines.append("")
