@@ -228,7 +228,7 @@ class OpenVINOSession:
     previous compilation, so memory holds one at a time. Fixed shapes let OpenVINO plan every
     intermediate buffer when it compiles and reuse it, where dynamic ones are allocated on each
     inference: at batch 1, 400 px, on a 2-core Intel Xeon, 0.53 instead of 0.71 GB peak for the int8
-    export, and 0.90x the time per warm query (the first call saves most: no buffers to allocate;
+    export, and 0.84x-0.90x the time per warm query (the first call saves most: no buffers to allocate;
     docs/performance.md, "Memory"). It pays when the shapes
     stay the same from call to call (a service answering one query at a time); a caller that
     alternates shapes pays a compilation at every change.
