@@ -7,7 +7,7 @@ import json
 import logging
 import subprocess
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -187,25 +187,18 @@ def test_bf16_masks_agree_with_fp32(ov_seg, bf16_seg, caplog):
     assert full.shape == (SIZE + 37, SIZE + 37) and set(np.unique(full)) <= {0, 1}
 
 
+def _in_threads(work, n: int = 4) -> list:
+    """work(i) for i < n, each in a thread of its own, all at once; their results in order (an
+    exception in any thread is raised here)."""
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(work, range(n)))
+
+
 def test_concurrent_predict_matches_sequential(ov_seg):
     _, _, queries = _episode()
     sequential = [ov_seg.predict(q) for q in queries]
-    results: dict = {}
-    errors: list = []
-
-    def work(i):
-        try:
-            results[i] = [ov_seg.predict(queries[(i + j) % len(queries)]) for j in range(2)]
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    for i, masks in results.items():
+    results = _in_threads(lambda i: [ov_seg.predict(queries[(i + j) % len(queries)]) for j in range(2)])
+    for i, masks in enumerate(results):
         for j, mask in enumerate(masks):
             np.testing.assert_array_equal(mask, sequential[(i + j) % len(queries)])
 
@@ -238,22 +231,10 @@ def test_static_shapes_give_the_dynamic_results_and_compile_once_per_shape(mixed
         assert "OpenVINO static shapes" in caplog.text
         for q, mask in zip(queries, batched):
             np.testing.assert_array_equal(mask, ov_seg.predict(q))
-        errors: list = []
-
-        def work(i):
-            try:
-                got = seg.predict(queries[: 1 + i % 2], batch_size=2)
-                for q, mask in zip(queries, got):
-                    np.testing.assert_array_equal(mask, ov_seg.predict(q))
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        # threads with batches of 1 and 2 at once: a compilation replaced while another runs
+        for got in _in_threads(lambda i: seg.predict(queries[: 1 + i % 2], batch_size=2)):
+            for q, mask in zip(queries, got):
+                np.testing.assert_array_equal(mask, ov_seg.predict(q))
 
 
 def test_static_shapes_are_said_to_be_openvino_only(mixed, caplog):
