@@ -37,8 +37,8 @@ class Backend:
         description: what runs, for reports and the docs.
         graphs: which of an export's graphs it takes: "fp32", "fp16" or "int8".
         session: `session(path, **settings)` -> lazy loader of an onnxruntime-shaped session; each
-            setting (threads, config, allow_fallback, what, cache_dir, f32_islands, static_shapes) is taken where it
-            applies and ignored elsewhere.
+            setting (threads, config, allow_fallback, what, cache_dir, f32_islands, static_shapes)
+            is taken where it applies and ignored elsewhere.
         unavailable: () -> None, or why it cannot run here in one sentence with the install hint.
         selector: the `providers=` name that picks it in the `Segmenter` with `precision=` ("openvino").
         plan: "module:function" planning its lfm-verify run (`function(backend, PlanContext)` ->

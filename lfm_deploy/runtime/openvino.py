@@ -227,11 +227,11 @@ class OpenVINOSession:
     with other shapes compiles the graph for them first (about 1 to 2 s at 400 px) and drops the
     previous compilation, so memory holds one at a time. Fixed shapes let OpenVINO plan every
     intermediate buffer when it compiles and reuse it, where dynamic ones are allocated on each
-    inference: at batch 1, 400 px, on a 2-core Intel Xeon, 0.53 instead of 0.71 GB peak for the int8
-    export, and 0.84x-0.90x the time per warm query (the first call saves most: no buffers to allocate;
-    docs/performance.md, "Memory"). It pays when the shapes
-    stay the same from call to call (a service answering one query at a time); a caller that
-    alternates shapes pays a compilation at every change.
+    inference: at batch 1, 400 px, on a 2-core Intel Xeon, 0.53 instead of 0.71 GB peak for the
+    int8 export, and 0.84x-0.90x the time per warm query (the first call saves most: it has no
+    buffers to allocate; docs/performance.md, "Memory"). It pays when the shapes stay the same
+    from call to call (a service answering one query at a time); a caller that alternates shapes
+    pays a compilation at every change.
 
     Args:
         compiled: the `openvino.CompiledModel` (with `compile_static`: compiled for the first shapes).

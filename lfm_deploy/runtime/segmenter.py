@@ -255,9 +255,9 @@ class Segmenter:
                 docs/backends.md, e.g. "ov-bf16"), instead of `providers` and `precision`.
             openvino_static_shapes: OpenVINO only: compile each graph for the shapes of its
                 calls, again when they change (`SessionFromOpenVINO`): less memory and faster
-                when every call has the same number of queries (batch 1, 400 px, int8 head on a
-                2-core Intel Xeon: 0.53 instead of 0.71 GB, 0.84x-0.90x the warm time; docs/performance.md),
-                about 1 to 2 s more at each change of batch size.
+                when every call has the same number of queries (batch 1, 400 px, int8 export on
+                a 2-core Intel Xeon: 0.53 instead of 0.71 GB, 0.84x-0.90x the warm time;
+                docs/performance.md), about 1 to 2 s more at each change of batch size.
 
         Returns:
             A `Segmenter` without a support set (call `set_support`).
