@@ -530,9 +530,9 @@ def export_figures(export: Path) -> dict:
     if gate:
         figures["gate_passed"] = gate.get("passed")
         figures["gate_agreement"] = [r.get("agreement") for r in gate.get("runs", [])]
-    tail = (precision.get("details") or {}).get("float_tail")
-    if tail is not None:
-        figures["int8_float_tail"] = tail
+    share = (precision.get("details") or {}).get("float_share")
+    if share is not None:
+        figures["int8_float_share"] = share
     return figures
 
 
@@ -604,7 +604,7 @@ def markdown(data: dict) -> str:
         for n, f in exports:
             gate = "-" if "gate_passed" not in f else (
                 f"{'passed' if f['gate_passed'] else 'FAILED'} (agreement {', '.join(f'{a:.4f}' for a in f['gate_agreement'] if a is not None)})")
-            lines.append(f"| {n} | {f.get('precision')} | {f.get('image_size')} | {gate} | {f.get('int8_float_tail', '-')} |")
+            lines.append(f"| {n} | {f.get('precision')} | {f.get('image_size')} | {gate} | {f.get('int8_float_share', '-')} |")
     engines = [(n, g, e) for n in ("engines-fp32", "engines-fp16", "engines-int8") for g, e in steps[n]["figures"].items()]
     if engines:
         lines += ["", "## Engines", "", "| step | graph | MB | build s | typing | TensorRT | GPU |", "|---|---|---|---|---|---|---|"]

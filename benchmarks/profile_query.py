@@ -11,7 +11,8 @@ This script, on one export (default: a 400x400 deepglobe export, made if missing
   JSON trace parsed) and OpenVINO's per-layer counters (`PERF_COUNT`, `get_profiling_info()`),
   on the inputs the Segmenter feeds it (the cached support features, a preprocessed query);
   `ov-int8` profiles the int8 QDQ head graph of an `--precision int8` export (the file the
-  Segmenter loads for it), the others the float32 graph; OpenVINO rows also say which kernel ran
+  Segmenter loads for it), the others the float32 graph; each OpenVINO backend with `-static`
+  (`ov-int8-static`) is compiled for the profiled inputs' shapes, as `openvino_static_shapes=True` does; OpenVINO rows also say which kernel ran
   (exec type) and in what precision (the runtime layer's `runtimePrecision`: I8/U8, FP32, BF16);
 * groups node times by op type and by graph region (backbone, masker, correlation, 4D-conv
   head, decoder, layout reorders) with the share of the total and, for the groups that hold
@@ -266,8 +267,13 @@ def served_inputs(export: Path, batch: int, threads: int, precision: str | None 
 #: backend -> (Segmenter providers, precision the Segmenter runs, OpenVINO inference precision)
 BACKENDS = {"ort": (None, "fp32", None), "ov": ("openvino", "fp32", "fp32"), "ov-bf16": ("openvino", "bf16", "bf16"),
             "ov-int8": ("openvino", "int8", "fp32")}
+#: OpenVINO backends compiled for the profiled inputs' shapes (`Segmenter(openvino_static_shapes=True)`).
+STATIC_SUFFIX = "-static"
+BACKENDS.update({name + STATIC_SUFFIX: spec for name, spec in list(BACKENDS.items()) if spec[0] == "openvino"})
 #: backend -> key of its profile in the results
 PROFILE_KEYS = {"ort": "onnxruntime", "ov": "openvino", "ov-bf16": "openvino-bf16", "ov-int8": "openvino-int8"}
+PROFILE_KEYS.update({name + STATIC_SUFFIX: key + STATIC_SUFFIX for name, key in list(PROFILE_KEYS.items())
+                     if name + STATIC_SUFFIX in BACKENDS})
 
 
 def head_file(export: Path, backend: str) -> Path:
@@ -352,15 +358,19 @@ def profile_onnxruntime(export: Path, feed: dict, outputs: list[str], threads: i
 
 
 def profile_openvino(head: Path, feed: dict, outputs: list[str], threads: int, runs: int, precision: str,
-                     layer_flops: dict[str, int], regions: dict[str, str]) -> dict:
-    """Per-layer times of a head graph under OpenVINO's CPU plugin (`PERF_COUNT`), mean over `runs`."""
+                     layer_flops: dict[str, int], regions: dict[str, str], static: bool = False) -> dict:
+    """Per-layer times of a head graph under OpenVINO's CPU plugin (`PERF_COUNT`), mean over `runs`;
+    `static`: compiled for the feed's shapes, as `openvino_static_shapes=True` compiles it."""
     import openvino as ov
 
     from lfm_deploy.runtime.openvino import SessionFromOpenVINO
 
     loader = SessionFromOpenVINO(head, precision, threads=threads)
     core = ov.Core()
-    compiled = core.compile_model(str(head), "CPU", {**loader.config(), "PERF_COUNT": True})
+    model = core.read_model(str(head))
+    if static:
+        model.reshape({port.get_any_name(): list(feed[port.get_any_name()].shape) for port in model.inputs})
+    compiled = core.compile_model(model, "CPU", {**loader.config(), "PERF_COUNT": True})
     request = compiled.create_infer_request()
     names = {port.get_any_name(): port for port in compiled.inputs}
     inputs = {names[k]: v for k, v in feed.items() if k in names}
@@ -425,7 +435,8 @@ def time_served(export: Path, backends: list[str], batch: int, threads: int, war
     calls = {}
     for backend in backends:
         providers, precision, _ = BACKENDS[backend]
-        seg = Segmenter.from_artifacts(export, providers=providers, precision=precision, threads=threads)
+        seg = Segmenter.from_artifacts(export, providers=providers, precision=precision, threads=threads,
+                                       openvino_static_shapes=backend.endswith(STATIC_SUFFIX))
         seg.set_support([image], [mask])
         calls[backend] = (lambda s: lambda: s.predict(queries, batch_size=batch))(seg)
     if eager:
@@ -488,9 +499,11 @@ def markdown(result: dict) -> str:
                          f"{rate / result['matmul']['best_gflops']:.0%} | {ratio} |")
         lines += ["", "(eager: the whole 1-shot episode, whose support backbone roughly doubles the backbone "
                   "FLOPs; its GFLOP/s uses 2x the head's count as an approximation.)", ""]
-    for key, title in (("onnxruntime", "onnxruntime fp32 (per-node profiler)"),
-                       ("openvino", "OpenVINO fp32 (PERF_COUNT)"), ("openvino-bf16", "OpenVINO bf16 (PERF_COUNT)"),
-                       ("openvino-int8", "OpenVINO int8 QDQ graph (PERF_COUNT)")):
+    titles = {"onnxruntime": "onnxruntime fp32 (per-node profiler)", "openvino": "OpenVINO fp32 (PERF_COUNT)",
+              "openvino-bf16": "OpenVINO bf16 (PERF_COUNT)", "openvino-int8": "OpenVINO int8 QDQ graph (PERF_COUNT)"}
+    titles.update({key + STATIC_SUFFIX: title.replace(" (PERF", ", static shapes (PERF")
+                   for key, title in list(titles.items()) if key.startswith("openvino")})
+    for key, title in titles.items():
         p = result["profiles"].get(key)
         if not p:
             continue
@@ -533,7 +546,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=1, help="timing: warm-up rounds")
     parser.add_argument("--iters", type=int, default=5, help="timing: rounds (every path once per round)")
     parser.add_argument("--backends", nargs="+", default=["ort", "ov", "ov-bf16"], choices=list(BACKENDS),
-                        help="ov-int8: the int8 QDQ graphs of an --precision int8 export")
+                        help="ov-int8: the int8 QDQ graphs of an --precision int8 export; "
+                             "-static: compiled for the profiled shapes (openvino_static_shapes=True)")
     parser.add_argument("--eager", action="store_true", help="also time the eager 1-shot episode (needs torch)")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "profile_query"),
@@ -569,7 +583,7 @@ def main(argv=None) -> dict:
         log.info("onnxruntime profile (%d runs)", args.runs)
         result["profiles"]["onnxruntime"] = profile_onnxruntime(export, feed, outputs, args.threads, args.runs,
                                                                 regions)
-    for backend in ("ov", "ov-bf16", "ov-int8"):
+    for backend in [b for b in BACKENDS if b != "ort"]:
         if backend in args.backends:
             _, precision, ov_precision = BACKENDS[backend]
             head, backend_feed, backend_regions, backend_flops = head_file(export, backend), feed, regions, layer_flops
@@ -580,7 +594,8 @@ def main(argv=None) -> dict:
                 backend_flops = model_flops_openvino(head, args.batch)[1]
             log.info("OpenVINO %s profile of %s (%d runs)", backend, head.name, args.runs)
             result["profiles"][PROFILE_KEYS[backend]] = profile_openvino(
-                head, backend_feed, outputs, args.threads, args.runs, ov_precision, backend_flops, backend_regions)
+                head, backend_feed, outputs, args.threads, args.runs, ov_precision, backend_flops, backend_regions,
+                static=backend.endswith(STATIC_SUFFIX))
     log.info("timing Segmenter.predict%s (%d rounds)", " and the eager episode" if args.eager else "", args.iters)
     result["timing"] = time_served(export, args.backends, args.batch, args.threads, args.warmup, args.iters, args.eager)
     result["load_average_end"] = os.getloadavg()

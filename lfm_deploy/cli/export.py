@@ -44,7 +44,7 @@ from .options import EXPORT_PRECISIONS, command, domain_option, progress_option,
               help="Validation episodes the reduced-precision accuracy gate runs on (plus --calibration's images).")
 @click.option("--calibration-episodes", type=COUNT, default=8,
               help="int8/fp16 without --calibration: validation episodes to calibrate on (int8 also chooses its "
-                   "float share on as many held-out ones).")
+                   "float layers, by measured sensitivity, on as many held-out ones).")
 @progress_option
 @verbose_option
 @user_errors

@@ -227,7 +227,7 @@ def export_domain(
         gate_episodes: validation episodes the reduced-precision gate runs on (besides the
             calibration images).
         calibration_episodes: int8/fp16 without `calibration`: validation episodes to calibrate
-            on (int8 also picks its float share on as many held-out ones).
+            on (int8 also picks its float layers, by measured sensitivity, on as many held-out ones).
 
     Returns:
         `ExportResult` with the final directory, manifest and checks.

@@ -109,9 +109,19 @@ def _precision_section(precision: PrecisionRecord) -> list[str]:
     if any(run["vacuous"] for run in gate.runs):
         lines += ["", "**No evidence**: the eager masks carry too little information for a verdict, so the gate "
                   "fails. Gate on labelled images of your domain (`--calibration DIR`) with weights that segment them."]
-    tried = (precision.details or {}).get("float_tails_tried")
-    if tried:
-        lines += ["", "int8 float share (Conv/MatMul nodes at the output end kept float), chosen on held-out "
-                  "episodes: " + ", ".join(f"{100 * t['float_tail']:.0f}% -> agreement {t['agreement']:.4%}"
-                                           f"{' (chosen)' if t['passed'] else ''}" for t in tried)]
+    details = precision.details or {}
+    trials = details.get("trials")
+    if trials:
+        chosen = details.get("float_groups")
+        lines += ["", f"int8 nodes kept float, chosen by measured sensitivity on held-out episodes "
+                  f"({len(details.get('groups') or ())} groups of Conv/MatMul nodes in graph order; "
+                  f"the selection uses half the gate's budgets):", "",
+                  "| trial | float share | agreement | mIoU diff (points) | within the halved budgets |",
+                  "|---|---:|---:|---:|---|"]
+        for t in trials:
+            mark = " (chosen)" if t["float_groups"] == chosen else ""
+            lines.append(f"| {t['what']}{mark} | {t['float_share']:.0%} | {t['agreement']:.4%} | "
+                         f"{t['miou_delta_points']:+.2f} | {'yes' if t['passed'] else 'no'} |")
+        lines += ["", f"Kept float: {details.get('float_share', 0):.0%} of the quantizable nodes "
+                  f"(groups {', '.join(map(str, chosen)) if chosen else 'none'})."]
     return lines

@@ -19,12 +19,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from ..errors import ExportError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QUANTIZED_OPS", "Int8Graph", "float_islands", "quantizable_nodes", "quantize_int8"]
+__all__ = ["QUANTIZED_OPS", "Int8Graph", "float_islands", "node_keys", "quantizable_nodes", "quantize_int8",
+           "sensitivity_groups"]
 
 #: Node types given int8 inputs (everything else runs in float between the QDQ pairs).
 QUANTIZED_OPS = ("Conv", "MatMul")
@@ -74,6 +76,47 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     """Conv/MatMul nodes outside the float islands, in graph (topological) order."""
     islands = float_islands(model)
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in islands]
+
+
+def node_keys(model: onnx.ModelProto) -> dict[str, tuple]:
+    """{name: key} of the quantizable nodes: what identifies a node across the graphs of one export.
+
+    A node with a weight (an initializer input) is keyed by its op and a hash of the weight's
+    bytes: the episode graph runs the same backbone convolutions as the encoder and the head, and
+    the same learner convolutions as the head. A node without one (the correlation's products of
+    two activations) is keyed by its op and its rank among such nodes, in graph order.
+    """
+    import hashlib
+
+    weights = {t.name: t for t in model.graph.initializer}
+    islands = float_islands(model)
+    keys, ranks = {}, {}
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OPS or node.name in islands:
+            continue
+        held = [weights[i] for i in node.input[1:2] if i in weights]
+        if held:
+            raw = onnx.numpy_helper.to_array(held[0]).tobytes()
+            keys[node.name] = (node.op_type, "weight", hashlib.sha1(raw).hexdigest())
+        else:
+            ranks[node.op_type] = ranks.get(node.op_type, -1) + 1
+            keys[node.name] = (node.op_type, "activations", ranks[node.op_type])
+    return keys
+
+
+def sensitivity_groups(keys: Mapping[str, Mapping[str, tuple]], n: int) -> list[list[tuple]]:
+    """The quantizable nodes of an export cut into `n` contiguous groups of node keys, in graph order.
+
+    Args:
+        keys: {graph: `node_keys`} of the export's graphs; the head's order comes first (it holds
+            the query backbone, which shares its keys with the encoder), then what only the other
+            graphs hold.
+        n: how many groups (fewer when there are fewer nodes).
+    """
+    ordered = [k for g in sorted(keys, key=lambda g: g != "head") for k in keys[g].values()]
+    order = list(dict.fromkeys(ordered))
+    bounds = np.linspace(0, len(order), min(n, len(order)) + 1).round().astype(int)
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class _Feeds:

@@ -1,8 +1,8 @@
 """`reduce_precision`: make and gate the reduced-precision version of freshly exported graphs.
 
 Called by `lfm_deploy.export.pipeline.export_domain` after the float32 graphs passed
-validation, inside the export's temporary directory: int8 QDQ graphs with a float share chosen
-on held-out episodes (`lfm_deploy.precision.int8`), fp16 graphs with float32 islands
+validation, inside the export's temporary directory: int8 QDQ graphs whose float nodes are chosen
+by measured sensitivity on held-out episodes (`lfm_deploy.precision.int8`), fp16 graphs with float32 islands
 (`lfm_deploy.precision.fp16`), or bf16 (the float32 graphs in OpenVINO, islands chosen the same
 way); then the one accuracy gate (`lfm_deploy.parity.gate`), whose episodes, evidence rule ("no
 evidence, no pass", checked by `plan_gate` before anything is exported) and thresholds are in
@@ -13,6 +13,7 @@ export (kept in `<out>.failed/`) when the gate fails.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,21 +32,24 @@ from ..utils.records import freeze
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATION_SEED_OFFSET", "INT8_FLOAT_TAILS", "PRECISIONS", "GatePlan", "PrecisionResult", "plan_gate",
-           "reduce_precision"]
+__all__ = ["CALIBRATION_SEED_OFFSET", "MAX_FLOAT_SHARE", "PRECISIONS", "SENSITIVITY_GROUPS", "GatePlan",
+           "PrecisionResult", "plan_gate", "reduce_precision"]
 
 #: Precisions `lfm-export --precision` makes ("fp32": the validated float32 graphs only).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-#: Shares of the quantizable nodes (from the output end) kept float, tried in order (int8).
-INT8_FLOAT_TAILS = (0.0, 0.25, 0.5, 0.75)
-#: The int8 float share is chosen with this share of the gate's budgets (agreement >= 1 - 0.5 x
+#: int8: the quantizable Conv/MatMul nodes are cut into this many groups (contiguous, in graph
+#: order) whose sensitivity is measured one by one (`_int8`).
+SENSITIVITY_GROUPS = 8
+#: int8: at most this share of the groups is kept float.
+MAX_FLOAT_SHARE = 0.75
+#: The int8 float layers are chosen with this share of the gate's budgets (agreement >= 1 - 0.5 x
 #: (1 - gate), |mIoU difference| <= 0.5 x the gate's), keeping the rest for unseen episodes: on the
 #: trained test checkpoint at 400 px, a share at -0.36 mIoU points on the held-out episodes came
 #: to -1.64 on the gate's.
 SELECTION_SLACK = 0.5
 #: Default calibration episodes use seeds from `seed + CALIBRATION_SEED_OFFSET`: never the gate's.
 CALIBRATION_SEED_OFFSET = 1000
-#: The int8 float share is chosen on held-out episodes (seeds from `seed + SELECTION_SEED_OFFSET`),
+#: The int8 float layers are chosen on held-out episodes (seeds from `seed + SELECTION_SEED_OFFSET`),
 #: neither calibration nor gate data: on the calibration episodes themselves every activation is
 #: inside its calibrated range, which flatters a share (400 px test checkpoint: 99.56% there,
 #: 98.05% on the gate's episodes).
@@ -104,7 +108,7 @@ class GatePlan:
     Attributes:
         gate: the gate's episodes (informative synthetic ones, then the user's labelled ones).
         reference: the eager float32 model's results on them.
-        held_out: int8 / bf16 only: the episodes the float share or islands are chosen on.
+        held_out: int8 / bf16 only: the episodes the float layers or islands are chosen on.
         held_out_reference: the eager results on those.
     """
 
@@ -267,38 +271,92 @@ def _split(paths: Mapping[str, Path], ios: Mapping, shots: int, precision: str =
                        shots)
 
 
+def _slack(report: GateReport) -> float:
+    """How far inside its budgets a report is, in units of each budget (>= 0: within both):
+    the agreement's distance to its limit over the budget (1 - limit), and the mIoU's."""
+    tol = report.tolerances
+    agreement = report.mask.stats.agreement
+    return min((agreement - tol.mask.limit) / (1 - tol.mask.limit), 1 - abs(report.miou_delta) / tol.miou.limit)
+
+
 def _int8(workdir: Path, fp32, feeds, held_out: GateData, ref_held_out, gate, split, step):
-    from .int8 import quantize_int8
+    """Quantize the encoder/head pair, keeping float the groups of nodes the masks are most sensitive to.
+
+    Every trial quantizes both graphs with a set of nodes kept float and runs the selection gate
+    (half the budgets) on the held-out episodes. First everything int8; if that fails, one trial
+    per group (`SENSITIVITY_GROUPS` contiguous groups of the head's quantizable nodes in graph
+    order, the backbone's shared with the encoder) ranks the groups by the mask agreement reached
+    with each alone float, then the most helpful groups are kept float together, one more per trial,
+    until the masks pass or `MAX_FLOAT_SHARE` is reached. Without a pass, the trial closest to
+    passing (`_slack`) goes to the gate. The episode graph keeps the same nodes float (`node_keys`).
+    """
+    import onnx
+
+    from .int8 import node_keys, quantize_int8, sensitivity_groups
 
     out = {g: workdir / p.name.replace(".onnx", ".int8.onnx") for g, p in fp32.items()}
     caches = {g: workdir / f".{g}.int8-ranges.json" for g in fp32}
-    tried = []
+    keys = {g: node_keys(onnx.load(str(fp32[g]))) for g in fp32}
+    groups = sensitivity_groups({g: keys[g] for g in ("encoder", "head")}, SENSITIVITY_GROUPS)
+    n_groups, total = len(groups), sum(len(g) for g in groups)
+    max_groups = max(0, math.floor(MAX_FLOAT_SHARE * n_groups + 1e-9))
+    trials: list[dict] = []
+
+    def keep_float(graph: str, chosen: tuple) -> dict:
+        floats = {k for i in chosen for k in groups[i]}
+        return {n: f"kept float by measured sensitivity (group {1 + next(i for i in chosen if k in groups[i])})"
+                for n, k in keys[graph].items() if k in floats}
+
+    def trial(chosen: tuple, what: str) -> dict:
+        step(f"int8: quantizing encoder and head ({what})")
+        for g in ("encoder", "head"):
+            quantize_int8(fp32[g], out[g], feeds[g], keep_float=keep_float(g, chosen), cache=caches[g])
+        report = gate(split(out), held_out, ref_held_out, f"int8 encoder -> head, {what}")
+        floats = sum(len(groups[i]) for i in chosen)
+        record = {"float_groups": [1 + i for i in chosen], "float_share": floats / total,
+                  "what": what, "agreement": report.mask.stats.agreement,
+                  "miou_delta_points": 100 * report.miou_delta, "slack": _slack(report),
+                  "passed": report.passed, "failures": report.failures}
+        trials.append(record)
+        return record
+
     chosen = None
     made = {}
     try:
-        for tail in INT8_FLOAT_TAILS:
-            step(f"int8: quantizing encoder and head ({100 * tail:.0f}% of nodes at the output end kept float)")
-            for g in ("encoder", "head"):
-                made[g] = quantize_int8(fp32[g], out[g], feeds[g], float_tail=tail, cache=caches[g])
-            report = gate(split(out), held_out, ref_held_out, f"int8 encoder -> head, float tail {tail:g}")
-            tried.append({"float_tail": tail, "agreement": report.mask.stats.agreement, "passed": report.passed,
-                          "failures": report.failures})
-            if report.passed:
-                chosen = tail
-                break
+        if trial((), "every node int8")["passed"]:
+            chosen = ()
+        elif max_groups >= 1:
+            ranked = [trial((i,), f"group {i + 1} of {n_groups} kept float") for i in range(n_groups)]
+            # Ranked by the agreement with the eager masks (how far they move); the mIoU difference
+            # against the ground truth is a noisier proxy of it (its sign flips from group to group).
+            order_by = sorted(range(n_groups), key=lambda i: (-ranked[i]["agreement"], -ranked[i]["slack"]))
+            passing = sorted((i for i in range(n_groups) if ranked[i]["passed"]), key=lambda i: -ranked[i]["slack"])
+            if passing:  # one group kept float is enough: the one that leaves the most slack
+                chosen = (passing[0],)
+            else:
+                for size in range(2, max_groups + 1):
+                    pick = tuple(sorted(order_by[:size]))
+                    named = ", ".join(str(i + 1) for i in pick)
+                    if trial(pick, f"the {size} most sensitive groups kept float ({named})")["passed"]:
+                        chosen = pick
+                        break
         if chosen is None:
-            chosen = INT8_FLOAT_TAILS[-1]
-            log.warning("int8: no float share up to %.0f%% passes the gate on the held-out episodes", 100 * chosen)
-        if "episode" in fp32:
-            step("int8: quantizing the episode graph")
-            made["episode"] = quantize_int8(fp32["episode"], out["episode"], feeds["episode"], float_tail=chosen,
-                                            cache=caches["episode"])
+            best = max(trials, key=lambda t: t["slack"])
+            chosen = tuple(i - 1 for i in best["float_groups"])
+            log.warning("int8: no trial (up to %.0f%% of the nodes kept float) passes the gate on the held-out "
+                        "episodes; the closest one goes to the gate: %s", 100 * MAX_FLOAT_SHARE, best["what"])
+        for g in fp32:  # the chosen graphs, the episode graph with the same nodes float
+            step(f"int8: quantizing the {g} graph")
+            made[g] = quantize_int8(fp32[g], out[g], feeds[g], keep_float=keep_float(g, chosen), cache=caches[g])
     finally:
         for c in caches.values():
             c.unlink(missing_ok=True)
-    details = {"float_tails_tried": tried, "float_tail": chosen, "graphs": {g: m.to_dict() for g, m in made.items()},
-               "selection": (f"the first share whose encoder -> head masks pass the gate, with half its budgets, "
-                  f"on {held_out.label}")}
+    share = sum(len(groups[i]) for i in chosen) / total
+    details = {"trials": trials, "float_groups": [1 + i for i in chosen], "float_share": share,
+               "groups": [len(g) for g in groups], "graphs": {g: m.to_dict() for g, m in made.items()},
+               "selection": (f"by measured sensitivity: every trial quantized the encoder -> head pair with some of "
+                             f"{n_groups} groups of Conv/MatMul nodes (graph order) kept float and checked the masks "
+                             f"against the gate, with half its budgets, on {held_out.label}")}
     return {g: m.path for g, m in made.items()}, details
 
 

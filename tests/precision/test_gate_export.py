@@ -97,12 +97,18 @@ def test_cli_int8_export_keeps_the_gate_contract_and_the_runtime_serves_it(train
                                and abs(r["miou_delta_points"]) <= 0.5) for r in runs)
     assert precision["calibration"].startswith("validation episodes (synthetic, seeds 1000")
     assert "informative eager masks kept" in runs[0]["data"]
-    tried = precision["details"]["float_tails_tried"]
-    # The first share that passed on the held-out episodes (else the last one tried) is the one used.
-    assert tried and precision["details"]["float_tail"] == next(
-        (t["float_tail"] for t in tried if t["passed"]), precision_pipeline.INT8_FLOAT_TAILS[-1])
+    details = precision["details"]
+    trials = details["trials"]
+    # A passing trial on the held-out episodes (else the one closest to passing) is the one used,
+    # and never more than MAX_FLOAT_SHARE of the nodes float.
+    chosen = [t for t in trials if t["float_groups"] == details["float_groups"]]
+    assert trials and chosen and details["float_share"] == chosen[0]["float_share"]
+    assert chosen[0]["passed"] or not any(t["passed"] for t in trials)
+    assert chosen[0]["passed"] or chosen[0]["slack"] == max(t["slack"] for t in trials)
+    assert all(t["float_share"] <= precision_pipeline.MAX_FLOAT_SHARE + 1e-9 for t in trials)
     report = (out / "export_report.md").read_text()
-    assert "## int8 against the eager float32 model" in report and "float share" in report and "Evidence:" in report
+    assert "## int8 against the eager float32 model" in report and "measured sensitivity" in report \
+        and "(chosen)" in report and "Evidence:" in report
     if not precision["gate"]["passed"]:  # refused on this CPU: the figures were printed, --out never written
         assert out.name.endswith(".failed") and "FAIL" in output and "beyond their accuracy gate" in output
         return
@@ -195,7 +201,7 @@ def test_untrained_default_is_refused_for_int8_before_any_export(tmp_path, monke
 
 
 def test_int8_quantized_badly_is_refused_and_kept_aside(trained_int8_export, tmp_path, monkeypatch):
-    """A forced failure: the masker quantized too (no float islands), no float share to fall back
+    """A forced failure: the masker quantized too (no float islands), no float nodes to fall back
     on, and ranges calibrated on images a thousand times too faint: the masks move, the gate
     refuses the export, and its files are kept aside. (The float32 graphs are copied from the
     fixture's export of the same checkpoint, and validated again, instead of re-exported.)"""
@@ -209,7 +215,7 @@ def test_int8_quantized_badly_is_refused_and_kept_aside(trained_int8_export, tmp
         return [{k: v * 1e-3 for k, v in f.items()} for f in real(eps, graph, ios, encoder)]
 
     monkeypatch.setattr("lfm_deploy.precision.int8.float_islands", lambda model: {})
-    monkeypatch.setattr(precision_pipeline, "INT8_FLOAT_TAILS", (0.0,))
+    monkeypatch.setattr(precision_pipeline, "MAX_FLOAT_SHARE", 0.0)
     monkeypatch.setattr(precision_pipeline, "graph_feeds_of", faint)
     out = tmp_path / "int8"
     with pytest.raises(PrecisionGateError, match="beyond their accuracy gate") as info:

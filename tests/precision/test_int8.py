@@ -103,3 +103,68 @@ def test_bad_arguments_are_export_errors(exported, tmp_path):
         quantize_int8(art / "head.onnx", tmp_path / "x.onnx", [])
     with pytest.raises(ExportError, match="within 0..1"):
         quantize_int8(art / "head.onnx", tmp_path / "x.onnx", [{}], float_tail=1.5)
+
+
+def _float_keys(int8_path, keys):
+    """The fp32 graph's keys (`node_keys`) of the Conv/MatMul nodes with weights that an int8 graph
+    left float: their weights are still float initializers (a quantized node's come through a
+    DequantizeLinear). Activations may be dequantized for a float node too, where the tensor also
+    feeds a quantized one, so they do not tell."""
+    model = onnx.load(str(int8_path))
+    weights = {t.name for t in model.graph.initializer}
+    return {keys[n.name] for n in model.graph.node if n.name in keys and n.input[1] in weights}
+
+
+def _weighted(group_keys):
+    return {k for k in group_keys if k[1] == "weight"}
+
+
+@pytest.mark.parametrize("needed, max_share, chosen", [((1, 3), 0.75, [2, 4]), ((0, 1, 3), 0.5, [1, 2])])
+def test_int8_keeps_float_the_groups_the_masks_are_sensitive_to(exported, tmp_path, monkeypatch, caplog,
+                                                                needed, max_share, chosen):
+    """The selection by measured sensitivity on real quantized graphs, with a scripted verdict: the
+    masks pass the selection gate only when every group in `needed` is float. All int8 fails, each
+    group alone is tried, the most helpful ones are kept float together until the masks pass; with
+    no pass within `max_share`, the trial closest to passing is used. The encoder and the episode
+    graph keep float exactly the same nodes as the head (matched by `node_keys`)."""
+    from types import SimpleNamespace
+
+    from lfm_deploy.precision import pipeline
+    from lfm_deploy.precision.int8 import node_keys, sensitivity_groups
+
+    art = exported(shots=1).out_dir
+    fp32 = {g: art / f"{g}.onnx" for g in ("episode", "encoder", "head")}
+    keys = {g: node_keys(onnx.load(str(p))) for g, p in fp32.items()}
+    monkeypatch.setattr(pipeline, "SENSITIVITY_GROUPS", 4)
+    monkeypatch.setattr(pipeline, "MAX_FLOAT_SHARE", max_share)
+    groups = sensitivity_groups({g: keys[g] for g in ("encoder", "head")}, 4)
+    assert len(groups) == 4 and all(_weighted(g) for g in groups) and set().union(*map(set, groups)) == set(keys["head"].values()) | set(keys["encoder"].values())
+    assert set(keys["episode"].values()) == set(keys["head"].values()) | set(keys["encoder"].values())
+
+    def verdict(out, held_out, ref, what):
+        floats = _float_keys(out["head"], keys["head"])
+        whole = sum(1 for i in needed if _weighted(groups[i]) <= floats)
+        agreement = 0.995 - 0.001 * (len(needed) - whole) + 5e-4
+        tol = SimpleNamespace(mask=SimpleNamespace(limit=0.995), miou=SimpleNamespace(limit=0.0025))
+        passed = whole == len(needed)
+        return SimpleNamespace(mask=SimpleNamespace(stats=SimpleNamespace(agreement=agreement)), miou_delta=0.0,
+                               tolerances=tol, passed=passed, failures=[] if passed else ["scripted"])
+
+    work = tmp_path / "work"
+    work.mkdir()
+    feeds = {g: graph_feeds(art, g, episodes=1, seed=100) for g in fp32}
+    made, details = pipeline._int8(work, fp32, feeds, SimpleNamespace(label="scripted"), None, verdict,
+                                   lambda out: dict(out), lambda what: None)
+    trials = details["trials"]
+    assert [t["float_groups"] for t in trials[:5]] == [[], [1], [2], [3], [4]]
+    assert details["float_groups"] == chosen
+    if max_share == 0.75:  # the two groups that matter, together: a pass
+        assert len(trials) == 6 and trials[-1]["passed"] and trials[-1]["float_groups"] == chosen
+    else:  # three are needed, two allowed: the closest trial is used, and said so
+        assert not any(t["passed"] for t in trials) and "closest one goes to the gate" in caplog.text
+        assert max(trials, key=lambda t: t["slack"])["float_groups"] == chosen
+    floats = {k for i in chosen for k in groups[i - 1]}
+    assert details["float_share"] == pytest.approx(len(floats) / sum(map(len, groups)))
+    for g, path in made.items():
+        assert path == work / f"{g}.int8.onnx"
+        assert _float_keys(path, keys[g]) == _weighted(floats) & set(keys[g].values()), g
