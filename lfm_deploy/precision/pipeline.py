@@ -301,6 +301,7 @@ def _int8(workdir: Path, fp32, feeds, held_out: GateData, ref_held_out, gate, sp
     n_groups, total = len(groups), sum(len(g) for g in groups)
     max_groups = max(0, math.floor(MAX_FLOAT_SHARE * n_groups + 1e-9))
     trials: list[dict] = []
+    latest: dict = {}  # the encoder/head graphs the last trial wrote, and its float groups
 
     def keep_float(graph: str, chosen: tuple) -> dict:
         floats = {k for i in chosen for k in groups[i]}
@@ -309,8 +310,9 @@ def _int8(workdir: Path, fp32, feeds, held_out: GateData, ref_held_out, gate, sp
 
     def trial(chosen: tuple, what: str) -> dict:
         step(f"int8: quantizing encoder and head ({what})")
-        for g in ("encoder", "head"):
-            quantize_int8(fp32[g], out[g], feeds[g], keep_float=keep_float(g, chosen), cache=caches[g])
+        latest.clear()
+        latest.update({g: quantize_int8(fp32[g], out[g], feeds[g], keep_float=keep_float(g, chosen), cache=caches[g])
+                       for g in ("encoder", "head")}, chosen=chosen)
         report = gate(split(out), held_out, ref_held_out, f"int8 encoder -> head, {what}")
         floats = sum(len(groups[i]) for i in chosen)
         record = {"float_groups": [1 + i for i in chosen], "float_share": floats / total,
@@ -345,7 +347,10 @@ def _int8(workdir: Path, fp32, feeds, held_out: GateData, ref_held_out, gate, sp
             chosen = tuple(i - 1 for i in best["float_groups"])
             log.warning("int8: no trial (up to %.0f%% of the nodes kept float) passes the gate on the held-out "
                         "episodes; the closest one goes to the gate: %s", 100 * MAX_FLOAT_SHARE, best["what"])
-        for g in fp32:  # the chosen graphs, the episode graph with the same nodes float
+        for g in fp32:  # the chosen graphs (the last trial's, where it was the chosen one), the episode graph alike
+            if g in latest and latest["chosen"] == chosen:
+                made[g] = latest[g]
+                continue
             step(f"int8: quantizing the {g} graph")
             made[g] = quantize_int8(fp32[g], out[g], feeds[g], keep_float=keep_float(g, chosen), cache=caches[g])
     finally:
