@@ -60,6 +60,10 @@ class Recipe:
         schedule: "constant" (Adam at `lr` throughout) or "cosine" (the rate decays from `lr` to
             0 over the steps, so the last steps average the one-episode gradients' noise instead
             of leaving the weights wherever the last few episodes pushed them).
+        calibrate_size: after training, choose the decision offset on held-out synthetic episodes
+            at this side and fold it into the head's last bias (`lfm_deploy.pretrain.calibrate`:
+            where the foreground begins otherwise depends on the training CPU's rounding), or
+            None to keep the weights as trained.
         version: bumped whenever the training code changes what a recipe produces, so cached
             weights of an earlier version are rebuilt, never reused.
     """
@@ -74,6 +78,7 @@ class Recipe:
     min_detail: float | None = None
     train_layer4: bool = False
     schedule: str = "constant"
+    calibrate_size: int | None = None
     version: int = 1
 
     def __post_init__(self):
@@ -87,6 +92,8 @@ class Recipe:
             lo, hi = self.render_sizes
             if not self.train_size <= lo <= hi:
                 raise ValueError(f"render_sizes must satisfy train_size <= smallest <= largest, got {self.render_sizes}")
+        if self.calibrate_size is not None and self.calibrate_size < 32:
+            raise ValueError(f"calibrate_size must be >= 32 or None, got {self.calibrate_size}")
         if self.min_detail is not None and not 0 < self.min_detail <= 1:
             raise ValueError(f"min_detail must be in (0, 1], got {self.min_detail}")
 
@@ -97,6 +104,8 @@ class Recipe:
             del data["train_layer4"]
         if data["schedule"] == "constant":
             del data["schedule"]
+        if data["calibrate_size"] is None:
+            del data["calibrate_size"]
         return data
 
     @property
@@ -142,7 +151,9 @@ def train_learner(recipe: Recipe, *, seed: int = DEFAULT_SEED, threads: int | No
 
     Returns:
         (state, stats): the model's float32 state dict (backbone and learner) and
-        {"loss_first", "loss_last" (means over the first and last 20 steps), "seconds"}.
+        {"loss_first", "loss_last" (means over the first and last 20 steps), "seconds"}, with
+        "calibration" (`calibrate.choose_offset`'s figures and the "offset" folded in) when the
+        recipe has a `calibrate_size`.
     """
     import time
 
@@ -216,10 +227,27 @@ def train_learner(recipe: Recipe, *, seed: int = DEFAULT_SEED, threads: int | No
             losses.append(loss.item())
             if progress is not None:
                 progress(step, float(np.mean(losses[-20:])))
+        learner.eval()
+        state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()
+                 if k.startswith(("backbone.", LEARNER_PREFIX))}
+        stats = {"loss_first": float(np.mean(losses[:20])), "loss_last": float(np.mean(losses[-20:]))}
+        if recipe.calibrate_size is not None:
+            stats["calibration"] = _calibrate(recipe, seed, state, dom)
     finally:
         torch.set_num_threads(saved)
-    learner.eval()
-    state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()
-             if k.startswith(("backbone.", LEARNER_PREFIX))}
-    return state, {"loss_first": float(np.mean(losses[:20])), "loss_last": float(np.mean(losses[-20:])),
-                   "seconds": time.perf_counter() - t0}
+    return state, {**stats, "seconds": time.perf_counter() - t0}
+
+
+def _calibrate(recipe: Recipe, seed: int, state: dict[str, torch.Tensor], dom) -> dict:
+    """Choose the trained weights' decision offset at `recipe.calibrate_size` and fold it into `state`."""
+    from .calibrate import THREADS, calibration_episodes, choose_offset, fold_offset
+
+    torch.set_num_threads(THREADS)  # the caller restores its own
+    model, _ = build_model(image_size=recipe.calibrate_size, seed=seed, announce=False)
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    offset, stats = choose_offset(model, calibration_episodes(dom, recipe.calibrate_size, seed))
+    fold_offset(state, offset)
+    log.info("decision offset %+.2f at %d px: held-out mean IoU %.3f -> %.3f", offset, recipe.calibrate_size,
+             stats["iou_before"], stats["iou_after"])
+    return {"size": recipe.calibrate_size, "offset": offset, **stats}
