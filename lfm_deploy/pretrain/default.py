@@ -136,7 +136,7 @@ def _build(recipe: Recipe, seed: int, path: Path, progress: bool) -> None:
 
     trained = "its learner and the backbone's layer4" if recipe.train_layer4 else "its learner"
     log.warning("building the synthetic-data default weights once (%s trained on synthetic shapes, "
-                "%d steps at %d px; 1 to 3 minutes on 2 CPU cores); cached in %s",
+                "%d steps at %d px, then a decision offset calibrated; 2 to 4 minutes on 2 CPU cores); cached in %s",
                 trained, recipe.iterations, recipe.train_size, path.parent)
     bar = _Bar(recipe.iterations, progress)
     try:
