@@ -22,6 +22,7 @@ import onnx
 import onnx.numpy_helper
 
 from ..errors import ExportError
+from ..runtime.precisions import int8_may_saturate
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ __all__ = ["QUANTIZED_OPS", "Int8Graph", "float_islands", "node_keys", "quantiza
 
 #: Node types given int8 inputs (everything else runs in float between the QDQ pairs).
 QUANTIZED_OPS = ("Conv", "MatMul")
+
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Int8Graph:
         float_nodes: {name: reason} of the Conv/MatMul nodes left in float.
         float_tail: the share of quantizable nodes, from the output end, kept float.
         seconds: time taken (calibration included when it ran).
+        reduce_range: weights quantized to 7 bits (where onnxruntime's int8 kernels may saturate), else 8.
     """
 
     path: Path
@@ -52,6 +55,7 @@ class Int8Graph:
     float_tail: float
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    reduce_range: bool = False
 
     def to_dict(self) -> dict:
         reasons: dict[str, int] = {}
@@ -60,7 +64,8 @@ class Int8Graph:
         return {"file": self.path.name, "source": self.source.name, "quantized_nodes": len(self.quantized),
                 "float_nodes": len(self.float_nodes), "float_by_reason": reasons, "float_tail": self.float_tail,
                 "activations": "int8, symmetric (zero point 0), per tensor",
-                "weights": "int8, symmetric, per output channel", "biases": "float", "seconds": round(self.seconds, 1), **self.extra}
+                "weights": "int8, symmetric, per output channel" + (", 7-bit range" if self.reduce_range else ""),
+                "reduce_range": self.reduce_range, "biases": "float", "seconds": round(self.seconds, 1), **self.extra}
 
 
 def float_islands(model: onnx.ModelProto) -> dict[str, str]:
@@ -140,7 +145,7 @@ class _Feeds:
 
 def quantize_int8(source: str | os.PathLike, out: str | os.PathLike, feeds: Sequence[Mapping[str, np.ndarray]], *,
                   float_tail: float = 0.0, cache: str | os.PathLike | None = None,
-                  keep_float: Mapping[str, str] | None = None) -> Int8Graph:
+                  keep_float: Mapping[str, str] | None = None, reduce_range: bool | None = None) -> Int8Graph:
     """Write an int8 QDQ version of an fp32 graph.
 
     Args:
@@ -152,6 +157,8 @@ def quantize_int8(source: str | os.PathLike, out: str | os.PathLike, feeds: Sequ
         cache: JSON file of the calibrated ranges: written on the first call, read on the
             next ones (the calibration runs once per graph).
         keep_float: more nodes to keep float, {name: reason}.
+        reduce_range: quantize the weights to 7 bits; None: where 8-bit weights may saturate
+            onnxruntime's int8 kernels (`lfm_deploy.runtime.precisions.int8_may_saturate`).
 
     Returns:
         `Int8Graph`.
@@ -168,6 +175,8 @@ def quantize_int8(source: str | os.PathLike, out: str | os.PathLike, feeds: Sequ
         raise ExportError("int8 calibration needs at least one feed")
     if not 0.0 <= float(float_tail) <= 1.0:
         raise ExportError(f"float_tail must be within 0..1, got {float_tail}")
+    if reduce_range is None:
+        reduce_range = int8_may_saturate()
     start = time.perf_counter()
     model = onnx.load(str(source))
     islands = float_islands(model)
@@ -181,12 +190,13 @@ def quantize_int8(source: str | os.PathLike, out: str | os.PathLike, feeds: Sequ
     out.parent.mkdir(parents=True, exist_ok=True)
     quantize_static(
         source, out, _Feeds(feeds, names), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS),
-        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        per_channel=True, reduce_range=bool(reduce_range), activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         nodes_to_quantize=quantize, calibrate_method=CalibrationMethod.MinMax,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         calibration_cache_path=None if cache is None else Path(cache),
     )
-    graph = Int8Graph(out, source, quantize, keep, float(float_tail), time.perf_counter() - start)
+    graph = Int8Graph(out, source, quantize, keep, float(float_tail), time.perf_counter() - start,
+                      reduce_range=bool(reduce_range))
     log.info("int8 %s: %d nodes quantized, %d kept float (%.1f s)", source.name, len(quantize), len(keep),
              graph.seconds)
     return graph

@@ -53,6 +53,12 @@ def test_int8_graph_is_symmetric_per_channel_qdq(head_int8):
         assert scale.shape == (w.shape[0],), node.name
         axis = [a.i for a in node.attribute if a.name == "axis"]
         assert axis in ([], [0])
+    # Where onnxruntime's int8 kernels may saturate (x86 without VNNI), the weights use 7 bits.
+    from lfm_deploy.runtime.precisions import int8_may_saturate
+
+    assert full.reduce_range == int8_may_saturate() and full.to_dict()["reduce_range"] == full.reduce_range
+    peak = max(int(np.abs(inits[n.input[0]].astype(np.int32)).max()) for n in weights)
+    assert peak <= 64 if full.reduce_range else peak > 64, peak
 
 
 def test_masker_stays_float_and_tail_share_is_kept_float(head_int8):

@@ -54,3 +54,41 @@ def test_a_precision_the_export_cannot_run_is_refused(manifest, requested, messa
         resolve_precision(manifest, requested, openvino=False, where="art")
     line = info.value.cli_message()
     assert "\n" not in line and "--precision" in line or "--providers" in line
+
+
+def test_int8_may_saturate_where_x86_has_no_vnni(tmp_path, monkeypatch):
+    from lfm_deploy.runtime import precisions
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(precisions.platform, "machine", lambda: "x86_64")
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert precisions.int8_may_saturate(cpuinfo)  # an AMD EPYC with AVX2 only
+    for flag in precisions.VNNI_FLAGS:
+        cpuinfo.write_text(f"flags\t\t: fpu avx2 {flag} fma\n")
+        assert not precisions.int8_may_saturate(cpuinfo), flag
+    assert precisions.int8_may_saturate(tmp_path / "absent")  # unknown x86: the safe answer
+    monkeypatch.setattr(precisions.platform, "machine", lambda: "aarch64")
+    assert not precisions.int8_may_saturate(tmp_path / "absent")
+
+
+def test_serving_8_bit_int8_weights_where_they_may_saturate_warns(monkeypatch, caplog):
+    """An int8 export made on a CPU with VNNI (8-bit weights) served by onnxruntime where its int8
+    kernels may saturate: it runs, with a warning naming the fix; 7-bit weights do not warn."""
+    from lfm_deploy.runtime import precisions
+
+    monkeypatch.setattr(precisions, "int8_may_saturate", lambda: True)
+    for reduce_range, warns in ((False, True), (True, False), (None, True)):
+        manifest = _manifest("int8", INT8.reference_graphs)
+        head = {} if reduce_range is None else {"reduce_range": reduce_range}
+        manifest.precision = SimpleNamespace(name="int8", details={"graphs": {"head": head}})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lfm_deploy.runtime.precisions"):
+            assert resolve_precision(manifest, "auto", openvino=False, where="art").name == "int8"
+        assert ("can saturate on this CPU" in caplog.text) == warns, (reduce_range, caplog.text)
+        if warns:
+            assert "export again on this CPU" in caplog.text and "'fp32'" in caplog.text
+    monkeypatch.setattr(precisions, "int8_may_saturate", lambda: False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lfm_deploy.runtime.precisions"):
+        resolve_precision(INT8, "auto", openvino=False)
+    assert "saturate" not in caplog.text
