@@ -33,7 +33,6 @@ __all__ = ["QUANTIZED_OPS", "Int8Graph", "float_islands", "node_keys", "quantiza
 QUANTIZED_OPS = ("Conv", "MatMul")
 
 
-
 @dataclass
 class Int8Graph:
     """An int8 QDQ graph and how it was made.
